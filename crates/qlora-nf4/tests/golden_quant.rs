@@ -1,0 +1,292 @@
+//! Every case of bitsandbytes' `quant_4bit.safetensors`, NF4 and FP4, with and without double
+//! quantization, against our quantizer.
+
+use std::path::PathBuf;
+
+use qlora_nf4::{
+    Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor, bf16, dynamic_map_signed,
+    dynamic_map_unsigned,
+};
+use safetensors::{Dtype, SafeTensors};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("reading fixture {}: {e}", p.display()))
+}
+
+fn f32s(st: &SafeTensors, key: &str) -> Vec<f32> {
+    let t = st.tensor(key).unwrap_or_else(|_| panic!("missing {key}"));
+    match t.dtype() {
+        Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        Dtype::BF16 => t
+            .data()
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
+            .collect(),
+        d => panic!("{key}: unexpected dtype {d:?}"),
+    }
+}
+
+fn u8s(st: &SafeTensors, key: &str) -> Vec<u8> {
+    let t = st.tensor(key).unwrap_or_else(|_| panic!("missing {key}"));
+    assert_eq!(t.dtype(), Dtype::U8, "{key}");
+    t.data().to_vec()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Bitwise equality with the first differing index in the message (not the whole vector).
+fn assert_bits_eq(ours: &[f32], golden: &[f32], what: &str) {
+    assert_eq!(ours.len(), golden.len(), "{what}: length");
+    if let Some(i) = ours
+        .iter()
+        .zip(golden)
+        .position(|(a, b)| a.to_bits() != b.to_bits())
+    {
+        panic!(
+            "{what}: first difference at {i}: ours {:e} ({:#x}), golden {:e} ({:#x})",
+            ours[i],
+            ours[i].to_bits(),
+            golden[i],
+            golden[i].to_bits()
+        );
+    }
+}
+
+const CASES: [&str; 7] = [
+    "v64",
+    "v4096",
+    "m256x512",
+    "v100",
+    "m7x9",
+    "edge",
+    "edge_bf16src",
+];
+
+fn quantize_case(st: &SafeTensors, case: &str, qt: QuantType, dq: bool) -> QuantizedTensor {
+    let input = st.tensor(&format!("{case}/input")).unwrap();
+    let shape = input.shape().to_vec();
+    let config = QuantConfig {
+        quant_type: qt,
+        blocksize: Blocksize::DEFAULT,
+        double_quant: dq,
+    };
+    match input.dtype() {
+        Dtype::BF16 => {
+            let v: Vec<bf16> = input
+                .data()
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            QuantizedTensor::quantize(case, &v, &shape, config).unwrap()
+        }
+        _ => QuantizedTensor::quantize(case, &f32s(st, &format!("{case}/input")), &shape, config)
+            .unwrap(),
+    }
+}
+
+/// Dequantized output in the input's dtype, widened to f32 for comparison.
+fn dequant_as_input(q: &QuantizedTensor) -> Vec<f32> {
+    match q.dtype {
+        qlora_nf4::FloatDtype::BF16 => q
+            .dequantize::<bf16>()
+            .into_iter()
+            .map(|v| v.to_f32())
+            .collect(),
+        _ => q.dequantize::<f32>(),
+    }
+}
+
+#[test]
+fn plain_4bit_is_bit_exact() {
+    let bytes = fixture("quant_4bit.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for case in CASES {
+        for qt in [QuantType::Nf4, QuantType::Fp4] {
+            let p = format!("{case}/{}", qt.as_str());
+            let q = quantize_case(&st, case, qt, false);
+            assert_eq!(q.packed, u8s(&st, &format!("{p}/packed")), "{p} packed");
+            assert_eq!(q.codes(), u8s(&st, &format!("{p}/codes")), "{p} codes");
+            let Absmax::F32(am) = &q.absmax else {
+                panic!("plain absmax")
+            };
+            assert_bits_eq(
+                am,
+                &f32s(&st, &format!("{p}/absmax")),
+                &format!("{p} absmax"),
+            );
+            assert_bits_eq(
+                &dequant_as_input(&q),
+                &f32s(&st, &format!("{p}/dequant")),
+                &format!("{p} dequant"),
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_input_gives_bf16_output() {
+    let bytes = fixture("quant_4bit.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("edge_bf16src/nf4/dequant").unwrap().dtype(),
+        Dtype::BF16
+    );
+    let q = quantize_case(&st, "edge_bf16src", QuantType::Nf4, true);
+    assert_eq!(q.dtype, qlora_nf4::FloatDtype::BF16);
+    let ours: Vec<u16> = q.dequantize::<bf16>().iter().map(|v| v.to_bits()).collect();
+    let t = st.tensor("edge_bf16src/nf4_dq/dequant").unwrap();
+    let want: Vec<u16> = t
+        .data()
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    // The DQ dequant depends on bnb-CPU's absmax codes; compare where ours agree with them.
+    let golden_q = u8s(&st, "edge_bf16src/nf4_dq/qabsmax");
+    let Absmax::Double(d) = &q.absmax else {
+        panic!()
+    };
+    for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
+        if d.codes[i / 64] == golden_q[i / 64] {
+            assert_eq!(a, b, "element {i}");
+        }
+    }
+}
+
+#[test]
+fn double_quant_matches_exact_nearest() {
+    let bytes = fixture("quant_4bit.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let map = dynamic_map_signed();
+    let mut offsets_exact = 0;
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fixture("quant_4bit_summary.json")).unwrap();
+    let mut cases = 0;
+    for case in CASES {
+        for qt in [QuantType::Nf4, QuantType::Fp4] {
+            let p = format!("{case}/{}_dq", qt.as_str());
+            let q = quantize_case(&st, case, qt, true);
+            assert_eq!(q.packed, u8s(&st, &format!("{p}/packed")), "{p} packed");
+            let Absmax::Double(d) = &q.absmax else {
+                panic!("double absmax")
+            };
+            let golden_offset = f32s(&st, &format!("{p}/offset"))[0];
+            let ulps = (d.offset.to_bits() as i64 - golden_offset.to_bits() as i64).abs();
+            assert!(
+                ulps <= 1,
+                "{p}: offset {} vs {golden_offset} ({ulps} ulp)",
+                d.offset
+            );
+            offsets_exact += (ulps == 0) as usize;
+            cases += 1;
+            if ulps != 0 {
+                continue; // codes of a different offset are not comparable bit for bit
+            }
+            assert_eq!(
+                d.codes,
+                u8s(&st, &format!("{p}/qabsmax_exact_nearest")),
+                "{p} exact-nearest codes"
+            );
+            assert_bits_eq(
+                &d.nested_absmax,
+                &f32s(&st, &format!("{p}/nested_absmax")),
+                &format!("{p} nested"),
+            );
+            // Where bnb-CPU's LUT picked the same code, reconstruction and dequant are bit-exact.
+            let lut_codes = u8s(&st, &format!("{p}/qabsmax"));
+            // bnb's summary counts the blocks where its CPU LUT differs from exact nearest.
+            let differing = d
+                .codes
+                .iter()
+                .zip(&lut_codes)
+                .filter(|(a, b)| a != b)
+                .count();
+            let key = format!("{case}/{}", qt.as_str());
+            assert_eq!(
+                differing as u64,
+                summary[&key]["qabsmax_mismatch_vs_exact_nearest"]
+                    .as_u64()
+                    .unwrap(),
+                "{key}: blocks where bnb-CPU's LUT differs from our exact nearest"
+            );
+            let rec_golden = f32s(&st, &format!("{p}/absmax_reconstructed"));
+            let rec = d.reconstruct();
+            let deq = dequant_as_input(&q);
+            let deq_golden = f32s(&st, &format!("{p}/dequant"));
+            for (b, (&ours, &lut)) in d.codes.iter().zip(&lut_codes).enumerate() {
+                let na = d.nested_absmax[b / 256];
+                if ours == lut {
+                    assert_eq!(
+                        rec[b].to_bits(),
+                        rec_golden[b].to_bits(),
+                        "{p} absmax' of block {b}"
+                    );
+                    for i in b * 64..((b + 1) * 64).min(deq.len()) {
+                        assert_eq!(deq[i].to_bits(), deq_golden[i].to_bits(), "{p} dequant {i}");
+                    }
+                } else if na > 0.0 {
+                    // bnb-CPU's LUT is one map step away from exact nearest.
+                    assert_eq!(
+                        (ours as i32 - lut as i32).abs(),
+                        1,
+                        "{p} block {b}: {ours} vs LUT {lut}"
+                    );
+                    let step = (map[ours as usize] - map[lut as usize]).abs() * na;
+                    let rounding = 4.0 * f32::EPSILON * rec[b].abs().max(d.offset.abs());
+                    assert!(
+                        (rec[b] - rec_golden[b]).abs() <= step + rounding,
+                        "{p} block {b}"
+                    );
+                } else {
+                    // All-zero nested block: bnb-CPU stores code 0, exact nearest 127; same value.
+                    assert_eq!(rec[b], rec_golden[b], "{p} degenerate block {b}");
+                }
+            }
+        }
+    }
+    // numpy-style pairwise mean reproduces torch's mean on every golden case.
+    assert_eq!(offsets_exact, cases, "offsets equal to the bit");
+}
+
+#[test]
+fn codebooks_equal_bnb() {
+    let bytes = fixture("quant_codebooks.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(bits(&f32s(&st, "nf4_code")), bits(&qlora_nf4::NF4_CODE));
+    assert_eq!(bits(&f32s(&st, "fp4_code")), bits(&qlora_nf4::FP4_CODE));
+    assert_eq!(
+        bits(&f32s(&st, "dynamic_map_signed")),
+        bits(dynamic_map_signed())
+    );
+    assert_eq!(
+        bits(&f32s(&st, "dynamic_map_unsigned")),
+        bits(dynamic_map_unsigned())
+    );
+}
+
+#[test]
+fn nan_and_inf_are_refused_with_their_index() {
+    let bytes = fixture("quant_nan_inf_observed.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let x = f32s(&st, "input");
+    let err =
+        QuantizedTensor::quantize("layer.weight", &x, &[3, 64], QuantConfig::qlora()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("layer.weight") && msg.contains("index 3") && msg.contains("NaN"),
+        "{msg}"
+    );
+    let err = QuantizedTensor::quantize("w", &x[64..], &[2, 64], QuantConfig::qlora()).unwrap_err();
+    assert!(
+        err.to_string().contains("index 9") && err.to_string().contains("inf"),
+        "{err}"
+    );
+}
