@@ -117,6 +117,12 @@ impl QuantType {
 /// the 15 f32 midpoints of neighbours are the decision bounds, and the code of a scaled value `s`
 /// is the sorted index `#{mid < s}` (`searchsorted(mid, s, side="left")`, so a value exactly on a
 /// midpoint goes to the lower code), mapped back to the bit pattern.
+///
+/// The fast path ([`Self::encode_sorted_fast`]) cuts [-1, 1] into [`BUCKETS`] buckets with the
+/// monotone map `b(s) = ((s + 1) * BUCKETS/2) as usize`. Every midpoint in a bucket below `b(s)`
+/// is below `s` and every one above is above it (monotonicity of f32 rounding), and no bucket
+/// holds two midpoints, so `#{mid < s} = below[b] + (mid_in[b] < s)`: one lookup and one compare,
+/// exactly the count.
 #[derive(Debug, Clone)]
 pub struct Encoder4 {
     /// f32 midpoints of the sorted table, ascending.
@@ -125,6 +131,18 @@ pub struct Encoder4 {
     pub sorted_to_code: [u8; 16],
     /// Code given to the padding nibble of an odd element count (the code of 0.0).
     pub zero_code: u8,
+    /// Per bucket: midpoints in lower buckets.
+    below: Box<[u8; BUCKETS + 1]>,
+    /// Per bucket: the midpoint inside it, or +∞.
+    mid_in: Box<[f32; BUCKETS + 1]>,
+}
+
+/// Buckets of the fast encoder over [-1, 1].
+pub const BUCKETS: usize = 4096;
+
+#[inline(always)]
+fn bucket(s: f32) -> usize {
+    ((s + 1.0) * (BUCKETS / 2) as f32) as usize
 }
 
 impl Encoder4 {
@@ -135,10 +153,25 @@ impl Encoder4 {
         let sorted: [f32; 16] = core::array::from_fn(|i| table[order[i]]);
         let midpoints: [f32; 15] = core::array::from_fn(|i| (sorted[i] + sorted[i + 1]) / 2.0);
         let sorted_to_code: [u8; 16] = core::array::from_fn(|i| order[i] as u8);
+        let mut below = Box::new([0u8; BUCKETS + 1]);
+        let mut mid_in = Box::new([f32::INFINITY; BUCKETS + 1]);
+        for &m in &midpoints {
+            let bm = bucket(m);
+            assert!(
+                mid_in[bm].is_infinite(),
+                "two midpoints share bucket {bm}: widen BUCKETS"
+            );
+            mid_in[bm] = m;
+            for b in &mut below[bm + 1..] {
+                *b += 1;
+            }
+        }
         let mut enc = Encoder4 {
             midpoints,
             sorted_to_code,
             zero_code: 0,
+            below,
+            mid_in,
         };
         enc.zero_code = enc.encode(0.0);
         enc
@@ -147,11 +180,29 @@ impl Encoder4 {
     /// Code of one already-scaled value (finite; values beyond ±1 take the end codes).
     #[inline]
     pub fn encode(&self, s: f32) -> u8 {
-        let mut idx = 0u8;
-        for &m in &self.midpoints {
-            idx += (m < s) as u8;
-        }
-        self.sorted_to_code[idx as usize]
+        self.sorted_to_code[self.encode_sorted_fast(s.clamp(-1.0, 1.0)) as usize]
+    }
+
+    /// Sorted index `#{mid < s}` by direct count of the 15 midpoints (the definition).
+    #[inline]
+    pub fn encode_sorted_exact(&self, s: f32) -> u8 {
+        self.midpoints.iter().map(|&m| (m < s) as u8).sum()
+    }
+
+    /// Sorted index `#{mid < s}` for `s` in [-1, 1] by bucket lookup (see the type's docs).
+    #[inline(always)]
+    pub fn encode_sorted_fast(&self, s: f32) -> u8 {
+        debug_assert!((-1.0..=1.0).contains(&s));
+        let b = bucket(s);
+        self.below[b] + (self.mid_in[b] < s) as u8
+    }
+
+    /// True if `sorted_to_code` is the identity (NF4), so the sorted index is the code.
+    pub fn is_sorted(&self) -> bool {
+        self.sorted_to_code
+            .iter()
+            .enumerate()
+            .all(|(i, &c)| i == c as usize)
     }
 }
 
@@ -192,6 +243,31 @@ mod tests {
                     .wrapping_add(if e.midpoints[i] > 0.0 { 1 } else { u32::MAX }),
             );
             assert_eq!(e.encode(up) as usize, i + 1);
+        }
+    }
+
+    #[test]
+    fn bucket_lookup_equals_the_count() {
+        for q in [QuantType::Nf4, QuantType::Fp4] {
+            let e = q.encoder();
+            let mut probes: Vec<f32> = vec![-1.0, 1.0, 0.0, -0.0];
+            for &m in &e.midpoints {
+                let b = m.to_bits();
+                for d in 0..4u32 {
+                    probes.extend([
+                        f32::from_bits(b.wrapping_add(d)),
+                        f32::from_bits(b.wrapping_sub(d)),
+                    ]);
+                }
+            }
+            probes.extend((0..=200_000).map(|i| -1.0 + 2.0 * i as f32 / 200_000.0));
+            for s in probes.into_iter().filter(|s| (-1.0..=1.0).contains(s)) {
+                assert_eq!(
+                    e.encode_sorted_fast(s),
+                    e.encode_sorted_exact(s),
+                    "{q:?} at {s:e}"
+                );
+            }
         }
     }
 

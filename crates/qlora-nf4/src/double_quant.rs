@@ -58,40 +58,109 @@ impl DoubleQuantAbsmax {
     }
 }
 
-/// The f32 mean as NumPy's `np.mean(float32)` computes it (pairwise summation, then one f32
-/// division), which reproduces torch's `absmax.mean()` on every golden case. Empty → NaN.
+/// The f32 mean exactly as torch's `absmax.mean()` computes it on an AVX2 CPU with one
+/// thread: the sum of ATen's `cascade_sum` (8-lane vectors, 4-way ILP, 4-level cascade), then one
+/// f32 division by the count. Empty → NaN.
+///
+/// Torch splits reductions of more than 32 768 elements across threads, which changes the
+/// order; beyond that size the result may differ from a multi-threaded torch run by an ulp.
 pub fn mean_f32(x: &[f32]) -> f32 {
-    pairwise_sum(x) / x.len() as f32
+    torch_sum_f32(x) / x.len() as f32
 }
 
-/// NumPy's `pairwise_sum` for float32: blocks of at most 128 summed with 8 accumulators,
-/// larger ranges split in two at a multiple of 8.
-fn pairwise_sum(a: &[f32]) -> f32 {
-    let n = a.len();
-    if n < 8 {
-        let mut res = 0f32;
-        for &v in a {
-            res += v;
+const VEC: usize = 8;
+type Lanes = [f32; VEC];
+
+/// ATen `vectorized_inner_sum` (contiguous, ≥ 8 elements) or `scalar_inner_sum`.
+fn torch_sum_f32(x: &[f32]) -> f32 {
+    let n = x.len();
+    if n < VEC {
+        return row_sum(|i| x[i], n, |a: &mut f32, b| *a += b);
+    }
+    let vec_size = n / VEC;
+    let load = |i: usize| -> Lanes { core::array::from_fn(|l| x[i * VEC + l]) };
+    let acc = row_sum(load, vec_size, |a: &mut Lanes, b| {
+        for l in 0..VEC {
+            a[l] += b[l];
         }
-        res
-    } else if n <= 128 {
-        let mut r: [f32; 8] = core::array::from_fn(|j| a[j]);
-        let mut i = 8;
-        while i < n - (n % 8) {
-            for j in 0..8 {
-                r[j] += a[i + j];
+    });
+    let mut total = 0f32;
+    for &v in &x[vec_size * VEC..] {
+        total += v;
+    }
+    for v in acc {
+        total += v;
+    }
+    total
+}
+
+/// ATen `row_sum`: the row viewed as `[-1, 4]`, summed per column by `multi_row_sum`, the
+/// remainder added to column 0, then columns 1..3 added to column 0.
+fn row_sum<T: Copy + Default>(
+    load: impl Fn(usize) -> T,
+    size: usize,
+    add: impl Fn(&mut T, T),
+) -> T {
+    const ILP: usize = 4;
+    let size_ilp = size / ILP;
+    let mut partial = multi_row_sum::<T, ILP>(|i, k| load(i * ILP + k), size_ilp, &add);
+    for i in size_ilp * ILP..size {
+        add(&mut partial[0], load(i));
+    }
+    for k in 1..ILP {
+        let v = partial[k];
+        add(&mut partial[0], v);
+    }
+    partial[0]
+}
+
+/// ATen `multi_row_sum`: a 4-level cascade of accumulators, each level flushed into the next
+/// every `2^level_power` rows.
+fn multi_row_sum<T: Copy + Default, const N: usize>(
+    load: impl Fn(usize, usize) -> T,
+    size: usize,
+    add: &impl Fn(&mut T, T),
+) -> [T; N] {
+    const LEVELS: usize = 4;
+    let ceil_log2 = if size <= 2 {
+        1
+    } else {
+        64 - ((size - 1) as u64).leading_zeros() as usize
+    };
+    let level_power = (ceil_log2 / LEVELS).max(4);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[T::default(); N]; LEVELS];
+    let mut i = 0;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            for k in 0..N {
+                add(&mut acc[0][k], load(i, k));
             }
-            i += 8;
-        }
-        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        while i < n {
-            res += a[i];
             i += 1;
         }
-        res
-    } else {
-        let mut n2 = n / 2;
-        n2 -= n2 % 8;
-        pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..])
+        for j in 1..LEVELS {
+            for k in 0..N {
+                let v = acc[j - 1][k];
+                add(&mut acc[j][k], v);
+                acc[j - 1][k] = T::default();
+            }
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
     }
+    while i < size {
+        for k in 0..N {
+            add(&mut acc[0][k], load(i, k));
+        }
+        i += 1;
+    }
+    for j in 1..LEVELS {
+        for k in 0..N {
+            let v = acc[j][k];
+            add(&mut acc[0][k], v);
+        }
+    }
+    acc[0]
 }

@@ -6,6 +6,8 @@
 //! one exact 0 and a maximum of 1.0. They are stored here as their f32 bit patterns, which the
 //! tests check against bnb's own tensors.
 
+use rayon::prelude::*;
+
 use crate::Nf4Error;
 
 const SIGNED_BITS: [u32; 256] = [
@@ -98,8 +100,12 @@ static UNSIGNED: std::sync::LazyLock<[f32; 256]> =
 /// distances measured in f64 as bnb's reference does (`argmin |x - map|`).
 #[inline]
 pub fn nearest_code(map: &[f32; 256], x: f32) -> u8 {
-    // First index whose value is >= x.
-    let hi = map.partition_point(|&m| m < x);
+    // hi = #{map < x}: a branchless lower bound over the 256 sorted entries.
+    let mut hi = 0usize;
+    for step in [128, 64, 32, 16, 8, 4, 2, 1] {
+        hi += step * (map[hi + step - 1] < x) as usize;
+    }
+    hi += (map[255] < x && hi == 255) as usize;
     if hi == 0 {
         return 0;
     }
@@ -130,18 +136,19 @@ pub fn quantize_blockwise_8bit(
             value: values[index],
         });
     }
-    let mut codes = Vec::with_capacity(values.len());
-    let mut absmax = Vec::with_capacity(values.len().div_ceil(blocksize));
-    for block in values.chunks(blocksize) {
-        let am = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        absmax.push(am);
-        let inv = if am > 0.0 { 1.0 / am } else { 0.0 };
-        codes.extend(
-            block
-                .iter()
-                .map(|&v| nearest_code(map, (v * inv).clamp(-1.0, 1.0))),
-        );
-    }
+    let mut codes = vec![0u8; values.len()];
+    let mut absmax = vec![0f32; values.len().div_ceil(blocksize)];
+    codes
+        .par_chunks_mut(blocksize)
+        .zip(absmax.par_iter_mut())
+        .zip(values.par_chunks(blocksize))
+        .for_each(|((codes, am), block)| {
+            *am = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let inv = if *am > 0.0 { 1.0 / *am } else { 0.0 };
+            for (c, &v) in codes.iter_mut().zip(block) {
+                *c = nearest_code(map, (v * inv).clamp(-1.0, 1.0));
+            }
+        });
     Ok((codes, absmax))
 }
 

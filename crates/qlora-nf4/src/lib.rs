@@ -29,6 +29,7 @@ mod python_float;
 mod quant_state;
 mod quantize;
 mod raw;
+mod simd;
 mod tensor;
 
 pub use blocksize::Blocksize;

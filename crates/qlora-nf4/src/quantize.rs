@@ -9,9 +9,9 @@
 //! 4. the code is the nearest table value against the f32 midpoints, ties to the lower code;
 //! 5. codes are packed two per byte, high nibble first, an odd count padded with the zero code.
 //!
-//! Throughput comes from processing fixed-width lanes that the compiler vectorises (the code
-//! search is a count of midpoints below the value, 15 compares and adds, no branches) and from
-//! splitting the tensor into groups of blocks handled in parallel with rayon.
+//! Throughput comes from explicit SIMD on x86-64 (the code search is a count of midpoints below
+//! the value: 15 compares and adds, no branches; see `simd.rs`), an exact bucket lookup
+//! elsewhere, and groups of blocks handled in parallel with rayon.
 
 use rayon::prelude::*;
 
@@ -58,7 +58,6 @@ pub fn quantize_4bit<T: FloatElement>(
         .map(|(task, (out, am))| {
             let start = task * blocks_per_task * bs;
             let mut buf = vec![0f32; bs];
-            let mut codes = vec![0u8; bs];
             for (b, (out, am)) in out.chunks_exact_mut(bs / 2).zip(am.iter_mut()).enumerate() {
                 let x = &values[start + b * bs..start + (b + 1) * bs];
                 for (d, s) in buf.iter_mut().zip(x) {
@@ -69,8 +68,7 @@ pub fn quantize_4bit<T: FloatElement>(
                     None => return Some(first_non_finite(&buf, start + b * bs)),
                 }
                 let inv = 1.0 / am.max(MIN_ABSMAX);
-                encode_scaled(&buf, |v| v * inv, enc, &mut codes);
-                pack_into(&codes, out);
+                crate::simd::encode_block(&buf, inv, enc, out);
             }
             None
         })
@@ -150,34 +148,15 @@ fn block_absmax(x: &[f32]) -> Option<f32> {
 /// code: every midpoint lies inside (-1, 1)).
 #[inline]
 fn encode_scaled(x: &[f32], scale: impl Fn(f32) -> f32, enc: &Encoder4, codes: &mut [u8]) {
-    let mids = &enc.midpoints;
-    let mut xc = x.chunks_exact(LANES);
-    let mut cc = codes.chunks_exact_mut(LANES);
-    for (xs, cs) in (&mut xc).zip(&mut cc) {
-        let mut s = [0f32; LANES];
-        for l in 0..LANES {
-            s[l] = scale(xs[l]).clamp(-1.0, 1.0);
-        }
-        let mut idx = [0u8; LANES];
-        for &m in mids {
-            for l in 0..LANES {
-                idx[l] += (m < s[l]) as u8;
-            }
-        }
-        cs.copy_from_slice(&idx);
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = enc.encode_sorted_fast(scale(v).clamp(-1.0, 1.0));
     }
-    for (&v, c) in xc.remainder().iter().zip(cc.into_remainder()) {
-        let s = scale(v).clamp(-1.0, 1.0);
-        *c = mids.iter().map(|&m| (m < s) as u8).sum();
-    }
-    if enc.sorted_to_code != IDENTITY {
+    if !enc.is_sorted() {
         for c in codes.iter_mut() {
             *c = enc.sorted_to_code[*c as usize];
         }
     }
 }
-
-const IDENTITY: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 
 #[inline]
 fn pack_into(codes: &[u8], out: &mut [u8]) {

@@ -252,7 +252,7 @@ fn double_quant_matches_exact_nearest() {
             }
         }
     }
-    // numpy-style pairwise mean reproduces torch's mean on every golden case.
+    // ATen's cascade sum reproduces torch's mean on every golden case.
     assert_eq!(offsets_exact, cases, "offsets equal to the bit");
 }
 
