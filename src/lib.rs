@@ -1,1 +1,13 @@
-//! facade
+//! # burn-qlora
+//!
+//! QLoRA fine-tuning for the [Burn](https://burn.dev) deep-learning framework: 4-bit NormalFloat
+//! weights with double quantization, bit-exact with bitsandbytes, behind Burn's backend
+//! extension mechanism.
+//!
+//! This facade re-exports the workspace crates:
+//! - [`nf4`] (`qlora-nf4`): the NF4/FP4 format in pure Rust, bnb-4bit checkpoint tensors;
+//! - [`backend`] (`qlora-backend`): the NF4 weight as a Burn extension type with `nf4_*` ops.
+#![warn(missing_docs)]
+
+pub use qlora_backend as backend;
+pub use qlora_nf4 as nf4;
