@@ -1,1 +1,30 @@
-//! placeholder
+//! The NF4 weight as a Burn 0.22 tensor extension.
+//!
+//! Burn 0.22's `Tensor<D>` has no backend parameter and its set of backends is closed, so a new
+//! storage kind enters as an extension type ([`Nf4Primitive`]) that travels through `Dispatch`
+//! to a `#[backend_extension]` op trait ([`Nf4Ops`]) with one implementation per backend:
+//!
+//! - **Flex** (pure-Rust CPU): tiles of the weight are dequantized into cache-sized panels and
+//!   multiplied with the `gemm` crate's SIMD kernels on every core; the dense weight never exists.
+//! - **Autodiff** over any of them: the backward of `nf4_linear` keeps only the packed weight and
+//!   computes `dX = dY · dequant(W)` (Dettmers et al. 2023, *QLoRA*, §3: gradients flow through
+//!   the frozen 4-bit weights into the adapters; the weights themselves get none).
+//!
+//! Model code holds an [`Nf4Weight`] (a Burn `Module` of two int parameters) and calls
+//! [`nf4_linear`], [`nf4_linear_backward_input`] or [`nf4_dequantize`] on plain `Tensor`s.
+#![warn(missing_docs)]
+
+mod autodiff;
+mod cpu;
+mod flex;
+mod layout;
+mod ops;
+mod primitive;
+mod weight;
+
+pub use cpu::CpuNf4;
+pub use layout::{Nf4Layout, decode_words, encode_words};
+pub use ops::{Nf4Ops, linear_out_shape};
+pub use primitive::Nf4Primitive;
+pub use qlora_nf4::{Nf4Error, QuantConfig, QuantType, QuantizedTensor};
+pub use weight::{Nf4Weight, nf4_dequantize, nf4_linear, nf4_linear_backward_input};

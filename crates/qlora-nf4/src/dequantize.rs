@@ -33,7 +33,7 @@ pub fn dequantize_4bit_into<T: FloatElement>(
     out: &mut [T],
 ) {
     assert!(
-        blocksize % 2 == 0,
+        blocksize.is_multiple_of(2),
         "blocksize must be even, got {blocksize}"
     );
     let end = start + out.len();
@@ -47,15 +47,7 @@ pub fn dequantize_4bit_into<T: FloatElement>(
         return;
     }
     let pairs = pair_table(code);
-    // An odd start: produce one element so the rest starts on a byte boundary.
-    let (head, rest) = if start % 2 == 1 {
-        let (h, r) = out.split_at_mut(1);
-        h[0] = T::from_f32(code[(packed[start / 2] & 0x0f) as usize] * absmax[start / blocksize]);
-        (1, r)
-    } else {
-        (0, out)
-    };
-    let first = start + head;
+    let (first, rest) = odd_head(packed, absmax, code, blocksize, start, out);
     // Tasks cover whole multiples of the blocksize, so every task starts on a byte boundary.
     let task = (TASK_ELEMS / blocksize).max(1) * blocksize;
     // Align task boundaries to the flat tensor's blocks.
@@ -66,6 +58,56 @@ pub fn dequantize_4bit_into<T: FloatElement>(
     aligned.par_chunks_mut(task).enumerate().for_each(|(i, o)| {
         dequant_run(packed, absmax, &pairs, code, blocksize, base + i * task, o)
     });
+}
+
+/// Sequential form of [`dequantize_4bit_into`] for callers that already run in parallel (one
+/// tile each), with the byte-pair table built once by the caller ([`pair_table`]).
+///
+/// # Panics
+/// As [`dequantize_4bit_into`].
+pub fn dequantize_4bit_seq<T: FloatElement>(
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    pairs: &[[f32; 2]; 256],
+    blocksize: usize,
+    start: usize,
+    out: &mut [T],
+) {
+    assert!(
+        blocksize.is_multiple_of(2),
+        "blocksize must be even, got {blocksize}"
+    );
+    let end = start + out.len();
+    assert!(
+        end <= packed.len() * 2 && end <= absmax.len() * blocksize,
+        "dequantize range {start}..{end} is past the quantized data"
+    );
+    if out.is_empty() {
+        return;
+    }
+    let (first, rest) = odd_head(packed, absmax, code, blocksize, start, out);
+    dequant_run(packed, absmax, pairs, code, blocksize, first, rest);
+}
+
+/// An odd start: produces one element so the rest starts on a byte boundary.
+/// Returns the next element index and the rest of `out`.
+#[inline]
+fn odd_head<'a, T: FloatElement>(
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    blocksize: usize,
+    start: usize,
+    out: &'a mut [T],
+) -> (usize, &'a mut [T]) {
+    if start % 2 == 1 {
+        let (h, r) = out.split_at_mut(1);
+        h[0] = T::from_f32(code[(packed[start / 2] & 0x0f) as usize] * absmax[start / blocksize]);
+        (start + 1, r)
+    } else {
+        (start, out)
+    }
 }
 
 /// Sequential dequantization of `out.len()` elements from the even element index `start`.
@@ -79,7 +121,7 @@ fn dequant_run<T: FloatElement>(
     start: usize,
     out: &mut [T],
 ) {
-    debug_assert!(start % 2 == 0);
+    debug_assert!(start.is_multiple_of(2));
     let mut pos = start;
     let mut o = 0;
     while o < out.len() {

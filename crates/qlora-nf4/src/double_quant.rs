@@ -49,13 +49,30 @@ impl DoubleQuantAbsmax {
 
     /// The reconstructed f32 absmax, `map[code] * nested_absmax + offset` per block.
     pub fn reconstruct(&self) -> Vec<f32> {
-        let nb = self.nested_blocksize.get();
-        self.codes
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| self.nested_map[c as usize] * self.nested_absmax[i / nb] + self.offset)
-            .collect()
+        reconstruct_absmax(
+            &self.codes,
+            &self.nested_absmax,
+            self.offset,
+            &self.nested_map,
+            self.nested_blocksize.get(),
+        )
     }
+}
+
+/// `map[codes[i]] * nested_absmax[i / nested_blocksize] + offset` for every block: an f32
+/// multiply, then an f32 add (never fused), as bnb's `dequantize_blockwise` + offset.
+pub fn reconstruct_absmax(
+    codes: &[u8],
+    nested_absmax: &[f32],
+    offset: f32,
+    map: &[f32; 256],
+    nested_blocksize: usize,
+) -> Vec<f32> {
+    codes
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| map[c as usize] * nested_absmax[i / nested_blocksize] + offset)
+        .collect()
 }
 
 /// The f32 mean exactly as torch's `absmax.mean()` computes it on an AVX2 CPU with one
@@ -114,8 +131,10 @@ fn row_sum<T: Copy + Default>(
     partial[0]
 }
 
+/// Index loops mirror ATen's source line for line.
 /// ATen `multi_row_sum`: a 4-level cascade of accumulators, each level flushed into the next
 /// every `2^level_power` rows.
+#[allow(clippy::needless_range_loop)]
 fn multi_row_sum<T: Copy + Default, const N: usize>(
     load: impl Fn(usize, usize) -> T,
     size: usize,

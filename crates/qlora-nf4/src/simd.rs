@@ -8,7 +8,7 @@
 /// `x.len()` is a multiple of 16 (every blocksize is).
 #[inline]
 pub(crate) fn encode_block(x: &[f32], inv: f32, enc: &crate::Encoder4, packed: &mut [u8]) {
-    debug_assert!(x.len() % 16 == 0 && packed.len() * 2 == x.len());
+    debug_assert!(x.len().is_multiple_of(16) && packed.len() * 2 == x.len());
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: SSE2 is part of the x86-64 baseline; every pointer access stays inside the

@@ -1,0 +1,201 @@
+//! Pure-Rust NF4 kernels on host slices: tiled dequantize-into-panel + SIMD GEMM (the `gemm`
+//! crate), multithreaded with rayon. Never materialises the whole dense `W`: each task
+//! dequantizes one cache-sized panel of it into its own buffer and multiplies.
+
+use rayon::prelude::*;
+
+use crate::Nf4Layout;
+
+/// Largest panel, in f32 elements (2 MiB): big enough that re-packing the activation per panel
+/// is amortised, small enough to stay in a core's cache hierarchy.
+const PANEL_ELEMS: usize = 1 << 19;
+
+/// One NF4 weight on the host, its absmax decoded once.
+pub struct CpuNf4<'a> {
+    layout: Nf4Layout,
+    packed: &'a [u8],
+    absmax: Vec<f32>,
+    code: &'static [f32; 16],
+    pairs: [[f32; 2]; 256],
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (distinct column ranges), and the
+// buffer outlives the parallel loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+impl<'a> CpuNf4<'a> {
+    /// Views the word tensors of an NF4 weight.
+    ///
+    /// # Panics
+    /// If the word counts do not match the layout.
+    pub fn new(layout: Nf4Layout, packed_words: &'a [u32], scales_words: &[u32]) -> Self {
+        assert_eq!(
+            packed_words.len(),
+            layout.packed_words(),
+            "NF4 packed tensor length"
+        );
+        let code = layout.quant_type.dequant_table();
+        Self {
+            layout,
+            packed: &bytemuck::cast_slice(packed_words)[..layout.numel().div_ceil(2)],
+            absmax: layout.decode_absmax(scales_words),
+            code,
+            pairs: qlora_nf4::pair_table(code),
+        }
+    }
+
+    /// Dequantizes the elements `start .. start + out.len()` of the flat weight (sequential).
+    fn dequant_range(&self, start: usize, out: &mut [f32]) {
+        qlora_nf4::dequantize_4bit_seq(
+            self.packed,
+            &self.absmax,
+            self.code,
+            &self.pairs,
+            self.layout.blocksize,
+            start,
+            out,
+        );
+    }
+
+    /// The dense weight `[rows, cols]`, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.layout.numel()];
+        qlora_nf4::dequantize_4bit_into(
+            self.packed,
+            &self.absmax,
+            self.code,
+            self.layout.blocksize,
+            0,
+            &mut out,
+        );
+        out
+    }
+
+    /// `y[m, rows] = x[m, cols] · Wᵀ`.
+    ///
+    /// # Panics
+    /// If `x.len() != m * cols`.
+    pub fn linear(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.layout.rows, self.layout.cols);
+        assert_eq!(x.len(), m * k, "nf4_linear: input length");
+        let mut y = vec![0f32; m * n];
+        if m == 0 || n == 0 {
+            return y;
+        }
+        let panel = panel_len(n, k, 8);
+        let out = SharedOut(y.as_mut_ptr());
+        (0..n.div_ceil(panel)).into_par_iter().for_each_init(
+            || vec![0f32; panel * k],
+            |buf, p| {
+                let (r0, r1) = (p * panel, ((p + 1) * panel).min(n));
+                let nb = r1 - r0;
+                let w = &mut buf[..nb * k];
+                self.dequant_range(r0 * k, w);
+                // y[:, r0..r1] = x · wᵀ; w is [nb, k] row-major, so wᵀ(kk, j) = w[j * k + kk].
+                // SAFETY: the destination is the column range r0..r1 of y (row stride n), which
+                // no other task writes; lhs and rhs are valid for the given strides and sizes.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        nb,
+                        k,
+                        out.at(r0),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        y
+    }
+
+    /// `dx[m, cols] = dy[m, rows] · W`.
+    ///
+    /// # Panics
+    /// If `dy.len() != m * rows`.
+    pub fn linear_backward_input(&self, dy: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.layout.rows, self.layout.cols);
+        assert_eq!(dy.len(), m * n, "nf4_linear_backward_input: input length");
+        let mut dx = vec![0f32; m * k];
+        if m == 0 || k == 0 {
+            return dx;
+        }
+        if n == 0 {
+            return dx;
+        }
+        let panel = panel_len(k, n, 16);
+        let out = SharedOut(dx.as_mut_ptr());
+        (0..k.div_ceil(panel)).into_par_iter().for_each_init(
+            || vec![0f32; panel * n],
+            |buf, p| {
+                let (c0, c1) = (p * panel, ((p + 1) * panel).min(k));
+                let kw = c1 - c0;
+                let w = &mut buf[..n * kw];
+                for r in 0..n {
+                    self.dequant_range(r * k + c0, &mut w[r * kw..(r + 1) * kw]);
+                }
+                // dx[:, c0..c1] = dy · w, w is [n, kw] row-major.
+                // SAFETY: the destination is the column range c0..c1 of dx (row stride k), which
+                // no other task writes; lhs and rhs are valid for the given strides and sizes.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        kw,
+                        n,
+                        out.at(c0),
+                        1,
+                        k as isize,
+                        false,
+                        dy.as_ptr(),
+                        1,
+                        n as isize,
+                        w.as_ptr(),
+                        1,
+                        kw as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        dx
+    }
+}
+
+/// Panel size along a dimension of length `len` whose slices have `other` elements: about four
+/// panels per thread, a multiple of `align`, at most [`PANEL_ELEMS`] elements.
+fn panel_len(len: usize, other: usize, align: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let balanced = len.div_ceil(threads * 4).next_multiple_of(align);
+    let cap = (PANEL_ELEMS / other.max(1)).max(align) / align * align;
+    balanced.min(cap).max(align)
+}

@@ -1,0 +1,49 @@
+//! The `nf4_*` op trait, implemented per backend and reached from `Tensor` code through
+//! `Dispatch`.
+
+use burn::backend::{Backend, Shape, backend_extension, tensor::FloatTensor};
+
+use crate::Nf4Primitive;
+
+/// Operations on an NF4 weight `W` of PyTorch layout `[rows, cols]` = `[out, in]`.
+///
+/// Implemented for Flex (pure Rust, tiled, multithreaded) and for Autodiff over any backend that
+/// implements it (the backward keeps only the packed weight). Calling an op on a device whose
+/// backend has no implementation panics with Burn's "unsupported backend" message.
+#[backend_extension(Flex, Autodiff)]
+pub trait Nf4Ops: Backend {
+    /// The dense weight `[rows, cols]` in f32: `code[nibble] * absmax[block]` per element.
+    fn nf4_dequantize(#[extension_type] w: Nf4Primitive<Self>) -> FloatTensor<Self>;
+
+    /// `y = x · Wᵀ`: `x` is `[..., cols]`, `y` is `[..., rows]`, computed without materialising
+    /// the dense `W` (tiles of rows are dequantized into cache-sized panels).
+    fn nf4_linear(
+        x: FloatTensor<Self>,
+        #[extension_type] w: Nf4Primitive<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `dx = dy · W`: `dy` is `[..., rows]`, `dx` is `[..., cols]`; the input gradient of
+    /// [`Nf4Ops::nf4_linear`].
+    fn nf4_linear_backward_input(
+        dy: FloatTensor<Self>,
+        #[extension_type] w: Nf4Primitive<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// `[..., cols] -> [..., rows]`, checking the last dimension.
+///
+/// # Panics
+/// If the input's last dimension is not `expect_last`.
+pub fn linear_out_shape(input: &Shape, expect_last: usize, out_last: usize, op: &str) -> Shape {
+    let dims = input.as_slice();
+    let last = *dims
+        .last()
+        .unwrap_or_else(|| panic!("{op}: input must have at least one dimension"));
+    assert_eq!(
+        last, expect_last,
+        "{op}: input has {last} features in its last dimension, the NF4 weight expects {expect_last}"
+    );
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("non-empty") = out_last;
+    Shape::from(out)
+}
