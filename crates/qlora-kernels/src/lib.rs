@@ -1,0 +1,16 @@
+//! CubeCL kernels for 4-bit NF4/FP4 weights, with no Burn dependency: they run on every CubeCL
+//! runtime (CUDA, ROCm, wgpu/Vulkan/Metal, the CPU runtime) and are tested against `qlora-nf4`.
+//!
+//! Data layout (shared with `qlora-backend`): packed bytes in little-endian `u32` words (WGSL
+//! has no `u8`); a double-quantized absmax is decoded by [`decode_double_quant_absmax`] before
+//! the kernels that need one f32 per block.
+#![warn(missing_docs)]
+
+mod absmax;
+mod dequantize;
+mod linear;
+
+pub use absmax::decode_double_quant_absmax;
+pub use dequantize::launch_dequantize;
+pub(crate) use dequantize::nf4_element;
+pub use linear::{TILE, launch_nf4_matmul};

@@ -1,0 +1,246 @@
+//! Kernel tests as generic functions over a CubeCL client, run on every runtime compiled in.
+//! Results are compared with `qlora-nf4`, the reference: dequantize bit for bit, matmuls within
+//! 1e-5 relative in f32.
+//!
+//! The wgpu runtime runs here on any Vulkan driver, including Mesa's software lavapipe
+//! (`../shared/scripts/setup-wgpu-lavapipe.sh`). Without a Vulkan adapter the wgpu tests say so
+//! and pass, unless `QLORA_REQUIRE_WGPU=1` (as in CI) makes that a failure.
+
+use cubecl::ir::{ElemType, FloatKind};
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use qlora_kernels::{decode_double_quant_absmax, launch_dequantize, launch_nf4_matmul};
+use qlora_nf4::{Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor};
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut u = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        ((s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| ((-2.0 * u().ln()).sqrt() * (std::f64::consts::TAU * u()).cos()) as f32)
+        .collect()
+}
+
+/// The weight uploaded as the kernels take it: packed words, f32 absmax (decoded on the device
+/// when double-quantized), code table.
+struct DeviceWeight {
+    packed: Handle,
+    absmax: Handle,
+    code: Handle,
+}
+
+fn upload(client: &Client, q: &QuantizedTensor) -> DeviceWeight {
+    let mut words = vec![0u32; q.packed.len().div_ceil(4)];
+    bytemuck_copy(&q.packed, &mut words);
+    let packed = client.create_from_slice(u32::as_bytes(&words));
+    let absmax = match &q.absmax {
+        Absmax::F32(a) => client.create_from_slice(f32::as_bytes(a)),
+        Absmax::Double(d) => {
+            let mut scales: Vec<u32> = vec![d.offset.to_bits()];
+            scales.extend(d.nested_map.iter().map(|v| v.to_bits()));
+            scales.extend(d.nested_absmax.iter().map(|v| v.to_bits()));
+            let codes_start = scales.len();
+            let mut codes = vec![0u32; d.codes.len().div_ceil(4)];
+            bytemuck_copy(&d.codes, &mut codes);
+            scales.extend(codes);
+            let h = client.create_from_slice(u32::as_bytes(&scales));
+            decode_double_quant_absmax(
+                client,
+                h,
+                scales.len(),
+                d.codes.len(),
+                codes_start,
+                d.nested_blocksize.get(),
+            )
+        }
+    };
+    let code = client.create_from_slice(f32::as_bytes(q.quant_type.dequant_table()));
+    DeviceWeight {
+        packed,
+        absmax,
+        code,
+    }
+}
+
+fn bytemuck_copy(bytes: &[u8], words: &mut [u32]) {
+    for (i, b) in bytes.iter().enumerate() {
+        words[i / 4] |= (*b as u32) << ((i % 4) * 8);
+    }
+}
+
+fn read_f32(client: &Client, h: Handle) -> Vec<f32> {
+    f32::from_bytes(&client.read_one_unchecked(h)).to_vec()
+}
+
+const F32: ElemType = ElemType::Float(FloatKind::F32);
+
+fn configs() -> Vec<QuantConfig> {
+    vec![
+        QuantConfig::qlora(),
+        QuantConfig {
+            quant_type: QuantType::Fp4,
+            blocksize: Blocksize::new(128, "w").unwrap(),
+            double_quant: false,
+        },
+        QuantConfig {
+            quant_type: QuantType::Nf4,
+            blocksize: Blocksize::new(32, "w").unwrap(),
+            double_quant: true,
+        },
+    ]
+}
+
+/// Dequantize equals the reference bit for bit, double-quantized absmax included.
+pub fn dequantize_is_bit_exact(client: &Client) {
+    for (i, &(n, k)) in [(17usize, 64usize), (33, 100), (65, 37), (300, 4160)]
+        .iter()
+        .enumerate()
+    {
+        for cfg in configs() {
+            let w = randn(n * k, i as u64);
+            let q = QuantizedTensor::quantize("w", &w, &[n, k], cfg).unwrap();
+            let dw = upload(client, &q);
+            let out = client.empty(n * k * 4);
+            launch_dequantize(
+                client,
+                dw.packed,
+                dw.absmax,
+                dw.code,
+                n * k,
+                cfg.blocksize.get(),
+                out.clone(),
+                F32,
+            );
+            let ours = read_f32(client, out);
+            let want = q.dequantize_f32();
+            let diff = ours
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                diff.is_none(),
+                "{n}x{k} {cfg:?}: first difference at {diff:?}"
+            );
+        }
+    }
+}
+
+/// Forward and backward-input matmuls equal the reference within 1e-5 relative (f32).
+pub fn matmuls_match_the_reference(client: &Client) {
+    // Shapes that are multiples of no tile: K = 4096 + 64, M = 1, 3, 17, N odd.
+    for (i, &(m, n, k)) in [
+        (1usize, 33usize, 4160usize),
+        (3, 17, 100),
+        (17, 65, 37),
+        (16, 16, 64),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let q = QuantizedTensor::quantize(
+            "w",
+            &randn(n * k, 50 + i as u64),
+            &[n, k],
+            QuantConfig::qlora(),
+        )
+        .unwrap();
+        let deq = q.dequantize_f32();
+        let dw = upload(client, &q);
+        let f32_type = F32;
+
+        let x = randn(m * k, 60 + i as u64);
+        let y = client.empty(m * n * 4);
+        let xh = client.create_from_slice(f32::as_bytes(&x));
+        launch_nf4_matmul(
+            client,
+            xh,
+            dw.packed.clone(),
+            dw.absmax.clone(),
+            dw.code.clone(),
+            y.clone(),
+            (m, n, k),
+            false,
+            64,
+            f32_type,
+        );
+        let want: Vec<f64> = (0..m * n)
+            .map(|j| {
+                (0..k)
+                    .map(|kk| x[j / n * k + kk] as f64 * deq[j % n * k + kk] as f64)
+                    .sum()
+            })
+            .collect();
+        assert_close(&read_f32(client, y), &want, &format!("y {m}x{n}x{k}"));
+
+        let dy = randn(m * n, 70 + i as u64);
+        let dx = client.empty(m * k * 4);
+        let dyh = client.create_from_slice(f32::as_bytes(&dy));
+        // dx[m, k] = dy[m, n] · W[n, k]: out columns run over k, the reduction over n.
+        launch_nf4_matmul(
+            client,
+            dyh,
+            dw.packed,
+            dw.absmax,
+            dw.code,
+            dx.clone(),
+            (m, k, n),
+            true,
+            64,
+            f32_type,
+        );
+        let want: Vec<f64> = (0..m * k)
+            .map(|j| {
+                (0..n)
+                    .map(|r| dy[j / k * n + r] as f64 * deq[r * k + j % k] as f64)
+                    .sum()
+            })
+            .collect();
+        assert_close(&read_f32(client, dx), &want, &format!("dx {m}x{n}x{k}"));
+    }
+}
+
+fn assert_close(ours: &[f32], want: &[f64], what: &str) {
+    assert_eq!(ours.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
+        assert!(
+            ((*a as f64) - b).abs() <= 1e-5 * scale,
+            "{what}[{i}]: {a} vs {b}"
+        );
+    }
+}
+
+mod wgpu {
+    use super::*;
+
+    fn client() -> Option<Client> {
+        match cubecl::Device::wgpu(Default::default()) {
+            Ok(device) => Some(device.client()),
+            Err(e) if std::env::var("QLORA_REQUIRE_WGPU").as_deref() != Ok("1") => {
+                eprintln!(
+                    "wgpu: {e}; kernel tests skipped (set QLORA_REQUIRE_WGPU=1 to fail instead)"
+                );
+                None
+            }
+            Err(e) => panic!("wgpu device required (QLORA_REQUIRE_WGPU=1): {e}"),
+        }
+    }
+
+    #[test]
+    fn dequantize_is_bit_exact() {
+        if let Some(c) = client() {
+            super::dequantize_is_bit_exact(&c);
+        }
+    }
+
+    #[test]
+    fn matmuls_match_the_reference() {
+        if let Some(c) = client() {
+            super::matmuls_match_the_reference(&c);
+        }
+    }
+}
