@@ -1,14 +1,24 @@
 //! Pure-Rust NF4 kernels on host slices: tiled dequantize-into-panel + SIMD GEMM (the `gemm`
-//! crate), multithreaded with rayon. Never materialises the whole dense `W`: each task
-//! dequantizes one cache-sized panel of it into its own buffer and multiplies.
+//! crate), multithreaded with rayon. Never materialises the whole dense `W`: only one panel of
+//! it at a time (a chunk of the reduction dimension for many activation rows, a cache-sized
+//! tile of output rows per task for few).
 
 use rayon::prelude::*;
 
 use crate::Nf4Layout;
 
-/// Largest panel, in f32 elements (2 MiB): big enough that re-packing the activation per panel
-/// is amortised, small enough to stay in a core's cache hierarchy.
-const PANEL_ELEMS: usize = 1 << 19;
+/// Largest panel of the few-rows path, in f32 elements (1 MiB): with at most [`LARGE_M`]
+/// activation rows, re-packing them per panel is cheap, and the panel stays in a core's cache.
+const PANEL_ELEMS: usize = 1 << 18;
+
+/// From this many rows of activations on, the reduction dimension is chunked and each chunk
+/// multiplied by a multithreaded GEMM (packing every operand once); below it, panels of the
+/// output are spread over the cores, each multiplied single-threaded.
+const LARGE_M: usize = 64;
+
+/// Width of a reduction chunk in the large-M path: about a GEMM's own depth blocking, so the
+/// extra passes over the output cost what a plain GEMM's passes cost.
+const REDUCTION_CHUNK: usize = 512;
 
 /// One NF4 weight on the host, its absmax decoded once.
 pub struct CpuNf4<'a> {
@@ -94,6 +104,44 @@ impl<'a> CpuNf4<'a> {
         if m == 0 || n == 0 {
             return y;
         }
+        if m >= LARGE_M {
+            // y += x[:, k0..k1] · W[:, k0..k1]ᵀ, one reduction chunk at a time: each chunk of x
+            // and of W is packed once, as in a plain GEMM, and gemm spreads over the cores.
+            let chunk = REDUCTION_CHUNK.min(k);
+            let mut w = vec![0f32; n * chunk];
+            for (c, k0) in (0..k).step_by(chunk).enumerate() {
+                let kw = chunk.min(k - k0);
+                let w = &mut w[..n * kw];
+                w.par_chunks_mut(kw)
+                    .enumerate()
+                    .for_each(|(r, row)| self.dequant_range(r * k + k0, row));
+                // SAFETY: y is [m, n] row-major; x[:, k0..] has row stride k; w is [n, kw].
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        kw,
+                        y.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        c > 0,
+                        x.as_ptr().add(k0),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        kw as isize,
+                        1,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(0),
+                    );
+                }
+            }
+            return y;
+        }
         let panel = panel_len(n, k, 8);
         let out = SharedOut(y.as_mut_ptr());
         (0..n.div_ceil(panel)).into_par_iter().for_each_init(
@@ -146,6 +194,43 @@ impl<'a> CpuNf4<'a> {
             return dx;
         }
         if n == 0 {
+            return dx;
+        }
+        if m >= LARGE_M {
+            // dx += dy[:, n0..n1] · W[n0..n1, :], one chunk of rows of W at a time.
+            let chunk = REDUCTION_CHUNK.min(n);
+            let mut w = vec![0f32; chunk * k];
+            for (c, n0) in (0..n).step_by(chunk).enumerate() {
+                let nb = chunk.min(n - n0);
+                let w = &mut w[..nb * k];
+                w.par_chunks_mut(k)
+                    .enumerate()
+                    .for_each(|(r, row)| self.dequant_range((n0 + r) * k, row));
+                // SAFETY: dx is [m, k]; dy[:, n0..] has row stride n; w is [nb, k].
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        k,
+                        nb,
+                        dx.as_mut_ptr(),
+                        1,
+                        k as isize,
+                        c > 0,
+                        dy.as_ptr().add(n0),
+                        1,
+                        n as isize,
+                        w.as_ptr(),
+                        1,
+                        k as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(0),
+                    );
+                }
+            }
             return dx;
         }
         let panel = panel_len(k, n, 16);

@@ -6,6 +6,9 @@
 //!
 //! - **Flex** (pure-Rust CPU): tiles of the weight are dequantized into cache-sized panels and
 //!   multiplied with the `gemm` crate's SIMD kernels on every core; the dense weight never exists.
+//! - **Cube** (feature `cube` + a runtime: `wgpu`, `cuda`): the CubeCL kernels of `qlora-kernels`
+//!   on every CubeCL runtime, and **Fusion** through the macro's `#[fusion]` metadata (the op is
+//!   deferred and runs after the pending fused stream).
 //! - **Autodiff** over any of them: the backward of `nf4_linear` keeps only the packed weight and
 //!   computes `dX = dY · dequant(W)` (Dettmers et al. 2023, *QLoRA*, §3: gradients flow through
 //!   the frozen 4-bit weights into the adapters; the weights themselves get none).
@@ -16,6 +19,8 @@
 
 mod autodiff;
 mod cpu;
+#[cfg(feature = "cube")]
+mod cube;
 mod flex;
 mod layout;
 mod ops;

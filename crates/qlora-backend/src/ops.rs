@@ -7,16 +7,19 @@ use crate::Nf4Primitive;
 
 /// Operations on an NF4 weight `W` of PyTorch layout `[rows, cols]` = `[out, in]`.
 ///
-/// Implemented for Flex (pure Rust, tiled, multithreaded) and for Autodiff over any backend that
-/// implements it (the backward keeps only the packed weight). Calling an op on a device whose
+/// Implemented for Flex (pure Rust, tiled, multithreaded), for the CubeCL backend and its Fusion
+/// wrapper (feature `cube`, with a runtime feature such as `wgpu` or `cuda`), and for Autodiff
+/// over any of them (the backward keeps only the packed weight). Calling an op on a device whose
 /// backend has no implementation panics with Burn's "unsupported backend" message.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
 pub trait Nf4Ops: Backend {
     /// The dense weight `[rows, cols]` in f32: `code[nibble] * absmax[block]` per element.
+    #[fusion(dtype = burn::backend::DType::F32, shape = Shape::new([w.layout.rows, w.layout.cols]))]
     fn nf4_dequantize(#[extension_type] w: Nf4Primitive<Self>) -> FloatTensor<Self>;
 
     /// `y = x · Wᵀ`: `x` is `[..., cols]`, `y` is `[..., rows]`, computed without materialising
     /// the dense `W` (tiles of rows are dequantized into cache-sized panels).
+    #[fusion(dtype = x, shape = linear_out_shape(x, w.layout.cols, w.layout.rows, "nf4_linear"))]
     fn nf4_linear(
         x: FloatTensor<Self>,
         #[extension_type] w: Nf4Primitive<Self>,
@@ -24,6 +27,7 @@ pub trait Nf4Ops: Backend {
 
     /// `dx = dy · W`: `dy` is `[..., rows]`, `dx` is `[..., cols]`; the input gradient of
     /// [`Nf4Ops::nf4_linear`].
+    #[fusion(dtype = dy, shape = linear_out_shape(dy, w.layout.rows, w.layout.cols, "nf4_linear_backward_input"))]
     fn nf4_linear_backward_input(
         dy: FloatTensor<Self>,
         #[extension_type] w: Nf4Primitive<Self>,

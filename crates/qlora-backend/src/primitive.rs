@@ -10,6 +10,7 @@ use crate::Nf4Layout;
 ///
 /// See [`Nf4Layout`] for the word layout of `packed` and `scales`.
 #[derive(ExtensionType, Debug, Clone)]
+#[cfg_attr(feature = "cube", extension_type(fusion))]
 pub struct Nf4Primitive<B: Backend> {
     /// Packed 4-bit codes, `U32` words.
     pub packed: IntTensor<B>,

@@ -171,6 +171,8 @@ fn autodiff_gradient_is_dy_times_w() {
     let dx = to_vec(x.grad(&grads).expect("x has a gradient"));
     let wt: Vec<f32> = (0..k * n).map(|j| deq[j % n * k + j / n]).collect();
     assert_close(&dx, &ref_linear(&g, &wt, m, k, n), 1e-5, "dx");
+    // W has no gradient: the module holds no float parameter for the optimizer to see.
+    assert!(burn::optim::GradientsParams::from_grads(grads, &w).is_empty());
 
     // Same gradient as Burn's own matmul on the dense weight.
     let x2 = x.clone().detach().require_grad();
@@ -250,5 +252,42 @@ fn quantize_from_a_float_tensor_and_golden_bnb_weights() {
     assert!(
         e.to_string().contains("layers.0.q_proj.weight") && e.to_string().contains("index 1"),
         "{e}"
+    );
+}
+
+#[test]
+fn backward_works_under_gradient_checkpointing() {
+    let device = Device::flex().autodiff().gradient_checkpointing();
+    let (m, n, k) = (4, 48, 64);
+    let (q, deq) = weight(n, k, QuantConfig::qlora(), 31);
+    let w1 = Nf4Weight::from_quantized(&q, "w1", &device).unwrap();
+    let (q2, _) = weight(k, n, QuantConfig::qlora(), 32);
+    let w2 = Nf4Weight::from_quantized(&q2, "w2", &device).unwrap();
+    let x =
+        Tensor::<2>::from_data(TensorData::new(randn(m * k, 33), [m, k]), &device).require_grad();
+    // Two NF4 linears with a cheap op between them, which checkpointing recomputes.
+    let h = nf4_linear(x.clone(), &w1).exp().log();
+    let y = nf4_linear(h, &w2);
+    let grads = y.sum().backward();
+    let dx = to_vec(x.grad(&grads).unwrap());
+
+    // Reference without checkpointing on dense weights.
+    let plain = Device::flex().autodiff();
+    let xr =
+        Tensor::<2>::from_data(TensorData::new(randn(m * k, 33), [m, k]), &plain).require_grad();
+    let d1 = Tensor::<2>::from_data(TensorData::new(deq, [n, k]), &plain);
+    let d2 = Tensor::<2>::from_data(TensorData::new(q2.dequantize_f32(), [k, n]), &plain);
+    let yr = xr
+        .clone()
+        .matmul(d1.transpose())
+        .exp()
+        .log()
+        .matmul(d2.transpose());
+    let dxr = to_vec(xr.grad(&yr.sum().backward()).unwrap());
+    assert_close(
+        &dx,
+        &dxr.iter().map(|v| *v as f64).collect::<Vec<_>>(),
+        1e-4,
+        "checkpointed dx",
     );
 }

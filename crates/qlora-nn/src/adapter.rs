@@ -1,0 +1,214 @@
+//! [`LoraAdapter`]: one low-rank update `Δy = s · B·A·dropout(x)`, and [`LoraAdapters`], the
+//! named adapters of one layer.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::{Device, Distribution, Tensor};
+
+use crate::InitLoraWeights;
+
+/// One LoRA adapter of a linear layer (Hu et al. 2021): `Δy = scaling · (dropout(x) · Aᵀ) · Bᵀ`.
+///
+/// `A` and `B` are stored in PEFT's (PyTorch) layout, `A` `[r, in]` and `B` `[out, r]`, so that
+/// adapter files map one to one.
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// `lora_A.weight`, `[r, in_features]`.
+    pub lora_a: Param<Tensor<2>>,
+    /// `lora_B.weight`, `[out_features, r]`.
+    pub lora_b: Param<Tensor<2>>,
+    /// Dropout on the adapter input (training only).
+    pub dropout: Dropout,
+    /// `lora_alpha / r` (or `lora_alpha / sqrt(r)` with rsLoRA).
+    pub scaling: f64,
+}
+
+impl LoraAdapter {
+    /// A new adapter, initialised as PEFT's `init_lora_weights` says:
+    /// - `Default`: `A ~ U(-1/√in, 1/√in)` (Kaiming-uniform with a = √5), `B = 0`;
+    /// - `Gaussian`: `A ~ N(0, (1/r)²)` (PEFT's `std = 1/r`), `B = 0`;
+    /// - `Random`: both Kaiming-uniform (`B ~ U(-1/√r, 1/√r)`), so the adapter starts non-zero.
+    pub fn new(
+        [in_features, out_features]: [usize; 2],
+        r: usize,
+        scaling: f64,
+        dropout: f64,
+        init: InitLoraWeights,
+        device: &Device,
+    ) -> Self {
+        assert!(r > 0, "LoRA rank must be at least 1");
+        let kaiming = |fan_in: usize| {
+            Distribution::Uniform(-1.0 / (fan_in as f64).sqrt(), 1.0 / (fan_in as f64).sqrt())
+        };
+        let a = match init {
+            InitLoraWeights::Gaussian => Tensor::<2>::random(
+                [r, in_features],
+                Distribution::Normal(0.0, 1.0 / r as f64),
+                device,
+            ),
+            _ => Tensor::<2>::random([r, in_features], kaiming(in_features), device),
+        };
+        let b = match init {
+            InitLoraWeights::Random => Tensor::<2>::random([out_features, r], kaiming(r), device),
+            _ => Tensor::<2>::zeros([out_features, r], device),
+        };
+        Self::from_weights(a, b, scaling, dropout)
+    }
+
+    /// An adapter from given `A` `[r, in]` and `B` `[out, r]` (for example read from a PEFT file).
+    ///
+    /// # Panics
+    /// If the ranks of `A` and `B` differ.
+    pub fn from_weights(lora_a: Tensor<2>, lora_b: Tensor<2>, scaling: f64, dropout: f64) -> Self {
+        let [r, _] = lora_a.dims();
+        let [_, rb] = lora_b.dims();
+        assert_eq!(r, rb, "lora_A has rank {r} but lora_B has rank {rb}");
+        Self {
+            lora_a: Param::from_tensor(lora_a),
+            lora_b: Param::from_tensor(lora_b),
+            dropout: DropoutConfig::new(dropout).init(),
+            scaling,
+        }
+    }
+
+    /// The rank `r`.
+    pub fn rank(&self) -> usize {
+        self.lora_a.dims()[0]
+    }
+
+    /// `[in_features, out_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.lora_a.dims()[1], self.lora_b.dims()[0]]
+    }
+
+    /// The update `Δy`.
+    ///
+    /// - `x`: `[..., in_features]`
+    /// - returns `[..., out_features]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let [in_features, out_features] = self.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let x2: Tensor<2> = self.dropout.forward(x).reshape([rows, in_features]);
+        let h = x2.matmul(self.lora_a.val().transpose());
+        let delta = h
+            .matmul(self.lora_b.val().transpose())
+            .mul_scalar(self.scaling);
+        let mut out = dims;
+        out[D - 1] = out_features;
+        delta.reshape(out)
+    }
+
+    /// `scaling · B · A`, `[out, in]`: what merging adds to the base weight.
+    pub fn delta_weight(&self) -> Tensor<2> {
+        self.lora_b
+            .val()
+            .matmul(self.lora_a.val())
+            .mul_scalar(self.scaling)
+    }
+}
+
+/// The named adapters of one layer, which of them are active, and whether all are disabled.
+#[derive(Module, Debug)]
+pub struct LoraAdapters {
+    /// The adapters, in the order they were added.
+    pub adapters: Vec<LoraAdapter>,
+    #[module(skip)]
+    names: Vec<String>,
+    #[module(skip)]
+    active: Vec<bool>,
+    #[module(skip)]
+    disabled: bool,
+}
+
+impl LoraAdapters {
+    /// No adapter.
+    pub fn empty() -> Self {
+        Self {
+            adapters: Vec::new(),
+            names: Vec::new(),
+            active: Vec::new(),
+            disabled: false,
+        }
+    }
+
+    /// Adds an adapter under `name` and makes it active (PEFT's `add_adapter`).
+    ///
+    /// # Panics
+    /// If an adapter of that name exists, or its shape differs from the others'.
+    pub fn add(&mut self, name: &str, adapter: LoraAdapter) {
+        assert!(
+            !self.names.iter().any(|n| n == name),
+            "an adapter named `{name}` already exists"
+        );
+        if let Some(first) = self.adapters.first() {
+            assert_eq!(
+                first.dims(),
+                adapter.dims(),
+                "adapter `{name}` has another shape than the layer's"
+            );
+        }
+        self.adapters.push(adapter);
+        self.names.push(name.to_string());
+        self.active.push(true);
+    }
+
+    /// Makes exactly the named adapters active.
+    ///
+    /// # Panics
+    /// If a name is unknown.
+    pub fn set_active(&mut self, names: &[&str]) {
+        for n in names {
+            assert!(
+                self.names.iter().any(|m| m == n),
+                "no adapter named `{n}` (have {:?})",
+                self.names
+            );
+        }
+        for (flag, n) in self.active.iter_mut().zip(&self.names) {
+            *flag = names.contains(&n.as_str());
+        }
+    }
+
+    /// Removes the named adapter; returns it if it existed.
+    pub fn delete(&mut self, name: &str) -> Option<LoraAdapter> {
+        let i = self.names.iter().position(|n| n == name)?;
+        self.names.remove(i);
+        self.active.remove(i);
+        Some(self.adapters.remove(i))
+    }
+
+    /// Turns every adapter off (`true`) or back on (`false`) without forgetting which are active.
+    pub fn set_disabled(&mut self, disabled: bool) {
+        self.disabled = disabled;
+    }
+
+    /// The adapter named `name`.
+    pub fn get(&self, name: &str) -> Option<&LoraAdapter> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| &self.adapters[i])
+    }
+
+    /// The adapter names, in order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The adapters that contribute to the output now.
+    pub fn active(&self) -> impl Iterator<Item = (&str, &LoraAdapter)> {
+        let on = !self.disabled;
+        self.names
+            .iter()
+            .zip(&self.adapters)
+            .zip(&self.active)
+            .filter(move |(_, a)| on && **a)
+            .map(|((n, a), _)| (n.as_str(), a))
+    }
+
+    /// `y + Σ_active Δy(x)`.
+    pub fn add_updates<const D: usize>(&self, y: Tensor<D>, x: Tensor<D>) -> Tensor<D> {
+        self.active().fold(y, |y, (_, a)| y + a.forward(x.clone()))
+    }
+}

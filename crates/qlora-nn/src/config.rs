@@ -1,0 +1,489 @@
+//! [`LoraConfig`]: PEFT's `LoraConfig`, with PEFT's field names, defaults and file format.
+//!
+//! Reading is strict: every field name PEFT 0.21 writes is accepted, a name PEFT does not have is
+//! an error that names it, and a value that asks for a feature burn-qlora does not have (DoRA,
+//! LoftQ, layer replication, ...) is an error that names the field, never silently ignored.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::LoraError;
+
+/// `target_modules` / `exclude_modules`: a list of names (exact or dotted-suffix match) or one
+/// regular expression (full match), or PEFT's `"all-linear"` shorthand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModuleSelector {
+    /// Names: a module matches if its path equals one or ends with `.` + one.
+    List(Vec<String>),
+    /// A regular expression matched against the whole module path (`"all-linear"` is special).
+    Pattern(String),
+}
+
+/// `layers_to_transform`: one layer index or several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerIndices {
+    /// One index.
+    One(usize),
+    /// Several indices.
+    Many(Vec<usize>),
+}
+
+/// `layers_pattern`: the name(s) of the module list holding the layers (`"layers"`, `"h"`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayersPattern {
+    /// One name.
+    One(String),
+    /// Several names, tried in order.
+    Many(Vec<String>),
+}
+
+/// `bias`: which biases train along with the adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraBias {
+    /// No bias trains (the QLoRA default).
+    #[default]
+    None,
+    /// Every bias of the model trains.
+    All,
+    /// Only the biases of the LoRA-adapted layers train.
+    LoraOnly,
+}
+
+/// `init_lora_weights`: `true` (Kaiming-uniform A, zero B), `"gaussian"` (A ~ N(0, 1/r), zero B)
+/// or `false` (A and B both Kaiming-uniform, so the adapter starts non-zero; for tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitLoraWeights {
+    /// PEFT's default: A Kaiming-uniform (a = √5), B = 0.
+    #[default]
+    Default,
+    /// A ~ N(0, 1/r), B = 0.
+    Gaussian,
+    /// A and B Kaiming-uniform (PEFT's `false`: the layer's plain `nn.Linear` init).
+    Random,
+}
+
+impl Serialize for InitLoraWeights {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            InitLoraWeights::Default => s.serialize_bool(true),
+            InitLoraWeights::Gaussian => s.serialize_str("gaussian"),
+            InitLoraWeights::Random => s.serialize_bool(false),
+        }
+    }
+}
+
+/// PEFT's `LoraConfig` (the fields burn-qlora acts on; see the module docs for the rest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    /// Adapter rank (PEFT default 8).
+    pub r: usize,
+    /// Scale numerator: `scaling = lora_alpha / r` (PEFT default 8).
+    pub lora_alpha: f64,
+    /// Dropout on the adapter input during training (PEFT default 0).
+    pub lora_dropout: f64,
+    /// Modules to adapt.
+    pub target_modules: Option<ModuleSelector>,
+    /// Modules never to adapt, checked first.
+    pub exclude_modules: Option<ModuleSelector>,
+    /// Restrict list targets to these layer indices.
+    pub layers_to_transform: Option<LayerIndices>,
+    /// Name of the layer list for `layers_to_transform`.
+    pub layers_pattern: Option<LayersPattern>,
+    /// Per-module rank overrides, `{pattern: r}`, in file order.
+    pub rank_pattern: Vec<(String, usize)>,
+    /// Per-module alpha overrides, `{pattern: alpha}`, in file order.
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// rsLoRA: `scaling = lora_alpha / sqrt(r)` (Kalajdzievski 2023).
+    pub use_rslora: bool,
+    /// Which biases train.
+    pub bias: LoraBias,
+    /// How A and B start.
+    pub init_lora_weights: InitLoraWeights,
+    /// Modules trained in full and saved with the adapter.
+    pub modules_to_save: Option<Vec<String>>,
+    /// The base model the adapter belongs to.
+    pub base_model_name_or_path: Option<String>,
+    /// PEFT task type (`"CAUSAL_LM"` for the examples).
+    pub task_type: Option<String>,
+    /// Whether the adapter was saved for inference only.
+    pub inference_mode: bool,
+    /// Base model revision.
+    pub revision: Option<String>,
+}
+
+impl Default for LoraConfig {
+    /// PEFT's defaults (`target_modules` unset: give one before applying).
+    fn default() -> Self {
+        Self {
+            r: 8,
+            lora_alpha: 8.0,
+            lora_dropout: 0.0,
+            target_modules: None,
+            exclude_modules: None,
+            layers_to_transform: None,
+            layers_pattern: None,
+            rank_pattern: Vec::new(),
+            alpha_pattern: Vec::new(),
+            use_rslora: false,
+            bias: LoraBias::None,
+            init_lora_weights: InitLoraWeights::Default,
+            modules_to_save: None,
+            base_model_name_or_path: None,
+            task_type: Some("CAUSAL_LM".into()),
+            inference_mode: false,
+            revision: None,
+        }
+    }
+}
+
+/// PEFT 0.21 `LoraConfig` fields that burn-qlora accepts only at their neutral value
+/// (`null`, `false`, `{}`, `[]`): the feature they switch on is not implemented.
+const NEUTRAL_ONLY: &[(&str, &str)] = &[
+    ("use_dora", "DoRA is not implemented"),
+    (
+        "fan_in_fan_out",
+        "Conv1D (GPT-2 style, [in, out]) base layers are not supported",
+    ),
+    ("loftq_config", "LoftQ initialisation is not implemented"),
+    ("layer_replication", "layer replication is not implemented"),
+    (
+        "target_parameters",
+        "adapting nn.Parameter targets is not implemented",
+    ),
+    (
+        "trainable_token_indices",
+        "trainable token indices are not implemented",
+    ),
+    ("use_qalora", "QA-LoRA is not implemented"),
+    ("lora_bias", "a bias on lora_B is not implemented"),
+    (
+        "alora_invocation_tokens",
+        "activated LoRA is not implemented",
+    ),
+    ("arrow_config", "Arrow routing is not implemented"),
+    ("corda_config", "CorDA initialisation is not implemented"),
+    ("eva_config", "EVA initialisation is not implemented"),
+    ("kasa_config", "KaSA is not implemented"),
+    (
+        "lora_ga_config",
+        "LoRA-GA initialisation is not implemented",
+    ),
+    ("monteclora_config", "MonteCLoRA is not implemented"),
+    ("velora_config", "VeLoRA is not implemented"),
+    (
+        "megatron_config",
+        "Megatron parallel layers are not supported",
+    ),
+    ("use_bdlora", "BD-LoRA is not implemented"),
+    ("ensure_weight_tying", "tied adapters are not implemented"),
+    ("runtime_config", "runtime configs are not implemented"),
+];
+
+/// PEFT fields that carry no behaviour burn-qlora needs (any value accepted).
+const INFORMATIONAL: &[&str] = &[
+    "peft_type",
+    "peft_version",
+    "auto_mapping",
+    "megatron_core",
+    "qalora_group_size",
+];
+
+/// Fields this type reads.
+const OWN: &[&str] = &[
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "use_rslora",
+    "bias",
+    "init_lora_weights",
+    "modules_to_save",
+    "base_model_name_or_path",
+    "task_type",
+    "inference_mode",
+    "revision",
+];
+
+fn is_neutral(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+impl LoraConfig {
+    /// Reads `adapter_config.json` (or any PEFT LoRA config file).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LoraError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = std::fs::read(path).map_err(|source| LoraError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        Self::from_json_bytes(&text, &name)
+    }
+
+    /// Parses config JSON; `path` names its source in errors.
+    pub fn from_json_bytes(bytes: &[u8], path: &str) -> Result<Self, LoraError> {
+        let json_err = |problem: String| LoraError::Json {
+            path: path.to_string(),
+            problem,
+        };
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| json_err(e.to_string()))?;
+        let Value::Object(obj) = value else {
+            return Err(json_err("the top level is not a JSON object".into()));
+        };
+        for (k, v) in &obj {
+            if OWN.contains(&k.as_str()) || INFORMATIONAL.contains(&k.as_str()) {
+                continue;
+            }
+            match NEUTRAL_ONLY.iter().find(|(f, _)| f == k) {
+                Some((_, why)) if !is_neutral(v) => {
+                    return Err(LoraError::Unsupported {
+                        path: path.to_string(),
+                        field: k.clone(),
+                        value: v.to_string(),
+                        why: why.to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    return Err(LoraError::UnknownField {
+                        path: path.to_string(),
+                        field: k.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(t) = obj.get("peft_type").and_then(Value::as_str)
+            && t != "LORA"
+        {
+            return Err(LoraError::Unsupported {
+                path: path.to_string(),
+                field: "peft_type".into(),
+                value: format!("\"{t}\""),
+                why: "only LoRA adapters are supported".into(),
+            });
+        }
+        let d = LoraConfig::default();
+        let field = |k: &str| obj.get(k).filter(|v| !v.is_null());
+        let get = |k: &str| -> Result<Option<Value>, LoraError> { Ok(field(k).cloned()) };
+        let cfg = LoraConfig {
+            r: typed(get("r")?, "r", path)?.unwrap_or(d.r),
+            lora_alpha: typed(get("lora_alpha")?, "lora_alpha", path)?.unwrap_or(d.lora_alpha),
+            lora_dropout: typed(get("lora_dropout")?, "lora_dropout", path)?
+                .unwrap_or(d.lora_dropout),
+            target_modules: typed(get("target_modules")?, "target_modules", path)?,
+            exclude_modules: typed(get("exclude_modules")?, "exclude_modules", path)?,
+            layers_to_transform: typed(get("layers_to_transform")?, "layers_to_transform", path)?,
+            layers_pattern: typed(get("layers_pattern")?, "layers_pattern", path)?,
+            rank_pattern: ordered_map(field("rank_pattern"), "rank_pattern", path)?,
+            alpha_pattern: ordered_map(field("alpha_pattern"), "alpha_pattern", path)?,
+            use_rslora: typed(get("use_rslora")?, "use_rslora", path)?.unwrap_or(false),
+            bias: typed(get("bias")?, "bias", path)?.unwrap_or_default(),
+            init_lora_weights: match field("init_lora_weights") {
+                None | Some(Value::Bool(true)) => InitLoraWeights::Default,
+                Some(Value::Bool(false)) => InitLoraWeights::Random,
+                Some(Value::String(s)) if s == "gaussian" => InitLoraWeights::Gaussian,
+                Some(other) => {
+                    return Err(LoraError::Unsupported {
+                        path: path.to_string(),
+                        field: "init_lora_weights".into(),
+                        value: other.to_string(),
+                        why: "only true, false and \"gaussian\" are implemented".into(),
+                    });
+                }
+            },
+            modules_to_save: typed(get("modules_to_save")?, "modules_to_save", path)?,
+            base_model_name_or_path: typed(
+                get("base_model_name_or_path")?,
+                "base_model_name_or_path",
+                path,
+            )?,
+            task_type: typed(get("task_type")?, "task_type", path)?,
+            inference_mode: typed(get("inference_mode")?, "inference_mode", path)?.unwrap_or(false),
+            revision: typed(get("revision")?, "revision", path)?,
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and patterns; `path` names the source in errors.
+    pub fn validate(&self, path: &str) -> Result<(), LoraError> {
+        let bad = |field: &str, problem: String| LoraError::BadValue {
+            path: path.to_string(),
+            field: field.into(),
+            problem,
+        };
+        if self.r == 0 {
+            return Err(bad("r", "the rank must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(bad(
+                "lora_dropout",
+                format!("{} is outside [0, 1)", self.lora_dropout),
+            ));
+        }
+        if !self.lora_alpha.is_finite() {
+            return Err(bad(
+                "lora_alpha",
+                format!("{} is not finite", self.lora_alpha),
+            ));
+        }
+        if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| *r == 0) {
+            return Err(bad("rank_pattern", format!("rank 0 for `{k}`")));
+        }
+        crate::LoraMatcher::new(self).map_err(|(field, problem)| bad(field, problem))?;
+        Ok(())
+    }
+
+    /// The JSON PEFT writes for this config: every field of PEFT 0.21's `LoraConfig` (unused ones
+    /// at their defaults), keys sorted as `save_pretrained` writes them.
+    pub fn to_peft_json(&self) -> String {
+        let mut m: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
+        for (field, _) in NEUTRAL_ONLY {
+            let neutral = match *field {
+                "loftq_config" => Value::Object(Map::new()),
+                "use_dora"
+                | "fan_in_fan_out"
+                | "use_qalora"
+                | "lora_bias"
+                | "ensure_weight_tying" => Value::Bool(false),
+                _ => Value::Null,
+            };
+            if *field != "runtime_config" {
+                m.insert(field, neutral);
+            }
+        }
+        m.insert("peft_type", "LORA".into());
+        m.insert("megatron_core", "megatron.core".into());
+        m.insert("qalora_group_size", 16.into());
+        m.insert("auto_mapping", Value::Null);
+        m.insert("r", self.r.into());
+        m.insert("lora_alpha", number(self.lora_alpha));
+        m.insert("lora_dropout", serde_json::json!(self.lora_dropout));
+        m.insert(
+            "target_modules",
+            serde_json::to_value(&self.target_modules).expect("serialisable"),
+        );
+        m.insert(
+            "exclude_modules",
+            serde_json::to_value(&self.exclude_modules).expect("serialisable"),
+        );
+        m.insert(
+            "layers_to_transform",
+            serde_json::to_value(&self.layers_to_transform).expect("serialisable"),
+        );
+        m.insert(
+            "layers_pattern",
+            serde_json::to_value(&self.layers_pattern).expect("serialisable"),
+        );
+        m.insert(
+            "rank_pattern",
+            Value::Object(
+                self.rank_pattern
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (*v).into()))
+                    .collect(),
+            ),
+        );
+        m.insert(
+            "alpha_pattern",
+            Value::Object(
+                self.alpha_pattern
+                    .iter()
+                    .map(|(k, v)| (k.clone(), number(*v)))
+                    .collect(),
+            ),
+        );
+        m.insert("use_rslora", self.use_rslora.into());
+        m.insert(
+            "bias",
+            serde_json::to_value(self.bias).expect("serialisable"),
+        );
+        m.insert(
+            "init_lora_weights",
+            serde_json::to_value(self.init_lora_weights).expect("serialisable"),
+        );
+        m.insert(
+            "modules_to_save",
+            serde_json::to_value(&self.modules_to_save).expect("serialisable"),
+        );
+        m.insert(
+            "base_model_name_or_path",
+            serde_json::to_value(&self.base_model_name_or_path).expect("serialisable"),
+        );
+        m.insert(
+            "task_type",
+            serde_json::to_value(&self.task_type).expect("serialisable"),
+        );
+        m.insert("inference_mode", self.inference_mode.into());
+        m.insert(
+            "revision",
+            serde_json::to_value(&self.revision).expect("serialisable"),
+        );
+        serde_json::to_string_pretty(&m).expect("serialisable")
+    }
+}
+
+/// A present field converted to its type, the error naming the field.
+fn typed<T: serde::de::DeserializeOwned>(
+    v: Option<Value>,
+    field: &str,
+    path: &str,
+) -> Result<Option<T>, LoraError> {
+    v.map(|v| {
+        serde_json::from_value(v).map_err(|e| LoraError::Json {
+            path: path.to_string(),
+            problem: format!("`{field}`: {e}"),
+        })
+    })
+    .transpose()
+}
+
+/// An integral float as a JSON integer (PEFT writes `"lora_alpha": 16`).
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        Value::from(v as i64)
+    } else {
+        serde_json::json!(v)
+    }
+}
+
+fn ordered_map<T: serde::de::DeserializeOwned>(
+    v: Option<&Value>,
+    field: &str,
+    path: &str,
+) -> Result<Vec<(String, T)>, LoraError> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                serde_json::from_value(v.clone())
+                    .map(|t| (k.clone(), t))
+                    .map_err(|e| LoraError::Json {
+                        path: path.to_string(),
+                        problem: format!("`{field}.{k}`: {e}"),
+                    })
+            })
+            .collect(),
+        Some(other) => Err(LoraError::Json {
+            path: path.to_string(),
+            problem: format!("`{field}` is {other}, expected an object"),
+        }),
+    }
+}

@@ -1,0 +1,54 @@
+//! The error type of `qlora-nn`.
+
+use thiserror::Error;
+
+/// A bad LoRA configuration or adapter file. Each variant names the file or field at fault.
+#[derive(Debug, Error)]
+pub enum LoraError {
+    /// The config file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config is not valid JSON or a field has the wrong type.
+    #[error("{path}: not a valid adapter_config.json: {problem}")]
+    Json {
+        /// The file (or `<memory>`).
+        path: String,
+        /// What serde reported.
+        problem: String,
+    },
+    /// A field name PEFT's `LoraConfig` does not have.
+    #[error("{path}: unknown field `{field}` (not a PEFT LoraConfig field)")]
+    UnknownField {
+        /// The file.
+        path: String,
+        /// The field.
+        field: String,
+    },
+    /// A PEFT field whose value asks for something burn-qlora does not do.
+    #[error("{path}: `{field}` = {value} is not supported: {why}")]
+    Unsupported {
+        /// The file.
+        path: String,
+        /// The field.
+        field: String,
+        /// Its value, as JSON.
+        value: String,
+        /// What is missing.
+        why: String,
+    },
+    /// A value out of range or a pattern that does not compile.
+    #[error("{path}: bad value for `{field}`: {problem}")]
+    BadValue {
+        /// The file.
+        path: String,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}

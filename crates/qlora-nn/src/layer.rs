@@ -1,0 +1,143 @@
+//! [`LoraLinear`] (a frozen float linear plus adapters) and [`QLoraLinear`] (a frozen NF4 linear
+//! plus adapters): `y = base(x) + Σ_active scaling · B·A·dropout(x)`.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+use qlora_backend::{
+    Nf4Error, Nf4Weight, QuantConfig, QuantizedTensor, nf4_dequantize, nf4_linear,
+};
+
+use crate::{LoraAdapter, LoraAdapters};
+
+/// A frozen float linear layer with LoRA adapters.
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// The frozen base layer (Burn layout: weight `[in, out]`).
+    pub base: Linear,
+    /// The adapters.
+    pub lora: LoraAdapters,
+}
+
+impl LoraLinear {
+    /// Wraps `base`, freezing it, with no adapter yet.
+    pub fn new(base: Linear) -> Self {
+        Self {
+            base: base.no_grad(),
+            lora: LoraAdapters::empty(),
+        }
+    }
+
+    /// `[in_features, out_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.base.weight.dims()
+    }
+
+    /// `y = base(x) + Σ Δy`.
+    ///
+    /// - `x`: `[..., in_features]`
+    /// - returns `[..., out_features]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = self.base.forward(x.clone());
+        self.lora.add_updates(y, x)
+    }
+
+    /// Adds the active adapters into the base weight (`W' = W + s·B·A`) and removes them:
+    /// PEFT's `merge_and_unload` for one layer. Exact up to f32 rounding.
+    pub fn merge_and_unload(self) -> Linear {
+        let mut base = self.base;
+        let mut w = base.weight.val();
+        for (_, a) in self.lora.active() {
+            w = w + a.delta_weight().transpose();
+        }
+        base.weight = Param::from_tensor(w).set_require_grad(false);
+        base
+    }
+}
+
+/// A frozen 4-bit (NF4 + double quantization) linear layer with LoRA adapters: the QLoRA layer.
+#[derive(Module, Debug)]
+pub struct QLoraLinear {
+    /// The frozen base weight, PyTorch layout `[out, in]`.
+    pub base: Nf4Weight,
+    /// The frozen base bias, `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The adapters.
+    pub lora: LoraAdapters,
+}
+
+impl QLoraLinear {
+    /// Quantizes a Burn `Linear` (weight `[in, out]`) to NF4 with `config`; `name` is used in
+    /// errors. The bias stays float and frozen.
+    pub fn quantize(name: &str, base: Linear, config: QuantConfig) -> Result<Self, Nf4Error> {
+        let w = Nf4Weight::quantize(name, base.weight.val().transpose(), config)?;
+        Ok(Self {
+            base: w,
+            bias: base.bias.map(|b| b.set_require_grad(false)),
+            lora: LoraAdapters::empty(),
+        })
+    }
+
+    /// An already-quantized weight (for example from a bnb-4bit checkpoint) and bias.
+    pub fn from_quantized(
+        name: &str,
+        weight: &QuantizedTensor,
+        bias: Option<Tensor<1>>,
+        device: &burn::tensor::Device,
+    ) -> Result<Self, Nf4Error> {
+        Ok(Self {
+            base: Nf4Weight::from_quantized(weight, name, device)?,
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            lora: LoraAdapters::empty(),
+        })
+    }
+
+    /// `[in_features, out_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        let [out, inp] = self.base.dims();
+        [inp, out]
+    }
+
+    /// `y = x · dequant(W)ᵀ + b + Σ Δy`; the backward through the base keeps only the packed
+    /// weight.
+    ///
+    /// - `x`: `[..., in_features]`
+    /// - returns `[..., out_features]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mut y = nf4_linear(x.clone(), &self.base);
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze();
+        }
+        self.lora.add_updates(y, x)
+    }
+
+    /// Merges the active adapters into the weight and quantizes it again: `dequant(W) + s·B·A`
+    /// re-quantized with `config`. **Lossy**: the merged weight is rounded to the 4-bit grid
+    /// again, so its outputs differ from the unmerged layer's by up to half a quantization step
+    /// per weight; keep the adapter separate (or merge into a float copy) where that matters.
+    pub fn merge_into_nf4(self, name: &str, config: QuantConfig) -> Result<Self, Nf4Error> {
+        let w = self.merged_dense();
+        Ok(Self {
+            base: Nf4Weight::quantize(name, w, config)?,
+            bias: self.bias,
+            lora: LoraAdapters::empty(),
+        })
+    }
+
+    /// Merges the active adapters into a float copy of the weight: a plain Burn `Linear`
+    /// (`[in, out]`) with the dequantized base plus `s·B·A`.
+    pub fn merge_to_linear(self) -> Linear {
+        let w = self.merged_dense().transpose();
+        Linear {
+            weight: Param::from_tensor(w).set_require_grad(false),
+            bias: self.bias,
+        }
+    }
+
+    fn merged_dense(&self) -> Tensor<2> {
+        self.lora.active().fold(
+            nf4_dequantize(&self.base),
+            |w, (_, a): (&str, &LoraAdapter)| w + a.delta_weight(),
+        )
+    }
+}

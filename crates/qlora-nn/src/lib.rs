@@ -1,0 +1,20 @@
+//! LoRA and QLoRA for Burn, with PEFT's configuration and file format.
+//!
+//! LoRA (Hu et al. 2021) adds a trainable low-rank update to a frozen linear layer,
+//! `y = W·x + (α/r)·B·A·dropout(x)`; QLoRA (Dettmers et al. 2023) keeps `W` in 4-bit NF4 with
+//! double quantization and trains only `A` and `B`.
+#![warn(missing_docs)]
+
+mod adapter;
+mod config;
+mod error;
+mod layer;
+mod matching;
+
+pub use adapter::{LoraAdapter, LoraAdapters};
+pub use config::{
+    InitLoraWeights, LayerIndices, LayersPattern, LoraBias, LoraConfig, ModuleSelector,
+};
+pub use error::LoraError;
+pub use layer::{LoraLinear, QLoraLinear};
+pub use matching::LoraMatcher;
