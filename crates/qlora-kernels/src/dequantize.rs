@@ -7,6 +7,7 @@ use cubecl::server::Handle;
 /// The value of flat element `e` of a packed weight (bnb order: element `2i` in the high nibble
 /// of byte `i`, bytes little-endian in `u32` words).
 #[cube]
+#[allow(clippy::manual_is_multiple_of)] // `%` is what the kernel language expands
 pub(crate) fn nf4_element(
     packed: &[u32],
     absmax: &[f32],
