@@ -66,7 +66,17 @@ impl QuantizedTensor {
                 ),
             });
         }
-        let n: usize = state.shape.iter().product();
+        let n = state
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| Nf4Error::BadQuantState {
+                tensor: qs_key.clone(),
+                problem: format!(
+                    "`shape` {:?} has more elements than this machine can address",
+                    state.shape
+                ),
+            })?;
         if n == 0 {
             return Err(Nf4Error::Empty {
                 tensor: weight.to_string(),

@@ -93,7 +93,10 @@ impl QuantizedTensor {
         shape: &[usize],
         config: QuantConfig,
     ) -> Result<Self, Nf4Error> {
-        let expected: usize = shape.iter().product();
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX);
         if expected != values.len() {
             return Err(Nf4Error::ShapeMismatch {
                 tensor: name.to_string(),

@@ -194,6 +194,17 @@ fn missing_or_inconsistent_companions_are_named() {
     assert!(e.contains("packed bytes") && e.contains(w), "{e}");
 
     let mut m = map.clone();
+    let json = String::from_utf8(m[&qs_key].data.to_vec())
+        .unwrap()
+        .replace("[64, 64]", "[18446744073709551615, 4]");
+    m.insert(
+        qs_key.clone(),
+        qlora_nf4::RawTensor::u8(vec![json.len()], json.into_bytes()),
+    );
+    let e = QuantizedTensor::from_bnb(&m, w).unwrap_err().to_string();
+    assert!(e.contains("more elements than"), "{e}");
+
+    let mut m = map.clone();
     m.remove(&qs_key);
     let e = QuantizedTensor::from_bnb(&m, w).unwrap_err().to_string();
     assert!(

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::LoraError;
+use crate::peft_fields::{INFORMATIONAL, NEUTRAL_ONLY, OWN, is_neutral};
 
 /// `target_modules` / `exclude_modules`: a list of names (exact or dotted-suffix match) or one
 /// regular expression (full match), or PEFT's `"all-linear"` shorthand.
@@ -139,88 +140,6 @@ impl Default for LoraConfig {
             inference_mode: false,
             revision: None,
         }
-    }
-}
-
-/// PEFT 0.21 `LoraConfig` fields that burn-qlora accepts only at their neutral value
-/// (`null`, `false`, `{}`, `[]`): the feature they switch on is not implemented.
-const NEUTRAL_ONLY: &[(&str, &str)] = &[
-    ("use_dora", "DoRA is not implemented"),
-    (
-        "fan_in_fan_out",
-        "Conv1D (GPT-2 style, [in, out]) base layers are not supported",
-    ),
-    ("loftq_config", "LoftQ initialisation is not implemented"),
-    ("layer_replication", "layer replication is not implemented"),
-    (
-        "target_parameters",
-        "adapting nn.Parameter targets is not implemented",
-    ),
-    (
-        "trainable_token_indices",
-        "trainable token indices are not implemented",
-    ),
-    ("use_qalora", "QA-LoRA is not implemented"),
-    ("lora_bias", "a bias on lora_B is not implemented"),
-    (
-        "alora_invocation_tokens",
-        "activated LoRA is not implemented",
-    ),
-    ("arrow_config", "Arrow routing is not implemented"),
-    ("corda_config", "CorDA initialisation is not implemented"),
-    ("eva_config", "EVA initialisation is not implemented"),
-    ("kasa_config", "KaSA is not implemented"),
-    (
-        "lora_ga_config",
-        "LoRA-GA initialisation is not implemented",
-    ),
-    ("monteclora_config", "MonteCLoRA is not implemented"),
-    ("velora_config", "VeLoRA is not implemented"),
-    (
-        "megatron_config",
-        "Megatron parallel layers are not supported",
-    ),
-    ("use_bdlora", "BD-LoRA is not implemented"),
-    ("ensure_weight_tying", "tied adapters are not implemented"),
-    ("runtime_config", "runtime configs are not implemented"),
-];
-
-/// PEFT fields that carry no behaviour burn-qlora needs (any value accepted).
-const INFORMATIONAL: &[&str] = &[
-    "peft_type",
-    "peft_version",
-    "auto_mapping",
-    "megatron_core",
-    "qalora_group_size",
-];
-
-/// Fields this type reads.
-const OWN: &[&str] = &[
-    "r",
-    "lora_alpha",
-    "lora_dropout",
-    "target_modules",
-    "exclude_modules",
-    "layers_to_transform",
-    "layers_pattern",
-    "rank_pattern",
-    "alpha_pattern",
-    "use_rslora",
-    "bias",
-    "init_lora_weights",
-    "modules_to_save",
-    "base_model_name_or_path",
-    "task_type",
-    "inference_mode",
-    "revision",
-];
-
-fn is_neutral(v: &Value) -> bool {
-    match v {
-        Value::Null | Value::Bool(false) => true,
-        Value::Object(m) => m.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
     }
 }
 

@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod layer;
 mod matching;
+mod peft_fields;
 
 pub use adapter::{LoraAdapter, LoraAdapters};
 pub use config::{
