@@ -11,6 +11,7 @@ mod error;
 mod layer;
 mod matching;
 mod peft_fields;
+mod peft_io;
 
 pub use adapter::{LoraAdapter, LoraAdapters};
 pub use config::{
@@ -19,3 +20,4 @@ pub use config::{
 pub use error::LoraError;
 pub use layer::{LoraLinear, QLoraLinear};
 pub use matching::LoraMatcher;
+pub use peft_io::{AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};

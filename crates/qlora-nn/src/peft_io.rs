@@ -1,0 +1,217 @@
+//! PEFT adapter folders: `adapter_config.json` + `adapter_model.safetensors`, with tensors
+//! `base_model.model.<module path>.lora_A.weight` `[r, in]` and `...lora_B.weight` `[out, r]`
+//! (f32, PyTorch layout; the adapter name is not part of the key).
+//!
+//! Files are written to a temporary name and renamed, so an interrupted save never leaves a
+//! half-written adapter behind.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{LoraAdapter, LoraConfig, LoraError, LoraMatcher};
+
+/// The key prefix PEFT writes.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// The weights of one adapted module, as read from a PEFT file.
+#[derive(Debug, Clone)]
+pub struct AdapterWeights {
+    /// `lora_A.weight`, `[r, in]`.
+    pub lora_a: Tensor<2>,
+    /// `lora_B.weight`, `[out, r]`.
+    pub lora_b: Tensor<2>,
+}
+
+impl AdapterWeights {
+    /// A layer adapter with the scaling and dropout the config gives the module at `path`.
+    pub fn into_adapter(self, config: &LoraConfig, path: &str) -> Result<LoraAdapter, LoraError> {
+        let m = LoraMatcher::new(config).map_err(|(field, problem)| LoraError::BadValue {
+            path: "<config>".into(),
+            field: field.into(),
+            problem,
+        })?;
+        Ok(LoraAdapter::from_weights(
+            self.lora_a,
+            self.lora_b,
+            m.scaling(path),
+            config.lora_dropout,
+        ))
+    }
+}
+
+/// A PEFT adapter: its config and the weights of every adapted module, by module path
+/// (without PEFT's `base_model.model.` prefix).
+#[derive(Debug, Clone)]
+pub struct PeftAdapter {
+    /// `adapter_config.json`.
+    pub config: LoraConfig,
+    /// Module path → weights.
+    pub modules: BTreeMap<String, AdapterWeights>,
+}
+
+fn io(path: &Path, source: std::io::Error) -> LoraError {
+    LoraError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn bad(path: &Path, field: &str, problem: String) -> LoraError {
+    LoraError::BadValue {
+        path: path.display().to_string(),
+        field: field.into(),
+        problem,
+    }
+}
+
+impl PeftAdapter {
+    /// Reads a PEFT adapter folder onto `device`. Keys may carry PEFT's `base_model.model.`
+    /// prefix or not; every tensor must be a `lora_A`/`lora_B` weight of matching rank (the
+    /// config's `r` or `rank_pattern`) and come in pairs.
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self, LoraError> {
+        let dir = dir.as_ref();
+        let config = LoraConfig::load(dir.join("adapter_config.json"))?;
+        let file = dir.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&file).map_err(|e| io(&file, e))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(&file, "safetensors", e.to_string()))?;
+        let matcher = LoraMatcher::new(&config).map_err(|(f, p)| bad(&file, f, p))?;
+        let mut halves: BTreeMap<String, [Option<Tensor<2>>; 2]> = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let key = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name);
+            let (module, which) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
+                (m, 0)
+            } else if let Some(m) = key.strip_suffix(".lora_B.weight") {
+                (m, 1)
+            } else {
+                return Err(bad(
+                    &file,
+                    &name,
+                    "not a lora_A/lora_B weight; this reader loads LoRA adapters only".into(),
+                ));
+            };
+            let shape = view.shape().to_vec();
+            if view.dtype() != Dtype::F32 || shape.len() != 2 {
+                return Err(bad(
+                    &file,
+                    &name,
+                    format!(
+                        "expected a 2-D F32 tensor, found {:?} {:?}",
+                        view.dtype(),
+                        shape
+                    ),
+                ));
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let rank = matcher.rank(module);
+            let r_dim = if which == 0 { shape[0] } else { shape[1] };
+            if r_dim != rank {
+                return Err(bad(
+                    &file,
+                    &name,
+                    format!(
+                        "rank {r_dim} in the tensor, but the config gives `{module}` rank {rank}"
+                    ),
+                ));
+            }
+            let t = Tensor::<2>::from_data(TensorData::new(values, [shape[0], shape[1]]), device);
+            halves.entry(module.to_string()).or_default()[which] = Some(t);
+        }
+        let mut modules = BTreeMap::new();
+        for (module, [a, b]) in halves {
+            let (Some(lora_a), Some(lora_b)) = (a, b) else {
+                return Err(bad(
+                    &file,
+                    &module,
+                    "has only one of lora_A / lora_B".into(),
+                ));
+            };
+            modules.insert(module, AdapterWeights { lora_a, lora_b });
+        }
+        Ok(Self { config, modules })
+    }
+
+    /// Collects the weights of named layer adapters, ready to save.
+    pub fn from_adapters<'a>(
+        config: LoraConfig,
+        adapters: impl IntoIterator<Item = (&'a str, &'a LoraAdapter)>,
+    ) -> Self {
+        let modules = adapters
+            .into_iter()
+            .map(|(path, a)| {
+                (
+                    path.to_string(),
+                    AdapterWeights {
+                        lora_a: a.lora_a.val(),
+                        lora_b: a.lora_b.val(),
+                    },
+                )
+            })
+            .collect();
+        Self { config, modules }
+    }
+
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
+    /// needed), each through a temporary file and a rename.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), LoraError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (module, w) in &self.modules {
+            for (suffix, t) in [("lora_A", &w.lora_a), ("lora_B", &w.lora_b)] {
+                let data = t.clone().into_data().convert::<f32>();
+                let bytes = data.as_bytes().to_vec();
+                tensors.push((
+                    format!("{PEFT_PREFIX}{module}.{suffix}.weight"),
+                    t.dims().to_vec(),
+                    bytes,
+                ));
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(k, s, b)| {
+                (
+                    k.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                        .expect("consistent view"),
+                )
+            })
+            .collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| bad(dir, "safetensors", e.to_string()))?;
+        write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
+        write_atomic(
+            &dir.join("adapter_config.json"),
+            self.config.to_peft_json().as_bytes(),
+        )
+    }
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let result = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(path, e)
+    })
+}
