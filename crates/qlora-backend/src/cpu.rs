@@ -233,45 +233,56 @@ impl<'a> CpuNf4<'a> {
             }
             return dx;
         }
-        let panel = panel_len(k, n, 16);
-        let out = SharedOut(dx.as_mut_ptr());
-        (0..k.div_ceil(panel)).into_par_iter().for_each_init(
-            || vec![0f32; panel * n],
-            |buf, p| {
-                let (c0, c1) = (p * panel, ((p + 1) * panel).min(k));
-                let kw = c1 - c0;
-                let w = &mut buf[..n * kw];
-                for r in 0..n {
-                    self.dequant_range(r * k + c0, &mut w[r * kw..(r + 1) * kw]);
+        // Few rows: each task takes contiguous row panels of W, dequantizes them (one run per
+        // panel) and accumulates dy[:, r0..r1] · W[r0..r1, :] into its own partial dx; the
+        // partials are summed at the end.
+        let panel = panel_len(n, k, 8);
+        let partial = (0..n.div_ceil(panel))
+            .into_par_iter()
+            .fold(
+                || (vec![0f32; m * k], vec![0f32; panel * k], false),
+                |(mut acc, mut buf, started), p| {
+                    let (r0, r1) = (p * panel, ((p + 1) * panel).min(n));
+                    let nb = r1 - r0;
+                    let w = &mut buf[..nb * k];
+                    self.dequant_range(r0 * k, w);
+                    // SAFETY: acc is [m, k]; dy[:, r0..] has row stride n; w is [nb, k].
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            k,
+                            nb,
+                            acc.as_mut_ptr(),
+                            1,
+                            k as isize,
+                            started,
+                            dy.as_ptr().add(r0),
+                            1,
+                            n as isize,
+                            w.as_ptr(),
+                            1,
+                            k as isize,
+                            1.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                    (acc, buf, true)
+                },
+            )
+            .map(|(acc, _, _)| acc)
+            .reduce_with(|mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
                 }
-                // dx[:, c0..c1] = dy · w, w is [n, kw] row-major.
-                // SAFETY: the destination is the column range c0..c1 of dx (row stride k), which
-                // no other task writes; lhs and rhs are valid for the given strides and sizes.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        kw,
-                        n,
-                        out.at(c0),
-                        1,
-                        k as isize,
-                        false,
-                        dy.as_ptr(),
-                        1,
-                        n as isize,
-                        w.as_ptr(),
-                        1,
-                        kw as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            },
-        );
+                a
+            });
+        if let Some(p) = partial {
+            dx = p;
+        }
         dx
     }
 }

@@ -32,17 +32,7 @@ pub fn dequantize_4bit_into<T: FloatElement>(
     start: usize,
     out: &mut [T],
 ) {
-    assert!(
-        blocksize.is_multiple_of(2),
-        "blocksize must be even, got {blocksize}"
-    );
-    let end = start + out.len();
-    assert!(
-        end <= packed.len() * 2 && end <= absmax.len() * blocksize,
-        "dequantize range {start}..{end} is past the quantized data ({} codes, {} blocks)",
-        packed.len() * 2,
-        absmax.len()
-    );
+    check_range(packed, absmax, blocksize, start, out.len());
     if out.is_empty() {
         return;
     }
@@ -74,20 +64,27 @@ pub fn dequantize_4bit_seq<T: FloatElement>(
     start: usize,
     out: &mut [T],
 ) {
-    assert!(
-        blocksize.is_multiple_of(2),
-        "blocksize must be even, got {blocksize}"
-    );
-    let end = start + out.len();
-    assert!(
-        end <= packed.len() * 2 && end <= absmax.len() * blocksize,
-        "dequantize range {start}..{end} is past the quantized data"
-    );
+    check_range(packed, absmax, blocksize, start, out.len());
     if out.is_empty() {
         return;
     }
     let (first, rest) = odd_head(packed, absmax, code, blocksize, start, out);
     dequant_run(packed, absmax, pairs, code, blocksize, first, rest);
+}
+
+/// Panics with a clear message on an odd blocksize or a range past the data.
+fn check_range(packed: &[u8], absmax: &[f32], blocksize: usize, start: usize, len: usize) {
+    assert!(
+        blocksize.is_multiple_of(2),
+        "blocksize must be even, got {blocksize}"
+    );
+    let end = start + len;
+    assert!(
+        end <= packed.len() * 2 && end <= absmax.len() * blocksize,
+        "dequantize range {start}..{end} is past the quantized data ({} codes, {} blocks)",
+        packed.len() * 2,
+        absmax.len()
+    );
 }
 
 /// An odd start: produces one element so the rest starts on a byte boundary.

@@ -72,16 +72,16 @@ impl safetensors::View for RawTensor<'_> {
 
 impl safetensors::View for &RawTensor<'_> {
     fn dtype(&self) -> Dtype {
-        self.dtype
+        safetensors::View::dtype(*self)
     }
     fn shape(&self) -> &[usize] {
-        &self.shape
+        safetensors::View::shape(*self)
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+        safetensors::View::data(*self)
     }
     fn data_len(&self) -> usize {
-        self.data.len()
+        safetensors::View::data_len(*self)
     }
 }
 
