@@ -41,6 +41,9 @@ pub enum LoraError {
         /// What is missing.
         why: String,
     },
+    /// Quantizing a base weight failed (NaN/Inf, bad shape, ...).
+    #[error(transparent)]
+    Quantize(#[from] qlora_backend::Nf4Error),
     /// A value out of range or a pattern that does not compile.
     #[error("{path}: bad value for `{field}`: {problem}")]
     BadValue {

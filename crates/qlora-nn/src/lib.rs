@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod adapter;
+mod apply;
 mod config;
 mod error;
 mod layer;
@@ -14,6 +15,7 @@ mod peft_fields;
 mod peft_io;
 
 pub use adapter::{LoraAdapter, LoraAdapters};
+pub use apply::{AdaptedLinear, LoraApplier};
 pub use config::{
     InitLoraWeights, LayerIndices, LayersPattern, LoraBias, LoraConfig, ModuleSelector,
 };

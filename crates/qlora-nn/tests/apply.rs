@@ -1,0 +1,135 @@
+//! Applying a config while building a model: which layers get adapters, what trains.
+
+use burn::module::Module;
+use burn::nn::LinearConfig;
+use burn::tensor::{Device, Distribution, Tensor};
+use qlora_backend::QuantConfig;
+use qlora_nn::{AdaptedLinear, LoraApplier, LoraBias, LoraConfig, ModuleSelector, PeftAdapter};
+
+#[derive(Module, Debug)]
+struct Block {
+    q: AdaptedLinear,
+    v: AdaptedLinear,
+    out: AdaptedLinear,
+}
+
+#[derive(Module, Debug)]
+struct Net {
+    blocks: Vec<Block>,
+    head: AdaptedLinear,
+}
+
+fn net(applier: &LoraApplier, device: &Device) -> Net {
+    let lin = |i, o| LinearConfig::new(i, o).init(device);
+    let blocks = (0..2)
+        .map(|b| Block {
+            q: applier
+                .linear(&format!("blocks.{b}.q"), lin(32, 32), false)
+                .unwrap(),
+            v: applier
+                .linear(&format!("blocks.{b}.v"), lin(32, 32), false)
+                .unwrap(),
+            out: applier
+                .linear(&format!("blocks.{b}.out"), lin(32, 32), false)
+                .unwrap(),
+        })
+        .collect();
+    Net {
+        blocks,
+        head: applier.linear("head", lin(32, 10), true).unwrap(),
+    }
+}
+
+impl Net {
+    fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        for b in &self.blocks {
+            x = b
+                .out
+                .forward(b.q.forward(x.clone()) + b.v.forward(x))
+                .tanh();
+        }
+        self.head.forward(x)
+    }
+}
+
+fn config(targets: &[&str]) -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        target_modules: Some(ModuleSelector::List(
+            targets.iter().map(|s| s.to_string()).collect(),
+        )),
+        ..LoraConfig::default()
+    }
+}
+
+#[test]
+fn qlora_model_trains_only_the_targeted_adapters() {
+    let device = Device::flex().autodiff();
+    let applier =
+        LoraApplier::new(config(&["q", "v"]), Some(QuantConfig::qlora()), &device).unwrap();
+    let n = net(&applier, &device);
+    assert!(matches!(n.blocks[0].q, AdaptedLinear::QLora(_)));
+    assert!(
+        n.blocks[0].q.adapter("default").is_some() && n.blocks[1].v.adapter("default").is_some()
+    );
+    assert!(
+        n.blocks[0].out.adapter("default").is_none(),
+        "`out` is not targeted"
+    );
+    let x = Tensor::<2>::random([3, 32], Distribution::Normal(0.0, 1.0), &device);
+    let grads = n.forward(x).sum().backward();
+    let params = burn::optim::GradientsParams::from_grads(grads, &n);
+    assert_eq!(
+        params.len(),
+        2 * 4,
+        "A and B of q and v in two blocks, nothing else"
+    );
+
+    // The adapters save as a PEFT folder under their module paths.
+    let layers = [
+        ("blocks.0.q", &n.blocks[0].q),
+        ("blocks.0.v", &n.blocks[0].v),
+        ("blocks.1.q", &n.blocks[1].q),
+        ("blocks.1.v", &n.blocks[1].v),
+    ];
+    let adapter = PeftAdapter::from_adapters(
+        applier.config().clone(),
+        layers
+            .iter()
+            .map(|(p, l)| (*p, l.adapter("default").unwrap())),
+    );
+    assert_eq!(adapter.modules.len(), 4);
+}
+
+#[test]
+fn lora_without_quantization_and_trainable_biases() {
+    let device = Device::flex().autodiff();
+    let mut cfg = config(&["q"]);
+    cfg.bias = LoraBias::LoraOnly;
+    let applier = LoraApplier::new(cfg, None, &device).unwrap();
+    let n = net(&applier, &device);
+    assert!(matches!(n.blocks[0].q, AdaptedLinear::Lora(_)));
+    assert!(matches!(n.blocks[0].v, AdaptedLinear::Frozen(_)));
+    let x = Tensor::<2>::random([3, 32], Distribution::Normal(0.0, 1.0), &device);
+    let params = burn::optim::GradientsParams::from_grads(n.forward(x).sum().backward(), &n);
+    assert_eq!(params.len(), 2 * 3, "A, B and the bias of q in two blocks");
+}
+
+#[test]
+fn all_linear_skips_the_head_and_modules_to_save_is_refused() {
+    let device = Device::flex();
+    let mut cfg = config(&[]);
+    cfg.target_modules = Some(ModuleSelector::Pattern("all-linear".into()));
+    let n = net(
+        &LoraApplier::new(cfg.clone(), None, &device).unwrap(),
+        &device,
+    );
+    assert!(n.blocks[1].out.adapter("default").is_some());
+    assert!(matches!(n.head, AdaptedLinear::Frozen(_)));
+    cfg.modules_to_save = Some(vec!["head".into()]);
+    let e = LoraApplier::new(cfg, None, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("modules_to_save"), "{e}");
+}
