@@ -41,6 +41,22 @@ pub enum LoraError {
         /// What is missing.
         why: String,
     },
+    /// An adapter whose shape does not fit the layer it is added to.
+    #[error(
+        "adapter `{adapter}`: shape [in {found_in}, out {found_out}] does not fit the layer's [in {expected_in}, out {expected_out}]"
+    )]
+    AdapterShape {
+        /// The adapter name.
+        adapter: String,
+        /// The layer's input features.
+        expected_in: usize,
+        /// The layer's output features.
+        expected_out: usize,
+        /// The adapter's input features.
+        found_in: usize,
+        /// The adapter's output features.
+        found_out: usize,
+    },
     /// Quantizing a base weight failed (NaN/Inf, bad shape, ...).
     #[error(transparent)]
     Quantize(#[from] qlora_backend::Nf4Error),

@@ -8,7 +8,28 @@ use qlora_backend::{
     Nf4Error, Nf4Weight, QuantConfig, QuantizedTensor, nf4_dequantize, nf4_linear,
 };
 
-use crate::{LoraAdapter, LoraAdapters};
+use crate::{LoraAdapter, LoraAdapters, LoraError};
+
+/// Adds `adapter` under `name` if its `[in, out]` equals the layer's.
+fn add_checked(
+    adapters: &mut LoraAdapters,
+    dims: [usize; 2],
+    name: &str,
+    adapter: LoraAdapter,
+) -> Result<(), LoraError> {
+    let [found_in, found_out] = adapter.dims();
+    if [found_in, found_out] != dims {
+        return Err(LoraError::AdapterShape {
+            adapter: name.to_string(),
+            expected_in: dims[0],
+            expected_out: dims[1],
+            found_in,
+            found_out,
+        });
+    }
+    adapters.add(name, adapter);
+    Ok(())
+}
 
 /// A frozen float linear layer with LoRA adapters.
 #[derive(Module, Debug)]
@@ -31,6 +52,13 @@ impl LoraLinear {
     /// `[in_features, out_features]`.
     pub fn dims(&self) -> [usize; 2] {
         self.base.weight.dims()
+    }
+
+    /// Adds an adapter (for example one read with [`crate::PeftAdapter`]); errors if its shape
+    /// does not fit this layer.
+    pub fn add_adapter(&mut self, name: &str, adapter: LoraAdapter) -> Result<(), LoraError> {
+        let dims = self.dims();
+        add_checked(&mut self.lora, dims, name, adapter)
     }
 
     /// `y = base(x) + Σ Δy`.
@@ -96,6 +124,12 @@ impl QLoraLinear {
     pub fn dims(&self) -> [usize; 2] {
         let [out, inp] = self.base.dims();
         [inp, out]
+    }
+
+    /// Adds an adapter; errors if its shape does not fit this layer.
+    pub fn add_adapter(&mut self, name: &str, adapter: LoraAdapter) -> Result<(), LoraError> {
+        let dims = self.dims();
+        add_checked(&mut self.lora, dims, name, adapter)
     }
 
     /// `y = x · dequant(W)ᵀ + b + Σ Δy`; the backward through the base keeps only the packed
