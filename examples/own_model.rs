@@ -11,7 +11,9 @@ use burn::nn::LinearConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{AdaptedLinear, LoraApplier, LoraConfig, ModuleSelector, PeftAdapter};
+use burn_qlora::nn::{
+    AdaptedLinear, LoraApplier, LoraConfig, ModuleSelector, ParameterCount, PeftAdapter,
+};
 
 /// A small MLP, written as any Burn model, with `AdaptedLinear` where it had `Linear`.
 #[derive(Module, Debug)]
@@ -51,6 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fc2: qlora.linear("fc2", LinearConfig::new(64, 64).init(&device), false)?,
         out: qlora.linear("out", LinearConfig::new(64, 8).init(&device), true)?,
     };
+
+    println!("{}", ParameterCount::of(&model));
 
     // 3. Train a few steps: only the adapters receive gradients.
     let teacher = Tensor::<2>::random([32, 8], Distribution::Normal(0.0, 0.5), &device).detach();

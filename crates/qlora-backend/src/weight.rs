@@ -20,6 +20,9 @@ pub struct Nf4Weight {
     pub packed: Param<Tensor<1, Int>>,
     /// Block scales, `U32` words.
     pub scales: Param<Tensor<1, Int>>,
+    /// `[out_features, in_features]` as two `U32` values: the weight's shape, saved with it
+    /// (and the exact parameter count a module visitor can read).
+    pub shape: Param<Tensor<1, Int>>,
     #[module(skip)]
     layout: Nf4Layout,
 }
@@ -54,6 +57,10 @@ impl Nf4Weight {
         Ok(Self {
             packed: Param::initialized(ParamId::new(), words_tensor(packed, device)),
             scales: Param::initialized(ParamId::new(), words_tensor(scales, device)),
+            shape: Param::initialized(
+                ParamId::new(),
+                words_tensor(vec![layout.rows as u32, layout.cols as u32], device),
+            ),
             layout,
         })
     }

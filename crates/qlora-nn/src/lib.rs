@@ -8,6 +8,7 @@
 mod adapter;
 mod apply;
 mod config;
+mod count;
 mod error;
 mod layer;
 mod matching;
@@ -19,6 +20,7 @@ pub use apply::{AdaptedLinear, LoraApplier};
 pub use config::{
     InitLoraWeights, LayerIndices, LayersPattern, LoraBias, LoraConfig, ModuleSelector,
 };
+pub use count::ParameterCount;
 pub use error::LoraError;
 pub use layer::{LoraLinear, QLoraLinear};
 pub use matching::LoraMatcher;

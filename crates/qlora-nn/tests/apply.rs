@@ -4,7 +4,9 @@ use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use qlora_backend::QuantConfig;
-use qlora_nn::{AdaptedLinear, LoraApplier, LoraBias, LoraConfig, ModuleSelector, PeftAdapter};
+use qlora_nn::{
+    AdaptedLinear, LoraApplier, LoraBias, LoraConfig, ModuleSelector, ParameterCount, PeftAdapter,
+};
 
 #[derive(Module, Debug)]
 struct Block {
@@ -132,4 +134,41 @@ fn all_linear_skips_the_head_and_modules_to_save_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("modules_to_save"), "{e}");
+}
+
+#[test]
+fn parameter_counts_like_peft() {
+    let device = Device::flex().autodiff();
+    let applier =
+        LoraApplier::new(config(&["q", "v"]), Some(QuantConfig::qlora()), &device).unwrap();
+    let n = net(&applier, &device);
+    let c = ParameterCount::of(&n);
+    // 4 adapters of rank 4 on 32x32: A [4, 32] + B [32, 4].
+    assert_eq!(c.trainable, 4 * (4 * 32 + 32 * 4));
+    // NF4 weights by element count (6 of 32x32, head 32x10), float biases, adapters.
+    assert_eq!(c.total, 6 * 32 * 32 + 32 * 10 + 6 * 32 + 10 + c.trainable);
+    assert_eq!(
+        c.to_string(),
+        format!(
+            "trainable params: 1,024 || all params: 7,690 || trainable%: {:.4}",
+            100.0 * 1024.0 / 7690.0
+        )
+    );
+    // Without autodiff nothing trains.
+    let inference = net(
+        &LoraApplier::new(
+            config(&["q", "v"]),
+            Some(QuantConfig::qlora()),
+            &Device::flex(),
+        )
+        .unwrap(),
+        &Device::flex(),
+    );
+    assert_eq!(
+        ParameterCount::of(&inference),
+        ParameterCount {
+            trainable: 0,
+            total: 7690
+        }
+    );
 }
