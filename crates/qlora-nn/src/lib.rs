@@ -11,6 +11,7 @@ mod config;
 mod count;
 mod error;
 mod layer;
+mod layer_config;
 mod matching;
 mod peft_fields;
 mod peft_io;
@@ -23,5 +24,6 @@ pub use config::{
 pub use count::ParameterCount;
 pub use error::LoraError;
 pub use layer::{LoraLinear, QLoraLinear};
+pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
 pub use matching::LoraMatcher;
 pub use peft_io::{AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};

@@ -177,3 +177,34 @@ fn activating_an_unknown_adapter_panics_clearly() {
     );
     layer.lora.set_active(&["missing"]);
 }
+
+#[test]
+fn configs_build_layers_with_burn_style_init() {
+    let device = Device::flex();
+    let cfg = qlora_nn::LoraLinearConfig::new(16, 24)
+        .with_r(4)
+        .with_lora_alpha(8.0);
+    let l = cfg.init(&device);
+    assert_eq!(l.dims(), [16, 24]);
+    assert_eq!(l.lora.get("default").unwrap().scaling, 2.0);
+    let q = qlora_nn::QLoraLinearConfig::new(cfg.with_use_rslora(true)).init(&device);
+    assert_eq!(q.dims(), [16, 24]);
+    assert_eq!(q.lora.get("default").unwrap().scaling, 4.0);
+    // B starts at zero: the layer's output is its base output.
+    let x = Tensor::<2>::random([3, 16], Distribution::Normal(0.0, 1.0), &device);
+    let base_only = {
+        let mut b = q.clone();
+        b.lora.set_disabled(true);
+        vec2(b.forward(x.clone()))
+    };
+    assert_eq!(vec2(q.forward(x)), base_only);
+}
+
+#[test]
+fn dropout_only_acts_in_training() {
+    let device = Device::flex();
+    let a = LoraAdapter::new([8, 8], 2, 1.0, 0.5, InitLoraWeights::Random, &device);
+    let x = Tensor::<2>::random([4, 8], Distribution::Normal(0.0, 1.0), &device);
+    // No autodiff device: inference, dropout is the identity and the update deterministic.
+    assert_eq!(vec2(a.forward(x.clone())), vec2(a.forward(x)));
+}
