@@ -117,25 +117,11 @@ impl<'a> CpuNf4<'a> {
                     .for_each(|(r, row)| self.dequant_range(r * k + k0, row));
                 // SAFETY: y is [m, n] row-major; x[:, k0..] has row stride k; w is [n, kw].
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        kw,
-                        y.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        c > 0,
-                        x.as_ptr().add(k0),
-                        1,
-                        k as isize,
-                        w.as_ptr(),
-                        kw as isize,
-                        1,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
+                    gemm_acc(
+                        (m, n, kw),
+                        (y.as_mut_ptr(), n as isize, c > 0),
+                        (x.as_ptr().add(k0), k as isize),
+                        (w.as_ptr(), kw as isize, 1),
                         gemm::Parallelism::Rayon(0),
                     );
                 }
@@ -155,25 +141,11 @@ impl<'a> CpuNf4<'a> {
                 // SAFETY: the destination is the column range r0..r1 of y (row stride n), which
                 // no other task writes; lhs and rhs are valid for the given strides and sizes.
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        nb,
-                        k,
-                        out.at(r0),
-                        1,
-                        n as isize,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        w.as_ptr(),
-                        k as isize,
-                        1,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
+                    gemm_acc(
+                        (m, nb, k),
+                        (out.at(r0), n as isize, false),
+                        (x.as_ptr(), k as isize),
+                        (w.as_ptr(), k as isize, 1),
                         gemm::Parallelism::None,
                     );
                 }
@@ -208,25 +180,11 @@ impl<'a> CpuNf4<'a> {
                     .for_each(|(r, row)| self.dequant_range((n0 + r) * k, row));
                 // SAFETY: dx is [m, k]; dy[:, n0..] has row stride n; w is [nb, k].
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        k,
-                        nb,
-                        dx.as_mut_ptr(),
-                        1,
-                        k as isize,
-                        c > 0,
-                        dy.as_ptr().add(n0),
-                        1,
-                        n as isize,
-                        w.as_ptr(),
-                        1,
-                        k as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
+                    gemm_acc(
+                        (m, k, nb),
+                        (dx.as_mut_ptr(), k as isize, c > 0),
+                        (dy.as_ptr().add(n0), n as isize),
+                        (w.as_ptr(), 1, k as isize),
                         gemm::Parallelism::Rayon(0),
                     );
                 }
@@ -248,25 +206,11 @@ impl<'a> CpuNf4<'a> {
                     self.dequant_range(r0 * k, w);
                     // SAFETY: acc is [m, k]; dy[:, r0..] has row stride n; w is [nb, k].
                     unsafe {
-                        gemm::gemm(
-                            m,
-                            k,
-                            nb,
-                            acc.as_mut_ptr(),
-                            1,
-                            k as isize,
-                            started,
-                            dy.as_ptr().add(r0),
-                            1,
-                            n as isize,
-                            w.as_ptr(),
-                            1,
-                            k as isize,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
+                        gemm_acc(
+                            (m, k, nb),
+                            (acc.as_mut_ptr(), k as isize, started),
+                            (dy.as_ptr().add(r0), n as isize),
+                            (w.as_ptr(), 1, k as isize),
                             gemm::Parallelism::None,
                         );
                     }
@@ -284,6 +228,45 @@ impl<'a> CpuNf4<'a> {
             dx = p;
         }
         dx
+    }
+}
+
+/// `out[m, n] = out (if `accumulate`) + lhs[m, k] · rhs[k, n]` for row-major `out` and `lhs`
+/// (unit column stride, given row stride) and `rhs` with given column and row strides.
+///
+/// # Safety
+/// Every pointer is valid for the extents its strides and sizes imply, and `out` is not
+/// written by anyone else meanwhile.
+unsafe fn gemm_acc(
+    (m, n, k): (usize, usize, usize),
+    (out, out_rs, accumulate): (*mut f32, isize, bool),
+    (lhs, lhs_rs): (*const f32, isize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            out_rs,
+            accumulate,
+            lhs,
+            1,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 
