@@ -105,28 +105,7 @@ impl<'a> CpuNf4<'a> {
             return y;
         }
         if m >= LARGE_M {
-            // y += x[:, k0..k1] · W[:, k0..k1]ᵀ, one reduction chunk at a time: each chunk of x
-            // and of W is packed once, as in a plain GEMM, and gemm spreads over the cores.
-            let chunk = REDUCTION_CHUNK.min(k);
-            let mut w = vec![0f32; n * chunk];
-            for (c, k0) in (0..k).step_by(chunk).enumerate() {
-                let kw = chunk.min(k - k0);
-                let w = &mut w[..n * kw];
-                w.par_chunks_mut(kw)
-                    .enumerate()
-                    .for_each(|(r, row)| self.dequant_range(r * k + k0, row));
-                // SAFETY: y is [m, n] row-major; x[:, k0..] has row stride k; w is [n, kw].
-                unsafe {
-                    gemm_acc(
-                        (m, n, kw),
-                        (y.as_mut_ptr(), n as isize, c > 0),
-                        (x.as_ptr().add(k0), k as isize),
-                        (w.as_ptr(), kw as isize, 1),
-                        gemm::Parallelism::Rayon(0),
-                    );
-                }
-            }
-            return y;
+            return self.chunked_product(x, m, false);
         }
         let panel = panel_len(n, k, 8);
         let out = SharedOut(y.as_mut_ptr());
@@ -154,6 +133,44 @@ impl<'a> CpuNf4<'a> {
         y
     }
 
+    /// The many-rows path of both products, one reduction chunk at a time, so each chunk of the
+    /// activation and of `W` is packed once, as in a plain GEMM, and gemm spreads over the cores:
+    /// - forward (`transposed = false`): `y += x[:, c0..c1] · W[:, c0..c1]ᵀ`, chunks of columns;
+    /// - backward-input (`true`): `dx += dy[:, c0..c1] · W[c0..c1, :]`, chunks of rows.
+    fn chunked_product(&self, lhs: &[f32], m: usize, transposed: bool) -> Vec<f32> {
+        let (n, k) = (self.layout.rows, self.layout.cols);
+        let (red, out_cols) = if transposed { (n, k) } else { (k, n) };
+        let mut out = vec![0f32; m * out_cols];
+        let chunk = REDUCTION_CHUNK.min(red);
+        let mut buf = vec![0f32; chunk * out_cols];
+        for (i, c0) in (0..red).step_by(chunk).enumerate() {
+            let cw = chunk.min(red - c0);
+            // The chunk of W, row-major: [n, cw] (columns c0..) or [cw, k] (rows c0..).
+            let (row_len, rhs_strides) = if transposed {
+                (k, (1, k as isize))
+            } else {
+                (cw, (cw as isize, 1))
+            };
+            let w = &mut buf[..cw * out_cols];
+            w.par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
+                let start = if transposed { (c0 + r) * k } else { r * k + c0 };
+                self.dequant_range(start, row)
+            });
+            // SAFETY: out is [m, out_cols]; lhs[:, c0..] has row stride `red`; w is the chunk
+            // with the strides above.
+            unsafe {
+                gemm_acc(
+                    (m, out_cols, cw),
+                    (out.as_mut_ptr(), out_cols as isize, i > 0),
+                    (lhs.as_ptr().add(c0), red as isize),
+                    (w.as_ptr(), rhs_strides.0, rhs_strides.1),
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        out
+    }
+
     /// `dx[m, cols] = dy[m, rows] · W`.
     ///
     /// # Panics
@@ -169,27 +186,7 @@ impl<'a> CpuNf4<'a> {
             return dx;
         }
         if m >= LARGE_M {
-            // dx += dy[:, n0..n1] · W[n0..n1, :], one chunk of rows of W at a time.
-            let chunk = REDUCTION_CHUNK.min(n);
-            let mut w = vec![0f32; chunk * k];
-            for (c, n0) in (0..n).step_by(chunk).enumerate() {
-                let nb = chunk.min(n - n0);
-                let w = &mut w[..nb * k];
-                w.par_chunks_mut(k)
-                    .enumerate()
-                    .for_each(|(r, row)| self.dequant_range((n0 + r) * k, row));
-                // SAFETY: dx is [m, k]; dy[:, n0..] has row stride n; w is [nb, k].
-                unsafe {
-                    gemm_acc(
-                        (m, k, nb),
-                        (dx.as_mut_ptr(), k as isize, c > 0),
-                        (dy.as_ptr().add(n0), n as isize),
-                        (w.as_ptr(), 1, k as isize),
-                        gemm::Parallelism::Rayon(0),
-                    );
-                }
-            }
-            return dx;
+            return self.chunked_product(dy, m, true);
         }
         // Few rows: each task takes contiguous row panels of W, dequantizes them (one run per
         // panel) and accumulates dy[:, r0..r1] · W[r0..r1, :] into its own partial dx; the
