@@ -3,34 +3,12 @@
 //! the fp32 `tiny-llama` weights reproduces the file.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use qlora_nf4::{Absmax, QuantConfig, QuantizedTensor, TensorLookup, is_bnb_4bit};
 use safetensors::SafeTensors;
 
-fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/golden")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("reading fixture {}: {e}", p.display()))
-}
-
-fn f32s(st: &SafeTensors, key: &str) -> Vec<f32> {
-    st.tensor(key).unwrap().to_f32_vec_le()
-}
-
-trait ToF32 {
-    fn to_f32_vec_le(&self) -> Vec<f32>;
-}
-impl ToF32 for safetensors::tensor::TensorView<'_> {
-    fn to_f32_vec_le(&self) -> Vec<f32> {
-        assert_eq!(self.dtype(), safetensors::Dtype::F32);
-        self.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-}
+mod common;
+use common::{f32s, fixture};
 
 /// The quantized weights of the checkpoint: names whose quant_state tensor is present.
 fn quantized_weights(st: &SafeTensors) -> Vec<String> {
@@ -95,7 +73,7 @@ fn quantizing_the_fp32_model_reproduces_the_file() {
     let mut blocks = 0;
     for w in quantized_weights(&st) {
         let t = fp.tensor(&w).unwrap();
-        let values = t.to_f32_vec_le();
+        let values = f32s(&fp, &w);
         let ours = QuantizedTensor::quantize(&w, &values, t.shape(), QuantConfig::qlora()).unwrap();
         let file = QuantizedTensor::from_bnb(&st, &w).unwrap();
         assert_eq!(ours.packed, file.packed, "{w}: packed nibbles");

@@ -1,37 +1,14 @@
 //! Every case of bitsandbytes' `quant_4bit.safetensors`, NF4 and FP4, with and without double
 //! quantization, against our quantizer.
 
-use std::path::PathBuf;
-
 use qlora_nf4::{
     Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor, bf16, dynamic_map_signed,
     dynamic_map_unsigned,
 };
 use safetensors::{Dtype, SafeTensors};
 
-fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/golden")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("reading fixture {}: {e}", p.display()))
-}
-
-fn f32s(st: &SafeTensors, key: &str) -> Vec<f32> {
-    let t = st.tensor(key).unwrap_or_else(|_| panic!("missing {key}"));
-    match t.dtype() {
-        Dtype::F32 => t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
-        Dtype::BF16 => t
-            .data()
-            .chunks_exact(2)
-            .map(|b| bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
-            .collect(),
-        d => panic!("{key}: unexpected dtype {d:?}"),
-    }
-}
+mod common;
+use common::{f32s, fixture};
 
 fn u8s(st: &SafeTensors, key: &str) -> Vec<u8> {
     let t = st.tensor(key).unwrap_or_else(|_| panic!("missing {key}"));
