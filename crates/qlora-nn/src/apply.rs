@@ -13,7 +13,10 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 use qlora_backend::QuantConfig;
 
-use crate::{LoraAdapter, LoraBias, LoraConfig, LoraError, LoraLinear, LoraMatcher, QLoraLinear};
+use crate::{
+    AdapterWeights, LoraAdapter, LoraBias, LoraConfig, LoraError, LoraLinear, LoraMatcher,
+    QLoraLinear,
+};
 
 /// A linear layer after a config was applied: frozen as it was, LoRA over a float base, or
 /// QLoRA over an NF4 base (with or without adapters).
@@ -43,10 +46,63 @@ impl AdaptedLinear {
 
     /// The adapter called `name`, if this layer has one.
     pub fn adapter(&self, name: &str) -> Option<&LoraAdapter> {
+        self.adapters().and_then(|a| a.get(name))
+    }
+
+    /// The layer's adapters (`None` for a frozen float layer, which has none).
+    pub fn adapters(&self) -> Option<&crate::LoraAdapters> {
         match self {
             AdaptedLinear::Frozen(_) => None,
-            AdaptedLinear::Lora(l) => l.lora.get(name),
-            AdaptedLinear::QLora(l) => l.lora.get(name),
+            AdaptedLinear::Lora(l) => Some(&l.lora),
+            AdaptedLinear::QLora(l) => Some(&l.lora),
+        }
+    }
+
+    /// The layer's adapters, mutably (`None` for a frozen float layer).
+    pub fn adapters_mut(&mut self) -> Option<&mut crate::LoraAdapters> {
+        match self {
+            AdaptedLinear::Frozen(_) => None,
+            AdaptedLinear::Lora(l) => Some(&mut l.lora),
+            AdaptedLinear::QLora(l) => Some(&mut l.lora),
+        }
+    }
+
+    /// `[in_features, out_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            AdaptedLinear::Frozen(l) => l.weight.dims(),
+            AdaptedLinear::Lora(l) => l.dims(),
+            AdaptedLinear::QLora(l) => l.dims(),
+        }
+    }
+
+    /// The layer with one more adapter: a frozen float layer becomes a [`LoraLinear`]. Errors if
+    /// the adapter's shape does not fit.
+    pub fn with_adapter(self, name: &str, adapter: LoraAdapter) -> Result<Self, LoraError> {
+        Ok(match self {
+            AdaptedLinear::Frozen(l) => {
+                let mut l = LoraLinear::new(l);
+                l.add_adapter(name, adapter)?;
+                AdaptedLinear::Lora(l)
+            }
+            AdaptedLinear::Lora(mut l) => {
+                l.add_adapter(name, adapter)?;
+                AdaptedLinear::Lora(l)
+            }
+            AdaptedLinear::QLora(mut l) => {
+                l.add_adapter(name, adapter)?;
+                AdaptedLinear::QLora(l)
+            }
+        })
+    }
+
+    /// Merges the active adapters into a float copy of the weight and drops all adapters:
+    /// a frozen float `Linear` (an NF4 base is dequantized; see [`QLoraLinear::merge_to_linear`]).
+    pub fn merge_and_unload(self) -> Self {
+        match self {
+            AdaptedLinear::Frozen(l) => AdaptedLinear::Frozen(l),
+            AdaptedLinear::Lora(l) => AdaptedLinear::Frozen(l.merge_and_unload()),
+            AdaptedLinear::QLora(l) => AdaptedLinear::Frozen(l.merge_to_linear()),
         }
     }
 }
@@ -54,8 +110,8 @@ impl AdaptedLinear {
 /// Builds the linears of a model under a [`LoraConfig`] (see the module docs).
 #[derive(Debug, Clone)]
 pub struct LoraApplier {
-    config: LoraConfig,
-    matcher: LoraMatcher,
+    config: Option<LoraConfig>,
+    matcher: Option<LoraMatcher>,
     quantize: Option<QuantConfig>,
     adapter_name: String,
     device: Device,
@@ -92,12 +148,24 @@ impl LoraApplier {
                 problem,
             })?;
         Ok(Self {
-            config,
-            matcher,
+            config: Some(config),
+            matcher: Some(matcher),
             quantize,
             adapter_name: "default".into(),
             device: device.clone(),
         })
+    }
+
+    /// An applier that adds no adapter: every linear stays frozen, in NF4 with `quantize` (a
+    /// 4-bit model for inference, or to add adapters to later), float without.
+    pub fn base_only(quantize: Option<QuantConfig>, device: &Device) -> Self {
+        Self {
+            config: None,
+            matcher: None,
+            quantize,
+            adapter_name: "default".into(),
+            device: device.clone(),
+        }
     }
 
     /// Uses `name` for the adapters this applier adds.
@@ -106,9 +174,74 @@ impl LoraApplier {
         self
     }
 
-    /// The config.
-    pub fn config(&self) -> &LoraConfig {
-        &self.config
+    /// The config (`None` for [`LoraApplier::base_only`]).
+    pub fn config(&self) -> Option<&LoraConfig> {
+        self.config.as_ref()
+    }
+
+    /// How base weights are quantized (`None`: they stay float).
+    pub fn quantize(&self) -> Option<QuantConfig> {
+        self.quantize
+    }
+
+    /// The device layers are built on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the layer at `path` gets an adapter.
+    pub fn is_target(&self, path: &str, is_output_head: bool) -> bool {
+        self.matcher
+            .as_ref()
+            .is_some_and(|m| m.is_target(path, true, is_output_head))
+    }
+
+    fn new_adapter(&self, path: &str, [d_in, d_out]: [usize; 2]) -> Option<LoraAdapter> {
+        let (config, matcher) = (self.config.as_ref()?, self.matcher.as_ref()?);
+        Some(LoraAdapter::new(
+            [d_in, d_out],
+            matcher.rank(path),
+            matcher.scaling(path),
+            config.lora_dropout,
+            config.init_lora_weights,
+            &self.device,
+        ))
+    }
+
+    fn bias_trains(&self, targeted: bool) -> bool {
+        match self.config.as_ref().map(|c| c.bias) {
+            None | Some(LoraBias::None) => false,
+            Some(LoraBias::LoraOnly) => targeted,
+            Some(LoraBias::All) => true,
+        }
+    }
+
+    /// An already-quantized layer (for example read from a bnb-4bit checkpoint) at `path`, with
+    /// a new adapter when the config targets it.
+    pub fn quantized_linear(
+        &self,
+        path: &str,
+        mut layer: QLoraLinear,
+    ) -> Result<AdaptedLinear, LoraError> {
+        let targeted = self.is_target(path, false);
+        if targeted && let Some(a) = self.new_adapter(path, layer.dims()) {
+            layer.add_adapter(&self.adapter_name, a)?;
+        }
+        if self.bias_trains(targeted) {
+            layer.bias = layer.bias.take().map(|b| b.set_require_grad(true));
+        }
+        Ok(AdaptedLinear::QLora(layer))
+    }
+
+    /// An adapter read from a file for the layer at `path`, with the scaling the applier's
+    /// config gives that path (the adapter file's own config if this applier has none).
+    pub fn adapter_from_weights(
+        &self,
+        config: &LoraConfig,
+        path: &str,
+        weights: AdapterWeights,
+    ) -> Result<LoraAdapter, LoraError> {
+        weights.into_adapter(self.config.as_ref().unwrap_or(config), path)
     }
 
     /// The layer at `path` (dotted module path, as PEFT matches it). `is_output_head` marks the
@@ -119,34 +252,24 @@ impl LoraApplier {
         base: Linear,
         is_output_head: bool,
     ) -> Result<AdaptedLinear, LoraError> {
-        let targeted = self.matcher.is_target(path, true, is_output_head);
-        let [d_in, d_out] = base.weight.dims();
-        let bias_trains = match self.config.bias {
-            LoraBias::None => false,
-            LoraBias::LoraOnly => targeted,
-            LoraBias::All => true,
+        let targeted = self.is_target(path, is_output_head);
+        let bias_trains = self.bias_trains(targeted);
+        let adapter = if targeted {
+            self.new_adapter(path, base.weight.dims())
+        } else {
+            None
         };
-        let adapter = || {
-            LoraAdapter::new(
-                [d_in, d_out],
-                self.matcher.rank(path),
-                self.matcher.scaling(path),
-                self.config.lora_dropout,
-                self.config.init_lora_weights,
-                &self.device,
-            )
-        };
-        let mut layer = match (self.quantize, targeted) {
-            (None, false) => return Ok(AdaptedLinear::Frozen(base.no_grad())),
-            (None, true) => {
+        let mut layer = match (self.quantize, adapter) {
+            (None, None) => return Ok(AdaptedLinear::Frozen(base.no_grad())),
+            (None, Some(a)) => {
                 let mut l = LoraLinear::new(base);
-                l.lora.add(&self.adapter_name, adapter());
+                l.lora.add(&self.adapter_name, a);
                 AdaptedLinear::Lora(l)
             }
-            (Some(q), _) => {
+            (Some(q), a) => {
                 let mut l = QLoraLinear::quantize(path, base, q)?;
-                if targeted {
-                    l.lora.add(&self.adapter_name, adapter());
+                if let Some(a) = a {
+                    l.lora.add(&self.adapter_name, a);
                 }
                 AdaptedLinear::QLora(l)
             }

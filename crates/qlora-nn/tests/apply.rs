@@ -96,7 +96,7 @@ fn qlora_model_trains_only_the_targeted_adapters() {
         ("blocks.1.v", &n.blocks[1].v),
     ];
     let adapter = PeftAdapter::from_adapters(
-        applier.config().clone(),
+        applier.config().unwrap().clone(),
         layers
             .iter()
             .map(|(p, l)| (*p, l.adapter("default").unwrap())),

@@ -1,0 +1,37 @@
+//! One pre-norm decoder layer: `h = x + attn(norm₁(x))`, `y = h + mlp(norm₂(h))`.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use crate::{KvCache, LlamaAttention, LlamaMlp, RmsNorm};
+
+/// `model.layers.N` (HF names).
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer {
+    /// Self-attention.
+    pub self_attn: LlamaAttention,
+    /// SwiGLU MLP.
+    pub mlp: LlamaMlp,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl LlamaDecoderLayer {
+    /// - `x`: `[batch, len, hidden]`; `cos`/`sin`: RoPE tables `[len, head_dim]`
+    /// - returns `[batch, len, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}

@@ -1,0 +1,416 @@
+//! [`LlamaConfig`]: the hyper-parameters of a LLaMA-family model, read from HF `config.json`
+//! (transformers 4 and 5 forms) and written back.
+
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::LlamaError;
+
+/// How RoPE frequencies are scaled (`rope_type`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    Default,
+    /// Position interpolation: every inverse frequency divided by `factor`.
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// LLaMA 3.1's frequency-dependent scaling.
+    Llama3 {
+        /// Scale of low frequencies.
+        factor: f64,
+        /// Wavelength bound of the low-frequency band (as `original / low_freq_factor`).
+        low_freq_factor: f64,
+        /// Wavelength bound of the high-frequency band.
+        high_freq_factor: f64,
+        /// Context length of pre-training.
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// RoPE parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    /// Base of the frequencies (`rope_theta`).
+    pub theta: f64,
+    /// Frequency scaling.
+    pub scaling: RopeScaling,
+}
+
+/// The hyper-parameters of a LLaMA-family decoder (HF field names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Longest context.
+    pub max_position_embeddings: usize,
+    /// The output head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence token.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens (HF allows one or a list).
+    pub eos_token_ids: Vec<u32>,
+    /// Padding token.
+    pub pad_token_id: Option<u32>,
+    /// Biases on q/k/v/o.
+    pub attention_bias: bool,
+    /// Biases on gate/up/down.
+    pub mlp_bias: bool,
+    /// RoPE.
+    pub rope: RopeConfig,
+}
+
+fn err(path: &str, field: &str, problem: impl Into<String>) -> LlamaError {
+    LlamaError::Config {
+        path: path.to_string(),
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    path: &'a str,
+}
+
+impl Fields<'_> {
+    fn usize(&self, field: &str) -> Result<usize, LlamaError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Err(err(self.path, field, "missing")),
+            Some(v) => as_usize(v).ok_or_else(|| {
+                err(
+                    self.path,
+                    field,
+                    format!("expected a positive integer, found {v}"),
+                )
+            }),
+        }
+    }
+
+    fn usize_or(&self, field: &str, default: usize) -> Result<usize, LlamaError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(default),
+            Some(_) => self.usize(field),
+        }
+    }
+
+    fn f64_or(&self, field: &str, default: Option<f64>) -> Result<f64, LlamaError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => default.ok_or_else(|| err(self.path, field, "missing")),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| err(self.path, field, format!("expected a number, found {v}"))),
+        }
+    }
+
+    fn bool_or(&self, field: &str, default: bool) -> Result<bool, LlamaError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(err(
+                self.path,
+                field,
+                format!("expected true or false, found {v}"),
+            )),
+        }
+    }
+
+    fn token(&self, field: &str) -> Result<Option<u32>, LlamaError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .map(Some)
+                .ok_or_else(|| err(self.path, field, format!("expected a token id, found {v}"))),
+        }
+    }
+}
+
+fn as_usize(v: &Value) -> Option<usize> {
+    v.as_u64()
+        .filter(|&x| x > 0)
+        .and_then(|x| usize::try_from(x).ok())
+}
+
+impl LlamaConfig {
+    /// Reads `config.json`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LlamaError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| LlamaError::io(path, e))?;
+        Self::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a `config.json`; `path` names it in errors.
+    pub fn from_json_str(text: &str, path: &str) -> Result<Self, LlamaError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| LlamaError::format(path, format!("not valid JSON: {e}")))?;
+        let Value::Object(map) = &value else {
+            return Err(LlamaError::format(path, "expected a JSON object"));
+        };
+        Self::from_map(map, path)
+    }
+
+    fn from_map(map: &Map<String, Value>, path: &str) -> Result<Self, LlamaError> {
+        let f = Fields { map, path };
+        if let Some(t) = map.get("model_type").and_then(Value::as_str)
+            && t != "llama"
+        {
+            return Err(err(
+                path,
+                "model_type",
+                format!("`{t}` is not supported (only `llama`)"),
+            ));
+        }
+        match map.get("hidden_act").and_then(Value::as_str) {
+            None | Some("silu") => {}
+            Some(a) => {
+                return Err(err(
+                    path,
+                    "hidden_act",
+                    format!("`{a}` is not supported (only `silu`)"),
+                ));
+            }
+        }
+        if let Some(tp) = map.get("pretraining_tp").and_then(Value::as_u64)
+            && tp != 1
+        {
+            return Err(err(path, "pretraining_tp", "only 1 is supported"));
+        }
+        let hidden_size = f.usize("hidden_size")?;
+        let num_attention_heads = f.usize("num_attention_heads")?;
+        let num_key_value_heads = f.usize_or("num_key_value_heads", num_attention_heads)?;
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(err(
+                path,
+                "num_key_value_heads",
+                format!(
+                    "{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
+                ),
+            ));
+        }
+        let head_dim = match map.get("head_dim") {
+            None | Some(Value::Null) => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(err(
+                        path,
+                        "num_attention_heads",
+                        format!(
+                            "{num_attention_heads} does not divide hidden_size {hidden_size} (and no head_dim is given)"
+                        ),
+                    ));
+                }
+                hidden_size / num_attention_heads
+            }
+            Some(_) => f.usize("head_dim")?,
+        };
+        if head_dim % 2 != 0 {
+            return Err(err(
+                path,
+                "head_dim",
+                format!("{head_dim} is odd; RoPE needs an even head width"),
+            ));
+        }
+        let eos_token_ids = match map.get("eos_token_id") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| err(path, "eos_token_id", "expected token ids"))?,
+            Some(_) => vec![f.token("eos_token_id")?.expect("present")],
+        };
+        let rms_norm_eps = f.f64_or("rms_norm_eps", Some(1e-6))?;
+        if rms_norm_eps <= 0.0 {
+            return Err(err(path, "rms_norm_eps", "must be positive"));
+        }
+        Ok(Self {
+            hidden_size,
+            intermediate_size: f.usize("intermediate_size")?,
+            num_hidden_layers: f.usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps,
+            vocab_size: f.usize("vocab_size")?,
+            max_position_embeddings: f.usize_or("max_position_embeddings", 2048)?,
+            tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
+            bos_token_id: f.token("bos_token_id")?,
+            eos_token_ids,
+            pad_token_id: f.token("pad_token_id")?,
+            attention_bias: f.bool_or("attention_bias", false)?,
+            mlp_bias: f.bool_or("mlp_bias", false)?,
+            rope: read_rope(map, path)?,
+        })
+    }
+
+    /// The config as HF `config.json` text (transformers 5 form, `rope_parameters`).
+    pub fn to_hf_json(&self) -> String {
+        let mut rope = Map::new();
+        rope.insert("rope_theta".into(), json!(self.rope.theta));
+        match self.rope.scaling {
+            RopeScaling::Default => {
+                rope.insert("rope_type".into(), json!("default"));
+            }
+            RopeScaling::Linear { factor } => {
+                rope.insert("rope_type".into(), json!("linear"));
+                rope.insert("factor".into(), json!(factor));
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                rope.insert("rope_type".into(), json!("llama3"));
+                rope.insert("factor".into(), json!(factor));
+                rope.insert("low_freq_factor".into(), json!(low_freq_factor));
+                rope.insert("high_freq_factor".into(), json!(high_freq_factor));
+                rope.insert(
+                    "original_max_position_embeddings".into(),
+                    json!(original_max_position_embeddings),
+                );
+            }
+        }
+        let eos = match self.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let v = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": self.attention_bias,
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "dtype": "float32",
+            "eos_token_id": eos,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "mlp_bias": self.mlp_bias,
+            "model_type": "llama",
+            "num_attention_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "pad_token_id": self.pad_token_id,
+            "pretraining_tp": 1,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": Value::Object(rope),
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_cache": true,
+            "vocab_size": self.vocab_size,
+        });
+        serde_json::to_string_pretty(&v).expect("JSON value") + "\n"
+    }
+
+    /// Query heads per key/value head.
+    pub fn kv_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+}
+
+/// RoPE from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4).
+fn read_rope(map: &Map<String, Value>, path: &str) -> Result<RopeConfig, LlamaError> {
+    let params = match map.get("rope_parameters") {
+        Some(Value::Object(p)) => Some(("rope_parameters", p)),
+        None | Some(Value::Null) => match map.get("rope_scaling") {
+            Some(Value::Object(p)) => Some(("rope_scaling", p)),
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                return Err(err(
+                    path,
+                    "rope_scaling",
+                    format!("expected an object, found {v}"),
+                ));
+            }
+        },
+        Some(v) => {
+            return Err(err(
+                path,
+                "rope_parameters",
+                format!("expected an object, found {v}"),
+            ));
+        }
+    };
+    let top = Fields { map, path };
+    let theta_default = top.f64_or("rope_theta", Some(10000.0))?;
+    let Some((name, p)) = params else {
+        return Ok(RopeConfig {
+            theta: theta_default,
+            scaling: RopeScaling::Default,
+        });
+    };
+    let f = Fields { map: p, path };
+    let field = |k: &str| format!("{name}.{k}");
+    let theta = match p.get("rope_theta") {
+        Some(v) => v.as_f64().filter(|t| *t > 0.0).ok_or_else(|| {
+            err(
+                path,
+                &field("rope_theta"),
+                format!("expected a positive number, found {v}"),
+            )
+        })?,
+        None => theta_default,
+    };
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |k: &str| {
+        f.f64_or(k, None).map_err(|_| {
+            err(
+                path,
+                &field(k),
+                format!("missing or not a number (rope_type `{kind}`)"),
+            )
+        })
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear {
+            factor: num("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: f.usize("original_max_position_embeddings").map_err(
+                |_| {
+                    err(
+                        path,
+                        &field("original_max_position_embeddings"),
+                        "missing or not a positive integer",
+                    )
+                },
+            )?,
+        },
+        other => {
+            return Err(err(
+                path,
+                &field("rope_type"),
+                format!("`{other}` is not supported (default, linear, llama3)"),
+            ));
+        }
+    };
+    Ok(RopeConfig { theta, scaling })
+}

@@ -1,0 +1,35 @@
+//! LLaMA-family causal language models for burn-qlora, written once for every Burn device.
+//!
+//! [`LlamaForCausalLM`] keeps HF's module names (`model.layers.N.self_attn.q_proj`, ...), so
+//! `LoraConfig::target_modules` and PEFT adapter files address its linears directly. Every
+//! linear of the decoder blocks is a [`qlora_nn::AdaptedLinear`]: a frozen float layer, LoRA
+//! over a float base, or a 4-bit NF4 base (QLoRA, Dettmers et al. 2023) with or without
+//! adapters. Weights load from HF safetensors (quantized to NF4 + double quantization while
+//! loading, one tensor at a time) or bnb-4bit checkpoints (used as they are).
+#![warn(missing_docs)]
+
+mod adapters;
+mod attention;
+mod block;
+mod cache;
+mod checkpoint;
+mod config;
+mod error;
+mod load;
+mod mlp;
+mod model;
+mod norm;
+mod rope;
+mod safetensors_file;
+
+pub use attention::LlamaAttention;
+pub use block::LlamaDecoderLayer;
+pub use cache::KvCache;
+pub use checkpoint::{HfCheckpoint, HostFloats, HostTensor, WeightSource};
+pub use config::{LlamaConfig, RopeConfig, RopeScaling};
+pub use error::LlamaError;
+pub use mlp::LlamaMlp;
+pub use model::{LlamaForCausalLM, LlamaModel, layer_linear_paths};
+pub use norm::RmsNorm;
+pub use rope::Rope;
+pub use safetensors_file::{SafetensorsFile, TensorInfo, dtype_size};

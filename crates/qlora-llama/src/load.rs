@@ -1,0 +1,208 @@
+//! Building a [`LlamaForCausalLM`] from a [`WeightSource`], one tensor at a time.
+//!
+//! Each linear weight is read, quantized on the host when the [`LoraApplier`] asks for NF4
+//! (quantize-on-load), and uploaded; its dense copy is dropped before the next is read, so the
+//! peak is the model as stored plus one dense tensor. A bnb-4bit weight is uploaded as it is
+//! (no re-quantization). Embeddings, norms and the head stay float (f32) and frozen.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{Embedding, Linear};
+use burn::tensor::{Device, Tensor, TensorData};
+use qlora_nf4::QuantizedTensor;
+use qlora_nn::{AdaptedLinear, LoraApplier, QLoraLinear};
+
+use crate::{
+    HfCheckpoint, HostFloats, LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaError,
+    LlamaForCausalLM, LlamaMlp, LlamaModel, RmsNorm, WeightSource,
+};
+
+/// Reads a float tensor, checking its shape and that every value is finite.
+fn float(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostFloats, LlamaError> {
+    let t = src.read_float(name)?;
+    if t.shape != shape {
+        return Err(LlamaError::Shape {
+            path: src.describe(),
+            tensor: name.into(),
+            expected: shape.to_vec(),
+            found: t.shape,
+        });
+    }
+    if let Some((i, v)) = t.values.first_non_finite() {
+        return Err(LlamaError::Tensor {
+            path: src.describe(),
+            tensor: name.into(),
+            problem: format!("non-finite value {v} at flat index {i}"),
+        });
+    }
+    Ok(t.values)
+}
+
+fn upload<const D: usize>(values: HostFloats, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.into_f32(), shape), device)
+}
+
+fn norm(
+    src: &dyn WeightSource,
+    name: &str,
+    c: &LlamaConfig,
+    device: &Device,
+) -> Result<RmsNorm, LlamaError> {
+    let w = float(src, name, &[c.hidden_size])?;
+    Ok(RmsNorm::new(
+        upload(w, [c.hidden_size], device),
+        c.rms_norm_eps,
+    ))
+}
+
+/// One linear at `path` (`[out, in]` in the file), as the applier says.
+fn linear(
+    src: &dyn WeightSource,
+    applier: &LoraApplier,
+    path: &str,
+    [out, inp]: [usize; 2],
+    has_bias: bool,
+) -> Result<AdaptedLinear, LlamaError> {
+    let device = applier.device();
+    let wname = format!("{path}.weight");
+    let bias = if has_bias {
+        let b = float(src, &format!("{path}.bias"), &[out])?;
+        Some(upload(b, [out], device))
+    } else {
+        None
+    };
+    let nf4_err = |source| LlamaError::Nf4 {
+        path: src.describe(),
+        source,
+    };
+    let quantized = match src.read_quantized(&wname)? {
+        Some(q) => {
+            if q.shape != [out, inp] {
+                return Err(LlamaError::Shape {
+                    path: src.describe(),
+                    tensor: wname,
+                    expected: vec![out, inp],
+                    found: q.shape.clone(),
+                });
+            }
+            Some(q)
+        }
+        None => None,
+    };
+    match (quantized, applier.quantize()) {
+        (Some(q), Some(_)) => {
+            let layer = QLoraLinear::from_quantized(&wname, &q, bias, device).map_err(nf4_err)?;
+            Ok(applier.quantized_linear(path, layer)?)
+        }
+        (Some(q), None) => {
+            let w = HostFloats::F32(q.dequantize_f32());
+            float_linear(applier, path, w, [out, inp], bias)
+        }
+        (None, Some(config)) => {
+            let w = float(src, &wname, &[out, inp])?;
+            let shape = [out, inp];
+            let q = match &w {
+                HostFloats::F32(v) => QuantizedTensor::quantize(&wname, v, &shape, config),
+                HostFloats::BF16(v) => QuantizedTensor::quantize(&wname, v, &shape, config),
+                HostFloats::F16(v) => QuantizedTensor::quantize(&wname, v, &shape, config),
+            }
+            .map_err(nf4_err)?;
+            drop(w);
+            let layer = QLoraLinear::from_quantized(&wname, &q, bias, device).map_err(nf4_err)?;
+            Ok(applier.quantized_linear(path, layer)?)
+        }
+        (None, None) => {
+            let w = float(src, &wname, &[out, inp])?;
+            float_linear(applier, path, w, [out, inp], bias)
+        }
+    }
+}
+
+fn float_linear(
+    applier: &LoraApplier,
+    path: &str,
+    w: HostFloats,
+    [out, inp]: [usize; 2],
+    bias: Option<Tensor<1>>,
+) -> Result<AdaptedLinear, LlamaError> {
+    let device = applier.device();
+    // Burn's Linear stores [in, out].
+    let weight = upload(w, [out, inp], device).transpose();
+    let base = Linear {
+        weight: Param::from_tensor(weight),
+        bias: bias.map(Param::from_tensor),
+    };
+    Ok(applier.linear(path, base, false)?)
+}
+
+impl LlamaForCausalLM {
+    /// Builds the model described by `config` from `src`, each block linear made by `applier`
+    /// (frozen float, LoRA, or NF4 / QLoRA).
+    pub fn from_source(
+        config: &LlamaConfig,
+        src: &dyn WeightSource,
+        applier: &LoraApplier,
+    ) -> Result<Self, LlamaError> {
+        let c = config;
+        let device = applier.device();
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let embed = float(src, "model.embed_tokens.weight", &[v, h])?;
+        let embed_tokens = Embedding {
+            weight: Param::from_tensor(upload(embed, [v, h], device)).set_require_grad(false),
+        };
+        let q_out = c.num_attention_heads * c.head_dim;
+        let kv_out = c.num_key_value_heads * c.head_dim;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let lin = |name: &str, dims: [usize; 2], bias: bool| {
+                linear(src, applier, &format!("{p}.{name}"), dims, bias)
+            };
+            let ab = c.attention_bias;
+            let mb = c.mlp_bias;
+            let (ffn, hid) = (c.intermediate_size, h);
+            layers.push(LlamaDecoderLayer {
+                self_attn: LlamaAttention {
+                    q_proj: lin("self_attn.q_proj", [q_out, hid], ab)?,
+                    k_proj: lin("self_attn.k_proj", [kv_out, hid], ab)?,
+                    v_proj: lin("self_attn.v_proj", [kv_out, hid], ab)?,
+                    o_proj: lin("self_attn.o_proj", [hid, q_out], ab)?,
+                    num_heads: c.num_attention_heads,
+                    num_kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                },
+                mlp: LlamaMlp {
+                    gate_proj: lin("mlp.gate_proj", [ffn, hid], mb)?,
+                    up_proj: lin("mlp.up_proj", [ffn, hid], mb)?,
+                    down_proj: lin("mlp.down_proj", [hid, ffn], mb)?,
+                },
+                input_layernorm: norm(src, &format!("{p}.input_layernorm.weight"), c, device)?,
+                post_attention_layernorm: norm(
+                    src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    c,
+                    device,
+                )?,
+            });
+        }
+        let model = LlamaModel {
+            embed_tokens,
+            layers,
+            norm: norm(src, "model.norm.weight", c, device)?,
+        };
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            let w = float(src, "lm_head.weight", &[v, h])?;
+            Some(upload(w, [v, h], device))
+        };
+        Ok(Self::from_parts(c.clone(), model, lm_head))
+    }
+
+    /// Loads a HF model folder (float or bnb-4bit safetensors, single or sharded).
+    pub fn load_hf(dir: impl AsRef<Path>, applier: &LoraApplier) -> Result<Self, LlamaError> {
+        let ckpt = HfCheckpoint::open(dir)?;
+        Self::from_source(&ckpt.config().clone(), &ckpt, applier)
+    }
+}

@@ -1,0 +1,190 @@
+//! [`LlamaForCausalLM`]: embedding, decoder layers, final norm and output head, with HF's
+//! module names (`model.embed_tokens`, `model.layers.N`, `model.norm`, `lm_head`).
+
+use burn::module::{Module, Param};
+use burn::nn::Embedding;
+use burn::tensor::{Int, Tensor};
+use qlora_nn::AdaptedLinear;
+
+use crate::{KvCache, LlamaConfig, LlamaDecoderLayer, RmsNorm, Rope};
+
+/// `model`: the decoder stack without the head.
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    /// `embed_tokens`, weight `[vocab, hidden]` (frozen).
+    pub embed_tokens: Embedding,
+    /// `layers`.
+    pub layers: Vec<LlamaDecoderLayer>,
+    /// The final `norm`.
+    pub norm: RmsNorm,
+}
+
+/// A LLaMA-family causal language model. Every linear of the blocks is an [`AdaptedLinear`]
+/// (frozen float, LoRA over float, or NF4 with or without adapters); embeddings, norms and the
+/// head stay float and frozen. One code path for every Burn device.
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM {
+    /// The decoder.
+    pub model: LlamaModel,
+    /// `lm_head.weight` `[vocab, hidden]` (PyTorch layout, frozen); `None` when tied to the
+    /// embedding.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    /// The hyper-parameters.
+    #[module(skip)]
+    pub config: LlamaConfig,
+    #[module(skip)]
+    rope: Rope,
+}
+
+/// The names of the seven linears of decoder layer `i`, as HF paths.
+pub fn layer_linear_paths(i: usize) -> [String; 7] {
+    [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
+    .map(|n| format!("model.layers.{i}.{n}"))
+}
+
+impl LlamaForCausalLM {
+    /// Assembles a model from its parts (the loaders use this).
+    pub fn from_parts(config: LlamaConfig, model: LlamaModel, lm_head: Option<Tensor<2>>) -> Self {
+        assert_eq!(
+            model.layers.len(),
+            config.num_hidden_layers,
+            "the config has {} layers but {} were given",
+            config.num_hidden_layers,
+            model.layers.len()
+        );
+        assert_eq!(
+            lm_head.is_none(),
+            config.tie_word_embeddings,
+            "lm_head must be given exactly when the embeddings are not tied"
+        );
+        let rope = Rope::new(&config.rope, config.head_dim);
+        Self {
+            model,
+            lm_head: lm_head.map(|w| Param::from_tensor(w).set_require_grad(false)),
+            config,
+            rope,
+        }
+    }
+
+    /// The output of the final norm (HF's last hidden state).
+    ///
+    /// - `input_ids`: `[batch, len]`, positions `cache.len()..cache.len() + len`
+    /// - `cache`: extended with this call's keys and values
+    /// - returns `[batch, len, hidden]`
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let mut hidden = self.hidden_states(input_ids, cache, false);
+        hidden.pop().expect("final norm output")
+    }
+
+    /// Logits of every position.
+    ///
+    /// - `input_ids`: `[batch, len]`
+    /// - returns `[batch, len, vocab]`
+    pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.logits(self.forward_hidden(input_ids, cache))
+    }
+
+    /// The head: `[batch, len, hidden]` → `[batch, len, vocab]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [b, t, h] = hidden.dims();
+        let w = self.head_weight();
+        let vocab = w.dims()[0];
+        hidden
+            .reshape([b * t, h])
+            .matmul(w.transpose())
+            .reshape([b, t, vocab])
+    }
+
+    /// The head weight `[vocab, hidden]` (the embedding when tied).
+    pub fn head_weight(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.model.embed_tokens.weight.val(),
+        }
+    }
+
+    /// HF's `hidden_states`: the embedding output, then the output of every decoder layer but
+    /// the last, then the final norm's output (`num_hidden_layers + 1` tensors `[b, len, hidden]`).
+    /// With `all = false` only the last is kept.
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+        all: bool,
+    ) -> Vec<Tensor<3>> {
+        let [_, t] = input_ids.dims();
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let device = input_ids.device();
+        let (cos, sin) = self.rope.tables(start, t, &device);
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            if all {
+                out.push(x.clone());
+            }
+            x = layer.forward(x, &cos, &sin, cache.as_deref_mut().map(|c| (c, i)));
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        out.push(self.model.norm.forward(x));
+        out
+    }
+
+    /// A new, empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Every linear of the blocks with its HF path (`model.layers.N.self_attn.q_proj`, ...).
+    pub fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
+        let mut v = Vec::new();
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            v.extend([
+                (q, &a.q_proj),
+                (k, &a.k_proj),
+                (vv, &a.v_proj),
+                (o, &a.o_proj),
+                (g, &m.gate_proj),
+                (u, &m.up_proj),
+                (d, &m.down_proj),
+            ]);
+        }
+        v
+    }
+
+    /// Every linear of the blocks with its HF path, mutably.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)> {
+        let mut v = Vec::new();
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
+            let a = &mut l.self_attn;
+            let m = &mut l.mlp;
+            v.extend([
+                (q, &mut a.q_proj),
+                (k, &mut a.k_proj),
+                (vv, &mut a.v_proj),
+                (o, &mut a.o_proj),
+                (g, &mut m.gate_proj),
+                (u, &mut m.up_proj),
+                (d, &mut m.down_proj),
+            ]);
+        }
+        v
+    }
+}
