@@ -14,8 +14,8 @@ use qlora_nf4::QuantizedTensor;
 use qlora_nn::{AdaptedLinear, LoraApplier, QLoraLinear};
 
 use crate::{
-    HfCheckpoint, HostFloats, LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaError,
-    LlamaForCausalLM, LlamaMlp, LlamaModel, RmsNorm, WeightSource,
+    GgufModel, HfCheckpoint, HostFloats, LlamaAttention, LlamaConfig, LlamaDecoderLayer,
+    LlamaError, LlamaForCausalLM, LlamaMlp, LlamaModel, RmsNorm, WeightSource,
 };
 
 /// Reads a float tensor, checking its shape and that every value is finite.
@@ -204,5 +204,27 @@ impl LlamaForCausalLM {
     pub fn load_hf(dir: impl AsRef<Path>, applier: &LoraApplier) -> Result<Self, LlamaError> {
         let ckpt = HfCheckpoint::open(dir)?;
         Self::from_source(&ckpt.config().clone(), &ckpt, applier)
+    }
+
+    /// Loads a llama-architecture GGUF file (its tensors dequantized, then kept float or
+    /// quantized to NF4 as `applier` says).
+    pub fn load_gguf(path: impl AsRef<Path>, applier: &LoraApplier) -> Result<Self, LlamaError> {
+        let gguf = GgufModel::open(path)?;
+        Self::from_source(&gguf.config().clone(), &gguf, applier)
+    }
+
+    /// Loads `path`: a `.gguf` file, or a HF folder (float or bnb-4bit).
+    pub fn load(path: impl AsRef<Path>, applier: &LoraApplier) -> Result<Self, LlamaError> {
+        let path = path.as_ref();
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            Self::load_gguf(path, applier)
+        } else if path.is_dir() {
+            Self::load_hf(path, applier)
+        } else {
+            Err(LlamaError::format(
+                path,
+                "not a model: expected a HF folder (config.json + safetensors) or a .gguf file",
+            ))
+        }
     }
 }

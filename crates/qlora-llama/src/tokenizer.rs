@@ -1,0 +1,261 @@
+//! [`LlamaTokenizer`]: a byte-level BPE tokenizer (HF `tokenizers`, pure Rust) with the
+//! model's special tokens and chat template, read from `tokenizer.json` (+
+//! `tokenizer_config.json`) or built from a GGUF file's vocabulary and merges.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use crate::gguf::{GgufFile, GgufValue};
+use crate::{ChatTemplate, LlamaError};
+
+/// A tokenizer with its special tokens and chat template.
+#[derive(Debug, Clone)]
+pub struct LlamaTokenizer {
+    inner: Tokenizer,
+    /// Beginning-of-sequence token (as text), if the model has one.
+    pub bos_token: Option<String>,
+    /// End-of-sequence token (as text).
+    pub eos_token: Option<String>,
+    /// Whether `encode(.., true)` prepends the bos token.
+    pub add_bos: bool,
+    /// The chat template (ChatML when the model names none).
+    pub chat_template: ChatTemplate,
+    source: String,
+}
+
+/// llama.cpp's pre-tokenizer names → HF pre-tokenizer JSON.
+fn pre_tokenizer(pre: &str) -> Option<Value> {
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    Some(match pre {
+        "default" | "gpt2" | "gpt-2" => byte_level(true),
+        "smollm" | "starcoder" | "refact" => json!({
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]
+        }),
+        "llama-bpe" | "llama3" | "smaug-bpe" => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"}, "behavior": "Isolated", "invert": false},
+                byte_level(false)
+            ]
+        }),
+        _ => return None,
+    })
+}
+
+fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>, String> {
+    match f.get(key) {
+        Some(GgufValue::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| format!("`{key}` is not a list of strings")),
+        _ => Err(format!("`{key}` is missing")),
+    }
+}
+
+impl LlamaTokenizer {
+    /// Builds the tokenizer stored in a GGUF file (`tokenizer.ggml.model = "gpt2"`, byte-level
+    /// BPE): vocabulary, merges, control tokens as special tokens, bos/eos and chat template.
+    pub fn from_gguf(f: &GgufFile) -> Result<Self, LlamaError> {
+        let path = f.path().display().to_string();
+        let err = |problem: String| LlamaError::Tokenizer {
+            path: path.clone(),
+            problem,
+        };
+        let model = f
+            .get("tokenizer.ggml.model")
+            .and_then(GgufValue::as_str)
+            .ok_or_else(|| err("`tokenizer.ggml.model` is missing".into()))?;
+        if model != "gpt2" {
+            return Err(err(format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
+            )));
+        }
+        let pre_name = f
+            .get("tokenizer.ggml.pre")
+            .and_then(GgufValue::as_str)
+            .unwrap_or("default");
+        let pre = pre_tokenizer(pre_name)
+            .ok_or_else(|| err(format!("pre-tokenizer `{pre_name}` is not supported")))?;
+        let tokens = strings(f, "tokenizer.ggml.tokens").map_err(err)?;
+        let merges = strings(f, "tokenizer.ggml.merges").map_err(err)?;
+        let types: Vec<i64> = match f.get("tokenizer.ggml.token_type") {
+            Some(GgufValue::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    GgufValue::I64(x) => Some(*x),
+                    GgufValue::U64(x) => Some(*x as i64),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    err("`tokenizer.ggml.token_type` is not a list of integers".into())
+                })?,
+            _ => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(err(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+            if vocab.insert(t.clone(), json!(i)).is_some() {
+                return Err(err(format!("token `{t}` appears twice in the vocabulary")));
+            }
+            // 3 = control, 4 = user-defined: matched whole before BPE.
+            if *ty == 3 || *ty == 4 {
+                added.push(
+                    json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": *ty == 3}),
+                );
+            }
+        }
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added, "normalizer": null, "pre_tokenizer": pre,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+                "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+        });
+        let inner = Tokenizer::from_bytes(spec.to_string().as_bytes())
+            .map_err(|e| err(format!("building BPE from vocabulary and merges: {e}")))?;
+        let tok_text = |key: &str| {
+            f.get(key)
+                .and_then(GgufValue::as_u64)
+                .and_then(|i| tokens.get(i as usize).cloned())
+        };
+        let template = f
+            .get("tokenizer.chat_template")
+            .and_then(GgufValue::as_str)
+            .map(str::to_string);
+        Ok(Self {
+            inner,
+            bos_token: tok_text("tokenizer.ggml.bos_token_id"),
+            eos_token: tok_text("tokenizer.ggml.eos_token_id"),
+            add_bos: matches!(
+                f.get("tokenizer.ggml.add_bos_token"),
+                Some(GgufValue::Bool(true))
+            ),
+            chat_template: ChatTemplate::new(template.as_deref(), &path)?,
+            source: path,
+        })
+    }
+
+    /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` (chat template, bos/eos,
+    /// `add_bos_token`) when present.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, LlamaError> {
+        let dir = dir.as_ref();
+        let file = dir.join("tokenizer.json");
+        let path = file.display().to_string();
+        let bytes = std::fs::read(&file).map_err(|e| LlamaError::io(&file, e))?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| LlamaError::Tokenizer {
+            path: path.clone(),
+            problem: format!("does not parse: {e}"),
+        })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.exists() {
+            let text =
+                std::fs::read_to_string(&cfg_path).map_err(|e| LlamaError::io(&cfg_path, e))?;
+            serde_json::from_str(&text).map_err(|e| LlamaError::Tokenizer {
+                path: cfg_path.display().to_string(),
+                problem: format!("not valid JSON: {e}"),
+            })?
+        } else {
+            Value::Null
+        };
+        let token = |k: &str| match cfg.get(k) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        Ok(Self {
+            inner,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+            add_bos: cfg
+                .get("add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            chat_template: ChatTemplate::new(
+                cfg.get("chat_template").and_then(Value::as_str),
+                &cfg_path.display().to_string(),
+            )?,
+            source: path,
+        })
+    }
+
+    /// Token ids of `text`; special-token texts in it (`<|im_start|>`) become their ids. With
+    /// `add_bos` and a tokenizer that adds one, the bos id comes first.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, LlamaError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| self.err(format!("encoding: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos
+            && self.add_bos
+            && let Some(b) = self.bos_id()
+        {
+            ids.push(b);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The text of `ids`; with `skip_special`, special tokens are left out.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LlamaError> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| self.err(format!("decoding: {e}")))
+    }
+
+    /// The id of token `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
+    }
+
+    /// The bos id.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_token.as_deref().and_then(|t| self.token_id(t))
+    }
+
+    /// The eos id.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_token.as_deref().and_then(|t| self.token_id(t))
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Renders `messages` with the chat template (see [`ChatTemplate::render`]).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[crate::ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, LlamaError> {
+        self.chat_template.render(
+            messages,
+            add_generation_prompt,
+            self.bos_token.as_deref().unwrap_or(""),
+            self.eos_token.as_deref().unwrap_or(""),
+        )
+    }
+
+    fn err(&self, problem: String) -> LlamaError {
+        LlamaError::Tokenizer {
+            path: self.source.clone(),
+            problem,
+        }
+    }
+}
