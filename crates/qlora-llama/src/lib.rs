@@ -27,6 +27,7 @@ mod model;
 mod norm;
 mod rope;
 mod safetensors_file;
+mod save;
 mod tokenizer;
 
 pub use attention::LlamaAttention;
@@ -46,4 +47,5 @@ pub use model::{LlamaForCausalLM, LlamaModel, layer_linear_paths};
 pub use norm::RmsNorm;
 pub use rope::Rope;
 pub use safetensors_file::{SafetensorsFile, TensorInfo, dtype_size};
+pub use save::SaveFormat;
 pub use tokenizer::LlamaTokenizer;

@@ -240,3 +240,87 @@ fn kv_cache_generation_equals_full_recomputation() {
     let got: Vec<f32> = per_pos.concat();
     check("cached logits", got, &full, 1e-5);
 }
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qlora-save-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Every tensor of `a` equals (dtype, shape, bytes) the same-named tensor of `b`, and both
+/// have the same names.
+fn same_tensors(a: &std::path::Path, b: &std::path::Path) {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let (a, b) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut na = a.names();
+    let mut nb = b.names();
+    na.sort();
+    nb.sort();
+    assert_eq!(na, nb);
+    for n in na {
+        let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+        assert_eq!((x.dtype(), x.shape()), (y.dtype(), y.shape()), "{n}");
+        assert!(x.data() == y.data(), "{n}: bytes differ");
+    }
+}
+
+#[test]
+fn saved_checkpoints_equal_transformers_files() {
+    use qlora_llama::SaveFormat;
+    let device = Device::flex();
+    // bnb-4bit: read and written back byte for byte (every packed, absmax and quant_state tensor).
+    let q = LoraApplier::base_only(Some(QuantConfig::qlora()), &device);
+    let nf4 = LlamaForCausalLM::load_hf(golden("tiny-llama-nf4"), &q).unwrap();
+    let out = tmp("bnb");
+    nf4.save_hf(&out, SaveFormat::Bnb4(QuantConfig::qlora()))
+        .unwrap();
+    same_tensors(
+        &out.join("model.safetensors"),
+        &golden("tiny-llama-nf4/model.safetensors"),
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden("tiny-llama-nf4/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["quantization_config"], want["quantization_config"]);
+    // f32: the same tensors as transformers' save_pretrained.
+    let f = LlamaForCausalLM::load_hf(golden("tiny-llama"), &LoraApplier::base_only(None, &device))
+        .unwrap();
+    let out32 = tmp("f32");
+    f.save_hf(&out32, SaveFormat::F32).unwrap();
+    same_tensors(
+        &out32.join("model.safetensors"),
+        &golden("tiny-llama/model.safetensors"),
+    );
+    // Merged QLoRA model saved as f32 loads back to the same logits.
+    let g = Golden::open("tiny_llama_lora_logits.safetensors");
+    let ids = g.input_ids(&device);
+    let adapter = PeftAdapter::load(golden("tiny-llama-lora"), &device).unwrap();
+    let mut m =
+        LlamaForCausalLM::load_hf(golden("tiny-llama"), &LoraApplier::base_only(None, &device))
+            .unwrap();
+    m.load_adapter(&adapter, "default").unwrap();
+    let e = m
+        .save_hf(tmp("refused"), SaveFormat::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds adapters"), "{e}");
+    let merged = m.merge_and_unload();
+    let outm = tmp("merged");
+    merged.save_hf(&outm, SaveFormat::F32).unwrap();
+    let back = LlamaForCausalLM::load_hf(&outm, &LoraApplier::base_only(None, &device)).unwrap();
+    check(
+        "saved merged",
+        values(back.forward(ids, None)),
+        &g.f32s("logits_merged"),
+        1e-4,
+    );
+    for d in [out, out32, outm] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
