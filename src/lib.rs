@@ -7,9 +7,12 @@
 //! This facade re-exports the workspace crates:
 //! - [`nf4`] (`qlora-nf4`): the NF4/FP4 format in pure Rust, bnb-4bit checkpoint tensors;
 //! - [`backend`] (`qlora-backend`): the NF4 weight as a Burn extension type with `nf4_*` ops;
-//! - [`nn`] (`qlora-nn`): PEFT's `LoraConfig`, LoRA/QLoRA layers, PEFT adapter files.
+//! - [`nn`] (`qlora-nn`): PEFT's `LoraConfig`, LoRA/QLoRA layers, PEFT adapter files;
+//! - [`llama`] (`qlora-llama`): LLaMA-family models, HF / bnb-4bit / GGUF loading, tokenizer,
+//!   generation.
 #![warn(missing_docs)]
 
 pub use qlora_backend as backend;
+pub use qlora_llama as llama;
 pub use qlora_nf4 as nf4;
 pub use qlora_nn as nn;
