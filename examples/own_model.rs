@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..LoraConfig::default()
     };
     // 2. Build the model through the applier: every base weight NF4 + double quant, frozen.
-    let qlora = LoraApplier::new(config, Some(QuantConfig::qlora()), &device)?;
+    let qlora = LoraApplier::new(config.clone(), Some(QuantConfig::qlora()), &device)?;
     let mut model = Mlp {
         fc1: qlora.linear("fc1", LinearConfig::new(32, 64).init(&device), false)?,
         fc2: qlora.linear("fc2", LinearConfig::new(64, 64).init(&device), false)?,
@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let adapters = [("fc1", &model.fc1), ("fc2", &model.fc2)]
         .into_iter()
         .filter_map(|(path, layer)| layer.adapter("default").map(|a| (path, a)));
-    PeftAdapter::from_adapters(qlora.config().clone(), adapters).save(&out_dir)?;
+    PeftAdapter::from_adapters(config.clone(), adapters).save(&out_dir)?;
     println!("adapter saved to {out_dir}/");
     Ok(())
 }

@@ -9,10 +9,12 @@
 //! - [`backend`] (`qlora-backend`): the NF4 weight as a Burn extension type with `nf4_*` ops;
 //! - [`nn`] (`qlora-nn`): PEFT's `LoraConfig`, LoRA/QLoRA layers, PEFT adapter files;
 //! - [`llama`] (`qlora-llama`): LLaMA-family models, HF / bnb-4bit / GGUF loading, tokenizer,
-//!   generation.
+//!   generation;
+//! - [`optim`] (`qlora-optim`): paged optimizer state for any Burn optimizer.
 #![warn(missing_docs)]
 
 pub use qlora_backend as backend;
 pub use qlora_llama as llama;
 pub use qlora_nf4 as nf4;
 pub use qlora_nn as nn;
+pub use qlora_optim as optim;
