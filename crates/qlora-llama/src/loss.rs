@@ -1,0 +1,33 @@
+//! The causal language-modelling loss as transformers computes it: position `t` predicts
+//! token `t + 1`; labels equal to [`IGNORE_INDEX`] (prompt tokens, padding) are left out; the
+//! loss is the mean cross-entropy over the remaining targets.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor};
+
+/// Label value that marks a position as not trained on (PyTorch's `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Mean next-token cross-entropy.
+///
+/// - `logits`: `[batch, len, vocab]`
+/// - `labels`: `[batch, len]` token ids, [`IGNORE_INDEX`] where no loss is wanted
+/// - returns a scalar `[1]` (NaN if every target is ignored, as in PyTorch)
+pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    assert_eq!(
+        labels.dims(),
+        [b, t],
+        "labels must be [batch, len] = {:?}, found {:?}",
+        [b, t],
+        labels.dims()
+    );
+    let logits = logits.narrow(1, 0, t - 1).reshape([b * (t - 1), v]);
+    let targets = labels.narrow(1, 1, t - 1).reshape([b * (t - 1), 1]);
+    let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
+    let safe = targets.mask_fill(keep.clone().bool_not(), 0);
+    let logp = log_softmax(logits, 1).gather(1, safe);
+    let keep = keep.float();
+    let n = keep.clone().sum();
+    (logp * keep).sum().neg() / n
+}
