@@ -12,8 +12,13 @@
 //! state through [`Optimizer::to_device`](burn::optim::Optimizer::to_device) right before its
 //! update, so wrapping the per-tensor optimizer sees every state exactly when bnb's prefetch
 //! would.
+//!
+//! [`AdamW8bit`] stores AdamW's moments block-wise in 8 bits (bitsandbytes' `AdamW8bit`) and
+//! composes with [`Paged`].
 #![warn(missing_docs)]
 
+mod adamw8bit;
 mod paged;
 
+pub use adamw8bit::{AdamW8bit, AdamW8bitState, MIN_8BIT_ELEMENTS, STATE_BLOCKSIZE};
 pub use paged::{PAGEABLE_MIN_ELEMENTS, Paged, PagedState, PagingStats};
