@@ -26,7 +26,9 @@ fn stack(device: &Device) -> Stack {
             .map(|i| Linear {
                 weight: Param::from_tensor(Tensor::from_data(
                     TensorData::new(
-                        (0..DIM * DIM).map(|j| ((i * 31 + j) % 97) as f32 * 1e-3).collect::<Vec<_>>(),
+                        (0..DIM * DIM)
+                            .map(|j| ((i * 31 + j) % 97) as f32 * 1e-3)
+                            .collect::<Vec<_>>(),
                         [DIM, DIM],
                     ),
                     device,
@@ -47,7 +49,11 @@ fn median_step_ms(device: &Device, mut optim: ModuleOptimizer) -> f64 {
         let grads = GradientsParams::from_grads(y.mean().backward(), &model);
         let t = Instant::now();
         model = optim.step(1e-4, model, grads);
-        let _ = model.layers[LAYERS - 1].weight.val().slice([0..1, 0..1]).into_data();
+        let _ = model.layers[LAYERS - 1]
+            .weight
+            .val()
+            .slice([0..1, 0..1])
+            .into_data();
         if step >= 3 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
@@ -72,7 +78,10 @@ fn main() {
         let adamw = || AdamWConfig::new().with_weight_decay(0.0).build();
         let base = median_step_ms(&device, ModuleOptimizer::from(adamw()));
         println!("| {name} | AdamW | - | {base:.2} | 1.00 | 0 |");
-        for (label, budget) in [("all fits", usize::MAX), ("half paged", state_per_layer * LAYERS / 2)] {
+        for (label, budget) in [
+            ("all fits", usize::MAX),
+            ("half paged", state_per_layer * LAYERS / 2),
+        ] {
             let paged = Paged::new(adamw(), Device::flex(), budget);
             let stats = paged.stats();
             let ms = median_step_ms(&device, ModuleOptimizer::from(paged));

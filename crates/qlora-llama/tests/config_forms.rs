@@ -1,0 +1,199 @@
+//! `config.json` in transformers 4 and 5 forms, RoPE scalings, eos as int or list; weights in
+//! BF16/F16; the Llama-3 chat template.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor};
+use qlora_llama::{ChatMessage, ChatTemplate, LlamaConfig, LlamaForCausalLM, Rope, RopeScaling};
+use qlora_nn::LoraApplier;
+
+fn base() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+        "rms_norm_eps": 1e-5
+    })
+}
+
+fn parse(v: &serde_json::Value) -> LlamaConfig {
+    LlamaConfig::from_json_str(&v.to_string(), "config.json").unwrap()
+}
+
+#[test]
+fn transformers_4_and_5_forms() {
+    // v4: top-level rope_theta + rope_scaling (llama3), eos as a list, no kv heads, no head_dim.
+    let mut v4 = base();
+    v4["rope_theta"] = 500000.0.into();
+    v4["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    v4["eos_token_id"] = serde_json::json!([128001, 128008, 128009]);
+    v4["tie_word_embeddings"] = true.into();
+    let c = parse(&v4);
+    assert_eq!(
+        (c.num_key_value_heads, c.head_dim, c.tie_word_embeddings),
+        (4, 16, true)
+    );
+    assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
+    assert_eq!(c.rope.theta, 500000.0);
+    assert!(matches!(
+        c.rope.scaling,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            original_max_position_embeddings: 8192,
+            ..
+        }
+    ));
+    // v5: rope_parameters, linear scaling, eos as an int, explicit head_dim, biases.
+    let mut v5 = base();
+    v5["rope_parameters"] =
+        serde_json::json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0});
+    v5["eos_token_id"] = 2.into();
+    v5["head_dim"] = 32.into();
+    v5["num_key_value_heads"] = 2.into();
+    v5["attention_bias"] = true.into();
+    let c = parse(&v5);
+    assert_eq!(
+        (c.head_dim, c.num_key_value_heads, c.attention_bias),
+        (32, 2, true)
+    );
+    assert_eq!(c.eos_token_ids, vec![2]);
+    assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 2.0 });
+    // Written back and read again: the same config.
+    assert_eq!(LlamaConfig::from_json_str(&c.to_hf_json(), "x").unwrap(), c);
+}
+
+#[test]
+fn rope_scalings_change_the_frequencies_as_transformers_does() {
+    let mut v = base();
+    let plain = Rope::new(&parse(&v).rope, 16);
+    v["rope_parameters"] =
+        serde_json::json!({"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0});
+    let linear = Rope::new(&parse(&v).rope, 16);
+    let dev = Device::flex();
+    // Linear scaling: position 8 with factor 4 is position 2 unscaled.
+    let (c1, s1) = plain.tables(2, 1, &dev);
+    let (c2, s2) = linear.tables(8, 1, &dev);
+    let close = |a: Tensor<2>, b: Tensor<2>| {
+        let (a, b) = (
+            a.into_data().try_to_vec::<f32>().unwrap(),
+            b.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5)
+    };
+    assert!(close(c1, c2) && close(s1, s2));
+    // llama3: high frequencies unchanged, the lowest divided by the factor.
+    v["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    let l3 = Rope::new(&parse(&v).rope, 16);
+    v["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 500000.0});
+    let d = Rope::new(&parse(&v).rope, 16);
+    let (a, _) = l3.tables(1, 1, &dev);
+    let (b, _) = d.tables(1, 1, &dev);
+    let (a, b) = (
+        a.into_data().try_to_vec::<f32>().unwrap(),
+        b.into_data().try_to_vec::<f32>().unwrap(),
+    );
+    assert_eq!(a[0], b[0], "the highest frequency is kept");
+    // Lowest frequency: inv_freq = θ^(-14/16), wavelength ≫ 64 → divided by 8.
+    let f = 500000f32.powf(-14.0 / 16.0);
+    assert!((a[7] - (f / 8.0).cos()).abs() < 1e-6 && (b[7] - f.cos()).abs() < 1e-6);
+}
+
+#[test]
+fn half_precision_checkpoints_load() {
+    let golden =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/tiny-llama");
+    let bytes = std::fs::read(golden.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let device = Device::flex();
+    let ids = Tensor::<2, Int>::from_data([[3, 17, 99, 250, 7, 400]], &device);
+    let reference = LlamaForCausalLM::load(&golden, &LoraApplier::base_only(None, &device))
+        .unwrap()
+        .forward(ids.clone(), None)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (dtype, conv) in [
+        (
+            safetensors::Dtype::BF16,
+            (|x: f32| qlora_nf4::bf16::from_f32(x).to_bits()) as fn(f32) -> u16,
+        ),
+        (safetensors::Dtype::F16, |x: f32| {
+            qlora_nf4::f16::from_f32(x).to_bits()
+        }),
+    ] {
+        let dir = std::env::temp_dir().join(format!("qlora-half-{dtype:?}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(golden.join("config.json"), dir.join("config.json")).unwrap();
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let b: Vec<u8> = v
+                    .data()
+                    .chunks_exact(4)
+                    .flat_map(|c| conv(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+                    .collect();
+                (n, v.shape().to_vec(), b)
+            })
+            .collect();
+        let views = data.iter().map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+            )
+        });
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+        let got = LlamaForCausalLM::load(&dir, &LoraApplier::base_only(None, &device))
+            .unwrap()
+            .forward(ids.clone(), None)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(&reference)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        assert!(err < 0.05, "{dtype:?}: relative error {err}");
+        assert!(err > 0.0, "{dtype:?}: rounding must show");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn llama3_chat_template_renders() {
+    let t = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+    let t = ChatTemplate::new(Some(t), "tokenizer_config.json").unwrap();
+    let out = t
+        .render(
+            &[
+                ChatMessage::new("system", "Be brief. "),
+                ChatMessage::new("user", "Hi"),
+            ],
+            true,
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    // Python string methods used by many templates work too.
+    let t = ChatTemplate::new(Some("{{ messages[0]['content'].strip().upper() }}"), "x").unwrap();
+    assert_eq!(
+        t.render(&[ChatMessage::new("user", "  hi ")], false, "", "")
+            .unwrap(),
+        "HI"
+    );
+    // A template that raises gives a named error.
+    let t = ChatTemplate::new(Some("{{ raise_exception('roles must alternate') }}"), "x").unwrap();
+    assert!(
+        t.render(&[], false, "", "")
+            .unwrap_err()
+            .to_string()
+            .contains("roles must alternate")
+    );
+}
