@@ -10,7 +10,8 @@
 //! - [`nn`] (`qlora-nn`): PEFT's `LoraConfig`, LoRA/QLoRA layers, PEFT adapter files;
 //! - [`llama`] (`qlora-llama`): LLaMA-family models, HF / bnb-4bit / GGUF loading, tokenizer,
 //!   generation;
-//! - [`optim`] (`qlora-optim`): paged optimizer state for any Burn optimizer.
+//! - [`optim`] (`qlora-optim`): paged optimizer state for any Burn optimizer, 8-bit AdamW;
+//! - [`train`] (`qlora-train`): datasets, the training loop, checkpoints.
 #![warn(missing_docs)]
 
 pub use qlora_backend as backend;
@@ -18,3 +19,4 @@ pub use qlora_llama as llama;
 pub use qlora_nf4 as nf4;
 pub use qlora_nn as nn;
 pub use qlora_optim as optim;
+pub use qlora_train as train;

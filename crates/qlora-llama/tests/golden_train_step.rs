@@ -9,6 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{LlamaForCausalLM, causal_lm_loss};
 use qlora_nf4::QuantConfig;
 use qlora_nn::{LoraApplier, PeftAdapter};
+use qlora_optim::Paged;
 use safetensors::SafeTensors;
 
 fn golden(p: &str) -> PathBuf {
@@ -75,11 +76,19 @@ fn run(base: &str, quantize: bool, file: &str) {
     assert!(worst < 1e-4, "{file}: gradient relative error {worst}");
 
     let grads = GradientsParams::from_grads(grads, &model);
-    let mut optim: ModuleOptimizer = AdamWConfig::new()
-        .with_weight_decay(0.0)
-        .with_epsilon(1e-8)
-        .init();
+    let adamw = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8);
+    // Paged<AdamW> (state paged to the host after every update) gives the same step.
+    let mut paged = ModuleOptimizer::from(Paged::new(adamw.build(), Device::flex(), 0));
+    let paged_model = paged.step(1e-3, model.clone(), grads.clone());
+    let mut optim: ModuleOptimizer = adamw.init();
     let model = optim.step(1e-3, model, grads);
+    for ((_, a), (_, b)) in model.linears().into_iter().zip(paged_model.linears()) {
+        let (a, b) = (a.adapter("default").unwrap(), b.adapter("default").unwrap());
+        assert!(
+            vals(a.lora_a.val()) == vals(b.lora_a.val())
+                && vals(a.lora_b.val()) == vals(b.lora_b.val())
+        );
+    }
     let mut worst = 0f32;
     for (path, layer) in model.linears() {
         let a = layer.adapter("default").unwrap();

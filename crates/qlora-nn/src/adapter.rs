@@ -191,6 +191,12 @@ impl LoraAdapters {
             .map(|i| &self.adapters[i])
     }
 
+    /// The adapter named `name`, mutably.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut LoraAdapter> {
+        let i = self.names.iter().position(|n| n == name)?;
+        Some(&mut self.adapters[i])
+    }
+
     /// The adapter names, in order.
     pub fn names(&self) -> &[String] {
         &self.names

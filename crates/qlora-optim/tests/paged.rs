@@ -141,3 +141,30 @@ fn paged_sgd_equals_sgd() {
     let b = train(&device, ModuleOptimizer::from(sgd), 3);
     assert!(params(&a) == params(&b));
 }
+
+#[test]
+fn paged_in_a_parameter_group() {
+    use burn::module::ParamGroup;
+    let device = Device::flex();
+    // Layer `b` is optimized by (paged) SGD, the rest by AdamW.
+    let group = ParamGroup::from_paths(vec!["b.weight", "b.bias"]);
+    let sgd = burn::optim::SgdConfig::new().build();
+    let with = |paged: bool| {
+        let optim = ModuleOptimizer::from(adamw());
+        let optim = if paged {
+            optim.with_group(
+                group.clone(),
+                Paged::new(sgd.clone(), Device::flex(), 0),
+                None,
+            )
+        } else {
+            optim.with_group(group.clone(), sgd.clone(), None)
+        };
+        params(&train(&device, optim, 5))
+    };
+    let (paged, plain) = (with(true), with(false));
+    assert!(paged == plain);
+    // The group took effect: AdamW alone gives other weights for `b`.
+    let adamw_only = params(&train(&device, ModuleOptimizer::from(adamw()), 5));
+    assert!(adamw_only[2] != plain[2] && adamw_only[0] == plain[0]);
+}

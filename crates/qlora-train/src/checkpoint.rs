@@ -1,0 +1,166 @@
+//! Checkpoints that a run resumes from exactly: the adapter in PEFT's format, the optimizer
+//! state (Burn's record bytes), and the trainer state (step, data position, history), plus a
+//! fingerprint of the model and settings so that a checkpoint of another run is refused.
+//!
+//! A checkpoint is written into a fresh temporary folder, every file synced, then swapped in
+//! with renames: `checkpoint/` is always a complete checkpoint (or, during the swap,
+//! `checkpoint.old/` is), so a run killed at any moment loses at most the steps since the last
+//! save.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Bytes;
+use qlora_nn::{PeftAdapter, write_atomic};
+use serde::{Deserialize, Serialize};
+
+use crate::{TrainError, TrainState, Trainer};
+
+/// The folder names inside a run's output folder.
+const CURRENT: &str = "checkpoint";
+const PREVIOUS: &str = "checkpoint.old";
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    fingerprint: String,
+    state: TrainState,
+}
+
+impl Trainer {
+    /// What must match for a checkpoint to be resumed: the model's config, the LoRA config, the
+    /// data sizes and the settings that shape the run.
+    pub fn fingerprint(&self) -> String {
+        let c = &self.config;
+        let (train, eval) = self.data();
+        format!(
+            "model={}|lora={}|data={}/{}|batch={}x{}|seed={}|optimizer={:?}",
+            self.model
+                .config
+                .to_hf_json()
+                .replace(char::is_whitespace, ""),
+            self.lora.to_peft_json().replace(char::is_whitespace, ""),
+            train.len(),
+            eval.len(),
+            c.batch_size,
+            c.grad_accum,
+            c.seed,
+            c.optimizer,
+        )
+    }
+
+    /// Writes a checkpoint into `out/checkpoint/` (see the module docs).
+    pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf, TrainError> {
+        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+        let tmp = out.join(format!("checkpoint.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        self.model
+            .adapter(self.adapter_name(), self.lora.clone())
+            .save(&tmp)?;
+        let optim = self.optim.into_bytes().map_err(|e| TrainError::Resume {
+            path: tmp.display().to_string(),
+            problem: format!("serializing the optimizer state: {e:?}"),
+        })?;
+        write_atomic(&tmp.join("optimizer.bpk"), &optim)?;
+        let state = StateFile {
+            fingerprint: self.fingerprint(),
+            state: self.state.clone(),
+        };
+        let json = serde_json::to_string(&state).expect("state JSON");
+        write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+        let current = out.join(CURRENT);
+        let previous = out.join(PREVIOUS);
+        let _ = std::fs::remove_dir_all(&previous);
+        if current.exists() {
+            std::fs::rename(&current, &previous).map_err(|e| TrainError::io(&current, e))?;
+        }
+        std::fs::rename(&tmp, &current).map_err(|e| TrainError::io(&current, e))?;
+        let _ = std::fs::remove_dir_all(&previous);
+        Ok(current)
+    }
+
+    /// The checkpoint folder to resume from in `out` (the current one, or the previous one if a
+    /// save was cut off during its swap).
+    pub fn find_checkpoint(out: &Path) -> Option<PathBuf> {
+        [CURRENT, PREVIOUS]
+            .iter()
+            .map(|n| out.join(n))
+            .find(|p| p.join("trainer_state.json").exists())
+    }
+
+    /// Restores adapter weights, optimizer state and trainer state from `dir`. Errors, leaving
+    /// the trainer as it was, if the checkpoint belongs to another model or run settings.
+    pub fn resume(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let fail = |problem: String| TrainError::Resume {
+            path: dir.display().to_string(),
+            problem,
+        };
+        let state_path = dir.join("trainer_state.json");
+        let text =
+            std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+        let file: StateFile =
+            serde_json::from_str(&text).map_err(|e| fail(format!("trainer_state.json: {e}")))?;
+        let mine = self.fingerprint();
+        if file.fingerprint != mine {
+            let what = ["model=", "lora=", "data=", "batch=", "seed=", "optimizer="]
+                .into_iter()
+                .find(|k| field(&file.fingerprint, k) != field(&mine, k))
+                .unwrap_or("settings");
+            return Err(fail(format!(
+                "it was made with another {} (`{}` there, `{}` here)",
+                what.trim_end_matches('='),
+                short(field(&file.fingerprint, what)),
+                short(field(&mine, what))
+            )));
+        }
+        let device = self.model.model.embed_tokens.weight.device();
+        let adapter = PeftAdapter::load(dir, &device)?;
+        let optim_path = dir.join("optimizer.bpk");
+        let bytes = std::fs::read(&optim_path).map_err(|e| TrainError::io(&optim_path, e))?;
+        let optim = self
+            .optim
+            .clone()
+            .from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| fail(format!("optimizer.bpk: {e:?}")))?;
+        // Replace the adapter weights in place (same names, same stable ids).
+        let mut model = self.model.clone();
+        let name = self.adapter_name().to_string();
+        for (path, layer) in model.linears_mut() {
+            let Some(w) = adapter.modules.get(&path) else {
+                continue;
+            };
+            let Some(a) = layer.adapters_mut().and_then(|a| a.get_mut(&name)) else {
+                return Err(fail(format!(
+                    "`{path}` has no adapter `{name}` in this model"
+                )));
+            };
+            if a.lora_a.dims() != w.lora_a.dims() || a.lora_b.dims() != w.lora_b.dims() {
+                return Err(fail(format!("`{path}`: adapter shapes differ")));
+            }
+            a.lora_a =
+                burn::module::Param::initialized(a.lora_a.id, w.lora_a.clone().require_grad());
+            a.lora_b =
+                burn::module::Param::initialized(a.lora_b.id, w.lora_b.clone().require_grad());
+        }
+        self.model = model;
+        self.optim = optim;
+        self.state = file.state;
+        Ok(())
+    }
+}
+
+fn field<'a>(fingerprint: &'a str, key: &str) -> &'a str {
+    fingerprint
+        .split('|')
+        .find_map(|f| f.strip_prefix(key))
+        .unwrap_or("")
+}
+
+fn short(s: &str) -> String {
+    if s.len() > 80 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(80).map_or(s.len(), |(i, _)| i)]
+        )
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,66 @@
+//! The one error type of the crate.
+
+use thiserror::Error;
+
+/// What can go wrong with training data, a run's settings, or its checkpoints.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line (or record) of a data file is malformed.
+    #[error("{path}:{line}: {problem}")]
+    Data {
+        /// The data file.
+        path: String,
+        /// 1-based line number (record number for a JSON array).
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The data as a whole cannot be used (empty, nothing to train on).
+    #[error("{path}: {problem}")]
+    Dataset {
+        /// The data file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A setting is invalid.
+    #[error("setting `{name}`: {problem}")]
+    Setting {
+        /// The setting.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A checkpoint cannot be resumed from.
+    #[error("{path}: cannot resume: {problem}")]
+    Resume {
+        /// The checkpoint folder.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The model or tokenizer failed.
+    #[error(transparent)]
+    Llama(#[from] qlora_llama::LlamaError),
+    /// An adapter failed.
+    #[error(transparent)]
+    Lora(#[from] qlora_nn::LoraError),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}

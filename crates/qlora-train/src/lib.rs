@@ -1,0 +1,22 @@
+//! Training for burn-qlora: datasets in the forms people use (chat, alpaca, plain text) with
+//! the loss on responses only, the QLoRA training loop (Dettmers et al. 2023) with gradient
+//! accumulation, clipping, schedules and paged or 8-bit optimizers, and checkpoints that resume
+//! exactly.
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod data;
+mod error;
+mod metrics;
+mod order;
+mod schedule;
+mod trainer;
+
+pub use data::{DataFormat, DataOptions, LoadReport, Overflow, Sample, load_dataset, pack};
+pub use error::TrainError;
+pub use metrics::{plot_losses, write_metrics};
+pub use order::{DataPosition, permutation, split, splitmix};
+pub use schedule::Schedule;
+pub use trainer::{
+    OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate, stabilize_adapter_ids,
+};
