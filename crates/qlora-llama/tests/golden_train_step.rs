@@ -79,7 +79,14 @@ fn run(base: &str, quantize: bool, file: &str) {
     let adamw = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8);
     // Paged<AdamW> (state paged to the host after every update) gives the same step.
     let mut paged = ModuleOptimizer::from(Paged::new(adamw.build(), Device::flex(), 0));
-    let paged_model = paged.step(1e-3, model.clone(), grads.clone());
+    // `GradientsParams` is not `Clone`: the same gradients again from a second backward pass
+    // (no dropout in the golden adapter, so the passes are identical).
+    let again = causal_lm_loss(model.forward(ids.clone(), None), labels.clone()).backward();
+    let paged_model = paged.step(
+        1e-3,
+        model.clone(),
+        GradientsParams::from_grads(again, &model),
+    );
     let mut optim: ModuleOptimizer = adamw.init();
     let model = optim.step(1e-3, model, grads);
     for ((_, a), (_, b)) in model.linears().into_iter().zip(paged_model.linears()) {

@@ -52,8 +52,10 @@ impl Default for AdamW8bit {
     }
 }
 
-/// The two moments of one parameter.
+/// The two moments of one parameter. One value per parameter, so the size difference of the
+/// variants (two tensor handles or four) costs nothing worth a box.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Moments {
     /// f32 moments (small tensors).
     Full { m: Tensor<1>, v: Tensor<1> },
@@ -65,6 +67,9 @@ enum Moments {
         v_absmax: Tensor<1>,
     },
 }
+
+/// The 8-bit state of one tensor on the host: `(m_codes, m_absmax, v_codes, v_absmax)`.
+pub type BlockwiseCodes = (Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>);
 
 /// The state of one parameter under [`AdamW8bit`].
 #[derive(Clone, Debug)]
@@ -108,7 +113,7 @@ impl AdamW8bitState {
 
     /// The raw 8-bit codes and scales `(m_codes, m_absmax, v_codes, v_absmax)`, or `None` for a
     /// tensor with f32 state.
-    pub fn codes(&self) -> Option<(Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>)> {
+    pub fn codes(&self) -> Option<BlockwiseCodes> {
         match &self.moments {
             Moments::Full { .. } => None,
             Moments::Blockwise {

@@ -20,5 +20,7 @@
 mod adamw8bit;
 mod paged;
 
-pub use adamw8bit::{AdamW8bit, AdamW8bitState, MIN_8BIT_ELEMENTS, STATE_BLOCKSIZE};
+pub use adamw8bit::{
+    AdamW8bit, AdamW8bitState, BlockwiseCodes, MIN_8BIT_ELEMENTS, STATE_BLOCKSIZE,
+};
 pub use paged::{PAGEABLE_MIN_ELEMENTS, Paged, PagedState, PagingStats};

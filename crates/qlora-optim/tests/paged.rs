@@ -114,7 +114,7 @@ fn paged_adamw_equals_adamw_bit_for_bit() {
 fn resident_state_stays_within_the_budget() {
     let device = Device::flex();
     let one_state = 120_000 * 4 * 2; // AdamW: two f32 moments.
-    assert!(120_000 >= PAGEABLE_MIN_ELEMENTS);
+    const { assert!(120_000 >= PAGEABLE_MIN_ELEMENTS) };
     // Room for one weight's state: the other two stay on the host.
     let paged = Paged::new(adamw(), Device::flex(), one_state);
     let stats = paged.stats();
@@ -164,7 +164,8 @@ fn paged_in_a_parameter_group() {
     };
     let (paged, plain) = (with(true), with(false));
     assert!(paged == plain);
-    // The group took effect: AdamW alone gives other weights for `b`.
+    // The group took effect: AdamW alone gives other weights for `b` (and so, through the
+    // backward pass, for the others too after the first step).
     let adamw_only = params(&train(&device, ModuleOptimizer::from(adamw()), 5));
-    assert!(adamw_only[2] != plain[2] && adamw_only[0] == plain[0]);
+    assert!(adamw_only[2] != plain[2] && adamw_only[3] != plain[3]);
 }
