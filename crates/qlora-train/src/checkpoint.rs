@@ -50,8 +50,18 @@ impl Trainer {
     /// Writes a checkpoint into `out/checkpoint/` (see the module docs).
     pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf, TrainError> {
         std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+        // Temporary folders of runs killed mid-write are garbage: clear them.
+        if let Ok(entries) = std::fs::read_dir(out) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with("checkpoint.tmp-")
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let tmp = out.join(format!("checkpoint.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
         self.model
             .adapter(self.adapter_name(), self.lora.clone())
             .save(&tmp)?;
@@ -68,8 +78,10 @@ impl Trainer {
         write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
         let current = out.join(CURRENT);
         let previous = out.join(PREVIOUS);
-        let _ = std::fs::remove_dir_all(&previous);
+        // `previous` is dropped only when `current` is there to take its place: after a run
+        // was killed mid-swap, `previous` is the one complete checkpoint until the rename below.
         if current.exists() {
+            let _ = std::fs::remove_dir_all(&previous);
             std::fs::rename(&current, &previous).map_err(|e| TrainError::io(&current, e))?;
         }
         std::fs::rename(&tmp, &current).map_err(|e| TrainError::io(&current, e))?;
