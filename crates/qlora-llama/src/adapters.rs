@@ -25,8 +25,20 @@ impl LlamaForCausalLM {
         let mut updated = Vec::new();
         for (path, layer) in self.linears() {
             if let Some(w) = adapter.modules.get(&path) {
-                let a = w.clone().into_adapter(&adapter.config, &path)?;
-                updated.push((path.clone(), layer.clone().with_adapter(name, a)?));
+                // Name the module in errors: the layer itself does not know its path.
+                let in_module = |e: LoraError| {
+                    LlamaError::Lora(LoraError::BadValue {
+                        path: "<adapter>".into(),
+                        field: path.clone(),
+                        problem: e.to_string(),
+                    })
+                };
+                let a = w
+                    .clone()
+                    .into_adapter(&adapter.config, &path)
+                    .map_err(in_module)?;
+                let layer = layer.clone().with_adapter(name, a).map_err(in_module)?;
+                updated.push((path.clone(), layer));
             }
         }
         let mut updated = updated.into_iter().peekable();

@@ -262,6 +262,19 @@ impl GgufFile {
             }
             let n_tensors = r.u64("tensor count")?;
             let n_kv = r.u64("metadata count")?;
+            // Each metadata pair takes at least 12 bytes (key length, value type) and each
+            // tensor entry at least 24 (name length, dimension count, type, offset).
+            for (what, n, min) in [
+                ("metadata count", n_kv, 12),
+                ("tensor count", n_tensors, 24),
+            ] {
+                if n.saturating_mul(min) > r.remaining {
+                    return Err(format!(
+                        "truncated: {what} {n} cannot fit in the {} bytes left in the file",
+                        r.remaining
+                    ));
+                }
+            }
             let mut metadata = BTreeMap::new();
             for i in 0..n_kv {
                 let key = r.string(&format!("metadata key {i}"))?;

@@ -11,11 +11,11 @@ use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use qlora_nf4::QuantizedTensor;
-use qlora_nn::{AdaptedLinear, LoraApplier, QLoraLinear};
+use qlora_nn::{AdaptedLinear, LoraApplier, LoraError, QLoraLinear};
 
 use crate::{
     GgufModel, HfCheckpoint, HostFloats, LlamaAttention, LlamaConfig, LlamaDecoderLayer,
-    LlamaError, LlamaForCausalLM, LlamaMlp, LlamaModel, RmsNorm, WeightSource,
+    LlamaError, LlamaForCausalLM, LlamaMlp, LlamaModel, RmsNorm, WeightSource, layer_linear_paths,
 };
 
 /// Reads a float tensor, checking its shape and that every value is finite.
@@ -153,7 +153,9 @@ impl LlamaForCausalLM {
         };
         let q_out = c.num_attention_heads * c.head_dim;
         let kv_out = c.num_key_value_heads * c.head_dim;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        // No `with_capacity` from the config: an absurd layer count must end in a missing-tensor
+        // error, not an allocation failure.
+        let mut layers = Vec::new();
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let lin = |name: &str, dims: [usize; 2], bias: bool| {
@@ -197,7 +199,25 @@ impl LlamaForCausalLM {
             let w = float(src, "lm_head.weight", &[v, h])?;
             Some(upload(w, [v, h], device))
         };
-        Ok(Self::from_parts(c.clone(), model, lm_head))
+        let model = Self::from_parts(c.clone(), model, lm_head);
+        if let Some(config) = applier.config()
+            && model
+                .linears()
+                .iter()
+                .all(|(_, l)| l.adapters().is_none_or(|a| a.names().is_empty()))
+        {
+            // PEFT refuses such a config too ("Target modules ... not found in the base model").
+            return Err(LlamaError::Lora(LoraError::BadValue {
+                path: "<config>".into(),
+                field: "target_modules".into(),
+                problem: format!(
+                    "{:?} matches no linear of this model (its linears are named like `{}`)",
+                    config.target_modules,
+                    layer_linear_paths(0).join("`, `")
+                ),
+            }));
+        }
+        Ok(model)
     }
 
     /// Loads a HF model folder (float or bnb-4bit safetensors, single or sharded).

@@ -150,6 +150,17 @@ impl LlamaTokenizer {
         })
     }
 
+    /// The tokenizer of the model at `path`, as [`crate::LlamaForCausalLM::load`] takes it: the
+    /// vocabulary embedded in a `.gguf` file, or `tokenizer.json` in a HF folder.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LlamaError> {
+        let path = path.as_ref();
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            Self::from_gguf(&GgufFile::open(path)?)
+        } else {
+            Self::from_dir(path)
+        }
+    }
+
     /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` (chat template, bos/eos,
     /// `add_bos_token`) when present.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, LlamaError> {

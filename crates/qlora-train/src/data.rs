@@ -246,7 +246,15 @@ pub fn load_dataset(
             problem: format!("{} is too short (at least 2 tokens)", opts.max_len),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        TrainError::Data {
+            path: path.display().to_string(),
+            line: 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count(),
+            problem: format!("not valid UTF-8 (byte {at} of the file)"),
+        }
+    })?;
     let mut report = LoadReport::default();
     let mut samples = Vec::new();
     let is_txt = path.extension().is_some_and(|e| e == "txt");
