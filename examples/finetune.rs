@@ -5,14 +5,12 @@
 //! use) on the bundled chitchat conversations and writes the adapter, metrics and a loss plot
 //! under `runs/finetune/`. `--help` lists every option.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::Device;
 use burn_qlora::llama::{
-    ChatMessage, GenerationConfig, GgufFile, LlamaForCausalLM, LlamaTokenizer, Sampling,
-    default_model,
+    ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
 };
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{InitLoraWeights, LoraApplier, LoraConfig, ModuleSelector, ParameterCount};
@@ -22,6 +20,9 @@ use burn_qlora::train::{
 };
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+
+#[allow(dead_code)]
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "QLoRA fine-tuning of a LLaMA-style model (HF folder, bnb-4bit folder or GGUF)")]
@@ -101,8 +102,9 @@ struct Args {
     /// Recompute activations in the backward pass instead of keeping them.
     #[arg(long)]
     grad_checkpointing: bool,
-    /// flex (pure-Rust CPU), cpu (the same), wgpu, cuda.
-    #[arg(long, default_value = "flex")]
+    /// auto (CUDA or wgpu when built with that feature, else flex), flex (pure-Rust CPU),
+    /// cpu (the same), wgpu, cuda.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Evaluate every N steps.
     #[arg(long, default_value_t = 10)]
@@ -119,28 +121,6 @@ struct Args {
     /// No before/after sample answers.
     #[arg(long)]
     no_samples: bool,
-}
-
-fn device(name: &str) -> Result<Device, String> {
-    match name {
-        "flex" | "cpu" => Ok(Device::flex()),
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::default())),
-        "cuda" => Err(
-            "this build has no CUDA backend (build with the `cuda` feature of burn-qlora)".into(),
-        ),
-        other => Err(format!("unknown device `{other}` (flex, cpu, wgpu, cuda)")),
-    }
-}
-
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn sample_answer(model: &LlamaForCausalLM, tok: &LlamaTokenizer, question: &str) -> String {
@@ -160,33 +140,39 @@ fn sample_answer(model: &LlamaForCausalLM, tok: &LlamaTokenizer, question: &str)
     tok.decode(&out, true).unwrap_or_default()
 }
 
-fn tokenizer_for(path: &Path) -> Result<LlamaTokenizer, Box<dyn std::error::Error>> {
-    Ok(if path.is_file() {
-        LlamaTokenizer::from_gguf(&GgufFile::open(path)?)?
-    } else {
-        LlamaTokenizer::from_dir(path)?
-    })
+/// The message for a training step that failed on the device (out of memory, a lost device):
+/// what happened, which checkpoint is intact, and what to change.
+fn step_failed(args: &Args, trainer: &Trainer, panic: Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown error");
+    let kept = match Trainer::find_checkpoint(&args.out) {
+        Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
+        None => "no checkpoint had been written yet".to_string(),
+    };
+    format!(
+        "training step {} failed on the device: {what}\n{kept}; to use less memory, lower \
+         --batch-size (and raise --grad-accum to keep the effective batch) or --seq-len, add \
+         --grad-checkpointing, or use --optimizer paged-adamw with a --paged-budget; then rerun \
+         with --resume",
+        trainer.state.step + 1
+    )
 }
 
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = run(args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    common::exit_on_error(run(Args::parse()));
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let model_path = match &args.model {
-        Some(p) => p.clone(),
-        None => default_model()?,
-    };
+    let model_path = common::model_path(&args.model)?;
     let data_path = args
         .data
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/chitchat.jsonl"));
-    let base = device(&args.device)?;
+    let base = common::device(&args.device)?;
     let ad = if args.grad_checkpointing {
         base.clone().autodiff().gradient_checkpointing()
     } else {
@@ -194,7 +180,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     ad.seed(args.seed);
 
-    let tok = tokenizer_for(&model_path)?;
+    let tok = LlamaTokenizer::load(&model_path)?;
     let opts = DataOptions {
         format: args.format,
         max_len: args.seq_len,
@@ -251,7 +237,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         model_path.display(),
         ParameterCount::of(&model)
     );
-    println!("peak RSS after loading: {:.0} MiB", rss_mib());
+    println!("peak RSS after loading: {:.0} MiB", common::peak_rss_mib());
 
     let question = "Hi! How was your weekend?";
     if !args.no_samples {
@@ -310,15 +296,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     bar.set_position(trainer.state.step as u64);
     while !trainer.is_done() {
-        let r = trainer.step();
+        let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.step())) {
+            Ok(r) => r,
+            Err(panic) => {
+                bar.abandon();
+                return Err(step_failed(&args, &trainer, panic).into());
+            }
+        };
         let tps = r.tokens as f64 / r.seconds;
         bar.set_message(format!("loss {:.4}  {tps:.0} tok/s", r.loss));
         bar.set_position(r.step as u64);
-        if r.step % args.eval_every == 0 || trainer.is_done() {
-            if let Some(l) = trainer.eval_loss() {
-                trainer.record_eval(l);
-                bar.println(format!("step {}: held-out loss {l:.4}", r.step));
-            }
+        if (r.step % args.eval_every == 0 || trainer.is_done())
+            && let Some(l) = trainer.eval_loss()
+        {
+            trainer.record_eval(l);
+            bar.println(format!("step {}: held-out loss {l:.4}", r.step));
         }
         if r.step % args.save_every == 0 || trainer.is_done() {
             trainer.save_checkpoint(&args.out)?;
@@ -359,7 +351,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "{} steps, {:.0} tokens/s, peak RSS {:.0} MiB, {:.0} s in all",
         trainer.state.step,
         tokens as f64 / secs.max(1e-9),
-        rss_mib(),
+        common::peak_rss_mib(),
         started.elapsed().as_secs_f64()
     );
     if !args.no_samples {

@@ -1,0 +1,78 @@
+//! What the example binaries share: the `--device` names, the default model, peak RSS.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use burn_qlora::llama::default_model;
+
+/// The device named on the command line. `auto` is CUDA when burn-qlora is built with the
+/// `cuda` feature, wgpu with the `wgpu` feature, else Flex (pure-Rust CPU). `cpu` is Flex too:
+/// the CubeCL CPU runtime is not wired in (its build downloads LLVM).
+pub fn device(name: &str) -> Result<Device, String> {
+    match name {
+        "auto" => Ok(auto_device()),
+        "flex" | "cpu" => Ok(Device::flex()),
+        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::default())),
+        "cuda" => cuda(),
+        other => Err(format!(
+            "unknown device `{other}` (auto, flex, cpu, wgpu, cuda)"
+        )),
+    }
+}
+
+fn auto_device() -> Device {
+    if cfg!(feature = "cuda") {
+        cuda().expect("cuda feature")
+    } else if cfg!(feature = "wgpu") {
+        Device::wgpu(burn::tensor::DeviceKind::default())
+    } else {
+        Device::flex()
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Device, String> {
+    Ok(Device::cuda(0))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Device, String> {
+    Err("this build has no CUDA backend: build with `--features cuda`".into())
+}
+
+/// `--model` or, without one, the default model (SmolLM2-135M-Instruct, fetched on first use).
+pub fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    Ok(match arg {
+        Some(p) => p.clone(),
+        None => default_model()?,
+    })
+}
+
+/// The process's peak resident set (VmHWM) in MiB; 0 where `/proc` does not tell.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs `main`, printing its error and exiting with status 1 on failure.
+pub fn exit_on_error(result: Result<(), Box<dyn std::error::Error>>) {
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Whether `path` is a model file or folder that exists.
+pub fn check_exists(path: &Path, what: &str) -> Result<(), String> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(format!("{what} {} does not exist", path.display()))
+    }
+}

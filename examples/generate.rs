@@ -1,0 +1,146 @@
+//! Generates text with a LLaMA-style model, with or without a LoRA adapter (ours or PEFT's).
+//!
+//! Bare, `cargo run --release --example generate` answers a question with SmolLM2-135M-Instruct
+//! (fetched on first use), its linears in NF4 as during QLoRA training. With
+//! `--adapter runs/finetune/adapter` it answers with the fine-tuned adapter on top. Tokens are
+//! printed as they are produced. `--help` lists every option.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use burn_qlora::llama::{
+    ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
+};
+use burn_qlora::nf4::QuantConfig;
+use burn_qlora::nn::{LoraApplier, PeftAdapter};
+use clap::Parser;
+
+#[allow(dead_code)]
+mod common;
+
+#[derive(Parser, Debug)]
+#[command(about = "Text generation with a LLaMA-style model and an optional PEFT LoRA adapter")]
+struct Args {
+    /// Model: a HF folder, a bnb-4bit folder or a .gguf file (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The prompt: raw text, or a user message with --chat (default: a question, as chat).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Wrap the prompt in the model's chat template as one user message.
+    #[arg(long)]
+    chat: bool,
+    /// A system message (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Always take the most likely token (the default unless --temperature is given).
+    #[arg(long, conflicts_with = "temperature")]
+    greedy: bool,
+    /// Sample with this softmax temperature.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling mass (with --temperature).
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0: all; with --temperature).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep the base weights in float instead of NF4.
+    #[arg(long)]
+    float_base: bool,
+    /// auto, flex, cpu, wgpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn main() {
+    common::exit_on_error(run(Args::parse()));
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let sampling = match args.temperature {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            return Err(format!("--temperature must be > 0 (got {t})").into());
+        }
+        Some(_) if !(args.top_p > 0.0 && args.top_p <= 1.0) => {
+            return Err(format!("--top-p must be in (0, 1] (got {})", args.top_p).into());
+        }
+        Some(temperature) => Sampling::Sample {
+            temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        None => Sampling::Greedy,
+    };
+    let device = common::device(&args.device)?;
+    let model_path = common::model_path(&args.model)?;
+    let quant = (!args.float_base).then(QuantConfig::qlora);
+    let mut model = LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(quant, &device))?;
+    if let Some(dir) = &args.adapter {
+        common::check_exists(dir, "adapter folder")?;
+        model.load_adapter(&PeftAdapter::load(dir, &device)?, "default")?;
+    }
+    let tok = LlamaTokenizer::load(&model_path)?;
+    let chat = args.chat || args.prompt.is_none();
+    let user = args
+        .prompt
+        .clone()
+        .unwrap_or_else(|| "What is the capital of France?".into());
+    let text = if chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(ChatMessage::new("system", s));
+        }
+        messages.push(ChatMessage::new("user", &user));
+        tok.apply_chat_template(&messages, true)?
+    } else {
+        user
+    };
+    let prompt = tok.encode(&text, true)?;
+    if prompt.is_empty() {
+        return Err("the prompt encodes to no tokens".into());
+    }
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        stop_tokens: tok.eos_id().into_iter().collect(),
+    };
+
+    // Stream: decode everything so far and print what is new, so multi-token characters come
+    // out whole.
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    let mut printed = 0;
+    let mut stdout = std::io::stdout();
+    let out = model.generate(&prompt, &config, |t| {
+        ids.push(t);
+        if let Ok(s) = tok.decode(&ids, true)
+            && s.len() > printed
+            && s.is_char_boundary(printed)
+        {
+            let _ = write!(stdout, "{}", &s[printed..]);
+            let _ = stdout.flush();
+            printed = s.len();
+        }
+        true
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!();
+    eprintln!(
+        "{} prompt tokens, {} new tokens in {secs:.2} s ({:.1} tokens/s)",
+        prompt.len(),
+        out.len(),
+        out.len() as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Merges a LoRA adapter into its base model and writes a plain HF model folder.
+//!
+//! `cargo run --release --example merge -- --adapter runs/finetune/adapter` merges the adapter
+//! `finetune` wrote into SmolLM2-135M-Instruct (the default model) and writes
+//! `runs/merged/` (`config.json`, `model.safetensors`, and the tokenizer files when the base is
+//! a HF folder). The base is loaded in f32, so the merge itself adds no rounding; with
+//! `--format bnb-nf4` the merged weights are quantized to NF4 + double quantization afterwards.
+//! `--help` lists every option.
+
+use std::path::{Path, PathBuf};
+
+use burn_qlora::llama::{LlamaForCausalLM, SaveFormat};
+use burn_qlora::nf4::QuantConfig;
+use burn_qlora::nn::{LoraApplier, PeftAdapter};
+use clap::{Parser, ValueEnum};
+
+#[allow(dead_code)]
+mod common;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    /// Every tensor f32.
+    HfF32,
+    /// Every tensor bf16.
+    HfBf16,
+    /// Block linears in bnb-4bit NF4 with double quantization, the rest f32.
+    BnbNf4,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Merge a PEFT LoRA adapter into its base model and save it as a HF folder")]
+struct Args {
+    /// Base model: a HF folder, a bnb-4bit folder or a .gguf file (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The PEFT adapter folder to merge.
+    #[arg(long, default_value = "runs/finetune/adapter")]
+    adapter: PathBuf,
+    /// Output folder.
+    #[arg(long, default_value = "runs/merged")]
+    out: PathBuf,
+    /// Storage of the merged model.
+    #[arg(long, value_enum, default_value = "hf-f32")]
+    format: Format,
+}
+
+fn main() {
+    common::exit_on_error(run(Args::parse()));
+}
+
+/// Copies the tokenizer files of a HF base folder next to the merged weights.
+fn copy_tokenizer(model: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    if !model.is_dir() {
+        return Ok(());
+    }
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        let src = model.join(name);
+        if src.is_file() {
+            let bytes = std::fs::read(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+            burn_qlora::nn::write_atomic(&out.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let device = burn::tensor::Device::flex();
+    let model_path = common::model_path(&args.model)?;
+    common::check_exists(&args.adapter, "adapter folder")?;
+    let adapter = PeftAdapter::load(&args.adapter, &device)?;
+    let mut model = LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(None, &device))?;
+    model.load_adapter(&adapter, "default")?;
+    let merged = model.merge_and_unload();
+    let format = match args.format {
+        Format::HfF32 => SaveFormat::F32,
+        Format::HfBf16 => SaveFormat::BF16,
+        Format::BnbNf4 => SaveFormat::Bnb4(QuantConfig::qlora()),
+    };
+    merged.save_hf(&args.out, format)?;
+    copy_tokenizer(&model_path, &args.out)?;
+    println!(
+        "merged {} ({} modules) into {} -> {} ({:?})",
+        args.adapter.display(),
+        adapter.modules.len(),
+        model_path.display(),
+        args.out.display(),
+        args.format
+    );
+    Ok(())
+}

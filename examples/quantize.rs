@@ -1,0 +1,79 @@
+//! Quantizes a LLaMA-style model to a bnb-4bit checkpoint that transformers loads.
+//!
+//! `cargo run --release --example quantize` writes SmolLM2-135M-Instruct (the default model)
+//! with its block linears in NF4 + double quantization, blocksize 64, to `runs/quantized/`:
+//! `config.json` with the `quantization_config` transformers reads, and `model.safetensors` in
+//! the layout `save_pretrained` writes for a model loaded with `load_in_4bit` (the weights
+//! `.absmax`, `.quant_map`, `.nested_absmax`, `.nested_quant_map`, `.quant_state.*`). The
+//! quantization is bit-exact with bitsandbytes' CUDA kernels. `--help` lists every option.
+
+use std::path::PathBuf;
+
+use burn_qlora::llama::{LlamaForCausalLM, SaveFormat};
+use burn_qlora::nf4::{Blocksize, QuantConfig, QuantType};
+use burn_qlora::nn::LoraApplier;
+use clap::{Parser, ValueEnum};
+
+#[allow(dead_code)]
+mod common;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Kind {
+    /// 4-bit NormalFloat (QLoRA).
+    Nf4,
+    /// bitsandbytes' 4-bit float.
+    Fp4,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Quantize a LLaMA-style model to a bnb-4bit safetensors checkpoint")]
+struct Args {
+    /// Model: a HF folder or a .gguf file (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = "runs/quantized")]
+    out: PathBuf,
+    /// 4-bit data type.
+    #[arg(long, value_enum, default_value = "nf4")]
+    quant_type: Kind,
+    /// Elements per absmax block (a power of two from 32 to 4096).
+    #[arg(long, default_value_t = 64)]
+    blocksize: usize,
+    /// Quantize the block scales to 8 bits (double quantization): true or false.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    double_quant: bool,
+}
+
+fn main() {
+    common::exit_on_error(run(Args::parse()));
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let config = QuantConfig {
+        quant_type: match args.quant_type {
+            Kind::Nf4 => QuantType::Nf4,
+            Kind::Fp4 => QuantType::Fp4,
+        },
+        blocksize: Blocksize::new(args.blocksize, "--blocksize")?,
+        double_quant: args.double_quant,
+    };
+    let device = burn::tensor::Device::flex();
+    let model_path = common::model_path(&args.model)?;
+    let started = std::time::Instant::now();
+    // Each linear is quantized as it is read; bnb-4bit inputs keep their own quantization.
+    let model =
+        LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(Some(config), &device))?;
+    model.save_hf(&args.out, SaveFormat::Bnb4(config))?;
+    println!(
+        "{} -> {} ({}, blocksize {}, double quant {}) in {:.1} s, peak RSS {:.0} MiB",
+        model_path.display(),
+        args.out.display(),
+        config.quant_type.as_str(),
+        config.blocksize.get(),
+        config.double_quant,
+        started.elapsed().as_secs_f64(),
+        common::peak_rss_mib()
+    );
+    Ok(())
+}
