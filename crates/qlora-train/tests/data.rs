@@ -7,58 +7,15 @@ use qlora_llama::{IGNORE_INDEX, LlamaTokenizer};
 use qlora_train::{DataFormat, DataOptions, Overflow, load_dataset, pack, split};
 use serde_json::json;
 
+#[path = "../../../tests/support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+
 /// A byte-level BPE tokenizer folder (256 byte tokens, ChatML specials, a ChatML template).
 fn tokenizer() -> (LlamaTokenizer, PathBuf) {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let k = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("qlora-data-tok-{}-{k}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut vocab = serde_json::Map::new();
-    for (i, s) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        .iter()
-        .enumerate()
-    {
-        vocab.insert(s.to_string(), json!(i));
-    }
-    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
-    pairs.sort();
-    for (i, (_, c)) in pairs.iter().enumerate() {
-        vocab.insert(char::from_u32(*c).unwrap().to_string(), json!(i + 3));
-    }
-    let added: Vec<_> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        .iter()
-        .enumerate()
-        .map(|(i, s)| json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-        .collect();
-    let spec = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": []}
-    });
-    std::fs::write(dir.join("tokenizer.json"), spec.to_string()).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        json!({"eos_token": "<|im_end|>", "bos_token": null}).to_string(),
-    )
-    .unwrap();
+    byte_tokenizer::write(&dir);
     (LlamaTokenizer::from_dir(&dir).unwrap(), dir)
 }
 

@@ -1,0 +1,212 @@
+//! The example binaries end to end on the golden tiny LLaMA (with a byte-level tokenizer):
+//! `finetune` trains and writes an adapter, metrics and a plot; `generate` and `merge` take
+//! that adapter; merged logits equal adapter logits; `quantize` writes a bnb-4bit checkpoint
+//! equal to quantizing on load; a `--resume` from another setup is refused with the checkpoint
+//! left intact.
+//!
+//! `cargo test` builds the examples before it runs the tests; they are found next to this test
+//! binary (`target/<profile>/examples/`).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_qlora::llama::LlamaForCausalLM;
+use burn_qlora::nf4::QuantConfig;
+use burn_qlora::nn::{LoraApplier, PeftAdapter};
+
+#[path = "support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{chat_data, ok, run, tiny_model, tmp};
+
+fn logits(model: &LlamaForCausalLM, device: &Device) -> Vec<f32> {
+    let ids: Vec<i64> = (0..24).map(|i| (i * 37 + 5) % 259).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 12]), device);
+    model
+        .forward(ids, None)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
+#[test]
+fn finetune_generate_merge_quantize() {
+    let model = tiny_model("examples");
+    let work = tmp("work");
+    let data = chat_data(&work);
+    let out = work.join("run");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let common = [
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        o,
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--lr",
+        "5e-3",
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "3",
+        "--device",
+        "flex",
+        "--no-samples",
+    ];
+    let text = ok("finetune", &[&common[..], &["--steps", "6"]].concat());
+    assert!(text.contains("held-out loss"), "{text}");
+    let adapter = out.join("adapter");
+    for f in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "loss.png",
+    ] {
+        assert!(out.join(f).is_file(), "finetune wrote no {f}");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6, "{metrics}");
+
+    // Resuming with another adapter shape is refused; the checkpoint stays as it was.
+    let ckpt = |out: &Path| {
+        let mut files: Vec<_> = walk(out)
+            .into_iter()
+            .filter(|p| !p.ends_with("loss.png"))
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = ckpt(&out);
+    let mut bad = common.to_vec();
+    let r = bad.iter().position(|a| *a == "--rank").unwrap();
+    bad[r + 1] = "8";
+    let res = run(
+        "finetune",
+        &[&bad[..], &["--steps", "9", "--resume"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&res.stderr).to_string();
+    assert!(
+        !res.status.success() && err.contains("cannot resume"),
+        "{err}"
+    );
+    assert_eq!(
+        ckpt(&out),
+        before,
+        "a refused resume changed the output folder"
+    );
+
+    let a = adapter.to_str().unwrap();
+    let gen_out = ok(
+        "generate",
+        &[
+            "--model",
+            m,
+            "--adapter",
+            a,
+            "--prompt",
+            "say apple",
+            "--chat",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "flex",
+        ],
+    );
+    assert!(gen_out.contains("new tokens"), "{gen_out}");
+
+    let merged = work.join("merged");
+    ok(
+        "merge",
+        &[
+            "--model",
+            m,
+            "--adapter",
+            a,
+            "--out",
+            merged.to_str().unwrap(),
+        ],
+    );
+    assert!(merged.join("tokenizer.json").is_file());
+    let device = Device::flex();
+    let mut with_adapter =
+        LlamaForCausalLM::load(&model, &LoraApplier::base_only(None, &device)).unwrap();
+    with_adapter
+        .load_adapter(&PeftAdapter::load(&adapter, &device).unwrap(), "default")
+        .unwrap();
+    let plain = LlamaForCausalLM::load(&model, &LoraApplier::base_only(None, &device)).unwrap();
+    let merged_model =
+        LlamaForCausalLM::load(&merged, &LoraApplier::base_only(None, &device)).unwrap();
+    let (la, lm, lp) = (
+        logits(&with_adapter, &device),
+        logits(&merged_model, &device),
+        logits(&plain, &device),
+    );
+    assert!(
+        max_rel(&lm, &la) < 1e-4,
+        "merged vs adapter: {}",
+        max_rel(&lm, &la)
+    );
+    // The trained adapter changed the model (B is no longer zero).
+    assert!(max_rel(&la, &lp) > 1e-4, "the adapter did nothing");
+
+    let q = work.join("q");
+    ok("quantize", &["--model", m, "--out", q.to_str().unwrap()]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+    // Read as it is (no re-quantization), the file equals quantizing while loading.
+    let nf4 = LoraApplier::base_only(Some(QuantConfig::qlora()), &device);
+    let from_file = LlamaForCausalLM::load(&q, &nf4).unwrap();
+    let on_load = LlamaForCausalLM::load(&model, &nf4).unwrap();
+    assert_eq!(logits(&from_file, &device), logits(&on_load, &device));
+    let bad = run(
+        "quantize",
+        &[
+            "--model",
+            m,
+            "--out",
+            q.to_str().unwrap(),
+            "--blocksize",
+            "100",
+        ],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(!bad.status.success() && err.contains("blocksize"), "{err}");
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

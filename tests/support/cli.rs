@@ -1,0 +1,82 @@
+//! Running the example binaries from integration tests, on the golden tiny LLaMA with a
+//! byte-level tokenizer. Shared by the test targets through `#[path]` (next to
+//! `byte_tokenizer.rs`, which the including file declares as `byte_tokenizer`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::json;
+
+use crate::byte_tokenizer;
+
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("examples").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built: run `cargo test` without a target filter, or `cargo build --release --examples` first",
+        bin.display()
+    );
+    bin
+}
+
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(example(name))
+        .args(args)
+        .output()
+        .expect("run example")
+}
+
+pub fn ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} {args:?} failed:\n{text}");
+    text
+}
+
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qlora-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The golden tiny LLaMA (f32, vocab 512) with a byte-level tokenizer beside it.
+pub fn tiny_model(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/tiny-llama");
+    let dir = tmp(&format!("{name}-model"));
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    byte_tokenizer::write(&dir);
+    dir
+}
+
+/// Conversations with a pattern the adapters can learn: the reply repeats the question's word.
+pub fn chat_data(dir: &Path) -> PathBuf {
+    let words = [
+        "apple", "river", "stone", "cloud", "green", "tiger", "piano", "lemon",
+    ];
+    let lines: Vec<String> = (0..32)
+        .map(|i| {
+            let w = words[i % words.len()];
+            json!({"messages": [
+                {"role": "user", "content": format!("say {w}")},
+                {"role": "assistant", "content": format!("{w} {w}")}
+            ]})
+            .to_string()
+        })
+        .collect();
+    let p = dir.join("chat.jsonl");
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p
+}
