@@ -1,0 +1,287 @@
+//! Training-step throughput of the peer benchmark's model (`../shared/peer-bench`): a LLaMA with
+//! hidden 256, ffn 688, 4 layers, 8 heads, vocab 32000, untied, fp32; batch 4 × 256 random
+//! tokens with labels = inputs; AdamW lr 1e-4, no weight decay. Three modes:
+//! `full` (every parameter trained), `lora` (f32 base, LoRA r16 α32 on the seven linears) and
+//! `qlora` (the same adapters over an NF4 + double-quant base).
+//!
+//! `cargo bench --bench train_step` runs every mode, each in its own process (so peak RSS is
+//! per mode), and prints a table: median step time after warm-up, tokens/s, peak RSS.
+//! `-- --peer DIR` adds the peer's figures from `DIR/{full,lora,qlora}.json` (written by
+//! `bench_train.py`) and the ratios; `benches/compare_peer.sh` runs both sides in one go.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_qlora::llama::{
+    HostFloats, HostTensor, LlamaConfig, LlamaError, LlamaForCausalLM, WeightSource, causal_lm_loss,
+};
+use burn_qlora::nf4::QuantConfig;
+use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "Training-step benchmark on the peer's 19.5M LLaMA (full / lora / qlora)")]
+struct Args {
+    /// full, lora, qlora, or all (each in its own process).
+    #[arg(long, default_value = "all")]
+    mode: String,
+    /// Timed steps after warm-up.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Warm-up steps (not timed).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    #[arg(long, default_value_t = 32000)]
+    vocab: usize,
+    /// Folder with the peer's `full.json`, `lora.json`, `qlora.json`.
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// Write this mode's result as JSON here (used by `--mode all`).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Ignored (cargo bench passes it).
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Weights drawn from N(0, 0.02²) (norms 1), seeded by the tensor's name.
+struct RandomWeights {
+    config: LlamaConfig,
+}
+
+fn splitmix(s: &mut u64) -> u64 {
+    *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl WeightSource for RandomWeights {
+    fn describe(&self) -> String {
+        "random weights".into()
+    }
+    fn contains(&self, _: &str) -> bool {
+        true
+    }
+    fn read_float(&self, name: &str) -> Result<HostTensor, LlamaError> {
+        let c = &self.config;
+        let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let shape = if name.ends_with("norm.weight") {
+            vec![h]
+        } else if name.contains("embed_tokens") || name.starts_with("lm_head") {
+            vec![v, h]
+        } else if name.contains("gate_proj") || name.contains("up_proj") {
+            vec![f, h]
+        } else if name.contains("down_proj") {
+            vec![h, f]
+        } else {
+            vec![h, h]
+        };
+        let n: usize = shape.iter().product();
+        let values = if shape.len() == 1 {
+            vec![1.0; n]
+        } else {
+            let mut s = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            (0..n)
+                .map(|_| {
+                    // Box-Muller from two uniforms.
+                    let u1 = ((splitmix(&mut s) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                    let u2 = (splitmix(&mut s) >> 11) as f64 / (1u64 << 53) as f64;
+                    (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+                })
+                .collect()
+        };
+        Ok(HostTensor {
+            shape,
+            values: HostFloats::F32(values),
+        })
+    }
+}
+
+/// Makes every float parameter trainable (full fine-tuning).
+struct TrainAll;
+impl ModuleMapper for TrainAll {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.set_require_grad(true)
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
+    let config = LlamaConfig::from_json_str(
+        &serde_json::json!({
+            "model_type": "llama", "vocab_size": args.vocab, "hidden_size": 256,
+            "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 8, "max_position_embeddings": 512,
+            "tie_word_embeddings": false, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+            "rope_theta": 10000.0
+        })
+        .to_string(),
+        "<bench config>",
+    )
+    .expect("bench config");
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let lora = LoraConfig {
+        r: 16,
+        lora_alpha: 32.0,
+        lora_dropout: 0.0,
+        target_modules: Some(ModuleSelector::List(
+            [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )),
+        ..LoraConfig::default()
+    };
+    let applier = match mode {
+        "full" => LoraApplier::base_only(None, &device),
+        "lora" => LoraApplier::new(lora, None, &device).expect("lora config"),
+        "qlora" => LoraApplier::new(lora, Some(QuantConfig::qlora()), &device).expect("config"),
+        other => panic!("unknown mode `{other}` (full, lora, qlora)"),
+    };
+    let src = RandomWeights {
+        config: config.clone(),
+    };
+    let mut model = LlamaForCausalLM::from_source(&config, &src, &applier).expect("model");
+    if mode == "full" {
+        model = model.map(&mut TrainAll);
+    }
+    let mut optim: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(0.0)
+        .with_epsilon(1e-8)
+        .init();
+    let mut s = 0u64;
+    let ids: Vec<i64> = (0..args.batch * args.seq)
+        .map(|_| (splitmix(&mut s) % args.vocab as u64) as i64)
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq]), &device);
+    let rss_ready = peak_rss_mib();
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let t = Instant::now();
+        let loss = causal_lm_loss(model.forward(ids.clone(), None), ids.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        let l: f32 = loss.into_scalar();
+        losses.push(l);
+        if i >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let med = median(&mut times.clone());
+    let tok = (args.batch * args.seq) as f64;
+    serde_json::json!({
+        "mode": mode, "median_step_s": med, "best_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
+        "tokens_per_s_median": tok / med, "step_s": times, "peak_rss_process_mib": peak_rss_mib(),
+        "rss_model_ready_mib": rss_ready, "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
+    })
+}
+
+fn peer(args: &Args, mode: &str) -> Option<serde_json::Value> {
+    let p = args.peer.as_ref()?.join(format!("{mode}.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.mode != "all" {
+        let r = run_mode(&args, &args.mode);
+        match &args.json {
+            Some(p) => std::fs::write(p, r.to_string()).expect("write result"),
+            None => println!("{r}"),
+        }
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("qlora-train-step-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let exe = std::env::current_exe().expect("own path");
+    let mut rows = Vec::new();
+    for mode in ["full", "lora", "qlora"] {
+        let out = dir.join(format!("{mode}.json"));
+        let status = Command::new(&exe)
+            .args(["--mode", mode, "--json"])
+            .arg(&out)
+            .args([
+                "--steps",
+                &args.steps.to_string(),
+                "--warmup",
+                &args.warmup.to_string(),
+            ])
+            .args([
+                "--batch",
+                &args.batch.to_string(),
+                "--seq",
+                &args.seq.to_string(),
+            ])
+            .args(["--vocab", &args.vocab.to_string()])
+            .status()
+            .expect("run a mode");
+        assert!(status.success(), "mode {mode} failed");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        rows.push((mode, r));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!(
+        "\ntrain step, batch {} x {} tokens, vocab {}, {threads} threads, median of {} after {} warm-up",
+        args.batch, args.seq, args.vocab, args.steps, args.warmup
+    );
+    println!(
+        "| mode | ours ms | ours tokens/s | ours peak RSS MiB | peer tokens/s | peer peak RSS MiB | tokens/s ratio | RSS ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    for (mode, r) in &rows {
+        let (tps, rss) = (f(r, "tokens_per_s_median"), f(r, "peak_rss_process_mib"));
+        let (ptps, prss) = peer(&args, mode)
+            .map(|p| (f(&p, "tokens_per_s_median"), f(&p, "peak_rss_process_mib")))
+            .unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "| {mode} | {:.0} | {tps:.0} | {rss:.0} | {ptps:.0} | {prss:.0} | {:.2} | {:.2} |",
+            1000.0 * f(r, "median_step_s"),
+            tps / ptps,
+            rss / prss
+        );
+    }
+    let (l, q) = (&rows[1].1, &rows[2].1);
+    println!(
+        "\nQLoRA step / LoRA step: {:.2}",
+        f(q, "median_step_s") / f(l, "median_step_s")
+    );
+}
