@@ -42,6 +42,17 @@ const DQ_OFFSET_WORDS: usize = 1;
 const MAP_LEN: usize = 256;
 
 impl Nf4Layout {
+    /// The quantization settings this weight was made with (to quantize a changed weight the
+    /// same way).
+    pub fn config(&self) -> qlora_nf4::QuantConfig {
+        qlora_nf4::QuantConfig {
+            quant_type: self.quant_type,
+            blocksize: Blocksize::new(self.blocksize, "<layout>")
+                .expect("a layout holds a valid blocksize"),
+            double_quant: self.nested_blocksize.is_some(),
+        }
+    }
+
     /// Number of weight elements.
     pub fn numel(&self) -> usize {
         self.rows * self.cols

@@ -80,6 +80,24 @@ impl LlamaForCausalLM {
         }
     }
 
+    /// Merges the active adapters into the base weights in place, keeping them so that
+    /// [`LlamaForCausalLM::unmerge_adapters`] can take them out (PEFT's `merge_adapter`). On an
+    /// NF4 base each merge re-quantizes the weight: lossy, see `QLoraLinear::merge`.
+    pub fn merge_adapters(&mut self) -> Result<(), LlamaError> {
+        for (path, l) in self.linears_mut() {
+            l.merge(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Takes merged adapters out of the base weights (PEFT's `unmerge_adapter`).
+    pub fn unmerge_adapters(&mut self) -> Result<(), LlamaError> {
+        for (path, l) in self.linears_mut() {
+            l.unmerge(&path)?;
+        }
+        Ok(())
+    }
+
     /// Merges the active adapters into float copies of the weights and drops every adapter
     /// (PEFT's `merge_and_unload`): a plain float model. NF4 bases are dequantized first.
     pub fn merge_and_unload(mut self) -> Self {

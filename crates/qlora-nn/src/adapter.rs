@@ -119,6 +119,9 @@ pub struct LoraAdapters {
     active: Vec<bool>,
     #[module(skip)]
     disabled: bool,
+    /// Whether each adapter is merged into the base weight (it then adds nothing in forward).
+    #[module(skip)]
+    merged: Vec<bool>,
 }
 
 impl LoraAdapters {
@@ -129,6 +132,7 @@ impl LoraAdapters {
             names: Vec::new(),
             active: Vec::new(),
             disabled: false,
+            merged: Vec::new(),
         }
     }
 
@@ -151,6 +155,7 @@ impl LoraAdapters {
         self.adapters.push(adapter);
         self.names.push(name.to_string());
         self.active.push(true);
+        self.merged.push(false);
     }
 
     /// Makes exactly the named adapters active.
@@ -171,14 +176,23 @@ impl LoraAdapters {
     }
 
     /// Removes the named adapter; returns it if it existed.
+    ///
+    /// # Panics
+    /// If the adapter is merged into the base weight (unmerge the layer first).
     pub fn delete(&mut self, name: &str) -> Option<LoraAdapter> {
         let i = self.names.iter().position(|n| n == name)?;
+        assert!(
+            !self.merged[i],
+            "adapter `{name}` is merged into the base weight: unmerge before deleting it"
+        );
         self.names.remove(i);
         self.active.remove(i);
+        self.merged.remove(i);
         Some(self.adapters.remove(i))
     }
 
     /// Turns every adapter off (`true`) or back on (`false`) without forgetting which are active.
+    /// Merged adapters are part of the base weight and stay in effect: unmerge them first.
     pub fn set_disabled(&mut self, disabled: bool) {
         self.disabled = disabled;
     }
@@ -213,8 +227,41 @@ impl LoraAdapters {
             .map(|((n, a), _)| (n.as_str(), a))
     }
 
-    /// `y + Σ_active Δy(x)`.
+    /// The active adapters not merged into the base weight: those the forward pass adds.
+    pub fn unmerged_active(&self) -> impl Iterator<Item = (&str, &LoraAdapter)> {
+        self.active().filter(|(n, _)| !self.is_merged(n))
+    }
+
+    /// The adapters merged into the base weight.
+    pub fn merged(&self) -> impl Iterator<Item = (&str, &LoraAdapter)> {
+        self.names
+            .iter()
+            .zip(&self.adapters)
+            .zip(&self.merged)
+            .filter(|(_, m)| **m)
+            .map(|((n, a), _)| (n.as_str(), a))
+    }
+
+    /// Whether the adapter `name` is merged into the base weight.
+    pub fn is_merged(&self, name: &str) -> bool {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .is_some_and(|i| self.merged[i])
+    }
+
+    /// Records the adapters `names` as merged (`true`) or not; the layer changes its weight.
+    pub(crate) fn set_merged(&mut self, names: &[String], merged: bool) {
+        for (flag, n) in self.merged.iter_mut().zip(&self.names) {
+            if names.contains(n) {
+                *flag = merged;
+            }
+        }
+    }
+
+    /// `y + Σ Δy(x)` over the active adapters that are not merged.
     pub fn add_updates<const D: usize>(&self, y: Tensor<D>, x: Tensor<D>) -> Tensor<D> {
-        self.active().fold(y, |y, (_, a)| y + a.forward(x.clone()))
+        self.unmerged_active()
+            .fold(y, |y, (_, a)| y + a.forward(x.clone()))
     }
 }

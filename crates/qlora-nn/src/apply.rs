@@ -96,6 +96,32 @@ impl AdaptedLinear {
         })
     }
 
+    /// Merges the active adapters into the base weight in place, keeping them for
+    /// [`AdaptedLinear::unmerge`] (see [`LoraLinear::merge`], and [`QLoraLinear::merge`] for
+    /// the rounding of an NF4 base). `path` names the layer in errors.
+    pub fn merge(&mut self, path: &str) -> Result<(), LoraError> {
+        match self {
+            AdaptedLinear::Frozen(_) => Ok(()),
+            AdaptedLinear::Lora(l) => {
+                l.merge();
+                Ok(())
+            }
+            AdaptedLinear::QLora(l) => Ok(l.merge(path)?),
+        }
+    }
+
+    /// Takes merged adapters out of the base weight again.
+    pub fn unmerge(&mut self, path: &str) -> Result<(), LoraError> {
+        match self {
+            AdaptedLinear::Frozen(_) => Ok(()),
+            AdaptedLinear::Lora(l) => {
+                l.unmerge();
+                Ok(())
+            }
+            AdaptedLinear::QLora(l) => Ok(l.unmerge(path)?),
+        }
+    }
+
     /// Merges the active adapters into a float copy of the weight and drops all adapters:
     /// a frozen float `Linear` (an NF4 base is dequantized; see [`QLoraLinear::merge_to_linear`]).
     pub fn merge_and_unload(self) -> Self {

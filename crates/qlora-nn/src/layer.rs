@@ -70,15 +70,42 @@ impl LoraLinear {
         self.lora.add_updates(y, x)
     }
 
+    /// Adds the active, not yet merged adapters into the base weight (`W' = W + s·B·A`) and
+    /// keeps them, marked merged, so that [`LoraLinear::unmerge`] can take them out again
+    /// (PEFT's `merge`). The output is unchanged up to f32 rounding; the forward pass is then
+    /// the base layer alone.
+    pub fn merge(&mut self) {
+        let names: Vec<String> = self.lora.unmerged_active().map(|(n, _)| n.into()).collect();
+        let w = self
+            .lora
+            .unmerged_active()
+            .fold(self.base.weight.val(), |w, (_, a)| {
+                w + a.delta_weight().transpose()
+            });
+        self.base.weight = Param::from_tensor(w).set_require_grad(false);
+        self.lora.set_merged(&names, true);
+    }
+
+    /// Subtracts the merged adapters from the base weight again (PEFT's `unmerge`): the base
+    /// weight is back up to f32 rounding.
+    pub fn unmerge(&mut self) {
+        let names: Vec<String> = self.lora.merged().map(|(n, _)| n.into()).collect();
+        let w = self
+            .lora
+            .merged()
+            .fold(self.base.weight.val(), |w, (_, a)| {
+                w - a.delta_weight().transpose()
+            });
+        self.base.weight = Param::from_tensor(w).set_require_grad(false);
+        self.lora.set_merged(&names, false);
+    }
+
     /// Adds the active adapters into the base weight (`W' = W + s·B·A`) and removes them:
     /// PEFT's `merge_and_unload` for one layer. Exact up to f32 rounding.
-    pub fn merge_and_unload(self) -> Linear {
+    pub fn merge_and_unload(mut self) -> Linear {
+        self.merge();
         let mut base = self.base;
-        let mut w = base.weight.val();
-        for (_, a) in self.lora.active() {
-            w = w + a.delta_weight().transpose();
-        }
-        base.weight = Param::from_tensor(w).set_require_grad(false);
+        base.weight = base.weight.set_require_grad(false);
         base
     }
 }
@@ -145,6 +172,41 @@ impl QLoraLinear {
         self.lora.add_updates(y, x)
     }
 
+    /// Merges the active, not yet merged adapters into the NF4 weight in place, keeping them
+    /// (marked merged) for [`QLoraLinear::unmerge`]: `dequant(W) + s·B·A` quantized again with
+    /// the weight's own configuration, as PEFT does for bitsandbytes' 4-bit layers. **Lossy**:
+    /// every merge and unmerge rounds the weight to the 4-bit grid again (up to half a
+    /// quantization step per weight), so outputs differ slightly from the unmerged layer's.
+    pub fn merge(&mut self, name: &str) -> Result<(), Nf4Error> {
+        let names: Vec<String> = self.lora.unmerged_active().map(|(n, _)| n.into()).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let w = self
+            .lora
+            .unmerged_active()
+            .fold(nf4_dequantize(&self.base), |w, (_, a)| w + a.delta_weight());
+        self.base = Nf4Weight::quantize(name, w, self.base.layout().config())?;
+        self.lora.set_merged(&names, true);
+        Ok(())
+    }
+
+    /// Takes the merged adapters out of the NF4 weight again (`dequant(W') - s·B·A`, quantized
+    /// again: lossy, see [`QLoraLinear::merge`]).
+    pub fn unmerge(&mut self, name: &str) -> Result<(), Nf4Error> {
+        let names: Vec<String> = self.lora.merged().map(|(n, _)| n.into()).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let w = self
+            .lora
+            .merged()
+            .fold(nf4_dequantize(&self.base), |w, (_, a)| w - a.delta_weight());
+        self.base = Nf4Weight::quantize(name, w, self.base.layout().config())?;
+        self.lora.set_merged(&names, false);
+        Ok(())
+    }
+
     /// Merges the active adapters into the weight and quantizes it again: `dequant(W) + s·B·A`
     /// re-quantized with `config`. **Lossy**: the merged weight is rounded to the 4-bit grid
     /// again, so its outputs differ from the unmerged layer's by up to half a quantization step
@@ -169,7 +231,7 @@ impl QLoraLinear {
     }
 
     fn merged_dense(&self) -> Tensor<2> {
-        self.lora.active().fold(
+        self.lora.unmerged_active().fold(
             nf4_dequantize(&self.base),
             |w, (_, a): (&str, &LoraAdapter)| w + a.delta_weight(),
         )

@@ -125,6 +125,85 @@ fn merge_matches_the_unmerged_layer() {
 }
 
 #[test]
+fn merge_in_place_and_unmerge() {
+    let device = Device::flex();
+    let base = LinearConfig::new(64, 48).init(&device);
+    let adapter = || LoraAdapter::new([64, 48], 8, 2.0, 0.0, InitLoraWeights::Random, &device);
+    let x = Tensor::<2>::random([5, 64], Distribution::Normal(0.0, 1.0), &device);
+
+    // Float base: merging keeps the output, unmerging gives the base weight back.
+    let mut lora = LoraLinear::new(base.clone());
+    lora.lora.add("default", adapter());
+    let w0 = vec2(lora.base.weight.val());
+    let before = vec2(lora.forward(x.clone()));
+    lora.merge();
+    assert!(lora.lora.is_merged("default"));
+    assert!(
+        vec2(lora.base.weight.val()) != w0,
+        "merge changed no weight"
+    );
+    assert_close(&vec2(lora.forward(x.clone())), &before, 1e-5, "merged");
+    lora.merge(); // nothing left to merge: a no-op
+    assert_close(
+        &vec2(lora.forward(x.clone())),
+        &before,
+        1e-5,
+        "merged twice",
+    );
+    // Merged adapters are part of the weight: merge_and_unload does not add them again.
+    assert_close(
+        &vec2(lora.clone().merge_and_unload().forward(x.clone())),
+        &before,
+        1e-5,
+        "merged then unloaded",
+    );
+    lora.unmerge();
+    assert!(!lora.lora.is_merged("default"));
+    assert_close(&vec2(lora.base.weight.val()), &w0, 1e-6, "unmerged weight");
+    assert_close(&vec2(lora.forward(x.clone())), &before, 1e-5, "unmerged");
+
+    // NF4 base: merge and unmerge re-quantize, within the 4-bit grid's error.
+    let mut q = QLoraLinear::quantize("proj", base, QuantConfig::qlora()).unwrap();
+    q.lora.add("default", adapter());
+    let before = vec2(q.forward(x.clone()));
+    let scale = before.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_err = |a: &[f32]| {
+        a.iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    q.merge("proj").unwrap();
+    assert!(q.lora.is_merged("default"));
+    let merged = vec2(q.forward(x.clone()));
+    assert!(
+        max_err(&merged) < 0.2 * scale,
+        "merged NF4 error {}",
+        max_err(&merged)
+    );
+    q.unmerge("proj").unwrap();
+    let unmerged = vec2(q.forward(x));
+    assert!(
+        max_err(&unmerged) < 0.2 * scale,
+        "unmerged NF4 error {}",
+        max_err(&unmerged)
+    );
+}
+
+#[test]
+#[should_panic(expected = "unmerge before deleting")]
+fn deleting_a_merged_adapter_panics_clearly() {
+    let device = Device::flex();
+    let mut lora = LoraLinear::new(LinearConfig::new(8, 4).init(&device));
+    lora.lora.add(
+        "default",
+        LoraAdapter::new([8, 4], 2, 1.0, 0.0, InitLoraWeights::Random, &device),
+    );
+    lora.merge();
+    lora.lora.delete("default");
+}
+
+#[test]
 fn several_adapters_active_disabled_deleted() {
     let device = Device::flex();
     let base = LinearConfig::new(6, 6).with_bias(false).init(&device);
