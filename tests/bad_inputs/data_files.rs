@@ -152,6 +152,40 @@ pub fn cases() -> Vec<Case> {
                 read(d, "long.jsonl", &long.to_string(), Auto, 64)
             },
         ),
+        // Token ids from a tokenizer of another (larger-vocabulary) model.
+        Case::new(
+            "data-ids-past-vocab",
+            &["token id 600", "vocabulary of 512"],
+            |_| {
+                use burn_qlora::llama::LlamaForCausalLM;
+                use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
+                use burn_qlora::train::{Sample, TrainConfig, Trainer};
+                let device = burn::tensor::Device::flex().autodiff();
+                let lora = LoraConfig {
+                    target_modules: Some(ModuleSelector::Pattern("all-linear".into())),
+                    ..LoraConfig::default()
+                };
+                let applier =
+                    LoraApplier::new(lora.clone(), None, &device).map_err(|e| e.to_string())?;
+                let model = LlamaForCausalLM::load(crate::fixture("tiny-llama"), &applier)
+                    .map_err(|e| e.to_string())?;
+                let sample = Sample {
+                    input_ids: vec![5, 600, 7],
+                    labels: vec![-100, 600, 7],
+                };
+                Trainer::new(
+                    model,
+                    lora,
+                    "default",
+                    vec![sample],
+                    vec![],
+                    0,
+                    TrainConfig::default(),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            },
+        ),
         Case::new("data-missing-file", &["absent.jsonl"], |d| {
             let tok_dir = d.join("tokenizer");
             crate::byte_tokenizer::write(&tok_dir);

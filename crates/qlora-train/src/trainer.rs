@@ -225,6 +225,23 @@ impl Trainer {
         if train.is_empty() {
             return Err(bad("data", "no training sample"));
         }
+        // A tokenizer of another model gives ids past the embedding table.
+        let vocab = model.config.vocab_size;
+        if let Some(id) = train
+            .iter()
+            .chain(&eval)
+            .flat_map(|s| s.input_ids.iter().copied())
+            .chain(std::iter::once(pad_id))
+            .find(|&id| id as usize >= vocab)
+        {
+            return Err(bad(
+                "data",
+                &format!(
+                    "token id {id} is past the model's vocabulary of {vocab}: the tokenizer \
+                     does not belong to this model"
+                ),
+            ));
+        }
         stabilize_adapter_ids(&mut model, adapter);
         let adamw = AdamWConfig::new()
             .with_beta_2(config.beta_2)
