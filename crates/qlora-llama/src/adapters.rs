@@ -1,11 +1,21 @@
 //! Adapters on a whole model: load a PEFT adapter onto the model's linears, collect the
 //! model's adapters for saving, switch and merge them (PEFT's `PeftModel` operations).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use qlora_nn::{LoraConfig, LoraError, PeftAdapter};
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+use qlora_nn::{AdaptedLinear, LoraConfig, LoraError, PeftAdapter};
 
 use crate::{LlamaError, LlamaForCausalLM};
+
+/// `modules_to_save` parameters of an adapter, checked and ready to put into the model.
+#[derive(Default)]
+struct SavedModules {
+    embed: Option<Tensor<2>>,
+    lm_head: Option<Tensor<2>>,
+    linears: BTreeMap<String, AdaptedLinear>,
+}
 
 impl LlamaForCausalLM {
     /// Adds the adapter `adapter` under `name` to the linears it names (by HF module path,
@@ -41,25 +51,116 @@ impl LlamaForCausalLM {
                 updated.push((path.clone(), layer));
             }
         }
+        let saved = self.saved_modules(adapter)?;
         let mut updated = updated.into_iter().peekable();
         for (path, slot) in self.linears_mut() {
             if updated.peek().is_some_and(|(p, _)| *p == path) {
                 *slot = updated.next().expect("peeked").1;
             }
         }
+        self.apply_saved(saved);
         Ok(())
     }
 
+    /// Checks the adapter's `modules_to_save` parameters against this model and turns them
+    /// into tensors (nothing is changed yet).
+    fn saved_modules(&self, adapter: &PeftAdapter) -> Result<SavedModules, LlamaError> {
+        let bad = |field: &str, problem: String| {
+            LlamaError::Lora(LoraError::BadValue {
+                path: "<adapter>".into(),
+                field: field.into(),
+                problem,
+            })
+        };
+        let device = self.model.embed_tokens.weight.device();
+        let [v, h] = self.model.embed_tokens.weight.dims();
+        let mut out = SavedModules::default();
+        let mut linears: BTreeMap<String, [Option<TensorData>; 2]> = BTreeMap::new();
+        let known: BTreeMap<String, AdaptedLinear> = self
+            .linears()
+            .into_iter()
+            .map(|(p, l)| (p, l.clone()))
+            .collect();
+        for (param, data) in &adapter.saved {
+            let table = |name: &str| -> Result<Tensor<2>, LlamaError> {
+                if data.shape().as_slice() != [v, h] {
+                    return Err(bad(
+                        name,
+                        format!("saved shape {:?}, the model's is [{v}, {h}]", data.shape()),
+                    ));
+                }
+                Ok(Tensor::from_data(data.clone().convert::<f32>(), &device))
+            };
+            match param.as_str() {
+                "lm_head.weight" => out.lm_head = Some(table(param)?),
+                "model.embed_tokens.weight" => out.embed = Some(table(param)?),
+                _ => {
+                    let (module, which) = match param.rsplit_once('.') {
+                        Some((m, "weight")) => (m, 0),
+                        Some((m, "bias")) => (m, 1),
+                        _ => return Err(bad(param, "not a weight or bias".into())),
+                    };
+                    if !known.contains_key(module) {
+                        return Err(bad(
+                            param,
+                            "modules_to_save names a module this model does not have".into(),
+                        ));
+                    }
+                    linears.entry(module.to_string()).or_default()[which] = Some(data.clone());
+                }
+            }
+        }
+        for (module, [w, b]) in linears {
+            let w = w.ok_or_else(|| bad(&module, "a saved bias without its weight".into()))?;
+            let layer = known[&module].clone().with_saved(&module, w, b)?;
+            out.linears.insert(module, layer);
+        }
+        Ok(out)
+    }
+
+    fn apply_saved(&mut self, saved: SavedModules) {
+        if let Some(w) = saved.embed {
+            self.model.embed_tokens.weight = Param::from_tensor(w).set_require_grad(true);
+        }
+        if let Some(w) = saved.lm_head {
+            self.config.tie_word_embeddings = false;
+            self.lm_head = Some(Param::from_tensor(w).set_require_grad(true));
+        }
+        for (path, slot) in self.linears_mut() {
+            if let Some(l) = saved.linears.get(&path) {
+                *slot = l.clone();
+            }
+        }
+    }
+
     /// The weights of the adapter `name` on every linear that has it, with `config`, ready to
-    /// [`PeftAdapter::save`].
+    /// [`PeftAdapter::save`]; with them the full parameters of the modules trained under
+    /// `modules_to_save` (trained linears, and the embedding or head when trainable).
     pub fn adapter(&self, name: &str, config: LoraConfig) -> PeftAdapter {
         let linears = self.linears();
-        PeftAdapter::from_adapters(
+        let mut adapter = PeftAdapter::from_adapters(
             config,
             linears
                 .iter()
                 .filter_map(|(p, l)| l.adapter(name).map(|a| (p.as_str(), a))),
-        )
+        );
+        for (path, l) in &linears {
+            adapter.saved.extend(l.saved_params(path));
+        }
+        let embed = &self.model.embed_tokens.weight;
+        if embed.is_require_grad() {
+            adapter
+                .saved
+                .insert("model.embed_tokens.weight".into(), embed.val().into_data());
+        }
+        if let Some(w) = &self.lm_head
+            && w.is_require_grad()
+        {
+            adapter
+                .saved
+                .insert("lm_head.weight".into(), w.val().into_data());
+        }
+        adapter
     }
 
     /// Makes `names` the active adapters on every layer (PEFT's `set_adapter`).
@@ -104,6 +205,9 @@ impl LlamaForCausalLM {
         for (_, slot) in self.linears_mut() {
             *slot = slot.clone().merge_and_unload();
         }
+        // Modules trained in full (`modules_to_save`) keep their trained values, frozen.
+        self.model.embed_tokens.weight = self.model.embed_tokens.weight.set_require_grad(false);
+        self.lm_head = self.lm_head.map(|w| w.set_require_grad(false));
         self
     }
 }

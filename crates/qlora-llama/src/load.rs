@@ -193,13 +193,26 @@ impl LlamaForCausalLM {
             layers,
             norm: norm(src, "model.norm.weight", c, device)?,
         };
-        let lm_head = if c.tie_word_embeddings {
+        let save_head = applier.is_module_to_save("lm_head");
+        let mut config = c.clone();
+        let lm_head = if c.tie_word_embeddings && !save_head {
             None
+        } else if c.tie_word_embeddings {
+            // PEFT trains a copy of a tied head in `modules_to_save`: the head is untied.
+            config.tie_word_embeddings = false;
+            Some(model.embed_tokens.weight.val())
         } else {
             let w = float(src, "lm_head.weight", &[v, h])?;
             Some(upload(w, [v, h], device))
         };
-        let model = Self::from_parts(c.clone(), model, lm_head);
+        let mut model = Self::from_parts(config, model, lm_head);
+        if applier.is_module_to_save("model.embed_tokens") {
+            model.model.embed_tokens.weight =
+                model.model.embed_tokens.weight.set_require_grad(true);
+        }
+        if save_head && let Some(w) = model.lm_head.take() {
+            model.lm_head = Some(w.set_require_grad(true));
+        }
         if let Some(config) = applier.config()
             && model
                 .linears()

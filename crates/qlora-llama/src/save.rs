@@ -95,7 +95,7 @@ impl LlamaForCausalLM {
         for (path, layer) in self.linears() {
             let wname = format!("{path}.weight");
             let (dense, quantized, bias) = match layer {
-                AdaptedLinear::Frozen(l) => (
+                AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => (
                     Some(l.weight.val().transpose()),
                     None,
                     l.bias.as_ref().map(|b| b.val()),

@@ -8,7 +8,7 @@
 //! adapters (see [`LoraMatcher`]); every base weight is frozen, and with a [`QuantConfig`] every
 //! linear is stored in NF4 (as bitsandbytes' `Linear4bit` does for the whole model).
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 use qlora_backend::QuantConfig;
@@ -25,6 +25,8 @@ use crate::{
 pub enum AdaptedLinear {
     /// Not targeted, float: frozen.
     Frozen(Linear),
+    /// One of `modules_to_save`: a float linear trained in full and saved with the adapter.
+    Trained(Linear),
     /// LoRA over a frozen float weight.
     Lora(LoraLinear),
     /// An NF4 weight, with adapters when targeted.
@@ -38,7 +40,7 @@ impl AdaptedLinear {
     /// - returns `[..., out_features]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            AdaptedLinear::Frozen(l) => l.forward(x),
+            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.forward(x),
             AdaptedLinear::Lora(l) => l.forward(x),
             AdaptedLinear::QLora(l) => l.forward(x),
         }
@@ -52,7 +54,7 @@ impl AdaptedLinear {
     /// The layer's adapters (`None` for a frozen float layer, which has none).
     pub fn adapters(&self) -> Option<&crate::LoraAdapters> {
         match self {
-            AdaptedLinear::Frozen(_) => None,
+            AdaptedLinear::Frozen(_) | AdaptedLinear::Trained(_) => None,
             AdaptedLinear::Lora(l) => Some(&l.lora),
             AdaptedLinear::QLora(l) => Some(&l.lora),
         }
@@ -61,7 +63,7 @@ impl AdaptedLinear {
     /// The layer's adapters, mutably (`None` for a frozen float layer).
     pub fn adapters_mut(&mut self) -> Option<&mut crate::LoraAdapters> {
         match self {
-            AdaptedLinear::Frozen(_) => None,
+            AdaptedLinear::Frozen(_) | AdaptedLinear::Trained(_) => None,
             AdaptedLinear::Lora(l) => Some(&mut l.lora),
             AdaptedLinear::QLora(l) => Some(&mut l.lora),
         }
@@ -70,16 +72,25 @@ impl AdaptedLinear {
     /// `[in_features, out_features]`.
     pub fn dims(&self) -> [usize; 2] {
         match self {
-            AdaptedLinear::Frozen(l) => l.weight.dims(),
+            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.weight.dims(),
             AdaptedLinear::Lora(l) => l.dims(),
             AdaptedLinear::QLora(l) => l.dims(),
         }
     }
 
     /// The layer with one more adapter: a frozen float layer becomes a [`LoraLinear`]. Errors if
-    /// the adapter's shape does not fit.
+    /// the adapter's shape does not fit, or if the layer is trained in full (`modules_to_save`).
     pub fn with_adapter(self, name: &str, adapter: LoraAdapter) -> Result<Self, LoraError> {
         Ok(match self {
+            AdaptedLinear::Trained(_) => {
+                return Err(LoraError::BadValue {
+                    path: "<adapter>".into(),
+                    field: name.into(),
+                    problem: "the layer is one of modules_to_save (trained in full): it takes no \
+                              LoRA adapter"
+                        .into(),
+                });
+            }
             AdaptedLinear::Frozen(l) => {
                 let mut l = LoraLinear::new(l);
                 l.add_adapter(name, adapter)?;
@@ -96,12 +107,73 @@ impl AdaptedLinear {
         })
     }
 
+    /// The parameters of a layer trained in full (`modules_to_save`) as PEFT saves them:
+    /// `<path>.weight` `[out, in]` and `<path>.bias`; empty for other layers.
+    pub fn saved_params(&self, path: &str) -> Vec<(String, burn::tensor::TensorData)> {
+        let AdaptedLinear::Trained(l) = self else {
+            return Vec::new();
+        };
+        let mut out = vec![(
+            format!("{path}.weight"),
+            l.weight.val().transpose().into_data(),
+        )];
+        if let Some(b) = &l.bias {
+            out.push((format!("{path}.bias"), b.val().into_data()));
+        }
+        out
+    }
+
+    /// A layer trained in full from saved parameters (`weight` `[out, in]`, optional `bias`),
+    /// replacing this one; errors naming `path` if a shape differs from this layer's.
+    pub fn with_saved(
+        self,
+        path: &str,
+        weight: burn::tensor::TensorData,
+        bias: Option<burn::tensor::TensorData>,
+    ) -> Result<Self, LoraError> {
+        let [d_in, d_out] = self.dims();
+        let bad = |problem: String| LoraError::BadValue {
+            path: "<adapter>".into(),
+            field: path.into(),
+            problem,
+        };
+        if weight.shape().as_slice() != [d_out, d_in] {
+            return Err(bad(format!(
+                "saved weight has shape {:?}, the layer needs [{d_out}, {d_in}]",
+                weight.shape()
+            )));
+        }
+        if let Some(b) = &bias
+            && b.shape().as_slice() != [d_out]
+        {
+            return Err(bad(format!(
+                "saved bias has shape {:?}, the layer needs [{d_out}]",
+                b.shape()
+            )));
+        }
+        let device = match &self {
+            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.weight.device(),
+            AdaptedLinear::Lora(l) => l.base.weight.device(),
+            AdaptedLinear::QLora(l) => l.base.packed.device(),
+        };
+        let weight = Tensor::<2>::from_data(weight.convert::<f32>(), &device).transpose();
+        let bias =
+            bias.map(|b| Param::from_tensor(Tensor::<1>::from_data(b.convert::<f32>(), &device)));
+        Ok(AdaptedLinear::Trained(
+            Linear {
+                weight: Param::from_tensor(weight),
+                bias,
+            }
+            .map(&mut RequireGrad),
+        ))
+    }
+
     /// Merges the active adapters into the base weight in place, keeping them for
     /// [`AdaptedLinear::unmerge`] (see [`LoraLinear::merge`], and [`QLoraLinear::merge`] for
     /// the rounding of an NF4 base). `path` names the layer in errors.
     pub fn merge(&mut self, path: &str) -> Result<(), LoraError> {
         match self {
-            AdaptedLinear::Frozen(_) => Ok(()),
+            AdaptedLinear::Frozen(_) | AdaptedLinear::Trained(_) => Ok(()),
             AdaptedLinear::Lora(l) => {
                 l.merge();
                 Ok(())
@@ -113,7 +185,7 @@ impl AdaptedLinear {
     /// Takes merged adapters out of the base weight again.
     pub fn unmerge(&mut self, path: &str) -> Result<(), LoraError> {
         match self {
-            AdaptedLinear::Frozen(_) => Ok(()),
+            AdaptedLinear::Frozen(_) | AdaptedLinear::Trained(_) => Ok(()),
             AdaptedLinear::Lora(l) => {
                 l.unmerge();
                 Ok(())
@@ -127,9 +199,22 @@ impl AdaptedLinear {
     pub fn merge_and_unload(self) -> Self {
         match self {
             AdaptedLinear::Frozen(l) => AdaptedLinear::Frozen(l),
+            AdaptedLinear::Trained(l) => AdaptedLinear::Frozen(l.no_grad()),
             AdaptedLinear::Lora(l) => AdaptedLinear::Frozen(l.merge_and_unload()),
             AdaptedLinear::QLora(l) => AdaptedLinear::Frozen(l.merge_to_linear()),
         }
+    }
+}
+
+/// Makes every float parameter of a module trainable.
+struct RequireGrad;
+
+impl burn::module::ModuleMapper for RequireGrad {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        param.set_require_grad(true)
     }
 }
 
@@ -147,26 +232,13 @@ impl LoraApplier {
     /// An applier adding adapters named `"default"` (PEFT's default name). With `quantize`,
     /// base weights are stored in NF4 (QLoRA); without, they stay float (LoRA).
     ///
-    /// Errors on a config that does not validate, or that asks for `modules_to_save`
-    /// (not implemented).
+    /// Errors on a config that does not validate.
     pub fn new(
         config: LoraConfig,
         quantize: Option<QuantConfig>,
         device: &Device,
     ) -> Result<Self, LoraError> {
         config.validate("<config>")?;
-        if config
-            .modules_to_save
-            .as_ref()
-            .is_some_and(|m| !m.is_empty())
-        {
-            return Err(LoraError::Unsupported {
-                path: "<config>".into(),
-                field: "modules_to_save".into(),
-                value: format!("{:?}", config.modules_to_save),
-                why: "fully trained module copies are not implemented".into(),
-            });
-        }
         let matcher =
             LoraMatcher::new(&config).map_err(|(field, problem)| LoraError::BadValue {
                 path: "<config>".into(),
@@ -215,6 +287,15 @@ impl LoraApplier {
         &self.device
     }
 
+    /// Whether the module at `path` is one of the config's `modules_to_save` (trained in full
+    /// and saved with the adapter). Model code asks this for its non-linear modules
+    /// (embeddings, heads) and makes their parameters trainable.
+    pub fn is_module_to_save(&self, path: &str) -> bool {
+        self.matcher
+            .as_ref()
+            .is_some_and(|m| m.is_module_to_save(path))
+    }
+
     /// Whether the layer at `path` gets an adapter.
     pub fn is_target(&self, path: &str, is_output_head: bool) -> bool {
         self.matcher
@@ -249,6 +330,12 @@ impl LoraApplier {
         path: &str,
         mut layer: QLoraLinear,
     ) -> Result<AdaptedLinear, LoraError> {
+        if self.is_module_to_save(path) {
+            // Trained in full: a float copy of the 4-bit weight.
+            return Ok(AdaptedLinear::Trained(
+                layer.merge_to_linear().map(&mut RequireGrad),
+            ));
+        }
         let targeted = self.is_target(path, false);
         if targeted && let Some(a) = self.new_adapter(path, layer.dims()) {
             layer.add_adapter(&self.adapter_name, a)?;
@@ -278,6 +365,10 @@ impl LoraApplier {
         base: Linear,
         is_output_head: bool,
     ) -> Result<AdaptedLinear, LoraError> {
+        if self.is_module_to_save(path) {
+            // PEFT trains such a module in full, whatever the quantization of the rest.
+            return Ok(AdaptedLinear::Trained(base.map(&mut RequireGrad)));
+        }
         let targeted = self.is_target(path, is_output_head);
         let bias_trains = self.bias_trains(targeted);
         let adapter = if targeted {
@@ -306,7 +397,7 @@ impl LoraApplier {
                     l.base.bias = l.base.bias.take().map(|b| b.set_require_grad(true))
                 }
                 AdaptedLinear::QLora(l) => l.bias = l.bias.take().map(|b| b.set_require_grad(true)),
-                AdaptedLinear::Frozen(_) => {}
+                AdaptedLinear::Frozen(_) | AdaptedLinear::Trained(_) => {}
             }
         }
         Ok(layer)

@@ -18,6 +18,7 @@ pub struct LoraMatcher {
     r: usize,
     lora_alpha: f64,
     use_rslora: bool,
+    modules_to_save: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +102,15 @@ impl LoraMatcher {
             r: config.r,
             lora_alpha: config.lora_alpha,
             use_rslora: config.use_rslora,
+            modules_to_save: config.modules_to_save.clone().unwrap_or_default(),
         })
+    }
+
+    /// True if the module at `path` is one of `modules_to_save`: trained in full and saved
+    /// with the adapter. A name matches the module of that name or any module whose dotted
+    /// path ends with it, as for `target_modules` lists.
+    pub fn is_module_to_save(&self, path: &str) -> bool {
+        suffix_match(&self.modules_to_save, path)
     }
 
     /// True if the module at `path` gets an adapter.

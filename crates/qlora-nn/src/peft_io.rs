@@ -42,14 +42,20 @@ impl AdapterWeights {
     }
 }
 
-/// A PEFT adapter: its config and the weights of every adapted module, by module path
-/// (without PEFT's `base_model.model.` prefix).
+/// A PEFT adapter: its config, the weights of every adapted module, by module path
+/// (without PEFT's `base_model.model.` prefix), and the full parameters of its
+/// `modules_to_save`.
 #[derive(Debug, Clone)]
 pub struct PeftAdapter {
     /// `adapter_config.json`.
     pub config: LoraConfig,
     /// Module path → weights.
     pub modules: BTreeMap<String, AdapterWeights>,
+    /// Parameter path (`lm_head.weight`, `score.bias`) → values, for the modules the config
+    /// lists in `modules_to_save`, in PyTorch layout (a linear's weight is `[out, in]`). PEFT
+    /// saves them under `base_model.model.<path>` (its `modules_to_save.<adapter>` wrapper
+    /// segment removed); a key that still has the segment is read too.
+    pub saved: BTreeMap<String, TensorData>,
 }
 
 fn io(path: &Path, source: std::io::Error) -> LoraError {
@@ -80,17 +86,35 @@ impl PeftAdapter {
             .map_err(|e| bad(&file, "safetensors", e.to_string()))?;
         let matcher = LoraMatcher::new(&config).map_err(|(f, p)| bad(&file, f, p))?;
         let mut halves: BTreeMap<String, [Option<Tensor<2>>; 2]> = BTreeMap::new();
+        let mut saved = BTreeMap::new();
         for (name, view) in st.tensors() {
             let key = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name);
             let (module, which) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
                 (m, 0)
             } else if let Some(m) = key.strip_suffix(".lora_B.weight") {
                 (m, 1)
+            } else if let Some(param) = saved_module_param(key, &matcher) {
+                if view.dtype() != Dtype::F32 {
+                    return Err(bad(
+                        &file,
+                        &name,
+                        format!("expected an F32 tensor, found {:?}", view.dtype()),
+                    ));
+                }
+                let values: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                saved.insert(param, TensorData::new(values, view.shape().to_vec()));
+                continue;
             } else {
                 return Err(bad(
                     &file,
                     &name,
-                    "not a lora_A/lora_B weight; this reader loads LoRA adapters only".into(),
+                    "neither a lora_A/lora_B weight nor a parameter of a module in \
+                     modules_to_save"
+                        .into(),
                 ));
             };
             let shape = view.shape().to_vec();
@@ -135,7 +159,11 @@ impl PeftAdapter {
             };
             modules.insert(module, AdapterWeights { lora_a, lora_b });
         }
-        Ok(Self { config, modules })
+        Ok(Self {
+            config,
+            modules,
+            saved,
+        })
     }
 
     /// Collects the weights of named layer adapters, ready to save.
@@ -155,7 +183,11 @@ impl PeftAdapter {
                 )
             })
             .collect();
-        Self { config, modules }
+        Self {
+            config,
+            modules,
+            saved: BTreeMap::new(),
+        }
     }
 
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
@@ -174,6 +206,14 @@ impl PeftAdapter {
                     bytes,
                 ));
             }
+        }
+        for (param, data) in &self.saved {
+            let data = data.clone().convert::<f32>();
+            tensors.push((
+                format!("{PEFT_PREFIX}{param}"),
+                data.shape().to_vec(),
+                data.as_bytes().to_vec(),
+            ));
         }
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
             .iter()
@@ -195,6 +235,17 @@ impl PeftAdapter {
             self.config.to_peft_json().as_bytes(),
         )
     }
+}
+
+/// The parameter path of `key` if it belongs to a module of `modules_to_save`
+/// (`lm_head.weight`; PEFT's wrapper segment `.modules_to_save.<adapter>` removed if present).
+fn saved_module_param(key: &str, matcher: &LoraMatcher) -> Option<String> {
+    let key = match key.split_once(".modules_to_save.") {
+        Some((module, rest)) => format!("{module}.{}", rest.split_once('.')?.1),
+        None => key.to_string(),
+    };
+    let (module, _param) = key.rsplit_once('.')?;
+    matcher.is_module_to_save(module).then_some(key)
 }
 
 /// Writes `bytes` to `path` via a temporary file in the same folder and a rename.

@@ -119,21 +119,103 @@ fn lora_without_quantization_and_trainable_biases() {
 }
 
 #[test]
-fn all_linear_skips_the_head_and_modules_to_save_is_refused() {
+fn all_linear_skips_the_head() {
     let device = Device::flex();
     let mut cfg = config(&[]);
     cfg.target_modules = Some(ModuleSelector::Pattern("all-linear".into()));
-    let n = net(
-        &LoraApplier::new(cfg.clone(), None, &device).unwrap(),
-        &device,
-    );
+    let n = net(&LoraApplier::new(cfg, None, &device).unwrap(), &device);
     assert!(n.blocks[1].out.adapter("default").is_some());
     assert!(matches!(n.head, AdaptedLinear::Frozen(_)));
+}
+
+#[test]
+fn modules_to_save_train_in_full_and_round_trip_through_peft_files() {
+    let device = Device::flex().autodiff();
+    let mut cfg = config(&["q"]);
     cfg.modules_to_save = Some(vec!["head".into()]);
-    let e = LoraApplier::new(cfg, None, &device)
+    // With an NF4 base too, the saved module stays float and trains in full.
+    let applier = LoraApplier::new(cfg.clone(), Some(QuantConfig::qlora()), &device).unwrap();
+    let n = net(&applier, &device);
+    assert!(matches!(n.head, AdaptedLinear::Trained(_)));
+    let x = Tensor::<2>::random([3, 32], Distribution::Normal(0.0, 1.0), &device);
+    let grads = burn::optim::GradientsParams::from_grads(n.forward(x).sum().backward(), &n);
+    assert_eq!(
+        grads.len(),
+        2 * 2 + 2,
+        "A and B of q in two blocks, the head's weight and bias"
+    );
+
+    // Saved next to the adapter under PEFT's keys, [out, in], and read back.
+    let mut adapter = PeftAdapter::from_adapters(
+        cfg.clone(),
+        n.blocks
+            .iter()
+            .enumerate()
+            .map(|(b, blk)| (format!("blocks.{b}.q"), blk.q.adapter("default").unwrap()))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(p, a)| (p.as_str(), *a)),
+    );
+    adapter.saved.extend(n.head.saved_params("head"));
+    assert_eq!(adapter.saved["head.weight"].shape().as_slice(), [10, 32]);
+    let dir = std::env::temp_dir().join(format!("qlora-mts-{}", std::process::id()));
+    adapter.save(&dir).unwrap();
+    let back = PeftAdapter::load(&dir, &device).unwrap();
+    assert_eq!(back.saved.len(), 2);
+    assert_eq!(back.saved["head.bias"], adapter.saved["head.bias"]);
+    let restored = AdaptedLinear::Frozen(LinearConfig::new(32, 10).init(&device))
+        .with_saved(
+            "head",
+            back.saved["head.weight"].clone(),
+            Some(back.saved["head.bias"].clone()),
+        )
+        .unwrap();
+    let y = Tensor::<2>::random([2, 32], Distribution::Normal(0.0, 1.0), &device);
+    let (a, b) = (
+        restored
+            .forward(y.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+        n.head.forward(y).into_data().try_to_vec::<f32>().unwrap(),
+    );
+    // The same weights; the matmul may sum in another order over another memory layout.
+    assert!(
+        a.iter()
+            .zip(&b)
+            .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+    );
+    // A wrong shape is an error naming the module.
+    let e = AdaptedLinear::Frozen(LinearConfig::new(16, 10).init(&device))
+        .with_saved("head", back.saved["head.weight"].clone(), None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("modules_to_save"), "{e}");
+    assert!(e.contains("head") && e.contains("[10, 16]"), "{e}");
+
+    // Keys that keep PEFT's wrapper segment (`head.modules_to_save.default.weight`) read too;
+    // a full tensor of a module not in modules_to_save is refused by name.
+    let st = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = file.tensors();
+    for (name, _) in &mut tensors {
+        if let Some(p) = name.strip_suffix("head.weight") {
+            *name = format!("{p}head.modules_to_save.default.weight");
+        }
+    }
+    let rewritten = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(&st, rewritten).unwrap();
+    let wrapped = PeftAdapter::load(&dir, &device).unwrap();
+    assert_eq!(wrapped.saved["head.weight"], adapter.saved["head.weight"]);
+    let mut cfg2 = cfg.clone();
+    cfg2.modules_to_save = Some(vec!["other".into()]);
+    std::fs::write(dir.join("adapter_config.json"), cfg2.to_peft_json()).unwrap();
+    let e = PeftAdapter::load(&dir, &device).unwrap_err().to_string();
+    assert!(
+        e.contains("base_model.model.head.") && e.contains("modules_to_save"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -138,7 +138,7 @@ fn bad_adapter_files_are_named_errors() {
     std::fs::write(&f, safetensors::serialize(views, None).unwrap()).unwrap();
     let e = PeftAdapter::load(&dir, &device).unwrap_err().to_string();
     assert!(
-        e.contains("embed_tokens") && e.contains("not a lora_A/lora_B"),
+        e.contains("embed_tokens") && e.contains("nor a parameter of a module in modules_to_save"),
         "{e}"
     );
 

@@ -9,8 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Bytes;
-use qlora_nn::{PeftAdapter, write_atomic};
+use burn::module::Param;
+use burn::tensor::{Bytes, Tensor, TensorData};
+use qlora_nn::{AdaptedLinear, PeftAdapter, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::{TrainError, TrainState, Trainer};
@@ -152,11 +153,83 @@ impl Trainer {
             a.lora_b =
                 burn::module::Param::initialized(a.lora_b.id, w.lora_b.clone().require_grad());
         }
+        restore_saved(&mut model, &adapter, &fail)?;
         self.model = model;
         self.optim = optim;
         self.state = file.state;
         Ok(())
     }
+}
+
+/// Puts the checkpoint's `modules_to_save` parameters into `model` in place (same ids, so the
+/// optimizer state found under them still applies).
+fn restore_saved(
+    model: &mut qlora_llama::LlamaForCausalLM,
+    adapter: &PeftAdapter,
+    fail: &dyn Fn(String) -> TrainError,
+) -> Result<(), TrainError> {
+    fn put<const D: usize>(
+        p: &mut Param<Tensor<D>>,
+        data: &TensorData,
+        name: &str,
+        fail: &dyn Fn(String) -> TrainError,
+    ) -> Result<(), TrainError> {
+        if data.shape().as_slice() != p.dims().as_slice() {
+            return Err(fail(format!(
+                "`{name}`: saved shape {:?}, the model's {:?}",
+                data.shape(),
+                p.dims()
+            )));
+        }
+        let t = Tensor::<D>::from_data(data.clone().convert::<f32>(), &p.device());
+        *p = Param::initialized(p.id, t.require_grad());
+        Ok(())
+    }
+    for (name, data) in &adapter.saved {
+        match name.as_str() {
+            "model.embed_tokens.weight" => {
+                put(&mut model.model.embed_tokens.weight, data, name, fail)?
+            }
+            "lm_head.weight" => match &mut model.lm_head {
+                Some(w) => put(w, data, name, fail)?,
+                None => return Err(fail(format!("`{name}`: this model's head is tied"))),
+            },
+            _ => {
+                let (module, which) = name
+                    .rsplit_once('.')
+                    .ok_or_else(|| fail(format!("`{name}`: not a parameter path")))?;
+                let mut found = false;
+                for (path, layer) in model.linears_mut() {
+                    if path != module {
+                        continue;
+                    }
+                    let AdaptedLinear::Trained(l) = layer else {
+                        return Err(fail(format!("`{module}` is not trained in full here")));
+                    };
+                    match which {
+                        // Saved `[out, in]`; Burn's Linear holds `[in, out]`.
+                        "weight" => {
+                            let w = Tensor::<2>::from_data(
+                                data.clone().convert::<f32>(),
+                                &l.weight.device(),
+                            );
+                            put(&mut l.weight, &w.transpose().into_data(), name, fail)?;
+                        }
+                        "bias" => match &mut l.bias {
+                            Some(b) => put(b, data, name, fail)?,
+                            None => return Err(fail(format!("`{module}` has no bias"))),
+                        },
+                        _ => return Err(fail(format!("`{name}`: not a weight or bias"))),
+                    }
+                    found = true;
+                }
+                if !found {
+                    return Err(fail(format!("`{module}` is not a linear of this model")));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn field<'a>(fingerprint: &'a str, key: &str) -> &'a str {

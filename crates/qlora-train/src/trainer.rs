@@ -9,7 +9,7 @@ use burn::module::{Module, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{IGNORE_INDEX, LlamaForCausalLM, causal_lm_loss};
-use qlora_nn::LoraConfig;
+use qlora_nn::{AdaptedLinear, LoraConfig};
 use qlora_optim::{AdamW8bit, Paged};
 use serde::{Deserialize, Serialize};
 
@@ -154,14 +154,58 @@ fn stable_id(path: &str) -> ParamId {
     ParamId::from(h >> 1)
 }
 
-/// Gives every parameter of adapter `name` an id derived from its path.
+/// Gives every trained parameter an id derived from its path: those of adapter `name`, and
+/// those of the modules trained in full (`modules_to_save`).
 pub fn stabilize_adapter_ids(model: &mut LlamaForCausalLM, name: &str) {
+    fn stable<const D: usize>(p: &mut Param<Tensor<D>>, path: &str) {
+        *p = Param::initialized(stable_id(path), p.val());
+    }
     for (path, layer) in model.linears_mut() {
         if let Some(a) = layer.adapters_mut().and_then(|a| a.get_mut(name)) {
-            a.lora_a = Param::initialized(stable_id(&format!("{path}.lora_A")), a.lora_a.val());
-            a.lora_b = Param::initialized(stable_id(&format!("{path}.lora_B")), a.lora_b.val());
+            stable(&mut a.lora_a, &format!("{path}.lora_A"));
+            stable(&mut a.lora_b, &format!("{path}.lora_B"));
+        }
+        if let AdaptedLinear::Trained(l) = layer {
+            stable(&mut l.weight, &format!("{path}.weight"));
+            if let Some(b) = &mut l.bias {
+                stable(b, &format!("{path}.bias"));
+            }
         }
     }
+    let embed = &mut model.model.embed_tokens.weight;
+    if embed.is_require_grad() {
+        stable(embed, "model.embed_tokens.weight");
+    }
+    if let Some(w) = &mut model.lm_head
+        && w.is_require_grad()
+    {
+        stable(w, "lm_head.weight");
+    }
+}
+
+/// The ids of every trained parameter (adapter `name` and the `modules_to_save`), each with
+/// its rank: gradients are stored by rank.
+fn trained_ids(model: &LlamaForCausalLM, name: &str) -> Vec<(ParamId, usize)> {
+    let mut ids = Vec::new();
+    for (_, l) in model.linears() {
+        if let Some(a) = l.adapter(name) {
+            ids.extend([(a.lora_a.id, 2), (a.lora_b.id, 2)]);
+        }
+        if let AdaptedLinear::Trained(l) = l {
+            ids.push((l.weight.id, 2));
+            ids.extend(l.bias.as_ref().map(|b| (b.id, 1)));
+        }
+    }
+    let embed = &model.model.embed_tokens.weight;
+    if embed.is_require_grad() {
+        ids.push((embed.id, 2));
+    }
+    if let Some(w) = &model.lm_head
+        && w.is_require_grad()
+    {
+        ids.push((w.id, 2));
+    }
+    ids
 }
 
 /// Pads samples to the longest: ids with `pad`, labels with [`IGNORE_INDEX`].
@@ -333,27 +377,29 @@ impl Trainer {
         record
     }
 
-    /// The global L2 norm of the adapter gradients; scales them down to `max_norm` if above.
+    /// The global L2 norm of the trained parameters' gradients; scales them down to
+    /// `max_norm` if above.
     fn clip(&self, grads: &mut GradientsParams, max_norm: Option<f64>) -> f64 {
-        let ids: Vec<ParamId> = self
-            .model
-            .linears()
-            .iter()
-            .filter_map(|(_, l)| l.adapter(&self.adapter))
-            .flat_map(|a| [a.lora_a.id, a.lora_b.id])
-            .collect();
+        let ids = trained_ids(&self.model, &self.adapter);
         // Summed on the host in a fixed order (f64), so the norm, and the clipping it decides,
         // is the same in every run: a device reduction may split its work differently.
         let mut sq = 0.0f64;
-        for id in &ids {
-            if let Some(g) = grads.get::<2>(*id) {
-                let v = g.into_data().convert::<f32>();
-                sq += v
-                    .as_slice::<f32>()
-                    .expect("f32 gradient")
-                    .iter()
-                    .map(|&x| (x as f64) * (x as f64))
-                    .sum::<f64>();
+        let mut add = |data: burn::tensor::TensorData| {
+            let v = data.convert::<f32>();
+            sq += v
+                .as_slice::<f32>()
+                .expect("f32 gradient")
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>();
+        };
+        for &(id, rank) in &ids {
+            let g = match rank {
+                2 => grads.get::<2>(id).map(|g| g.into_data()),
+                _ => grads.get::<1>(id).map(|g| g.into_data()),
+            };
+            if let Some(g) = g {
+                add(g);
             }
         }
         let norm = sq.sqrt();
@@ -361,8 +407,12 @@ impl Trainer {
             && norm > max
         {
             let scale = max / (norm + 1e-6);
-            for id in ids {
-                if let Some(g) = grads.remove::<2>(id) {
+            for (id, rank) in ids {
+                if rank == 2 {
+                    if let Some(g) = grads.remove::<2>(id) {
+                        grads.register(id, g.mul_scalar(scale));
+                    }
+                } else if let Some(g) = grads.remove::<1>(id) {
                     grads.register(id, g.mul_scalar(scale));
                 }
             }

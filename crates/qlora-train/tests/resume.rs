@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use burn::module::Module;
 use burn::tensor::Device;
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
@@ -47,6 +48,14 @@ fn samples(n: usize, seed: u64) -> Vec<Sample> {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn trainer(optimizer: OptimizerKind, seed: u64) -> Trainer {
+    trainer_with(None, optimizer, seed)
+}
+
+fn trainer_with(
+    modules_to_save: Option<Vec<String>>,
+    optimizer: OptimizerKind,
+    seed: u64,
+) -> Trainer {
     let device = Device::flex().autodiff();
     device.seed(7);
     let lora = LoraConfig {
@@ -55,6 +64,7 @@ fn trainer(optimizer: OptimizerKind, seed: u64) -> Trainer {
         lora_dropout: 0.1,
         target_modules: Some(ModuleSelector::Pattern("all-linear".into())),
         init_lora_weights: InitLoraWeights::Default,
+        modules_to_save,
         ..LoraConfig::default()
     };
     let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &device).unwrap();
@@ -192,4 +202,84 @@ fn training_lowers_the_loss_with_every_optimizer() {
         let after = t.eval_loss().unwrap();
         assert!(after < before * 0.95, "{opt:?}: {before} -> {after}");
     }
+}
+
+#[test]
+fn modules_to_save_train_checkpoint_and_resume_exactly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let save = || Some(vec!["lm_head".to_string()]);
+    let head = |t: &Trainer| {
+        t.model
+            .lm_head
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let mut full = trainer_with(save(), OptimizerKind::AdamW, 5);
+    let head0 = head(&full);
+    for _ in 0..6 {
+        full.step();
+    }
+    assert!(head(&full) != head0, "the head was not trained");
+
+    let out = std::env::temp_dir().join(format!("qlora-mts-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut first = trainer_with(save(), OptimizerKind::AdamW, 5);
+    for _ in 0..3 {
+        first.step();
+    }
+    let dir = first.save_checkpoint(&out).unwrap();
+    let st = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        names.contains(&"base_model.model.lm_head.weight".to_string()),
+        "{names:?}"
+    );
+    let mut resumed = trainer_with(save(), OptimizerKind::AdamW, 5);
+    resumed.resume(&dir).unwrap();
+    for _ in 0..3 {
+        resumed.step();
+    }
+    assert_eq!(losses(&resumed.state.history), losses(&full.state.history));
+    assert_eq!(head(&resumed), head(&full));
+
+    // The adapter with its trained head, loaded onto a fresh base, gives the trained model.
+    let device = Device::flex();
+    let adapter = full.model.adapter("default", full.lora.clone());
+    let nf4 = LoraApplier::base_only(Some(QuantConfig::qlora()), &device);
+    let mut fresh = LlamaForCausalLM::load(golden("tiny-llama"), &nf4).unwrap();
+    let dir2 = out.join("exported");
+    adapter.save(&dir2).unwrap();
+    fresh
+        .load_adapter(
+            &qlora_nn::PeftAdapter::load(&dir2, &device).unwrap(),
+            "default",
+        )
+        .unwrap();
+    let ids =
+        burn::tensor::Tensor::<2, burn::tensor::Int>::from_data([[5, 9, 200, 3, 17]], &device);
+    let want = full.model.valid().forward(ids.clone(), None);
+    let got = fresh.forward(ids, None);
+    let (a, b) = (
+        got.into_data().try_to_vec::<f32>().unwrap(),
+        want.into_data().try_to_vec::<f32>().unwrap(),
+    );
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        err < 1e-5 * scale,
+        "adapter on a fresh base: error {err} (scale {scale})"
+    );
+    let _ = std::fs::remove_dir_all(&out);
 }
