@@ -47,6 +47,9 @@ struct Args {
     /// Write this mode's result as JSON here (used by `--mode all`).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also time the phases of each step (blocks, head, loss, backward, optimizer).
+    #[arg(long)]
+    breakdown: bool,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -192,11 +195,28 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     let rss_ready = peak_rss_mib();
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    let mut phases: Vec<[f64; 5]> = Vec::new();
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();
-        let loss = causal_lm_loss(model.forward(ids.clone(), None), ids.clone());
+        // Flex runs eagerly, so the phase times are the work of each phase.
+        let hidden = model.forward_hidden(ids.clone(), None);
+        let t_blocks = t.elapsed().as_secs_f64();
+        let logits = model.logits(hidden);
+        let t_head = t.elapsed().as_secs_f64();
+        let loss = causal_lm_loss(logits, ids.clone());
+        let t_loss = t.elapsed().as_secs_f64();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let t_backward = t.elapsed().as_secs_f64();
         model = optim.step(1e-4, model, grads);
+        if args.breakdown && i >= args.warmup {
+            phases.push([
+                t_blocks,
+                t_head - t_blocks,
+                t_loss - t_head,
+                t_backward - t_loss,
+                t.elapsed().as_secs_f64() - t_backward,
+            ]);
+        }
         let l: f32 = loss.into_scalar();
         losses.push(l);
         if i >= args.warmup {
@@ -204,6 +224,22 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         }
     }
     let med = median(&mut times.clone());
+    if !phases.is_empty() {
+        let names = [
+            "blocks forward",
+            "head forward",
+            "loss",
+            "backward",
+            "optimizer",
+        ];
+        let parts: Vec<String> = (0..5)
+            .map(|k| {
+                let mut v: Vec<f64> = phases.iter().map(|p| p[k]).collect();
+                format!("{} {:.0} ms", names[k], 1000.0 * median(&mut v))
+            })
+            .collect();
+        eprintln!("{mode}: median phases: {}", parts.join(", "));
+    }
     let tok = (args.batch * args.seq) as f64;
     serde_json::json!({
         "mode": mode, "median_step_s": med, "best_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
