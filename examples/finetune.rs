@@ -24,6 +24,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[allow(dead_code)]
 mod common;
 
+#[global_allocator]
+static ALLOC: common::oom::ReportingAlloc = common::oom::ReportingAlloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "QLoRA fine-tuning of a LLaMA-style model (HF folder, bnb-4bit folder or GGUF)")]
 struct Args {
@@ -159,13 +162,15 @@ fn step_failed(args: &Args, trainer: &Trainer, panic: Box<dyn std::any::Any + Se
         None => "no checkpoint had been written yet".to_string(),
     };
     format!(
-        "training step {} failed on the device: {what}\n{kept}; to use less memory, lower \
-         --batch-size (and raise --grad-accum to keep the effective batch) or --seq-len, add \
-         --grad-checkpointing, or use --optimizer paged-adamw with a --paged-budget; then rerun \
-         with --resume",
+        "training step {} failed on the device: {what}\n{kept}; {MEMORY_ADVICE}",
         trainer.state.step + 1
     )
 }
+
+/// What to change when a step runs out of memory.
+const MEMORY_ADVICE: &str = "to use less memory, lower --batch-size (and raise --grad-accum to \
+    keep the effective batch) or --seq-len, add --grad-checkpointing, or use --optimizer \
+    paged-adamw with a --paged-budget; then rerun with --resume";
 
 fn main() {
     common::exit_on_error(run(Args::parse()));
@@ -301,6 +306,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         trainer.state.initial_eval_loss = Some(l);
     }
 
+    common::oom::set_advice(format!(
+        "\nerror: out of host memory during training. Checkpoints in {} are written whole or \
+         not at all, so the last one (if any) is intact; {MEMORY_ADVICE}\n",
+        args.out.display()
+    ));
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template(

@@ -1,5 +1,7 @@
 //! What the example binaries share: the `--device` names, the default model, peak RSS.
 
+pub mod oom;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;

@@ -1,0 +1,47 @@
+//! Out of host memory during `finetune`: the process cannot continue (Rust aborts on a failed
+//! allocation), but it says what to change first, and leaves no partial checkpoint behind.
+//! The run is made to need gigabytes (a batch of 8192 conversations) under an address-space
+//! limit of 1.5 GiB (`ulimit -v`), far above what loading the tiny model takes.
+
+use std::process::Command;
+
+use burn_qlora::train::Trainer;
+
+#[path = "support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+#[path = "support/cli.rs"]
+mod cli;
+
+#[test]
+fn running_out_of_memory_says_what_to_change() {
+    let model = cli::tiny_model("oom");
+    let work = cli::tmp("oom-work");
+    let data = cli::chat_data(&work);
+    let out = work.join("run");
+    let script = format!(
+        "ulimit -v 1572864 && exec '{}' --model '{}' --data '{}' --out '{}' --steps 2 \
+         --batch-size 8192 --seq-len 64 --device flex --no-samples --save-every 1",
+        cli::example("finetune").display(),
+        model.display(),
+        data.display(),
+        out.display()
+    );
+    let run = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "the run fit in 1.5 GiB: {stderr}");
+    for words in [
+        "out of host memory",
+        "--batch-size",
+        "--grad-checkpointing",
+        "--resume",
+    ] {
+        assert!(stderr.contains(words), "no `{words}` in: {stderr}");
+    }
+    assert!(Trainer::find_checkpoint(&out).is_none());
+    let partial: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(partial.is_empty(), "left behind: {partial:?}");
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&model);
+}
