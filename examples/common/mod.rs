@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use burn_qlora::llama::default_model;
 
-/// The device named on the command line. `auto` is CUDA when burn-qlora is built with the
-/// `cuda` feature, wgpu with the `wgpu` feature, else Flex (pure-Rust CPU). `cpu` is Flex too:
-/// the CubeCL CPU runtime is not wired in (its build downloads LLVM).
+/// The device named on the command line. `auto` is the first CUDA GPU when burn-qlora is built
+/// with the `cuda` feature and one is present, else wgpu's default adapter when built with the
+/// `wgpu` feature, else Flex (pure-Rust CPU). `cpu` is Flex too: the CubeCL CPU runtime is not
+/// wired in (its build downloads LLVM).
 pub fn device(name: &str) -> Result<Device, String> {
     match name {
         "auto" => Ok(auto_device()),
@@ -23,9 +24,11 @@ pub fn device(name: &str) -> Result<Device, String> {
 }
 
 fn auto_device() -> Device {
-    if cfg!(feature = "cuda") {
-        cuda().expect("cuda feature")
-    } else if cfg!(feature = "wgpu") {
+    #[cfg(feature = "cuda")]
+    if let Some(gpu) = Device::enumerate(burn::tensor::DeviceType::Cuda).first() {
+        return gpu.clone();
+    }
+    if cfg!(feature = "wgpu") {
         Device::wgpu(burn::tensor::DeviceKind::default())
     } else {
         Device::flex()
