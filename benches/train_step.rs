@@ -17,7 +17,8 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_qlora::llama::{
-    HostFloats, HostTensor, LlamaConfig, LlamaError, LlamaForCausalLM, WeightSource, causal_lm_loss,
+    HostFloats, HostTensor, LlamaConfig, LlamaError, LlamaForCausalLM, WeightSource,
+    causal_lm_loss, causal_lm_loss_fused,
 };
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
@@ -50,6 +51,9 @@ struct Args {
     /// Also time the phases of each step (blocks, head, loss, backward, optimizer).
     #[arg(long)]
     breakdown: bool,
+    /// Compute the logits, then the loss (instead of the fused head + loss).
+    #[arg(long)]
+    unfused: bool,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -201,9 +205,18 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         // Flex runs eagerly, so the phase times are the work of each phase.
         let hidden = model.forward_hidden(ids.clone(), None);
         let t_blocks = t.elapsed().as_secs_f64();
-        let logits = model.logits(hidden);
-        let t_head = t.elapsed().as_secs_f64();
-        let loss = causal_lm_loss(logits, ids.clone());
+        // The head's matmul fused into the loss (`LlamaForCausalLM::loss`), or with
+        // `--unfused` the logits first.
+        let (loss, t_head) = if args.unfused {
+            let logits = model.logits(hidden);
+            let t_head = t.elapsed().as_secs_f64();
+            (causal_lm_loss(logits, ids.clone()), t_head)
+        } else {
+            (
+                causal_lm_loss_fused(hidden, model.head_weight(), ids.clone()),
+                t_blocks,
+            )
+        };
         let t_loss = t.elapsed().as_secs_f64();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let t_backward = t.elapsed().as_secs_f64();
@@ -228,7 +241,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         let names = [
             "blocks forward",
             "head forward",
-            "loss",
+            "loss (fused: with the head)",
             "backward",
             "optimizer",
         ];
@@ -285,6 +298,7 @@ fn main() {
                 &args.seq.to_string(),
             ])
             .args(["--vocab", &args.vocab.to_string()])
+            .args(args.unfused.then_some("--unfused"))
             .status()
             .expect("run a mode");
         assert!(status.success(), "mode {mode} failed");

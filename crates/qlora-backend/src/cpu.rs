@@ -234,7 +234,7 @@ impl<'a> CpuNf4<'a> {
 /// # Safety
 /// Every pointer is valid for the extents its strides and sizes imply, and `out` is not
 /// written by anyone else meanwhile.
-unsafe fn gemm_acc(
+pub(crate) unsafe fn gemm_acc(
     (m, n, k): (usize, usize, usize),
     (out, out_rs, accumulate): (*mut f32, isize, bool),
     (lhs, lhs_rs): (*const f32, isize),

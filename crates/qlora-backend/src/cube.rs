@@ -106,3 +106,6 @@ impl Nf4Ops for CubeBackend {
         matmul(dy, w, true, "nf4_linear_backward_input")
     }
 }
+
+/// The composite default bodies (the backend's own matmul, softmax and scatter kernels).
+impl crate::LinearCrossEntropyOps for CubeBackend {}

@@ -13,11 +13,18 @@
 //!   computes `dX = dY · dequant(W)` (Dettmers et al. 2023, *QLoRA*, §3: gradients flow through
 //!   the frozen 4-bit weights into the adapters; the weights themselves get none).
 //!
+//! [`linear_cross_entropy`] is a second extension op: the loss of a language-model head fused
+//! with its matmul, so that a training step never holds the `[tokens, vocab]` logits.
+//!
 //! Model code holds an [`Nf4Weight`] (a Burn `Module` of two int parameters) and calls
 //! [`nf4_linear`], [`nf4_linear_backward_input`] or [`nf4_dequantize`] on plain `Tensor`s.
 #![warn(missing_docs)]
 
 mod autodiff;
+mod ce_autodiff;
+mod ce_cpu;
+mod ce_flex;
+mod ce_ops;
 mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
@@ -27,6 +34,7 @@ mod ops;
 mod primitive;
 mod weight;
 
+pub use ce_ops::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use cpu::CpuNf4;
 pub use layout::{Nf4Layout, decode_words, encode_words};
 pub use ops::{Nf4Ops, linear_out_shape};

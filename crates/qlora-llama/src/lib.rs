@@ -43,7 +43,7 @@ pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize as ggml
 pub use gguf_model::{GgufModel, unpermute_rows};
 pub use gguf_write::{GgufWriter, quantize_ggml};
 pub use hub::{DEFAULT_MODEL_PACKAGE, cache_dir, default_model, default_model_path};
-pub use loss::{IGNORE_INDEX, causal_lm_loss};
+pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_fused};
 pub use mlp::LlamaMlp;
 pub use model::{LlamaForCausalLM, LlamaModel, layer_linear_paths};
 pub use norm::RmsNorm;

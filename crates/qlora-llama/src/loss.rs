@@ -31,3 +31,34 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
     let n = keep.clone().sum();
     (logp * keep).sum().neg() / n
 }
+
+/// [`causal_lm_loss`] from the final hidden states and the head weight, with the head's matmul
+/// fused into the cross-entropy ([`qlora_backend::linear_cross_entropy`]): the
+/// `[batch, len, vocab]` logits are never held, in the forward pass or for the backward one.
+/// Same value and gradients as `causal_lm_loss(logits(hidden), labels)` up to f32 rounding.
+///
+/// - `hidden`: `[batch, len, hidden]` (the output of the final norm)
+/// - `head`: `[vocab, hidden]`
+/// - `labels`: `[batch, len]`, [`IGNORE_INDEX`] where no loss is wanted
+/// - returns a scalar `[1]` (NaN if every target is ignored, as in PyTorch)
+pub fn causal_lm_loss_fused(
+    hidden: Tensor<3>,
+    head: Tensor<2>,
+    labels: Tensor<2, Int>,
+) -> Tensor<1> {
+    let [b, t, h] = hidden.dims();
+    assert_eq!(
+        labels.dims(),
+        [b, t],
+        "labels must be [batch, len] = {:?}, found {:?}",
+        [b, t],
+        labels.dims()
+    );
+    let rows = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), h]);
+    let targets = labels.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
+    let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
+    let safe = targets.mask_fill(keep.clone().bool_not(), 0);
+    let weights = keep.float();
+    let n = weights.clone().sum();
+    qlora_backend::linear_cross_entropy(rows, head, safe, weights).sum() / n
+}

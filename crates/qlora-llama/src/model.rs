@@ -107,6 +107,16 @@ impl LlamaForCausalLM {
             .reshape([b, t, vocab])
     }
 
+    /// The training loss of `input_ids` against `labels` ([`crate::causal_lm_loss_fused`]: the
+    /// head's matmul fused into the cross-entropy, no logits held).
+    ///
+    /// - `input_ids`, `labels`: `[batch, len]`
+    /// - returns a scalar `[1]`
+    pub fn loss(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> Tensor<1> {
+        let hidden = self.forward_hidden(input_ids, None);
+        crate::causal_lm_loss_fused(hidden, self.head_weight(), labels)
+    }
+
     /// The head weight `[vocab, hidden]` (the embedding when tied).
     pub fn head_weight(&self) -> Tensor<2> {
         match &self.lm_head {

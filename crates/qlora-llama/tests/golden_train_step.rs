@@ -36,7 +36,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-fn run(base: &str, quantize: bool, file: &str) {
+fn run(base: &str, quantize: bool, file: &str, fused: bool) {
     let bytes = std::fs::read(golden(file)).unwrap();
     let g = SafeTensors::deserialize(&bytes).unwrap();
     let device = Device::flex().autodiff();
@@ -59,7 +59,15 @@ fn run(base: &str, quantize: bool, file: &str) {
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
     let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [2, 24]), &device);
 
-    let loss = causal_lm_loss(model.forward(ids.clone(), None), labels.clone());
+    // The loss on the logits, or with the head fused into the cross-entropy.
+    let loss_of = |model: &LlamaForCausalLM| {
+        if fused {
+            model.loss(ids.clone(), labels.clone())
+        } else {
+            causal_lm_loss(model.forward(ids.clone(), None), labels.clone())
+        }
+    };
+    let loss = loss_of(&model);
     let l = vals(loss.clone())[0];
     let want = f32s(&g, "loss")[0];
     assert!((l - want).abs() / want < 1e-5, "{file}: loss {l} vs {want}");
@@ -81,7 +89,7 @@ fn run(base: &str, quantize: bool, file: &str) {
     let mut paged = ModuleOptimizer::from(Paged::new(adamw.build(), Device::flex(), 0));
     // `GradientsParams` is not `Clone`: the same gradients again from a second backward pass
     // (no dropout in the golden adapter, so the passes are identical).
-    let again = causal_lm_loss(model.forward(ids.clone(), None), labels.clone()).backward();
+    let again = loss_of(&model).backward();
     let paged_model = paged.step(
         1e-3,
         model.clone(),
@@ -120,10 +128,36 @@ fn run(base: &str, quantize: bool, file: &str) {
 
 #[test]
 fn qlora_step_on_the_nf4_base_matches_peft() {
-    run("tiny-llama-nf4", true, "qlora_train_step_nf4.safetensors");
+    run(
+        "tiny-llama-nf4",
+        true,
+        "qlora_train_step_nf4.safetensors",
+        false,
+    );
 }
 
 #[test]
 fn lora_step_on_the_fp32_base_matches_peft() {
-    run("tiny-llama", false, "qlora_train_step_fp32.safetensors");
+    run(
+        "tiny-llama",
+        false,
+        "qlora_train_step_fp32.safetensors",
+        false,
+    );
+}
+
+#[test]
+fn fused_head_loss_step_matches_peft() {
+    run(
+        "tiny-llama-nf4",
+        true,
+        "qlora_train_step_nf4.safetensors",
+        true,
+    );
+    run(
+        "tiny-llama",
+        false,
+        "qlora_train_step_fp32.safetensors",
+        true,
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::module::{Module, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use qlora_llama::{IGNORE_INDEX, LlamaForCausalLM, causal_lm_loss};
+use qlora_llama::{IGNORE_INDEX, LlamaForCausalLM};
 use qlora_nn::{AdaptedLinear, LoraConfig};
 use qlora_optim::{AdamW8bit, Paged};
 use serde::{Deserialize, Serialize};
@@ -352,7 +352,7 @@ impl Trainer {
             let batch: Vec<&Sample> = idx.iter().map(|&i| &self.train[i]).collect();
             let (ids, labels, n) = collate(&batch, self.pad_id, &device);
             tokens += n;
-            let loss = causal_lm_loss(self.model.forward(ids, None), labels);
+            let loss = self.model.loss(ids, labels);
             let loss = loss.div_scalar(c.grad_accum as f64);
             loss_sum += scalar(loss.clone());
             let grads = GradientsParams::from_grads(loss.backward(), &self.model);
@@ -432,7 +432,7 @@ impl Trainer {
             let batch: Vec<&Sample> = chunk.iter().collect();
             let n: usize = batch.iter().map(|s| s.trained_tokens()).sum();
             let (ids, labels, _) = collate(&batch, self.pad_id, &device);
-            let loss = scalar(causal_lm_loss(model.forward(ids, None), labels));
+            let loss = scalar(model.loss(ids, labels));
             total += loss * n as f64;
             count += n;
         }

@@ -1,0 +1,94 @@
+//! The fused linear + cross-entropy kernel on host memory (see [`crate::ce_ops`]): chunks of
+//! rows, each chunk's logits computed with the `gemm` crate into a per-task buffer, one pass
+//! per row for the log-sum-exp and the softmax gradient, a second product for the input
+//! gradient. Chunks run on every core; a chunk's logits are the only large buffer.
+
+use rayon::prelude::*;
+
+use crate::cpu::gemm_acc;
+
+/// Logit elements per chunk buffer (16 MiB of f32).
+const CHUNK_LOGITS: usize = 1 << 22;
+
+/// Host rows for [`linear_cross_entropy`]: `x` `[n, h]`, `w` `[v, h]`, `targets` `[n]`,
+/// `weights` `[n]`, all row-major.
+pub struct CeInputs<'a> {
+    /// Rows.
+    pub x: &'a [f32],
+    /// Head weight.
+    pub w: &'a [f32],
+    /// Target ids.
+    pub targets: &'a [i64],
+    /// Row weights.
+    pub weights: &'a [f32],
+    /// Features per row.
+    pub h: usize,
+    /// Vocabulary size.
+    pub v: usize,
+}
+
+/// `[n, h + 1]` (input gradient, then the loss) with `with_grad`, else `[n]` losses.
+///
+/// # Panics
+/// If a target of a weighted row is outside `0..v`.
+pub fn linear_cross_entropy(inp: &CeInputs<'_>, with_grad: bool) -> Vec<f32> {
+    let (h, v) = (inp.h, inp.v);
+    let n = inp.targets.len();
+    let width = if with_grad { h + 1 } else { 1 };
+    let mut out = vec![0f32; n * width];
+    let rows = (CHUNK_LOGITS / v.max(1)).clamp(1, 256);
+    out.par_chunks_mut(rows * width)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let r0 = c * rows;
+            let m = out.len() / width;
+            let mut logits = vec![0f32; m * v];
+            // SAFETY: `logits` is [m, v]; x rows r0.. are [m, h]; wᵀ is read as [h, v] with
+            // column stride h and row stride 1 within `w` ([v, h]).
+            unsafe {
+                gemm_acc(
+                    (m, v, h),
+                    (logits.as_mut_ptr(), v as isize, false),
+                    (inp.x[r0 * h..].as_ptr(), h as isize),
+                    (inp.w.as_ptr(), h as isize, 1),
+                    gemm::Parallelism::None,
+                );
+            }
+            for (i, row) in logits.chunks_exact_mut(v).enumerate() {
+                let a = inp.weights[r0 + i];
+                if a == 0.0 {
+                    row.fill(0.0);
+                    continue;
+                }
+                let t = inp.targets[r0 + i];
+                assert!(
+                    (0..v as i64).contains(&t),
+                    "linear_cross_entropy: target {t} is outside the vocabulary 0..{v}"
+                );
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+                let lse = max + sum.ln();
+                out[i * width + width - 1] = a * (lse - row[t as usize]);
+                if with_grad {
+                    for x in row.iter_mut() {
+                        *x = a * (*x - lse).exp();
+                    }
+                    row[t as usize] -= a;
+                }
+            }
+            if with_grad {
+                // SAFETY: `out` rows have stride h + 1, the first h columns receive
+                // dlogits [m, v] · w [v, h] (w read row-major: column stride 1, row stride h).
+                unsafe {
+                    gemm_acc(
+                        (m, h, v),
+                        (out.as_mut_ptr(), width as isize, false),
+                        (logits.as_ptr(), v as isize),
+                        (inp.w.as_ptr(), 1, h as isize),
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+    out
+}
