@@ -6,6 +6,8 @@
 #   benches/compare_quant.sh --install  # first creates that venv with the peer's pinned packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same target folder as the tests (.ci/run), so a bench reuses their build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/burn-qlora/target}"
 peer_dir="${PEER_BENCH_DIR:-../shared/peer-bench}"
 venv="${PEER_VENV:-$HOME/.cache/peer-bench/venv}"
 if [ "${1:-}" = "--install" ]; then

@@ -88,6 +88,36 @@ fn finetune_generate_merge_quantize() {
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6, "{metrics}");
 
+    // With gradient checkpointing (activations recomputed in the backward pass) the run is
+    // the same run.
+    let ckpt_out = work.join("run-ckpt");
+    let mut with_ckpt = common.to_vec();
+    let o = with_ckpt.iter().position(|a| *a == "--out").unwrap();
+    with_ckpt[o + 1] = ckpt_out.to_str().unwrap();
+    ok(
+        "finetune",
+        &[&with_ckpt[..], &["--steps", "6", "--grad-checkpointing"]].concat(),
+    );
+    let losses = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&out), losses(&ckpt_out));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-5 * y.abs(),
+            "checkpointed loss {y} vs {x}"
+        );
+    }
+
     // Resuming with another adapter shape is refused; the checkpoint stays as it was.
     let ckpt = |out: &Path| {
         let mut files: Vec<_> = walk(out)
