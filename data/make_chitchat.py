@@ -1,7 +1,8 @@
 """Builds data/chitchat.jsonl from the chitchat-dataset wheel (MIT; see chitchat.LICENSE).
 
-    pip download --no-deps chitchat-dataset==0.9.0 -d /tmp/cc
-    python3 data/make_chitchat.py /tmp/cc/chitchat_dataset-0.9.0-py3-none-any.whl
+    DIR=$(mktemp -d)
+    pip download --no-deps chitchat-dataset==0.9.0 -d "$DIR"
+    python3 data/make_chitchat.py "$DIR"/chitchat_dataset-0.9.0-py3-none-any.whl
 
 Takes the first 400 conversations (of two turns or more) by id (sorted, so the file is reproducible), joins the
 messages of each turn with spaces, alternates user/assistant roles from the first turn, and
