@@ -10,6 +10,7 @@ mod error;
 mod metrics;
 mod order;
 mod schedule;
+mod trained;
 mod trainer;
 
 pub use data::{DataFormat, DataOptions, LoadReport, Overflow, Sample, load_dataset, pack};
@@ -17,6 +18,5 @@ pub use error::TrainError;
 pub use metrics::{plot_losses, write_metrics};
 pub use order::{DataPosition, permutation, split, splitmix};
 pub use schedule::Schedule;
-pub use trainer::{
-    OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate, stabilize_adapter_ids,
-};
+pub use trained::stabilize_adapter_ids;
+pub use trainer::{OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate};

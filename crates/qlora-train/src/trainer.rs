@@ -5,15 +5,16 @@
 
 use std::time::Instant;
 
-use burn::module::{Module, Param, ParamId};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{IGNORE_INDEX, LlamaForCausalLM};
-use qlora_nn::{AdaptedLinear, LoraConfig};
+use qlora_nn::LoraConfig;
 use qlora_optim::{AdamW8bit, Paged};
 use serde::{Deserialize, Serialize};
 
-use crate::{DataPosition, Sample, Schedule, TrainError};
+use crate::trained::trained_ids;
+use crate::{DataPosition, Sample, Schedule, TrainError, stabilize_adapter_ids};
 
 /// Which optimizer updates the adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,70 +143,6 @@ pub struct Trainer {
     eval: Vec<Sample>,
     pad_id: u32,
     adapter: String,
-}
-
-/// A stable id for an adapter parameter, from its module path (so that optimizer state saved
-/// under it is found again after the model is rebuilt).
-fn stable_id(path: &str) -> ParamId {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in path.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    ParamId::from(h >> 1)
-}
-
-/// Gives every trained parameter an id derived from its path: those of adapter `name`, and
-/// those of the modules trained in full (`modules_to_save`).
-pub fn stabilize_adapter_ids(model: &mut LlamaForCausalLM, name: &str) {
-    fn stable<const D: usize>(p: &mut Param<Tensor<D>>, path: &str) {
-        *p = Param::initialized(stable_id(path), p.val());
-    }
-    for (path, layer) in model.linears_mut() {
-        if let Some(a) = layer.adapters_mut().and_then(|a| a.get_mut(name)) {
-            stable(&mut a.lora_a, &format!("{path}.lora_A"));
-            stable(&mut a.lora_b, &format!("{path}.lora_B"));
-        }
-        if let AdaptedLinear::Trained(l) = layer {
-            stable(&mut l.weight, &format!("{path}.weight"));
-            if let Some(b) = &mut l.bias {
-                stable(b, &format!("{path}.bias"));
-            }
-        }
-    }
-    let embed = &mut model.model.embed_tokens.weight;
-    if embed.is_require_grad() {
-        stable(embed, "model.embed_tokens.weight");
-    }
-    if let Some(w) = &mut model.lm_head
-        && w.is_require_grad()
-    {
-        stable(w, "lm_head.weight");
-    }
-}
-
-/// The ids of every trained parameter (adapter `name` and the `modules_to_save`), each with
-/// its rank: gradients are stored by rank.
-fn trained_ids(model: &LlamaForCausalLM, name: &str) -> Vec<(ParamId, usize)> {
-    let mut ids = Vec::new();
-    for (_, l) in model.linears() {
-        if let Some(a) = l.adapter(name) {
-            ids.extend([(a.lora_a.id, 2), (a.lora_b.id, 2)]);
-        }
-        if let AdaptedLinear::Trained(l) = l {
-            ids.push((l.weight.id, 2));
-            ids.extend(l.bias.as_ref().map(|b| (b.id, 1)));
-        }
-    }
-    let embed = &model.model.embed_tokens.weight;
-    if embed.is_require_grad() {
-        ids.push((embed.id, 2));
-    }
-    if let Some(w) = &model.lm_head
-        && w.is_require_grad()
-    {
-        ids.push((w.id, 2));
-    }
-    ids
 }
 
 /// Pads samples to the longest: ids with `pad`, labels with [`IGNORE_INDEX`].
