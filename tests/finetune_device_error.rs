@@ -1,0 +1,79 @@
+//! A device error during `finetune`: on wgpu a batch whose buffers the device cannot allocate
+//! (65536 conversations: its logits alone take 5.5 GB, past any device's largest buffer;
+//! lavapipe in CI fails even earlier) fails the step with a panic from the runtime; `finetune` stops with an error that says what failed, which
+//! checkpoint is intact, and what to change, and leaves no partial checkpoint behind.
+//!
+//! Needs a wgpu adapter; without one the test says so and passes, unless `QLORA_REQUIRE_WGPU=1`
+//! (as in CI) makes that a failure.
+
+use std::process::Command;
+
+use burn::tensor::{Device, DeviceKind, Tensor};
+use burn_qlora::train::Trainer;
+
+#[path = "support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+#[path = "support/cli.rs"]
+mod cli;
+
+fn has_wgpu() -> bool {
+    let probe = std::panic::catch_unwind(|| {
+        let d = Device::wgpu(DeviceKind::default());
+        let _ = Tensor::<1>::from_floats([1.0], &d).into_data();
+    });
+    match probe {
+        Ok(()) => true,
+        Err(_) if std::env::var("QLORA_REQUIRE_WGPU").as_deref() != Ok("1") => {
+            eprintln!("wgpu: no adapter on this machine; test skipped");
+            false
+        }
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
+#[test]
+fn a_failed_device_step_says_what_to_change() {
+    if !has_wgpu() {
+        return;
+    }
+    let model = cli::tiny_model("device-error");
+    let work = cli::tmp("device-error-work");
+    let data = cli::chat_data(&work);
+    let out = work.join("run");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let run = Command::new(cli::example("finetune"))
+        .args(["--model", m, "--data", d, "--out", o, "--steps", "1"])
+        .args([
+            "--batch-size",
+            "65536",
+            "--seq-len",
+            "64",
+            "--device",
+            "wgpu",
+            "--no-samples",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "the step fit on the device");
+    for words in [
+        "training step 1 failed on the device",
+        "no checkpoint had been written yet",
+        "--batch-size",
+        "--grad-checkpointing",
+        "--resume",
+    ] {
+        assert!(stderr.contains(words), "no `{words}` in: {stderr}");
+    }
+    assert!(Trainer::find_checkpoint(&out).is_none());
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&model);
+}
