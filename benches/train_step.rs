@@ -24,6 +24,10 @@ use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
 use clap::Parser;
 
+#[allow(dead_code)]
+#[path = "../examples/common/mod.rs"]
+mod common;
+
 #[derive(Parser, Debug)]
 #[command(about = "Training-step benchmark on the peer's 19.5M LLaMA (full / lora / qlora)")]
 struct Args {
@@ -124,17 +128,6 @@ impl ModuleMapper for TrainAll {
     }
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -196,7 +189,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         .map(|_| (splitmix(&mut s) % args.vocab as u64) as i64)
         .collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq]), &device);
-    let rss_ready = peak_rss_mib();
+    let rss_ready = common::peak_rss_mib();
     let mut times = Vec::new();
     let mut losses = Vec::new();
     let mut phases: Vec<[f64; 5]> = Vec::new();
@@ -256,7 +249,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     let tok = (args.batch * args.seq) as f64;
     serde_json::json!({
         "mode": mode, "median_step_s": med, "best_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
-        "tokens_per_s_median": tok / med, "step_s": times, "peak_rss_process_mib": peak_rss_mib(),
+        "tokens_per_s_median": tok / med, "step_s": times, "peak_rss_process_mib": common::peak_rss_mib(),
         "rss_model_ready_mib": rss_ready, "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
     })
 }

@@ -11,27 +11,20 @@ use burn_qlora::llama::{GgufModel, LlamaForCausalLM, WeightSource, default_model
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{AdaptedLinear, LoraApplier};
 
-fn vm_hwm_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb: f64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
-}
+#[allow(dead_code)]
+mod common;
 
 fn main() {
     let path = default_model().expect("default model");
     let device = Device::flex();
     // Warm the runtime with a tiny op so its own allocations are in the baseline.
     let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
-    let before = vm_hwm_mb();
+    let before = common::peak_rss_mib();
     let t = std::time::Instant::now();
     let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), &device);
     let model = LlamaForCausalLM::load(&path, &applier).expect("load");
     let secs = t.elapsed().as_secs_f64();
-    let after = vm_hwm_mb();
+    let after = common::peak_rss_mib();
 
     let mut nf4_bytes = 0usize;
     let mut float_bytes = 4 * model

@@ -1,15 +1,14 @@
 //! A byte-level BPE `tokenizer.json` for tests: the 256 byte tokens (GPT-2's byte-to-char map)
 //! after three ChatML specials, no merges, so every text round-trips and ids stay below 259.
 //! Shared by the test targets through `#[path]`.
+#![allow(dead_code)]
 
 use std::path::Path;
 
 use serde_json::json;
 
-/// Writes `tokenizer.json` and `tokenizer_config.json` (eos `<|im_end|>`, no bos; the chat
-/// template defaults to ChatML) into `dir`, creating it.
-pub fn write(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
+/// GPT-2's byte → printable-char map (byte-level BPE's symbols), by byte.
+pub fn byte_chars() -> Vec<(u32, char)> {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
         .chain(0xA1..=0xAC)
         .chain(0xAE..=0xFF)
@@ -23,6 +22,19 @@ pub fn write(dir: &Path) {
             n += 1;
         }
     }
+    let mut pairs: Vec<(u32, char)> = bs
+        .into_iter()
+        .zip(cs)
+        .map(|(b, c)| (b, char::from_u32(c).expect("a char")))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// Writes `tokenizer.json` and `tokenizer_config.json` (eos `<|im_end|>`, no bos; the chat
+/// template defaults to ChatML) into `dir`, creating it.
+pub fn write(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
     let mut vocab = serde_json::Map::new();
     for (i, s) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         .iter()
@@ -30,10 +42,8 @@ pub fn write(dir: &Path) {
     {
         vocab.insert(s.to_string(), json!(i));
     }
-    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
-    pairs.sort();
-    for (i, (_, c)) in pairs.iter().enumerate() {
-        vocab.insert(char::from_u32(*c).unwrap().to_string(), json!(i + 3));
+    for (i, (_, c)) in byte_chars().iter().enumerate() {
+        vocab.insert(c.to_string(), json!(i + 3));
     }
     let added: Vec<_> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         .iter()

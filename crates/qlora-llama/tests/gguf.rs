@@ -5,6 +5,9 @@
 
 use std::path::Path;
 
+#[path = "../../../tests/support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{
     GgmlType, GgufFile, GgufValue, GgufWriter, LlamaConfig, LlamaForCausalLM, LlamaTokenizer,
@@ -54,32 +57,16 @@ fn permute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
 
 /// Byte-level BPE vocabulary: the 256 byte symbols, a few merges, ChatML specials.
 fn tokenizer_meta(w: &mut GgufWriter) {
-    // GPT-2's byte → printable-char map.
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
     let mut tokens = vec![
         "<|endoftext|>".to_string(),
         "<|im_start|>".into(),
         "<|im_end|>".into(),
     ];
-    let mut byte_chars: Vec<(u32, char)> = bs
-        .iter()
-        .zip(&cs)
-        .map(|(&b, &c)| (b, char::from_u32(c).unwrap()))
-        .collect();
-    byte_chars.sort();
-    tokens.extend(byte_chars.iter().map(|(_, c)| c.to_string()));
+    tokens.extend(
+        byte_tokenizer::byte_chars()
+            .iter()
+            .map(|(_, c)| c.to_string()),
+    );
     let merges = ["Ġ t", "h e", "Ġt he", "i n"];
     for m in merges {
         tokens.push(m.replace(' ', ""));
