@@ -10,6 +10,7 @@ use burn_cubecl::{
     tensor::CubeTensor,
 };
 
+use crate::cube_tune::{self, Nf4Kernel, TuneKey};
 use crate::{Nf4Layout, Nf4Ops, Nf4Primitive, ops::linear_out_shape};
 
 /// The f32 absmax of every block as a device buffer: the scales themselves without double
@@ -36,7 +37,8 @@ fn storage(dtype: DType) -> ElemType {
     burn::backend::cubecl::dtype_to_storage_type(dtype)
 }
 
-/// Runs the fused dequantize-matmul: `out[m, n_out] = lhs[m, k_red] · B`.
+/// `out[m, n_out] = lhs[m, k_red] · B` by the kernel [`cube_tune`](crate::cube_tune) picks for
+/// the shape on this device.
 fn matmul(lhs: CubeTensor, w: Nf4Primitive<CubeBackend>, transposed: bool, op: &str) -> CubeTensor {
     let layout = w.layout;
     let (k_red, n_out) = if transposed {
@@ -47,27 +49,112 @@ fn matmul(lhs: CubeTensor, w: Nf4Primitive<CubeBackend>, transposed: bool, op: &
     let out_shape = linear_out_shape(&lhs.shape(), k_red, n_out, op);
     let lhs = into_contiguous(lhs);
     let m = lhs.shape().num_elements() / k_red.max(1);
-    let scales = into_contiguous(w.scales);
-    let packed = into_contiguous(w.packed);
     let client = lhs.client.clone();
-    let out =
-        empty_device_contiguous_dtype(client.clone(), lhs.device.clone(), out_shape, lhs.dtype);
     if m == 0 || n_out == 0 {
-        return out;
+        return empty_device_contiguous_dtype(client, lhs.device.clone(), out_shape, lhs.dtype);
     }
-    qlora_kernels::launch_nf4_matmul(
-        &client,
-        lhs.handle.clone(),
-        packed.handle.clone(),
-        absmax_handle(&scales, &layout),
-        code_handle(&client, &layout),
-        out.handle.clone(),
-        (m, n_out, k_red),
+    let scales = into_contiguous(w.scales.clone());
+    let packed = into_contiguous(w.packed.clone());
+    let absmax = absmax_handle(&scales, &layout);
+    let code = code_handle(&client, &layout);
+    let run = |kernel: Nf4Kernel| -> CubeTensor {
+        if kernel == Nf4Kernel::DequantMatmul {
+            return dequant_matmul(lhs.clone(), w.clone(), transposed, m, out_shape.clone());
+        }
+        let out = empty_device_contiguous_dtype(
+            client.clone(),
+            lhs.device.clone(),
+            out_shape.clone(),
+            lhs.dtype,
+        );
+        let args = (
+            &client,
+            lhs.handle.clone(),
+            packed.handle.clone(),
+            absmax.clone(),
+            code.clone(),
+            out.handle.clone(),
+        );
+        let dtype = storage(lhs.dtype);
+        match kernel {
+            Nf4Kernel::Gemv => qlora_kernels::launch_nf4_gemv(
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                args.5,
+                (m, n_out, k_red),
+                layout.blocksize,
+                dtype,
+            ),
+            Nf4Kernel::Tiled => qlora_kernels::launch_nf4_matmul_tiled(
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                args.5,
+                (m, n_out, k_red),
+                transposed,
+                layout.blocksize,
+                dtype,
+            ),
+            _ => qlora_kernels::launch_nf4_matmul(
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                args.5,
+                (m, n_out, k_red),
+                transposed,
+                layout.blocksize,
+                dtype,
+            ),
+        }
+        out
+    };
+    let key = TuneKey {
+        m_class: TuneKey::m_class(m),
+        n: n_out,
+        k: k_red,
         transposed,
-        layout.blocksize,
-        storage(lhs.dtype),
-    );
-    out
+        dtype: format!("{:?}", lhs.dtype),
+        device: format!("{:?}", lhs.device),
+    };
+    let kernel = cube_tune::choose(key, &cube_tune::candidates(m, transposed), |k| {
+        let _ = run(k);
+        // Timed to completion: a failed sync shows again on the real run.
+        let _ = burn_cubecl::cubecl::future::block_on(client.sync());
+    });
+    run(kernel)
+}
+
+/// The whole weight dequantized, then the backend's matmul.
+fn dequant_matmul(
+    lhs: CubeTensor,
+    w: Nf4Primitive<CubeBackend>,
+    transposed: bool,
+    m: usize,
+    out_shape: Shape,
+) -> CubeTensor {
+    use burn::backend::ops::FloatTensorOps;
+    type B = CubeBackend;
+    let layout = w.layout;
+    let dtype = lhs.dtype;
+    let mut dense = <B as Nf4Ops>::nf4_dequantize(w);
+    if dtype != DType::F32 {
+        dense = B::float_cast(dense, dtype.into());
+    }
+    let rhs = if transposed {
+        dense
+    } else {
+        B::float_transpose(dense)
+    };
+    let k_red = if transposed { layout.rows } else { layout.cols };
+    let x = B::float_reshape(lhs, Shape::new([m, k_red]));
+    B::float_reshape(B::float_matmul(x, rhs), out_shape)
 }
 
 impl Nf4Ops for CubeBackend {

@@ -28,6 +28,8 @@ mod ce_ops;
 mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
+#[cfg(feature = "cube")]
+mod cube_tune;
 mod flex;
 mod layout;
 mod ops;
@@ -36,6 +38,8 @@ mod weight;
 
 pub use ce_ops::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use cpu::CpuNf4;
+#[cfg(feature = "cube")]
+pub use cube_tune::Nf4Kernel;
 pub use layout::{Nf4Layout, decode_words, encode_words};
 pub use ops::{Nf4Ops, linear_out_shape};
 pub use primitive::Nf4Primitive;

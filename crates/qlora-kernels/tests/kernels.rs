@@ -9,7 +9,10 @@
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use qlora_kernels::{decode_double_quant_absmax, launch_dequantize, launch_nf4_matmul};
+use qlora_kernels::{
+    GEMV_MAX_M, decode_double_quant_absmax, launch_dequantize, launch_nf4_gemv, launch_nf4_matmul,
+    launch_nf4_matmul_tiled,
+};
 use qlora_nf4::{Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor};
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -203,6 +206,140 @@ pub fn matmuls_match_the_reference(client: &Client) {
     }
 }
 
+/// The signature shared by the two matmul launchers.
+type Launch = fn(
+    &Client,
+    Handle,
+    Handle,
+    Handle,
+    Handle,
+    Handle,
+    (usize, usize, usize),
+    bool,
+    usize,
+    ElemType,
+);
+
+/// `launch` computes forward and backward-input within 1e-5 of the f64 reference.
+fn check_matmul(client: &Client, launch: Launch, shapes: &[(usize, usize, usize)], what: &str) {
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let q = QuantizedTensor::quantize(
+            "w",
+            &randn(n * k, 150 + i as u64),
+            &[n, k],
+            QuantConfig::qlora(),
+        )
+        .unwrap();
+        let deq = q.dequantize_f32();
+        let dw = upload(client, &q);
+        let x = randn(m * k, 160 + i as u64);
+        let y = client.empty(m * n * 4);
+        let xh = client.create_from_slice(f32::as_bytes(&x));
+        let (p, a, c) = (dw.packed.clone(), dw.absmax.clone(), dw.code.clone());
+        launch(client, xh, p, a, c, y.clone(), (m, n, k), false, 64, F32);
+        assert_close(
+            &read_f32(client, y),
+            &forward_reference(&x, &deq, m, n, k),
+            &format!("{what}: y {m}x{n}x{k}"),
+        );
+        let dy = randn(m * n, 170 + i as u64);
+        let dx = client.empty(m * k * 4);
+        let dyh = client.create_from_slice(f32::as_bytes(&dy));
+        launch(
+            client,
+            dyh,
+            dw.packed,
+            dw.absmax,
+            dw.code,
+            dx.clone(),
+            (m, k, n),
+            true,
+            64,
+            F32,
+        );
+        let want: Vec<f64> = (0..m * k)
+            .map(|j| {
+                (0..n)
+                    .map(|r| dy[j / k * n + r] as f64 * deq[r * k + j % k] as f64)
+                    .sum()
+            })
+            .collect();
+        assert_close(
+            &read_f32(client, dx),
+            &want,
+            &format!("{what}: dx {m}x{n}x{k}"),
+        );
+    }
+}
+
+/// `y[m, n] = Σ_k x[m, k] · W[n, k]` in f64.
+fn forward_reference(x: &[f32], deq: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    (0..m * n)
+        .map(|j| {
+            (0..k)
+                .map(|kk| x[j / n * k + kk] as f64 * deq[j % n * k + kk] as f64)
+                .sum()
+        })
+        .collect()
+}
+
+/// The register-blocked kernel on shapes that are multiples of no tile (64 × 64 outputs,
+/// steps of 16), several cubes in both directions.
+pub fn tiled_matmuls_match_the_reference(client: &Client) {
+    check_matmul(
+        client,
+        launch_nf4_matmul_tiled,
+        &[
+            (1, 33, 4160),
+            (3, 17, 100),
+            (17, 65, 37),
+            (130, 67, 4160),
+            (64, 128, 64),
+        ],
+        "tiled",
+    );
+}
+
+/// The decode GEMV for every row count it takes, aligned (`k % 8 == 0`) or not, and a row
+/// count past one grid dimension is not needed: rows beyond 65,535 wrap onto a second one.
+pub fn gemv_matches_the_reference(client: &Client) {
+    for (i, &(n, k)) in [(33usize, 4160usize), (17, 100), (65, 37), (300, 64)]
+        .iter()
+        .enumerate()
+    {
+        let q = QuantizedTensor::quantize(
+            "w",
+            &randn(n * k, 80 + i as u64),
+            &[n, k],
+            QuantConfig::qlora(),
+        )
+        .unwrap();
+        let deq = q.dequantize_f32();
+        for m in [1, 3, GEMV_MAX_M] {
+            let dw = upload(client, &q);
+            let x = randn(m * k, 90 + (i * 10 + m) as u64);
+            let y = client.empty(m * n * 4);
+            let xh = client.create_from_slice(f32::as_bytes(&x));
+            launch_nf4_gemv(
+                client,
+                xh,
+                dw.packed,
+                dw.absmax,
+                dw.code,
+                y.clone(),
+                (m, n, k),
+                64,
+                F32,
+            );
+            assert_close(
+                &read_f32(client, y),
+                &forward_reference(&x, &deq, m, n, k),
+                &format!("gemv {m}x{n}x{k}"),
+            );
+        }
+    }
+}
+
 fn assert_close(ours: &[f32], want: &[f64], what: &str) {
     assert_eq!(ours.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
@@ -241,6 +378,20 @@ mod wgpu {
     fn matmuls_match_the_reference() {
         if let Some(c) = client() {
             super::matmuls_match_the_reference(&c);
+        }
+    }
+
+    #[test]
+    fn tiled_matmuls_match_the_reference() {
+        if let Some(c) = client() {
+            super::tiled_matmuls_match_the_reference(&c);
+        }
+    }
+
+    #[test]
+    fn gemv_matches_the_reference() {
+        if let Some(c) = client() {
+            super::gemv_matches_the_reference(&c);
         }
     }
 }
