@@ -115,6 +115,12 @@ struct Args {
     /// cpu (the same), wgpu, cuda.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Data-parallel training on several devices, comma separated (for example
+    /// cuda:0,cuda:1; wgpu:cpu,wgpu:default makes two device instances on one adapter). Each
+    /// micro-batch is split across them; the first device runs the optimizer and writes the
+    /// checkpoints. Replaces --device.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
     /// Evaluate every N steps.
     #[arg(long, default_value_t = 10)]
     eval_every: usize,
@@ -183,7 +189,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .data
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/chitchat.jsonl"));
-    let base = common::device(&args.device)?;
+    let devices = args
+        .devices
+        .iter()
+        .map(|d| common::device(d.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = match devices.first() {
+        Some(d) => d.clone(),
+        None => common::device(&args.device)?,
+    };
     let ad = if args.grad_checkpointing {
         base.clone().autodiff().gradient_checkpointing()
     } else {
@@ -289,6 +303,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let pad = tok.token_id("<|endoftext|>").or(tok.eos_id()).unwrap_or(0);
     let mut trainer = Trainer::new(model, lora, "default", train, eval, pad, config)?;
+    if devices.len() > 1 {
+        trainer.set_devices(&devices)?;
+        println!(
+            "data parallel on {} devices ({}): each micro-batch of {} split across them",
+            devices.len(),
+            args.devices.join(", "),
+            args.batch_size
+        );
+    }
     if args.resume {
         let dir = Trainer::find_checkpoint(&args.out)
             .ok_or_else(|| format!("--resume: no checkpoint in {}", args.out.display()))?;
@@ -383,6 +406,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .history
         .iter()
         .fold((0usize, 0f64), |(t, s), r| (t + r.tokens, s + r.seconds));
+    if trainer.device_count() > 1 {
+        let t = trainer.last_transfer();
+        println!(
+            "moved between devices per step: {} bytes of adapter gradients, {} bytes of \
+             adapter weights (the NF4 base stays on each device)",
+            t.gradient_bytes, t.weight_bytes
+        );
+    }
     println!(
         "{} steps, {:.0} tokens/s, peak RSS {:.0} MiB, {:.0} s in all",
         trainer.state.step,

@@ -12,13 +12,25 @@ use burn_qlora::llama::default_model;
 /// `wgpu` feature, else Flex (pure-Rust CPU). `cpu` is Flex too: the CubeCL CPU runtime is not
 /// wired in (its build downloads LLVM).
 pub fn device(name: &str) -> Result<Device, String> {
-    match name {
-        "auto" => Ok(auto_device()),
-        "flex" | "cpu" => Ok(Device::flex()),
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::default())),
-        "cuda" => cuda(),
-        other => Err(format!(
-            "unknown device `{other}` (auto, flex, cpu, wgpu, cuda)"
+    use burn::tensor::DeviceKind;
+    let index = |i: &str| {
+        i.parse::<usize>()
+            .map_err(|_| format!("device `{name}`: `{i}` is not a device index"))
+    };
+    let parts: Vec<&str> = name.split(':').collect();
+    match parts.as_slice() {
+        ["auto"] => Ok(auto_device()),
+        ["flex"] | ["cpu"] => Ok(Device::flex()),
+        ["wgpu"] | ["wgpu", "default"] => Ok(Device::wgpu(DeviceKind::DefaultDevice)),
+        ["wgpu", "cpu"] => Ok(Device::wgpu(DeviceKind::Cpu)),
+        ["wgpu", "discrete", i] => Ok(Device::wgpu(DeviceKind::DiscreteGpu(index(i)?))),
+        ["wgpu", "integrated", i] => Ok(Device::wgpu(DeviceKind::IntegratedGpu(index(i)?))),
+        ["wgpu", "virtual", i] => Ok(Device::wgpu(DeviceKind::VirtualGpu(index(i)?))),
+        ["cuda"] => cuda(0),
+        ["cuda", i] => cuda(index(i)?),
+        _ => Err(format!(
+            "unknown device `{name}` (auto, flex, cpu, wgpu, wgpu:default, wgpu:cpu, \
+             wgpu:discrete:N, wgpu:integrated:N, wgpu:virtual:N, cuda, cuda:N)"
         )),
     }
 }
@@ -36,12 +48,12 @@ fn auto_device() -> Device {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda() -> Result<Device, String> {
-    Ok(Device::cuda(0))
+fn cuda(index: usize) -> Result<Device, String> {
+    Ok(Device::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda() -> Result<Device, String> {
+fn cuda(_index: usize) -> Result<Device, String> {
     Err("this build has no CUDA backend: build with `--features cuda`".into())
 }
 

@@ -9,6 +9,7 @@ mod data;
 mod error;
 mod metrics;
 mod order;
+mod parallel;
 mod schedule;
 mod trained;
 mod trainer;
@@ -17,6 +18,7 @@ pub use data::{DataFormat, DataOptions, LoadReport, Overflow, Sample, load_datas
 pub use error::TrainError;
 pub use metrics::{plot_losses, write_metrics};
 pub use order::{DataPosition, permutation, split, splitmix};
+pub use parallel::{Replicas, Transfer};
 pub use schedule::Schedule;
 pub use trained::stabilize_adapter_ids;
 pub use trainer::{OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate};

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{IGNORE_INDEX, LlamaForCausalLM};
@@ -13,8 +13,11 @@ use qlora_nn::LoraConfig;
 use qlora_optim::{AdamW8bit, Paged};
 use serde::{Deserialize, Serialize};
 
+use crate::parallel::shard_step;
 use crate::trained::trained_ids;
-use crate::{DataPosition, Sample, Schedule, TrainError, stabilize_adapter_ids};
+use crate::{
+    DataPosition, Replicas, Sample, Schedule, TrainError, Transfer, stabilize_adapter_ids,
+};
 
 /// Which optimizer updates the adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,13 @@ pub struct StepRecord {
     /// Held-out loss, on steps that evaluate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
+    /// Bytes moved between devices (trained gradients and weights) with several devices.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub transfer_bytes: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 /// Where a run is: what a checkpoint stores besides weights and optimizer state.
@@ -143,6 +153,7 @@ pub struct Trainer {
     eval: Vec<Sample>,
     pad_id: u32,
     adapter: String,
+    replicas: Option<Replicas>,
 }
 
 /// Pads samples to the longest: ids with `pad`, labels with [`IGNORE_INDEX`].
@@ -170,7 +181,7 @@ pub fn collate(
     )
 }
 
-fn scalar(t: Tensor<1>) -> f64 {
+pub(crate) fn scalar(t: Tensor<1>) -> f64 {
     t.into_data()
         .convert::<f64>()
         .try_to_vec::<f64>()
@@ -254,7 +265,45 @@ impl Trainer {
             eval,
             pad_id,
             adapter: adapter.to_string(),
+            replicas: None,
         })
+    }
+
+    /// Trains data-parallel on `devices` (the first must be the model's device): a replica of
+    /// the model on each other device, every micro-batch split across them (see
+    /// [`Replicas`]). The results equal a one-device run of the same batch up to float
+    /// rounding; dropout masks differ, as each device draws its own. Errors if the list is
+    /// empty, names a device twice, does not start with the model's device, or has more
+    /// devices than a micro-batch has samples.
+    pub fn set_devices(&mut self, devices: &[Device]) -> Result<(), TrainError> {
+        if devices.len() > self.config.batch_size {
+            return Err(TrainError::Setting {
+                name: "devices".into(),
+                problem: format!(
+                    "{} devices but {} samples per micro-batch: every device needs one at least",
+                    devices.len(),
+                    self.config.batch_size
+                ),
+            });
+        }
+        self.replicas = match devices.len() {
+            1 => {
+                Replicas::new(&self.model, devices)?;
+                None
+            }
+            _ => Some(Replicas::new(&self.model, devices)?),
+        };
+        Ok(())
+    }
+
+    /// The devices trained on: 1, or the replicas' count.
+    pub fn device_count(&self) -> usize {
+        self.replicas.as_ref().map_or(1, Replicas::len)
+    }
+
+    /// Bytes moved between devices in the last step (zero on one device).
+    pub fn last_transfer(&self) -> Transfer {
+        self.replicas.as_ref().map(|r| r.last).unwrap_or_default()
     }
 
     /// The adapter being trained.
@@ -273,11 +322,20 @@ impl Trainer {
         let c = self.config.clone();
         let device = self.model.model.embed_tokens.weight.device();
         // Dropout draws depend only on the seed and the step, so a resumed run draws the same.
-        device.seed(
-            c.seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(self.state.step as u64),
-        );
+        let seed = c
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(self.state.step as u64);
+        device.seed(seed);
+        let ids = trained_ids(&self.model, &self.adapter);
+        let mut transfer = Transfer::default();
+        if let Some(r) = &mut self.replicas {
+            // The replicas start every step from the main model's trained parameters (which
+            // also covers a resume: only the main model is checkpointed).
+            let pids: Vec<_> = ids.iter().map(|&(id, _)| id).collect();
+            transfer.weight_bytes = r.sync_from(&self.model, &pids);
+            r.seed(seed);
+        }
         let mut acc = GradientsAccumulator::<LlamaForCausalLM>::new();
         let mut loss_sum = 0.0;
         let mut tokens = 0;
@@ -287,16 +345,30 @@ impl Trainer {
                 .position
                 .take(c.batch_size, self.train.len(), c.seed);
             let batch: Vec<&Sample> = idx.iter().map(|&i| &self.train[i]).collect();
-            let (ids, labels, n) = collate(&batch, self.pad_id, &device);
-            tokens += n;
-            let loss = self.model.loss(ids, labels);
-            let loss = loss.div_scalar(c.grad_accum as f64);
-            loss_sum += scalar(loss.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            acc.accumulate(&self.model, grads);
+            tokens += batch.iter().map(|s| s.input_ids.len()).sum::<usize>();
+            match &self.replicas {
+                None => {
+                    let (loss, grads) =
+                        shard_step(&self.model, &batch, self.pad_id, 1.0, c.grad_accum);
+                    loss_sum += loss;
+                    acc.accumulate(&self.model, grads);
+                }
+                Some(r) => {
+                    let (loss, grads, bytes) =
+                        r.micro_batch(&self.model, &batch, self.pad_id, c.grad_accum, &ids);
+                    loss_sum += loss;
+                    transfer.gradient_bytes += bytes;
+                    for g in grads {
+                        acc.accumulate(&self.model, g);
+                    }
+                }
+            }
+        }
+        if let Some(r) = &mut self.replicas {
+            r.last = transfer;
         }
         let mut grads = acc.grads();
-        let grad_norm = self.clip(&mut grads, c.max_grad_norm);
+        let grad_norm = self.clip(&mut grads, &ids, c.max_grad_norm);
         let lr = c.schedule.lr(c.lr, self.state.step, c.steps, c.warmup);
         // `step` takes the module by value; a clone shares the tensors.
         self.model = self.optim.step(lr, self.model.clone(), grads);
@@ -309,6 +381,7 @@ impl Trainer {
             tokens,
             seconds: started.elapsed().as_secs_f64(),
             eval_loss: None,
+            transfer_bytes: transfer.gradient_bytes + transfer.weight_bytes,
         };
         self.state.history.push(record.clone());
         record
@@ -316,8 +389,12 @@ impl Trainer {
 
     /// The global L2 norm of the trained parameters' gradients; scales them down to
     /// `max_norm` if above.
-    fn clip(&self, grads: &mut GradientsParams, max_norm: Option<f64>) -> f64 {
-        let ids = trained_ids(&self.model, &self.adapter);
+    fn clip(
+        &self,
+        grads: &mut GradientsParams,
+        ids: &[(ParamId, usize)],
+        max_norm: Option<f64>,
+    ) -> f64 {
         // Summed on the host in a fixed order (f64), so the norm, and the clipping it decides,
         // is the same in every run: a device reduction may split its work differently.
         let mut sq = 0.0f64;
@@ -330,7 +407,7 @@ impl Trainer {
                 .map(|&x| (x as f64) * (x as f64))
                 .sum::<f64>();
         };
-        for &(id, rank) in &ids {
+        for &(id, rank) in ids {
             let g = match rank {
                 2 => grads.get::<2>(id).map(|g| g.into_data()),
                 _ => grads.get::<1>(id).map(|g| g.into_data()),
@@ -344,7 +421,7 @@ impl Trainer {
             && norm > max
         {
             let scale = max / (norm + 1e-6);
-            for (id, rank) in ids {
+            for &(id, rank) in ids {
                 if rank == 2 {
                     if let Some(g) = grads.remove::<2>(id) {
                         grads.register(id, g.mul_scalar(scale));
