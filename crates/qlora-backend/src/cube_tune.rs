@@ -59,6 +59,14 @@ impl TuneKey {
 
 static CHOICES: Mutex<Option<HashMap<TuneKey, Nf4Kernel>>> = Mutex::new(None);
 
+static FORCED: Mutex<Option<Nf4Kernel>> = Mutex::new(None);
+
+/// Makes every NF4 matmul on a CubeCL device use `kernel` where it applies (`None`: measure
+/// and choose, the default). For benchmarks; `QLORA_NF4_KERNEL` does the same from outside.
+pub fn force_nf4_kernel(kernel: Option<Nf4Kernel>) {
+    *FORCED.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
+}
+
 /// The kernels that apply to a product of `m` rows.
 pub(crate) fn candidates(m: usize, transposed: bool) -> Vec<Nf4Kernel> {
     let mut c = Vec::new();
@@ -81,9 +89,13 @@ pub(crate) fn choose(
     cands: &[Nf4Kernel],
     mut run: impl FnMut(Nf4Kernel),
 ) -> Nf4Kernel {
-    if let Some(forced) = std::env::var("QLORA_NF4_KERNEL")
-        .ok()
-        .and_then(|s| Nf4Kernel::parse(&s))
+    let set = *FORCED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(forced) = set
+        .or_else(|| {
+            std::env::var("QLORA_NF4_KERNEL")
+                .ok()
+                .and_then(|s| Nf4Kernel::parse(&s))
+        })
         .filter(|k| cands.contains(k))
     {
         return forced;

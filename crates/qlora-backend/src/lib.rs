@@ -39,7 +39,7 @@ mod weight;
 pub use ce_ops::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use cpu::CpuNf4;
 #[cfg(feature = "cube")]
-pub use cube_tune::Nf4Kernel;
+pub use cube_tune::{Nf4Kernel, force_nf4_kernel};
 pub use layout::{Nf4Layout, decode_words, encode_words};
 pub use ops::{Nf4Ops, linear_out_shape};
 pub use primitive::Nf4Primitive;
