@@ -56,7 +56,50 @@ pub(crate) fn dequantize_kernel<F: Float>(
     }
 }
 
-/// Dequantizes `numel` elements into `out` (a buffer of `numel` elements of `dtype`).
+/// The bandwidth path: one unit per 16 bytes of codes (a 4-word vector load, 32 elements, one
+/// absmax block since the blocksize is a multiple of 32), the table in shared memory, and
+/// 4-wide vector stores. `N` is 4.
+#[cube(launch)]
+pub(crate) fn dequantize_vec_kernel<F: Float, N: Size>(
+    packed: &[Vector<u32, N>],
+    absmax: &[f32],
+    code: &[f32],
+    out: &mut [Vector<F, N>],
+    units: usize,
+    #[comptime] blocksize: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let mut lut = Shared::<[f32]>::new_slice(16usize);
+    let t = UNIT_POS as usize;
+    if t < 16 {
+        lut[t] = code[t];
+    }
+    sync_cube();
+    let pos = ABSOLUTE_POS;
+    if pos < units {
+        let words = packed[pos];
+        let a = absmax[pos * 32 / blocksize];
+        #[unroll]
+        for j in 0..4usize {
+            let word = words.extract(j);
+            #[unroll]
+            for h in 0..2usize {
+                let mut v = Vector::empty();
+                #[unroll]
+                for b in 0..2usize {
+                    let byte = (word >> (((h * 2 + b) * 8) as u32)) & 0xffu32;
+                    v.insert(b * 2, F::cast_from(lut[(byte >> 4) as usize] * a));
+                    v.insert(b * 2 + 1, F::cast_from(lut[(byte & 0xfu32) as usize] * a));
+                }
+                out[pos * 8 + j * 2 + h] = v;
+            }
+        }
+    }
+}
+
+/// Dequantizes `numel` elements into `out` (a buffer of `numel` elements of `dtype`): with the
+/// vectorised kernel when `numel` and the blocksize are multiples of 32 (every real weight),
+/// else one unit per packed word.
 ///
 /// `absmax` holds one f32 per block (decoded already when double-quantized), `code` the 16
 /// values of the table.
@@ -71,9 +114,29 @@ pub fn launch_dequantize(
     out: Handle,
     dtype: ElemType,
 ) {
-    let words = numel.div_ceil(8);
     let blocks = numel.div_ceil(blocksize);
     let cube_dim = CubeDim::new_1d(256);
+    if numel % 32 == 0 && blocksize % 32 == 0 {
+        let units = numel / 32;
+        // SAFETY: the buffers hold at least the declared number of elements.
+        unsafe {
+            dequantize_vec_kernel::launch(
+                client,
+                CubeCount::Static(units.div_ceil(256) as u32, 1, 1),
+                cube_dim,
+                4,
+                BufferArg::from_raw_parts(packed, numel / 8),
+                BufferArg::from_raw_parts(absmax, blocks),
+                BufferArg::from_raw_parts(code, 16),
+                BufferArg::from_raw_parts(out, numel),
+                units,
+                blocksize,
+                dtype,
+            );
+        }
+        return;
+    }
+    let words = numel.div_ceil(8);
     let cube_count = CubeCount::Static(words.div_ceil(256) as u32, 1, 1);
     // SAFETY: the buffers hold at least the declared number of elements.
     unsafe {

@@ -6,6 +6,7 @@
 //! (`../shared/scripts/setup-wgpu-lavapipe.sh`). Without a Vulkan adapter the wgpu tests say so
 //! and pass, unless `QLORA_REQUIRE_WGPU=1` (as in CI) makes that a failure.
 
+use cubecl::ir::features::TypeUsage;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -13,7 +14,7 @@ use qlora_kernels::{
     GEMV_MAX_M, decode_double_quant_absmax, launch_dequantize, launch_nf4_gemv, launch_nf4_matmul,
     launch_nf4_matmul_tiled,
 };
-use qlora_nf4::{Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor};
+use qlora_nf4::{Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor, bf16, f16};
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -80,6 +81,8 @@ fn read_f32(client: &Client, h: Handle) -> Vec<f32> {
 }
 
 const F32: ElemType = ElemType::Float(FloatKind::F32);
+const F16: ElemType = ElemType::Float(FloatKind::F16);
+const BF16: ElemType = ElemType::Float(FloatKind::BF16);
 
 fn configs() -> Vec<QuantConfig> {
     vec![
@@ -128,6 +131,45 @@ pub fn dequantize_is_bit_exact(client: &Client) {
                 diff.is_none(),
                 "{n}x{k} {cfg:?}: first difference at {diff:?}"
             );
+            // Half-precision output: the f32 value rounded to nearest even, where the runtime
+            // has the type.
+            for (name, dtype, round) in [
+                (
+                    "f16",
+                    F16,
+                    (|v: f32| f16::from_f32(v).to_bits()) as fn(f32) -> u16,
+                ),
+                ("bf16", BF16, |v: f32| bf16::from_f32(v).to_bits()),
+            ] {
+                let usable = match name {
+                    "f16" => f16::supported_uses(client),
+                    _ => bf16::supported_uses(client),
+                };
+                if !usable.contains(TypeUsage::Buffer) || !usable.contains(TypeUsage::Conversion) {
+                    eprintln!("{name}: not on this runtime, skipped");
+                    continue;
+                }
+                let dw = upload(client, &q);
+                let out = client.empty(n * k * 2);
+                let bs = cfg.blocksize.get();
+                launch_dequantize(
+                    client,
+                    dw.packed,
+                    dw.absmax,
+                    dw.code,
+                    n * k,
+                    bs,
+                    out.clone(),
+                    dtype,
+                );
+                let bytes = client.read_one_unchecked(out);
+                let ours: &[u16] = u16::from_bytes(&bytes);
+                let diff = ours.iter().zip(&want).position(|(a, b)| *a != round(*b));
+                assert!(
+                    diff.is_none(),
+                    "{name} {n}x{k} {cfg:?}: first difference at {diff:?}"
+                );
+            }
         }
     }
 }
@@ -340,6 +382,84 @@ pub fn gemv_matches_the_reference(client: &Client) {
     }
 }
 
+/// With f16 input and output (f32 accumulation), every matmul kernel is within 1e-2 of the
+/// f64 reference, where the runtime has f16 (bf16 is checked the same way where it exists).
+pub fn half_matmuls_within_1e2(client: &Client) {
+    for (name, dtype) in [("f16", F16), ("bf16", BF16)] {
+        let usable = match name {
+            "f16" => f16::supported_uses(client),
+            _ => bf16::supported_uses(client),
+        };
+        if !usable.contains(TypeUsage::Arithmetic) || !usable.contains(TypeUsage::Buffer) {
+            eprintln!("{name}: not on this runtime, skipped");
+            continue;
+        }
+        let to = |v: f32| -> u16 {
+            match name {
+                "f16" => f16::from_f32(v).to_bits(),
+                _ => bf16::from_f32(v).to_bits(),
+            }
+        };
+        let from = |b: u16| -> f32 {
+            match name {
+                "f16" => f16::from_bits(b).to_f32(),
+                _ => bf16::from_bits(b).to_f32(),
+            }
+        };
+        for (i, &(m, n, k)) in [(3usize, 33usize, 4160usize), (17, 65, 100), (130, 67, 520)]
+            .iter()
+            .enumerate()
+        {
+            let q = QuantizedTensor::quantize(
+                "w",
+                &randn(n * k, 200 + i as u64),
+                &[n, k],
+                QuantConfig::qlora(),
+            )
+            .unwrap();
+            let deq = q.dequantize_f32();
+            let xh: Vec<u16> = randn(m * k, 210 + i as u64).into_iter().map(to).collect();
+            let x: Vec<f32> = xh.iter().map(|&b| from(b)).collect();
+            let want = forward_reference(&x, &deq, m, n, k);
+            let mut runs: Vec<(&str, Launch)> = vec![
+                ("tiled", launch_nf4_matmul_tiled),
+                ("simple", launch_nf4_matmul),
+            ];
+            if m <= GEMV_MAX_M {
+                runs.push(("gemv", |c, x, p, a, code, o, s, _, bs, d| {
+                    launch_nf4_gemv(c, x, p, a, code, o, s, bs, d)
+                }));
+            }
+            for (kernel, launch) in runs {
+                let dw = upload(client, &q);
+                let y = client.empty(m * n * 2);
+                let xb = client.create_from_slice(u16::as_bytes(&xh));
+                launch(
+                    client,
+                    xb,
+                    dw.packed,
+                    dw.absmax,
+                    dw.code,
+                    y.clone(),
+                    (m, n, k),
+                    false,
+                    64,
+                    dtype,
+                );
+                let bytes = client.read_one_unchecked(y);
+                let ours: Vec<f32> = u16::from_bytes(&bytes).iter().map(|&b| from(b)).collect();
+                let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+                for (j, (a, b)) in ours.iter().zip(&want).enumerate() {
+                    assert!(
+                        ((*a as f64) - b).abs() <= 1e-2 * scale,
+                        "{name} {kernel} {m}x{n}x{k} [{j}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn assert_close(ours: &[f32], want: &[f64], what: &str) {
     assert_eq!(ours.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
@@ -385,6 +505,13 @@ mod wgpu {
     fn tiled_matmuls_match_the_reference() {
         if let Some(c) = client() {
             super::tiled_matmuls_match_the_reference(&c);
+        }
+    }
+
+    #[test]
+    fn half_matmuls_within_1e2() {
+        if let Some(c) = client() {
+            super::half_matmuls_within_1e2(&c);
         }
     }
 
