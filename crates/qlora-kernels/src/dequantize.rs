@@ -116,7 +116,7 @@ pub fn launch_dequantize(
 ) {
     let blocks = numel.div_ceil(blocksize);
     let cube_dim = CubeDim::new_1d(256);
-    if numel % 32 == 0 && blocksize % 32 == 0 {
+    if numel.is_multiple_of(32) && blocksize.is_multiple_of(32) {
         let units = numel / 32;
         // SAFETY: the buffers hold at least the declared number of elements.
         unsafe {
