@@ -1,11 +1,12 @@
 //! The fused linear + cross-entropy kernel on host memory (see [`crate::ce_ops`]): chunks of
-//! rows, each chunk's logits computed with the `gemm` crate into a per-task buffer, one pass
-//! per row for the log-sum-exp and the softmax gradient, a second product for the input
-//! gradient. Chunks run on every core; a chunk's logits are the only large buffer.
+//! rows, each chunk's logits computed with the `gemm` crate into a per-task buffer, one
+//! vectorised pass per row for the log-sum-exp and the softmax gradient (one `exp` per logit),
+//! a second product for the input gradient. Chunks run on every core; a chunk's logits are the only large buffer.
 
 use rayon::prelude::*;
 
 use crate::cpu::gemm_acc;
+use crate::softmax_row::softmax_numerators;
 
 /// Logit elements per chunk buffer (16 MiB of f32).
 const CHUNK_LOGITS: usize = 1 << 22;
@@ -65,13 +66,15 @@ pub fn linear_cross_entropy(inp: &CeInputs<'_>, with_grad: bool) -> Vec<f32> {
                     (0..v as i64).contains(&t),
                     "linear_cross_entropy: target {t} is outside the vocabulary 0..{v}"
                 );
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+                let target_logit = row[t as usize];
+                // One exp per logit: the row becomes exp(x - max), then the softmax times a.
+                let (max, sum) = softmax_numerators(row);
                 let lse = max + sum.ln();
-                out[i * width + width - 1] = a * (lse - row[t as usize]);
+                out[i * width + width - 1] = a * (lse - target_logit);
                 if with_grad {
+                    let scale = a / sum;
                     for x in row.iter_mut() {
-                        *x = a * (*x - lse).exp();
+                        *x *= scale;
                     }
                     row[t as usize] -= a;
                 }

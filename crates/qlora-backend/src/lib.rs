@@ -34,6 +34,7 @@ mod flex;
 mod layout;
 mod ops;
 mod primitive;
+mod softmax_row;
 mod weight;
 
 pub use ce_ops::{LinearCrossEntropyOps, linear_cross_entropy};
