@@ -28,6 +28,87 @@ pub struct CeInputs<'a> {
     pub v: usize,
 }
 
+/// Row `row` of logits becomes its loss gradient `a · (softmax(row) − onehot(t))`; returns
+/// the row's loss `a · (logsumexp(row) − row[t])` (0 and a zero row when `a` is 0).
+///
+/// # Panics
+/// If a weighted row's target is outside the row.
+fn softmax_grad_row(row: &mut [f32], t: i64, a: f32) -> f32 {
+    let v = row.len();
+    if a == 0.0 {
+        row.fill(0.0);
+        return 0.0;
+    }
+    assert!(
+        (0..v as i64).contains(&t),
+        "linear_cross_entropy: target {t} is outside the vocabulary 0..{v}"
+    );
+    let target_logit = row[t as usize];
+    // One exp per logit: the row becomes exp(x - max), then the softmax times a.
+    let (max, sum) = softmax_numerators(row);
+    let lse = max + sum.ln();
+    let scale = a / sum;
+    for x in row.iter_mut() {
+        *x *= scale;
+    }
+    row[t as usize] -= a;
+    a * (lse - target_logit)
+}
+
+/// The head weight's gradient `dW = Σ_i a_i (softmax(x_i·Wᵀ) − onehot(t_i))ᵀ x_i`, `[v, h]`
+/// row-major, chunk by chunk: a chunk's logits, their gradient, then `dW += dlogitsᵀ · x`
+/// (each product on every core), so that only one chunk of logits is ever held.
+pub fn linear_cross_entropy_weight_grad(inp: &CeInputs<'_>) -> Vec<f32> {
+    let (h, v) = (inp.h, inp.v);
+    let n = inp.targets.len();
+    let mut dw = vec![0f32; v * h];
+    let rows = (CHUNK_LOGITS / v.max(1)).clamp(1, 256);
+    let mut logits = vec![0f32; rows.min(n.max(1)) * v];
+    for r0 in (0..n).step_by(rows) {
+        let m = rows.min(n - r0);
+        let lg = &mut logits[..m * v];
+        // SAFETY: as in `linear_cross_entropy`: lg is [m, v], x rows r0.. are [m, h].
+        unsafe {
+            gemm_acc(
+                (m, v, h),
+                (lg.as_mut_ptr(), v as isize, false),
+                (inp.x[r0 * h..].as_ptr(), h as isize),
+                (inp.w.as_ptr(), h as isize, 1),
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        lg.par_chunks_exact_mut(v).enumerate().for_each(|(i, row)| {
+            softmax_grad_row(row, inp.targets[r0 + i], inp.weights[r0 + i]);
+        });
+        // dW [v, h] (+)= lgᵀ [v, m] · x [m, h]: lgᵀ has column stride v and row stride 1.
+        // SAFETY: dw is [v, h]; lg is [m, v]; the x rows are [m, h]; nothing else writes dw.
+        unsafe {
+            gemm::gemm(
+                v,
+                h,
+                m,
+                dw.as_mut_ptr(),
+                1,
+                h as isize,
+                r0 > 0,
+                lg.as_ptr(),
+                v as isize,
+                1,
+                inp.x[r0 * h..].as_ptr(),
+                1,
+                h as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    dw
+}
+
 /// `[n, h + 1]` (input gradient, then the loss) with `with_grad`, else `[n]` losses.
 ///
 /// # Panics
@@ -56,28 +137,8 @@ pub fn linear_cross_entropy(inp: &CeInputs<'_>, with_grad: bool) -> Vec<f32> {
                 );
             }
             for (i, row) in logits.chunks_exact_mut(v).enumerate() {
-                let a = inp.weights[r0 + i];
-                if a == 0.0 {
-                    row.fill(0.0);
-                    continue;
-                }
-                let t = inp.targets[r0 + i];
-                assert!(
-                    (0..v as i64).contains(&t),
-                    "linear_cross_entropy: target {t} is outside the vocabulary 0..{v}"
-                );
-                let target_logit = row[t as usize];
-                // One exp per logit: the row becomes exp(x - max), then the softmax times a.
-                let (max, sum) = softmax_numerators(row);
-                let lse = max + sum.ln();
-                out[i * width + width - 1] = a * (lse - target_logit);
-                if with_grad {
-                    let scale = a / sum;
-                    for x in row.iter_mut() {
-                        *x *= scale;
-                    }
-                    row[t as usize] -= a;
-                }
+                let loss = softmax_grad_row(row, inp.targets[r0 + i], inp.weights[r0 + i]);
+                out[i * width + width - 1] = loss;
             }
             if with_grad {
                 // SAFETY: `out` rows have stride h + 1, the first h columns receive

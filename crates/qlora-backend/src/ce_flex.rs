@@ -8,7 +8,7 @@ use burn::backend::{
     tensor::{FloatTensor, IntTensor},
 };
 
-use crate::ce_cpu::{CeInputs, linear_cross_entropy};
+use crate::ce_cpu::{CeInputs, linear_cross_entropy, linear_cross_entropy_weight_grad};
 use crate::ce_ops::{LinearCrossEntropyOps, dims2};
 
 /// A contiguous f32 copy of `t` (no copy when it already is one).
@@ -83,5 +83,28 @@ impl LinearCrossEntropyOps for Flex {
         weights: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         run(x, w, targets, weights, true)
+    }
+
+    fn linear_cross_entropy_weight_grad(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let ([_, h], [v, hw]) = (dims2(&x, "x"), dims2(&w, "w"));
+        assert_eq!(
+            h, hw,
+            "linear_cross_entropy: x has {h} features, w has {hw}"
+        );
+        let (x, w, t, a) = (f32s(x), f32s(w), i64s(targets), f32s(weights));
+        let dw = linear_cross_entropy_weight_grad(&CeInputs {
+            x: x.as_slice::<f32>().expect("f32"),
+            w: w.as_slice::<f32>().expect("f32"),
+            targets: t.as_slice::<i64>().expect("i64"),
+            weights: a.as_slice::<f32>().expect("f32"),
+            h,
+            v,
+        });
+        FlexTensor::from_data(TensorData::new(dw, vec![v, h]))
     }
 }
