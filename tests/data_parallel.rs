@@ -7,33 +7,21 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{Device, DeviceKind, Tensor};
+use burn::tensor::{Device, DeviceKind};
 use burn_qlora::llama::LlamaForCausalLM;
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{InitLoraWeights, LoraApplier, LoraConfig, ModuleSelector};
 use burn_qlora::train::{OptimizerKind, Sample, Schedule, TrainConfig, Trainer, splitmix};
+
+#[path = "support/wgpu.rs"]
+mod wgpu_support;
+use wgpu_support::device as wgpu;
 
 const STEPS: usize = 10;
 
 /// Burn's device random generator (adapter init) is shared by the tests of this process: the
 /// tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn wgpu(kind: DeviceKind) -> Option<Device> {
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(kind);
-        let _ = Tensor::<1>::from_floats([1.0], &d).into_data();
-        d
-    });
-    match probe {
-        Ok(d) => Some(d),
-        Err(_) if std::env::var("QLORA_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!("wgpu: no adapter; skipped (QLORA_REQUIRE_WGPU=1 fails instead)");
-            None
-        }
-        Err(e) => std::panic::resume_unwind(e),
-    }
-}
 
 /// Sequences of varied lengths (so the two halves of a batch pad differently), prompt masked.
 fn samples(n: usize, seed: u64) -> Vec<Sample> {

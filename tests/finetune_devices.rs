@@ -3,31 +3,16 @@
 //! weights only) and trains; a device list that cannot work is a named error. Skipped without
 //! a wgpu adapter unless `QLORA_REQUIRE_WGPU=1`.
 
-use burn::tensor::{Device, DeviceKind, Tensor};
-
 #[path = "support/byte_tokenizer.rs"]
 mod byte_tokenizer;
 #[path = "support/cli.rs"]
 mod cli;
-
-fn has_wgpu() -> bool {
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(DeviceKind::default());
-        let _ = Tensor::<1>::from_floats([1.0], &d).into_data();
-    });
-    match probe {
-        Ok(()) => true,
-        Err(_) if std::env::var("QLORA_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!("wgpu: no adapter on this machine; test skipped");
-            false
-        }
-        Err(e) => std::panic::resume_unwind(e),
-    }
-}
+#[path = "support/wgpu.rs"]
+mod wgpu_support;
 
 #[test]
 fn finetune_on_two_devices() {
-    if !has_wgpu() {
+    if !wgpu_support::available() {
         return;
     }
     let model = cli::tiny_model("devices");

@@ -8,20 +8,11 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use burn_qlora::optim::Paged;
 
+#[path = "support/wgpu.rs"]
+mod wgpu_support;
+
 fn wgpu() -> Option<Device> {
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(DeviceKind::default());
-        let _ = Tensor::<1>::from_floats([1.0], &d).into_data();
-        d
-    });
-    match probe {
-        Ok(d) => Some(d),
-        Err(_) if std::env::var("QLORA_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!("wgpu: no adapter; skipped (QLORA_REQUIRE_WGPU=1 fails instead)");
-            None
-        }
-        Err(e) => std::panic::resume_unwind(e),
-    }
+    wgpu_support::device(DeviceKind::default())
 }
 
 fn values(n: usize, seed: u64) -> Vec<f32> {

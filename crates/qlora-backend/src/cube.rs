@@ -67,52 +67,38 @@ fn matmul(lhs: CubeTensor, w: Nf4Primitive<CubeBackend>, transposed: bool, op: &
             out_shape.clone(),
             lhs.dtype,
         );
-        let args = (
+        type Launch = fn(
+            &Client,
+            Handle,
+            Handle,
+            Handle,
+            Handle,
+            Handle,
+            (usize, usize, usize),
+            bool,
+            usize,
+            ElemType,
+        );
+        let launch: Launch = match kernel {
+            // The GEMV computes the forward product only (never chosen for `transposed`).
+            Nf4Kernel::Gemv => |c, x, p, a, code, o, shape, _, bs, d| {
+                qlora_kernels::launch_nf4_gemv(c, x, p, a, code, o, shape, bs, d)
+            },
+            Nf4Kernel::Tiled => qlora_kernels::launch_nf4_matmul_tiled,
+            _ => qlora_kernels::launch_nf4_matmul,
+        };
+        launch(
             &client,
             lhs.handle.clone(),
             packed.handle.clone(),
             absmax.clone(),
             code.clone(),
             out.handle.clone(),
+            (m, n_out, k_red),
+            transposed,
+            layout.blocksize,
+            storage(lhs.dtype),
         );
-        let dtype = storage(lhs.dtype);
-        match kernel {
-            Nf4Kernel::Gemv => qlora_kernels::launch_nf4_gemv(
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                args.5,
-                (m, n_out, k_red),
-                layout.blocksize,
-                dtype,
-            ),
-            Nf4Kernel::Tiled => qlora_kernels::launch_nf4_matmul_tiled(
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                args.5,
-                (m, n_out, k_red),
-                transposed,
-                layout.blocksize,
-                dtype,
-            ),
-            _ => qlora_kernels::launch_nf4_matmul(
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                args.5,
-                (m, n_out, k_red),
-                transposed,
-                layout.blocksize,
-                dtype,
-            ),
-        }
         out
     };
     let key = TuneKey {
