@@ -90,10 +90,12 @@ impl LoraAdapter {
         let [in_features, out_features] = self.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let x2: Tensor<2> = self.dropout.forward(x).reshape([rows, in_features]);
-        let h = x2.matmul(self.lora_a.val().transpose());
-        let delta = h
-            .matmul(self.lora_b.val().transpose())
+        // The scaling is applied to the rank-r intermediate, not to the [rows, out] update:
+        // the same product, a pass over r columns instead of `out` (forward and backward).
+        let h = x2
+            .matmul(self.lora_a.val().transpose())
             .mul_scalar(self.scaling);
+        let delta = h.matmul(self.lora_b.val().transpose());
         let mut out = dims;
         out[D - 1] = out_features;
         delta.reshape(out)
