@@ -12,7 +12,7 @@ use crate::ce_cpu::{CeInputs, linear_cross_entropy, linear_cross_entropy_weight_
 use crate::ce_ops::{LinearCrossEntropyOps, dims2};
 
 /// A contiguous f32 copy of `t` (no copy when it already is one).
-fn f32s(t: FlexTensor) -> FlexTensor {
+pub(crate) fn f32s(t: FlexTensor) -> FlexTensor {
     let t = if t.dtype() == DType::F32 {
         t
     } else {

@@ -182,3 +182,9 @@ impl Nf4Ops for CubeBackend {
 
 /// The composite default bodies (the backend's own matmul, softmax and scatter kernels).
 impl crate::LinearCrossEntropyOps for CubeBackend {}
+
+/// The composite default bodies (Burn's `attention` forward, the backward of the definition).
+impl crate::CausalAttentionOps for CubeBackend {}
+
+/// The composite default bodies (fused by Fusion on CubeCL).
+impl crate::BlockOps for CubeBackend {}

@@ -13,14 +13,25 @@
 //!   computes `dX = dY · dequant(W)` (Dettmers et al. 2023, *QLoRA*, §3: gradients flow through
 //!   the frozen 4-bit weights into the adapters; the weights themselves get none).
 //!
-//! [`linear_cross_entropy`] is a second extension op: the loss of a language-model head fused
-//! with its matmul, so that a training step never holds the `[tokens, vocab]` logits.
+//! Two more extension ops serve training: [`linear_cross_entropy`], the loss of a
+//! language-model head fused with its matmul, so that a training step never holds the
+//! `[tokens, vocab]` logits, and [`causal_attention`], whose backward pass keeps no scores;
+//! [`rms_norm`], [`swiglu`] and [`rope`] are the block's element-wise parts with one-pass
+//! backward ops (fused host kernels on Flex for all of them).
 //!
 //! Model code holds an [`Nf4Weight`] (a Burn `Module` of two int parameters) and calls
 //! [`nf4_linear`], [`nf4_linear_backward_input`] or [`nf4_dequantize`] on plain `Tensor`s.
 #![warn(missing_docs)]
 
+mod attn_autodiff;
+mod attn_cpu;
+mod attn_flex;
+mod attn_ops;
 mod autodiff;
+mod block_autodiff;
+mod block_cpu;
+mod block_flex;
+mod block_ops;
 mod ce_autodiff;
 mod ce_cpu;
 mod ce_flex;
@@ -37,6 +48,8 @@ mod primitive;
 mod softmax_row;
 mod weight;
 
+pub use attn_ops::{CausalAttentionOps, causal_attention};
+pub use block_ops::{BlockOps, rms_norm, rope, swiglu};
 pub use ce_ops::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use cpu::CpuNf4;
 #[cfg(feature = "cube")]

@@ -1,9 +1,9 @@
-//! Grouped-query self-attention with RoPE, a causal mask and an optional [`KvCache`].
+//! Grouped-query self-attention with RoPE, a causal mask and an optional [`KvCache`], through
+//! [`qlora_backend::causal_attention`].
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use qlora_backend::causal_attention;
 use qlora_nn::AdaptedLinear;
 
 use crate::{KvCache, Rope};
@@ -49,27 +49,12 @@ impl LlamaAttention {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        // Causal, aligned bottom-right: query i (of t) sees keys up to past_len + i.
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: t > 1,
-        };
-        let out = attention(q, k, v, None, None, options);
+        // Causal, aligned bottom-right: query i (of t) sees keys up to past_len + i; each kv
+        // head serves its group of query heads (no repeat_kv copy); the backward pass keeps
+        // no scores.
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let out = causal_attention(q, k, v, scale);
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
         self.o_proj.forward(out)
     }
-}
-
-/// `[b, kv_heads, s, d]` → `[b, kv_heads · groups, s, d]`, each kv head repeated for its
-/// group of query heads (transformers' `repeat_kv`).
-fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, kvh, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kvh, groups, s, d])
-        .reshape([b, kvh * groups, s, d])
 }

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
+use qlora_backend::swiglu;
 use qlora_nn::AdaptedLinear;
 
 /// `mlp` of a decoder layer: `gate_proj`, `up_proj`, `down_proj` (HF names).
@@ -20,7 +20,8 @@ impl LlamaMlp {
     /// - `x`: `[batch, len, hidden]`
     /// - returns `[batch, len, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(swiglu(gate, self.up_proj.forward(x)))
     }
 }

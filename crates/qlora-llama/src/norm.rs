@@ -1,5 +1,6 @@
 //! RMSNorm (Zhang & Sennrich 2019) as HF LLaMA computes it:
-//! `y = w · x / sqrt(mean(x²) + ε)` over the last dimension.
+//! `y = w · x / sqrt(mean(x²) + ε)` over the last dimension, through
+//! [`qlora_backend::rms_norm`] (one pass forward and backward).
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
@@ -25,12 +26,6 @@ impl RmsNorm {
     /// - `x`: `[..., hidden]`
     /// - returns `[..., hidden]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt();
-        (x / rms) * self.weight.val().unsqueeze()
+        qlora_backend::rms_norm(x, self.weight.val(), self.eps as f32)
     }
 }

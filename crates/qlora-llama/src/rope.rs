@@ -75,14 +75,8 @@ impl Rope {
 
     /// Rotates `x` `[batch, heads, len, head_dim]` with tables from [`Rope::tables`]:
     /// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = [-x₂, x₁]`.
+    /// One pass forward and backward ([`qlora_backend::rope`]).
     pub fn apply(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-        let [b, h, t, d] = x.dims();
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let cos = cos.clone().reshape([1, 1, t, d]);
-        let sin = sin.clone().reshape([1, 1, t, d]);
-        let _ = (b, h);
-        x * cos + rotated * sin
+        qlora_backend::rope(x, cos.clone(), sin.clone())
     }
 }

@@ -1,0 +1,424 @@
+//! The fused causal attention of [`crate::attn_ops`] on host memory.
+//!
+//! One task per (batch, key/value head), run on every core: for each query head of that kv
+//! head's group and each block of [`ROWS`] query rows, the scores of the keys the block can see
+//! (`S = scale · Q·Kᵀ`, the causal triangle's right part never computed), a masked softmax per
+//! row with one vectorised `exp` per score, then `O = P·V`. The `[rows, keys]` score block is the
+//! only scratch: the `[batch, heads, len, len]` scores never exist.
+//!
+//! The backward pass recomputes `P` block by block (as FlashAttention does, Dao et al. 2022):
+//! `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`, `dQ = scale · dS·K`,
+//! `dK += scale · dSᵀ·Q`. A task owns its kv head, so the group's query heads accumulate into
+//! its `dK`/`dV` without races.
+
+use rayon::prelude::*;
+
+use crate::softmax_row::softmax_numerators;
+
+/// Query rows per block: the block's scores (`ROWS × keys` f32) stay in L2 for the few
+/// thousand keys of a training sequence.
+const ROWS: usize = 64;
+
+/// Shapes of one attention call: queries `[b, h, tq, d]`, keys `[b, kvh, tk, d]`, values
+/// `[b, kvh, tk, dv]`, all row-major and contiguous.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    /// Batch.
+    pub b: usize,
+    /// Query heads (a multiple of `kvh`).
+    pub h: usize,
+    /// Key/value heads.
+    pub kvh: usize,
+    /// Query positions.
+    pub tq: usize,
+    /// Key positions (`≥ tq`: query `i` sees keys `0 ..= i + tk − tq`).
+    pub tk: usize,
+    /// Query/key width.
+    pub d: usize,
+    /// Value width.
+    pub dv: usize,
+    /// Score scale (usually `1/√d`).
+    pub scale: f32,
+}
+
+impl AttnShape {
+    /// Keys visible to query row `i`: `0 .. visible(i)`.
+    fn visible(&self, i: usize) -> usize {
+        (i + 1 + self.tk).saturating_sub(self.tq).min(self.tk)
+    }
+}
+
+/// `dst[m, n] (+)= beta · lhs[m, k] · rhs[k, n]`, every operand given by its (row, column)
+/// strides, single-threaded (parallelism is over heads).
+///
+/// # Safety
+/// The pointers must cover the strided extents, `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Rows `r0 .. r0 + rows` of `P = softmax(scale · Q·Kᵀ)` (masked) into `p` `[rows, keys]`,
+/// `keys = visible(r0 + rows − 1)`; entries past a row's visible keys are 0.
+fn probabilities(s: &AttnShape, q: &[f32], k: &[f32], r0: usize, rows: usize, p: &mut [f32]) {
+    let keys = s.visible(r0 + rows - 1);
+    if keys == 0 {
+        return;
+    }
+    // SAFETY: q holds rows r0.. of d values, k holds `keys` rows of d values, p holds
+    // rows × keys.
+    unsafe {
+        mm(
+            (rows, keys, s.d),
+            p.as_mut_ptr(),
+            keys,
+            false,
+            (q[r0 * s.d..].as_ptr(), s.d, 1),
+            (k.as_ptr(), 1, s.d),
+            s.scale,
+        );
+    }
+    for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
+        let seen = s.visible(r0 + i);
+        let (live, masked) = row.split_at_mut(seen);
+        masked.fill(0.0);
+        if seen == 0 {
+            continue;
+        }
+        let (_, sum) = softmax_numerators(live);
+        let inv = 1.0 / sum;
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+/// Forward: `out` `[b, h, tq, dv]` of queries `q`, keys `k`, values `v` (see [`AttnShape`]).
+///
+/// # Panics
+/// If a slice's length disagrees with the shape.
+pub fn attention_forward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    check(s, q, k, v);
+    let (qs, ks, vs, os) = (s.tq * s.d, s.tk * s.d, s.tk * s.dv, s.tq * s.dv);
+    let mut out = vec![0f32; s.b * s.h * os];
+    let group = s.h / s.kvh;
+    out.par_chunks_mut(os).enumerate().for_each_init(
+        || vec![0f32; ROWS * s.tk],
+        // `out` starts at 0: rows that see no key stay 0 (mm skips empty products).
+        |p, (bh, o)| {
+            let (bi, hi) = (bh / s.h, bh % s.h);
+            let kv = bi * s.kvh + hi / group;
+            let (q, k, v) = (
+                &q[bh * qs..][..qs],
+                &k[kv * ks..][..ks],
+                &v[kv * vs..][..vs],
+            );
+            for r0 in (0..s.tq).step_by(ROWS) {
+                let rows = ROWS.min(s.tq - r0);
+                let keys = s.visible(r0 + rows - 1);
+                probabilities(s, q, k, r0, rows, p);
+                // SAFETY: p is rows × keys, v holds `keys` rows of dv, o rows r0.. of dv.
+                unsafe {
+                    mm(
+                        (rows, s.dv, keys),
+                        o[r0 * s.dv..].as_mut_ptr(),
+                        s.dv,
+                        false,
+                        (p.as_ptr(), keys, 1),
+                        (v.as_ptr(), s.dv, 1),
+                        1.0,
+                    );
+                }
+            }
+        },
+    );
+    out
+}
+
+/// Gradients of [`attention_forward`] for the upstream gradient `dout` `[b, h, tq, dv]`:
+/// `(dq [b, h, tq, d], dk [b, kvh, tk, d], dv [b, kvh, tk, dv])`.
+///
+/// # Panics
+/// If a slice's length disagrees with the shape.
+pub fn attention_backward(
+    s: &AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    check(s, q, k, v);
+    let (qs, ks, vs, os) = (s.tq * s.d, s.tk * s.d, s.tk * s.dv, s.tq * s.dv);
+    assert_eq!(
+        dout.len(),
+        s.b * s.h * os,
+        "attention: upstream gradient length"
+    );
+    let group = s.h / s.kvh;
+    let mut dq = vec![0f32; s.b * s.h * qs];
+    let mut dk = vec![0f32; s.b * s.kvh * ks];
+    let mut dvv = vec![0f32; s.b * s.kvh * vs];
+    dq.par_chunks_mut(group * qs)
+        .zip(dk.par_chunks_mut(ks).zip(dvv.par_chunks_mut(vs)))
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; ROWS * s.tk], vec![0f32; ROWS * s.tk]),
+            |(p, dp), (kv, (dq, (dk, dv)))| {
+                let (k, v) = (&k[kv * ks..][..ks], &v[kv * vs..][..vs]);
+                for g in 0..group {
+                    let bh = kv * group + g;
+                    let (q, dout) = (&q[bh * qs..][..qs], &dout[bh * os..][..os]);
+                    let dq = &mut dq[g * qs..][..qs];
+                    for r0 in (0..s.tq).step_by(ROWS) {
+                        let rows = ROWS.min(s.tq - r0);
+                        let keys = s.visible(r0 + rows - 1);
+                        if keys == 0 {
+                            continue;
+                        }
+                        probabilities(s, q, k, r0, rows, p);
+                        block_backward(s, (q, k, v, dout), (dq, dk, dv), (r0, rows, keys), p, dp);
+                    }
+                }
+            },
+        );
+    (dq, dk, dvv)
+}
+
+/// One block of rows of the backward pass, `p` holding its probabilities.
+#[allow(clippy::type_complexity)]
+fn block_backward(
+    s: &AttnShape,
+    (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]),
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    (r0, rows, keys): (usize, usize, usize),
+    p: &[f32],
+    dp: &mut [f32],
+) {
+    let d_o = &dout[r0 * s.dv..];
+    // SAFETY (all products): p and dp are rows × keys; q, dq, dout hold rows r0.. of the
+    // block; k, v, dk, dv hold `keys` rows.
+    unsafe {
+        // dV[..keys] += Pᵀ · dO
+        mm(
+            (keys, s.dv, rows),
+            dv.as_mut_ptr(),
+            s.dv,
+            true,
+            (p.as_ptr(), 1, keys),
+            (d_o.as_ptr(), s.dv, 1),
+            1.0,
+        );
+        // dP = dO · Vᵀ
+        mm(
+            (rows, keys, s.dv),
+            dp.as_mut_ptr(),
+            keys,
+            false,
+            (d_o.as_ptr(), s.dv, 1),
+            (v.as_ptr(), 1, s.dv),
+            1.0,
+        );
+    }
+    // dS = scale · P ∘ (dP − rowsum(P ∘ dP)), in place of dP.
+    for (pr, dr) in p[..rows * keys]
+        .chunks_exact(keys)
+        .zip(dp[..rows * keys].chunks_exact_mut(keys))
+    {
+        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+        for (d, &pv) in dr.iter_mut().zip(pr) {
+            *d = s.scale * pv * (*d - dot);
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        // dQ[rows] = dS · K
+        mm(
+            (rows, s.d, keys),
+            dq[r0 * s.d..].as_mut_ptr(),
+            s.d,
+            false,
+            (dp.as_ptr(), keys, 1),
+            (k.as_ptr(), s.d, 1),
+            1.0,
+        );
+        // dK[..keys] += dSᵀ · Q[rows]
+        mm(
+            (keys, s.d, rows),
+            dk.as_mut_ptr(),
+            s.d,
+            true,
+            (dp.as_ptr(), 1, keys),
+            (q[r0 * s.d..].as_ptr(), s.d, 1),
+            1.0,
+        );
+    }
+}
+
+fn check(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) {
+    assert!(
+        s.kvh > 0 && s.h.is_multiple_of(s.kvh),
+        "attention: {} query heads are not a multiple of {} key/value heads",
+        s.h,
+        s.kvh
+    );
+    assert_eq!(q.len(), s.b * s.h * s.tq * s.d, "attention: query length");
+    assert_eq!(k.len(), s.b * s.kvh * s.tk * s.d, "attention: key length");
+    assert_eq!(
+        v.len(),
+        s.b * s.kvh * s.tk * s.dv,
+        "attention: value length"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, in f64: scores, mask, softmax, weighted sum.
+    fn reference(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
+        let mut out = vec![0f64; s.b * s.h * s.tq * s.dv];
+        for bi in 0..s.b {
+            for hi in 0..s.h {
+                let kv = bi * s.kvh + hi / (s.h / s.kvh);
+                for i in 0..s.tq {
+                    let qi = &q[((bi * s.h + hi) * s.tq + i) * s.d..][..s.d];
+                    let seen = s.visible(i);
+                    let sc: Vec<f64> = (0..seen)
+                        .map(|j| {
+                            let kj = &k[(kv * s.tk + j) * s.d..][..s.d];
+                            s.scale as f64
+                                * qi.iter()
+                                    .zip(kj)
+                                    .map(|(a, b)| *a as f64 * *b as f64)
+                                    .sum::<f64>()
+                        })
+                        .collect();
+                    let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                    let o = &mut out[((bi * s.h + hi) * s.tq + i) * s.dv..][..s.dv];
+                    for (j, x) in sc.iter().enumerate() {
+                        let w = (x - m).exp() / z;
+                        for c in 0..s.dv {
+                            o[c] += w * v[(kv * s.tk + j) * s.dv + c] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forward_matches_the_definition_across_blocks_groups_and_offsets() {
+        // tq 130 crosses two block edges; tk > tq (a cache); 6 heads over 2 kv heads; tq > tk
+        // rows with no key give 0.
+        for (tq, tk, h, kvh) in [(130, 130, 6, 2), (70, 200, 4, 4), (3, 1, 2, 1)] {
+            let s = AttnShape {
+                b: 2,
+                h,
+                kvh,
+                tq,
+                tk,
+                d: 8,
+                dv: 5,
+                scale: 0.35,
+            };
+            let q = data(s.b * h * tq * s.d, 1);
+            let k = data(s.b * kvh * tk * s.d, 2);
+            let v = data(s.b * kvh * tk * s.dv, 3);
+            let got = attention_forward(&s, &q, &k, &v);
+            let want = reference(&s, &q, &k, &v);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{tq}x{tk}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn backward_matches_central_differences() {
+        let s = AttnShape {
+            b: 1,
+            h: 4,
+            kvh: 2,
+            tq: 70,
+            tk: 70,
+            d: 6,
+            dv: 4,
+            scale: 0.4,
+        };
+        let q = data(s.h * s.tq * s.d, 4);
+        let k = data(s.kvh * s.tk * s.d, 5);
+        let v = data(s.kvh * s.tk * s.dv, 6);
+        let g = data(s.h * s.tq * s.dv, 7);
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+            let o = reference(&s, q, k, v);
+            o.iter().zip(&g).map(|(a, b)| a * *b as f64).sum()
+        };
+        let (dq, dk, dv) = attention_backward(&s, &q, &k, &v, &g);
+        let eps = 1e-2f32;
+        let probe = |which: usize, idx: usize| -> f64 {
+            let mut t = [q.clone(), k.clone(), v.clone()];
+            t[which][idx] += eps;
+            let up = loss(&t[0], &t[1], &t[2]);
+            t[which][idx] -= 2.0 * eps;
+            let down = loss(&t[0], &t[1], &t[2]);
+            (up - down) / (2.0 * eps as f64)
+        };
+        for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {
+            for idx in (0..grad.len()).step_by(grad.len() / 23 + 1) {
+                let want = probe(which, idx);
+                let got = grad[idx] as f64;
+                assert!(
+                    (got - want).abs() < 2e-3 * (1.0 + want.abs()),
+                    "input {which}[{idx}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Causal self-attention as an extension op with its own backward pass.
+//!
+//! `out = softmax(scale · Q·Kᵀ + causal mask) · V` for queries `[b, h, tq, d]` and keys/values
+//! of `kvh` heads (grouped-query attention: query head `i` reads kv head `i / (h / kvh)`, no
+//! copy of the keys per group). The mask is aligned bottom-right: query `i` of `tq` sees keys
+//! `0 ..= i + tk − tq`, so the same op serves a training sequence (`tq = tk`) and decoding
+//! with a cache (`tq < tk`).
+//!
+//! Burn 0.22.1's Autodiff differentiates `attention` through its composed fallback, keeping the
+//! `[b, h, tq, tk]` scores and probabilities of every layer for the backward pass. Here the
+//! backward pass keeps only `Q`, `K`, `V` and recomputes the probabilities block by block
+//! (Dao et al. 2022, *FlashAttention*). Flex runs a fused host kernel for both passes; other
+//! backends use the default bodies, composed of their own ops (Burn's `attention` forward).
+
+use burn::backend::{
+    Backend, Dispatch, Shape, TensorMetadata, backend_extension, get_or_init_device_settings,
+    ops::AttentionModuleOptions,
+    tensor::{BoolTensor, FloatTensor},
+};
+use burn::tensor::Tensor;
+
+/// The causal attention ops (see the module docs).
+#[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
+pub trait CausalAttentionOps: Backend {
+    /// `[b, h, tq, dv]`: attention of queries `q` `[b, h, tq, d]` over keys `k` `[b, kvh, tk, d]`
+    /// and values `v` `[b, kvh, tk, dv]`, scores scaled by `scale`.
+    #[fusion(default)]
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let s = dims(&q, &k, &v);
+        let group = s.h / s.kvh;
+        let options = AttentionModuleOptions {
+            scale: Some(scale as f64),
+            softcap: None,
+            is_causal: s.tq > 1,
+        };
+        Self::attention(
+            q,
+            repeat_kv::<Self>(k, group),
+            repeat_kv::<Self>(v, group),
+            None,
+            None,
+            options,
+        )
+    }
+
+    /// The gradients of `Σ dout ∘ causal_attention(q, k, v, scale)` with respect to `q`, `k`
+    /// and `v`, flattened and concatenated: `[numel(q) + numel(k) + numel(v)]`.
+    #[fusion(default)]
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        composed_backward::<Self>(q, k, v, dout, scale)
+    }
+}
+
+/// The shapes of one call, checked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dims {
+    pub b: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+fn dims4(t: &impl TensorMetadata, what: &str) -> [usize; 4] {
+    let s = t.shape();
+    let d = s.as_slice();
+    assert_eq!(
+        d.len(),
+        4,
+        "causal_attention: `{what}` must be [batch, heads, len, width], found {d:?}"
+    );
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// # Panics
+/// If the shapes of `q`, `k`, `v` do not fit together (see [`causal_attention`]).
+pub(crate) fn dims(
+    q: &impl TensorMetadata,
+    k: &impl TensorMetadata,
+    v: &impl TensorMetadata,
+) -> Dims {
+    fit(dims4(q, "q"), dims4(k, "k"), dims4(v, "v"))
+}
+
+/// # Panics
+/// As [`dims`].
+fn fit(
+    [b, h, tq, d]: [usize; 4],
+    [bk, kvh, tk, dk]: [usize; 4],
+    [bv, kvh_v, tk_v, dv]: [usize; 4],
+) -> Dims {
+    assert!(
+        bk == b && bv == b && kvh_v == kvh && tk_v == tk && dk == d,
+        "causal_attention: q {:?}, k {:?}, v {:?} do not fit together",
+        [b, h, tq, d],
+        [bk, kvh, tk, dk],
+        [bv, kvh_v, tk_v, dv]
+    );
+    assert!(
+        kvh > 0 && h % kvh == 0,
+        "causal_attention: {h} query heads are not a multiple of {kvh} key/value heads"
+    );
+    Dims {
+        b,
+        h,
+        kvh,
+        tq,
+        tk,
+        d,
+        dv,
+    }
+}
+
+/// `[b, kvh, s, d]` → `[b, kvh · groups, s, d]`, each kv head repeated for its group.
+fn repeat_kv<B: Backend>(x: FloatTensor<B>, groups: usize) -> FloatTensor<B> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, kvh, s, d] = dims4(&x, "k");
+    let x = B::float_reshape(x, Shape::new([b, kvh, 1, s, d]));
+    let x = B::float_expand(x, Shape::new([b, kvh, groups, s, d]));
+    B::float_reshape(x, Shape::new([b, kvh * groups, s, d]))
+}
+
+/// The adjoint of [`repeat_kv`]: the gradients of a group's query heads summed.
+fn sum_groups<B: Backend>(x: FloatTensor<B>, groups: usize) -> FloatTensor<B> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, h, s, d] = dims4(&x, "grad");
+    let x = B::float_reshape(x, Shape::new([b, h / groups, groups, s, d]));
+    B::float_reshape(B::float_sum_dim(x, 2), Shape::new([b, h / groups, s, d]))
+}
+
+/// `true` where query `i` must not see key `j` (`j > i + tk − tq`), `[b, h, tq, tk]`.
+fn future_mask<B: Backend>(scores: &FloatTensor<B>) -> BoolTensor<B> {
+    let device = scores.device();
+    let [b, h, tq, tk] = dims4(scores, "scores");
+    let settings = get_or_init_device_settings::<B>(&device);
+    let rows = B::int_reshape(
+        B::int_arange(0..tq as i64, &device, settings.int_dtype),
+        Shape::new([tq, 1]),
+    );
+    let cols = B::int_reshape(
+        B::int_arange(0..tk as i64, &device, settings.int_dtype),
+        Shape::new([1, tk]),
+    );
+    let rows = B::int_add_scalar(rows, (tk as i64 - tq as i64).into());
+    let mask = B::int_lower(rows, cols, settings.bool_dtype);
+    let mask = B::bool_reshape(mask, Shape::new([1, 1, tq, tk]));
+    B::bool_expand(mask, Shape::new([b, h, tq, tk]))
+}
+
+/// The backward pass of the definition, with the backend's own ops (all scores held).
+fn composed_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    dout: FloatTensor<B>,
+    scale: f32,
+) -> FloatTensor<B> {
+    let s = dims(&q, &k, &v);
+    let group = s.h / s.kvh;
+    let (k, v) = (repeat_kv::<B>(k, group), repeat_kv::<B>(v, group));
+    let scores = B::float_mul_scalar(
+        B::float_matmul(q.clone(), B::float_transpose(k.clone())),
+        scale.into(),
+    );
+    let mask = future_mask::<B>(&scores);
+    let scores = B::float_mask_fill(scores, mask.clone(), f32::NEG_INFINITY.into());
+    let wide = |t: FloatTensor<B>| B::float_expand(t, Shape::new([s.b, s.h, s.tq, s.tk]));
+    let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
+    let e = B::float_exp(B::float_sub(scores, wide(max)));
+    let sum = B::float_clamp_min(B::float_sum_dim(e.clone(), 3), f32::MIN_POSITIVE.into());
+    let p = B::float_div(e, wide(sum));
+    let dv = B::float_matmul(B::float_transpose(p.clone()), dout.clone());
+    let dp = B::float_matmul(dout, B::float_transpose(v));
+    let dot = B::float_sum_dim(B::float_mul(p.clone(), dp.clone()), 3);
+    let ds = B::float_mul_scalar(B::float_mul(p, B::float_sub(dp, wide(dot))), scale.into());
+    let dq = B::float_matmul(ds.clone(), k);
+    let dk = B::float_matmul(B::float_transpose(ds), q);
+    let flat = |t: FloatTensor<B>| {
+        let n = t.shape().num_elements();
+        B::float_reshape(t, Shape::new([n]))
+    };
+    B::float_cat(
+        vec![
+            flat(dq),
+            flat(sum_groups::<B>(dk, group)),
+            flat(sum_groups::<B>(dv, group)),
+        ],
+        0,
+    )
+}
+
+/// Causal self-attention `softmax(scale · Q·Kᵀ + mask) · V` (see the module docs).
+///
+/// - `q`: `[batch, heads, tq, d]`
+/// - `k`: `[batch, kv_heads, tk, d]` with `tk ≥ tq` and `heads` a multiple of `kv_heads`
+/// - `v`: `[batch, kv_heads, tk, dv]`
+/// - `scale`: usually `1 / √d`
+/// - returns `[batch, heads, tq, dv]`
+///
+/// Differentiable in `q`, `k` and `v` on an autodiff device, keeping no scores.
+///
+/// # Panics
+/// If the shapes do not fit together.
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<4> {
+    fit(q.dims(), k.dims(), v.dims());
+    Tensor::from_dispatch(<Dispatch as CausalAttentionOps>::causal_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        scale,
+    ))
+}

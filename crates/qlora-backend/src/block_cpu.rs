@@ -1,0 +1,157 @@
+//! Host kernels of [`crate::block_ops`]: RMSNorm, SwiGLU and RoPE, each forward and backward in
+//! one pass over rows (rayon over chunks of rows), where the composed ops make one pass and
+//! one fresh buffer per elementary op.
+
+use rayon::prelude::*;
+
+use crate::softmax_row::exp;
+
+/// Rows per parallel task (enough work to amortise a task, enough tasks for every core).
+fn rows_per_task(n: usize) -> usize {
+    (16_384 / n.max(1)).max(1)
+}
+
+/// RMSNorm (Zhang & Sennrich 2019) as HF LLaMA computes it in f32:
+/// `y = w ∘ (x · r)`, `r = 1 / √(mean(x²) + ε)`, row by row over the last dimension `n`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(n * rows_per_task(n))
+        .zip(x.par_chunks(n * rows_per_task(n)))
+        .for_each(|(ys, xs)| {
+            for (yr, xr) in ys.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
+                let r = inv_rms(xr, eps);
+                for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                    *o = wv * (xv * r);
+                }
+            }
+        });
+    y
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss: f32 = x.iter().map(|v| v * v).sum();
+    1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+/// Gradients of [`rms_norm`]: `dx = r · g − x · r³ · mean(x ∘ g)` with `g = w ∘ dy`, and
+/// `dw = Σ_rows dy ∘ x · r`. Returns `dx` followed by `dw` (`x.len() + n` values).
+pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let chunk = n * rows_per_task(n);
+    let mut out = vec![0f32; x.len() + n];
+    let (dx, dw) = out.split_at_mut(x.len());
+    // One partial weight gradient per fixed chunk of rows, summed in chunk order: the same
+    // bits on every run, whatever the threads do.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+        .map(|(dxs, (xs, dys))| {
+            let mut acc = vec![0f32; n];
+            for ((dxr, xr), dyr) in dxs
+                .chunks_exact_mut(n)
+                .zip(xs.chunks_exact(n))
+                .zip(dys.chunks_exact(n))
+            {
+                let r = inv_rms(xr, eps);
+                let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((a, b), c)| a * b * c).sum();
+                let c = dot * r * r * r / n as f32;
+                for i in 0..n {
+                    dxr[i] = r * w[i] * dyr[i] - c * xr[i];
+                    acc[i] += dyr[i] * xr[i] * r;
+                }
+            }
+            acc
+        })
+        .collect();
+    for p in &partials {
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    out
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// SwiGLU's gate (Shazeer 2020): `silu(g) ∘ u`, `silu(g) = g · σ(g)`.
+pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+    assert_eq!(g.len(), u.len(), "swiglu: gate and up lengths");
+    let mut y = vec![0f32; g.len()];
+    y.par_chunks_mut(16_384)
+        .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
+        .for_each(|(ys, (gs, us))| {
+            for ((o, &gv), &uv) in ys.iter_mut().zip(gs).zip(us) {
+                *o = gv * sigmoid(gv) * uv;
+            }
+        });
+    y
+}
+
+/// Gradients of [`swiglu`]: `dg = dy ∘ u ∘ σ(g)(1 + g(1 − σ(g)))`, `du = dy ∘ silu(g)`;
+/// returns `dg` followed by `du`.
+pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert_eq!(g.len(), u.len(), "swiglu: gate and up lengths");
+    assert_eq!(g.len(), dy.len(), "swiglu: upstream gradient length");
+    let n = g.len();
+    let mut out = vec![0f32; 2 * n];
+    let (dg, du) = out.split_at_mut(n);
+    dg.par_chunks_mut(16_384)
+        .zip(du.par_chunks_mut(16_384))
+        .zip(
+            g.par_chunks(16_384)
+                .zip(u.par_chunks(16_384))
+                .zip(dy.par_chunks(16_384)),
+        )
+        .for_each(|((dgs, dus), ((gs, us), dys))| {
+            for i in 0..gs.len() {
+                let (gv, uv, d) = (gs[i], us[i], dys[i]);
+                let s = sigmoid(gv);
+                dgs[i] = d * uv * s * (1.0 + gv * (1.0 - s));
+                dus[i] = d * gv * s;
+            }
+        });
+    out
+}
+
+/// Rotary embedding in HF LLaMA's `rotate_half` form on rows of width `d` (`x` `[.., t, d]`,
+/// row `i` at position `i % t`): `y = x ∘ cos + [−x₂, x₁] ∘ sin`, tables `[t, d]`. With
+/// `transpose`, the adjoint: `dx = dy ∘ cos + [(dy ∘ sin)₂, −(dy ∘ sin)₁]`.
+pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], d: usize, transpose: bool) -> Vec<f32> {
+    assert!(d.is_multiple_of(2), "rope: the head width {d} is odd");
+    assert_eq!(
+        cos.len(),
+        sin.len(),
+        "rope: cos and sin tables differ in length"
+    );
+    let t = cos.len() / d;
+    assert_eq!(
+        x.len() % (t * d),
+        0,
+        "rope: the input is not a whole number of [{t}, {d}] tables"
+    );
+    let half = d / 2;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(t * d)
+        .zip(x.par_chunks(t * d))
+        .for_each(|(ys, xs)| {
+            for ((yr, xr), (c, s)) in ys
+                .chunks_exact_mut(d)
+                .zip(xs.chunks_exact(d))
+                .zip(cos.chunks_exact(d).zip(sin.chunks_exact(d)))
+            {
+                for i in 0..half {
+                    let (a, b) = (xr[i], xr[i + half]);
+                    if transpose {
+                        yr[i] = a * c[i] + b * s[i + half];
+                        yr[i + half] = b * c[i + half] - a * s[i];
+                    } else {
+                        yr[i] = a * c[i] - b * s[i];
+                        yr[i + half] = b * c[i + half] + a * s[i + half];
+                    }
+                }
+            }
+        });
+    y
+}

@@ -1,0 +1,223 @@
+//! The element-wise parts of a LLaMA block as extension ops with their own backward passes:
+//! RMSNorm, SwiGLU's `silu(gate) ∘ up` and rotary embeddings.
+//!
+//! Composed of Burn ops, each of these is five to ten element-wise ops, and under Autodiff as
+//! many backward nodes, each op a pass over memory and a fresh buffer. Flex runs one fused host
+//! kernel per pass ([`crate::block_cpu`]); other backends use the default bodies, composed of
+//! their own ops (on CubeCL, Fusion merges them into few kernels anyway).
+
+use burn::backend::{
+    Backend, Dispatch, Shape, Slice, TensorMetadata, backend_extension, tensor::FloatTensor,
+};
+use burn::tensor::Tensor;
+
+/// RMSNorm, SwiGLU and RoPE (see the module docs). A backward op returns the gradients of
+/// `Σ dy ∘ op(..)` flattened and concatenated, in the order of the op's inputs.
+#[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
+pub trait BlockOps: Backend {
+    /// `w ∘ x / √(mean(x²) + ε)` over the last dimension of `x` `[.., n]`, `w` `[n]`.
+    #[fusion(default)]
+    fn rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        let (shape, n) = last_dim(&x);
+        let r = inv_rms::<Self>(x.clone(), eps);
+        let w = Self::float_expand(
+            Self::float_reshape(w, Shape::new([1, n])),
+            shape_2d(&shape, n),
+        );
+        let x = Self::float_reshape(x, shape_2d(&shape, n));
+        Self::float_reshape(Self::float_mul(Self::float_mul(x, r), w), shape)
+    }
+
+    /// `[numel(x) + n]`: `dx` then `dw` of [`BlockOps::rms_norm`] under the gradient `dy`.
+    #[fusion(default)]
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let (shape, n) = last_dim(&x);
+        let s2 = shape_2d(&shape, n);
+        let r = inv_rms::<Self>(x.clone(), eps);
+        let x = Self::float_reshape(x, s2.clone());
+        let dy = Self::float_reshape(dy, s2.clone());
+        let w = Self::float_expand(Self::float_reshape(w, Shape::new([1, n])), s2.clone());
+        let g = Self::float_mul(dy.clone(), w);
+        // c = r³ · mean(x ∘ g)
+        let r3 = Self::float_mul(Self::float_mul(r.clone(), r.clone()), r.clone());
+        let c = Self::float_mul(
+            Self::float_div_scalar(
+                Self::float_sum_dim(Self::float_mul(x.clone(), g.clone()), 1),
+                (n as f32).into(),
+            ),
+            r3,
+        );
+        let dx = Self::float_sub(
+            Self::float_mul(g, r.clone()),
+            Self::float_mul(x.clone(), Self::float_expand(c, s2.clone())),
+        );
+        let dw = Self::float_sum_dim(Self::float_mul(Self::float_mul(dy, x), r), 0);
+        let rows = s2.num_elements();
+        Self::float_cat(
+            vec![
+                Self::float_reshape(dx, Shape::new([rows])),
+                Self::float_reshape(dw, Shape::new([n])),
+            ],
+            0,
+        )
+    }
+
+    /// `silu(gate) ∘ up`, same shapes.
+    #[fusion(default)]
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let s = Self::sigmoid(gate.clone());
+        Self::float_mul(Self::float_mul(gate, s), up)
+    }
+
+    /// `[2 · numel]`: `dgate` then `dup` of [`BlockOps::swiglu`] under the gradient `dy`.
+    #[fusion(default)]
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let n = gate.shape().num_elements();
+        let s = Self::sigmoid(gate.clone());
+        let silu = Self::float_mul(gate.clone(), s.clone());
+        // σ(g)(1 + g(1 − σ(g))) = σ(g) + silu(g)(1 − σ(g))
+        let one_minus = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0f32.into());
+        let dsilu = Self::float_add(s, Self::float_mul(silu.clone(), one_minus));
+        let dg = Self::float_mul(Self::float_mul(dy.clone(), up), dsilu);
+        let du = Self::float_mul(dy, silu);
+        let flat = |t: FloatTensor<Self>| Self::float_reshape(t, Shape::new([n]));
+        Self::float_cat(vec![flat(dg), flat(du)], 0)
+    }
+
+    /// Rotary embedding, HF's `rotate_half` form: `x ∘ cos + [−x₂, x₁] ∘ sin` for `x`
+    /// `[b, h, t, d]` and tables `[t, d]`. With `transpose`, the adjoint
+    /// `dy ∘ cos + [(dy ∘ sin)₂, −(dy ∘ sin)₁]` (the input gradient of the rotation).
+    #[fusion(default)]
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        transpose: bool,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let d = shape.as_slice().to_vec();
+        let (t, w) = (d[d.len() - 2], d[d.len() - 1]);
+        let table = |c: FloatTensor<Self>| {
+            Self::float_expand(
+                Self::float_reshape(c, Shape::new([1, 1, t, w])),
+                shape.clone(),
+            )
+        };
+        let (cos, sin) = (table(cos), table(sin));
+        let lead: Vec<Slice> = d[..3].iter().map(|&n| (0..n).into()).collect();
+        let half = |x: FloatTensor<Self>, i: usize| {
+            let mut s = lead.clone();
+            s.push((i * w / 2..(i + 1) * w / 2).into());
+            Self::float_slice(x, &s)
+        };
+        if transpose {
+            let ys = Self::float_mul(x.clone(), sin);
+            let rotated =
+                Self::float_cat(vec![half(ys.clone(), 1), Self::float_neg(half(ys, 0))], 3);
+            Self::float_add(Self::float_mul(x, cos), rotated)
+        } else {
+            let rotated = Self::float_cat(
+                vec![Self::float_neg(half(x.clone(), 1)), half(x.clone(), 0)],
+                3,
+            );
+            Self::float_add(Self::float_mul(x, cos), Self::float_mul(rotated, sin))
+        }
+    }
+}
+
+/// The shape and the width of the last dimension.
+fn last_dim(x: &impl TensorMetadata) -> (Shape, usize) {
+    let shape = x.shape();
+    let n = *shape
+        .as_slice()
+        .last()
+        .expect("a tensor of at least one dimension");
+    (shape, n)
+}
+
+/// `[rows, n]` of a shape whose last dimension is `n`.
+fn shape_2d(shape: &Shape, n: usize) -> Shape {
+    Shape::new([shape.num_elements() / n.max(1), n])
+}
+
+/// `1 / √(mean(x²) + ε)` per row, `[rows, n]` (expanded).
+fn inv_rms<B: Backend>(x: FloatTensor<B>, eps: f32) -> FloatTensor<B> {
+    let (shape, n) = last_dim(&x);
+    let s2 = shape_2d(&shape, n);
+    let x = B::float_reshape(x, s2.clone());
+    let ms = B::float_mean_dim(B::float_mul(x.clone(), x), 1);
+    let r = B::float_recip(B::float_sqrt(B::float_add_scalar(ms, eps.into())));
+    B::float_expand(r, s2)
+}
+
+/// RMSNorm over the last dimension: `w ∘ x / √(mean(x²) + ε)`.
+///
+/// - `x`: `[..., n]`; `w`: `[n]`
+/// - returns `[..., n]`
+///
+/// Differentiable in `x` and `w`.
+///
+/// # Panics
+/// If `w` is not `[n]`.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f32) -> Tensor<D> {
+    let n = x.dims()[D - 1];
+    assert_eq!(
+        w.dims(),
+        [n],
+        "rms_norm: the weight must be [{n}], the input's last dimension"
+    );
+    Tensor::from_dispatch(<Dispatch as BlockOps>::rms_norm(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        eps,
+    ))
+}
+
+/// SwiGLU's gate `silu(gate) ∘ up` (Shazeer 2020), element-wise.
+///
+/// Differentiable in both inputs.
+///
+/// # Panics
+/// If the shapes differ.
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    assert_eq!(gate.dims(), up.dims(), "swiglu: gate and up shapes differ");
+    Tensor::from_dispatch(<Dispatch as BlockOps>::swiglu(
+        gate.into_dispatch(),
+        up.into_dispatch(),
+    ))
+}
+
+/// Rotary position embedding in HF LLaMA's `rotate_half` form:
+/// `x ∘ cos + [−x₂, x₁] ∘ sin`.
+///
+/// - `x`: `[batch, heads, len, d]`; `cos`, `sin`: `[len, d]` (constants: no gradient)
+/// - returns `[batch, heads, len, d]`
+///
+/// Differentiable in `x`.
+///
+/// # Panics
+/// If the tables are not `[len, d]` or `d` is odd.
+pub fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
+    let [_, _, t, d] = x.dims();
+    assert!(
+        cos.dims() == [t, d] && sin.dims() == [t, d] && d % 2 == 0,
+        "rope: tables {:?} / {:?} for an input of {t} positions of even width {d}",
+        cos.dims(),
+        sin.dims()
+    );
+    Tensor::from_dispatch(<Dispatch as BlockOps>::rope(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        false,
+    ))
+}
