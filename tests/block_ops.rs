@@ -7,32 +7,12 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use burn_qlora::backend::{rms_norm, rope, swiglu};
 
+#[path = "support/numeric.rs"]
+mod numeric;
+use numeric::{assert_close, vals, values};
+
 #[path = "support/wgpu.rs"]
 mod wgpu;
-
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn assert_close(ours: &[f32], want: &[f32], rel: f32, what: &str) {
-    assert_eq!(ours.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= rel * scale, "{what}[{i}]: {a} vs {b}");
-    }
-}
 
 fn tensor<const D: usize>(shape: [usize; D], seed: u64, scale: f32, d: &Device) -> Tensor<D> {
     Tensor::from_data(

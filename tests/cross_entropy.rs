@@ -7,29 +7,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
 use burn_qlora::backend::linear_cross_entropy;
 
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn assert_close(ours: &[f32], want: &[f32], rel: f32, what: &str) {
-    assert_eq!(ours.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= rel * scale, "{what}[{i}]: {a} vs {b}");
-    }
-}
+#[path = "support/numeric.rs"]
+mod numeric;
+use numeric::{assert_close, vals, values};
+#[path = "support/wgpu.rs"]
+mod wgpu;
 
 /// Runs the checks on `device` (an autodiff device is made from it).
 fn check(device: &Device) {
@@ -93,16 +75,7 @@ fn fused_cross_entropy_on_flex() {
 
 #[test]
 fn fused_cross_entropy_on_wgpu() {
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(DeviceKind::default());
-        let _ = Tensor::<1>::from_floats([1.0], &d).into_data();
-        d
-    });
-    match probe {
-        Ok(d) => check(&d),
-        Err(_) if std::env::var("QLORA_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!("wgpu: no adapter on this machine; test skipped");
-        }
-        Err(e) => std::panic::resume_unwind(e),
+    if let Some(d) = wgpu::device(DeviceKind::default()) {
+        check(&d);
     }
 }

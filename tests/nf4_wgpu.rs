@@ -9,6 +9,12 @@ use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use burn_qlora::backend::{Nf4Weight, nf4_dequantize, nf4_linear, nf4_linear_backward_input};
 use burn_qlora::nf4::{Blocksize, QuantConfig, QuantType, QuantizedTensor};
 
+#[path = "support/numeric.rs"]
+mod numeric;
+use numeric::{assert_close, vals};
+#[path = "support/wgpu.rs"]
+mod wgpu_support;
+
 fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut u = move || {
@@ -24,33 +30,7 @@ fn randn(n: usize, seed: u64) -> Vec<f32> {
 
 /// The wgpu device, if this machine has a Vulkan (or other wgpu) adapter.
 fn wgpu() -> Option<Device> {
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(DeviceKind::default());
-        let _ = Tensor::<1>::from_floats([1.0], &d).into_data();
-        d
-    });
-    match probe {
-        Ok(d) => Some(d),
-        Err(_) if std::env::var("QLORA_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!(
-                "wgpu: no adapter on this machine; tests skipped (QLORA_REQUIRE_WGPU=1 fails instead)"
-            );
-            None
-        }
-        Err(e) => std::panic::resume_unwind(e),
-    }
-}
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn assert_close(ours: &[f32], want: &[f32], rel: f32, what: &str) {
-    assert_eq!(ours.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= rel * scale, "{what}[{i}]: {a} vs {b}");
-    }
+    wgpu_support::device(DeviceKind::default())
 }
 
 #[test]
@@ -73,7 +53,7 @@ fn dequantize_linear_and_gradients_on_wgpu() {
             let q = QuantizedTensor::quantize("w", &randn(n * k, i as u64), &[n, k], cfg).unwrap();
             let wg = Nf4Weight::from_quantized(&q, "w", &gpu).unwrap();
             let wc = Nf4Weight::from_quantized(&q, "w", &cpu).unwrap();
-            let deq = to_vec(nf4_dequantize(&wg));
+            let deq = vals(nf4_dequantize(&wg));
             assert_eq!(
                 deq,
                 q.dequantize_f32(),
@@ -81,22 +61,22 @@ fn dequantize_linear_and_gradients_on_wgpu() {
             );
 
             let x = randn(m * k, 10 + i as u64);
-            let yg = to_vec(nf4_linear(
+            let yg = vals(nf4_linear(
                 Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &gpu),
                 &wg,
             ));
-            let yc = to_vec(nf4_linear(
+            let yc = vals(nf4_linear(
                 Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &cpu),
                 &wc,
             ));
             assert_close(&yg, &yc, 1e-5, "y");
 
             let dy = randn(m * n, 20 + i as u64);
-            let dxg = to_vec(nf4_linear_backward_input(
+            let dxg = vals(nf4_linear_backward_input(
                 Tensor::<2>::from_data(TensorData::new(dy.clone(), [m, n]), &gpu),
                 &wg,
             ));
-            let dxc = to_vec(nf4_linear_backward_input(
+            let dxc = vals(nf4_linear_backward_input(
                 Tensor::<2>::from_data(TensorData::new(dy.clone(), [m, n]), &cpu),
                 &wc,
             ));
@@ -108,7 +88,7 @@ fn dequantize_linear_and_gradients_on_wgpu() {
             let xa = Tensor::<2>::from_data(TensorData::new(x, [m, k]), &ad).require_grad();
             let g = Tensor::<2>::from_data(TensorData::new(dy, [m, n]), &ad);
             let grads = (nf4_linear(xa.clone(), &wa) * g).sum().backward();
-            assert_close(&to_vec(xa.grad(&grads).unwrap()), &dxc, 1e-5, "autodiff dx");
+            assert_close(&vals(xa.grad(&grads).unwrap()), &dxc, 1e-5, "autodiff dx");
         }
     }
 }

@@ -8,23 +8,14 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use burn_qlora::optim::Paged;
 
+#[path = "support/numeric.rs"]
+mod numeric;
 #[path = "support/wgpu.rs"]
 mod wgpu_support;
+use numeric::values;
 
 fn wgpu() -> Option<Device> {
     wgpu_support::device(DeviceKind::default())
-}
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.05
-        })
-        .collect()
 }
 
 #[derive(Module, Debug)]
@@ -37,7 +28,7 @@ fn train(device: &Device, mut optim: ModuleOptimizer, steps: usize) -> Vec<f32> 
     let ad = device.clone().autodiff();
     let lin = |i: usize, o: usize, seed| Linear {
         weight: Param::from_tensor(Tensor::from_data(
-            TensorData::new(values(i * o, seed), [i, o]),
+            TensorData::new(values(i * o, seed, 0.05), [i, o]),
             &ad,
         )),
         bias: None,
@@ -49,7 +40,7 @@ fn train(device: &Device, mut optim: ModuleOptimizer, steps: usize) -> Vec<f32> 
     };
     for step in 0..steps {
         let x = Tensor::<2>::from_data(
-            TensorData::new(values(4 * 300, 10 + step as u64), [4, 300]),
+            TensorData::new(values(4 * 300, 10 + step as u64, 0.05), [4, 300]),
             &ad,
         );
         let loss = net.b.forward(net.a.forward(x).tanh()).square().mean();

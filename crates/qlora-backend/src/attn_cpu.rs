@@ -19,7 +19,7 @@ use crate::softmax_row::softmax_numerators;
 /// thousand keys of a training sequence.
 const ROWS: usize = 64;
 
-/// Shapes of one attention call: queries `[b, h, tq, d]`, keys `[b, kvh, tk, d]`, values
+/// Shapes of one attention call (checked by `attn_ops::dims`): queries `[b, h, tq, d]`, keys `[b, kvh, tk, d]`, values
 /// `[b, kvh, tk, dv]`, all row-major and contiguous.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {

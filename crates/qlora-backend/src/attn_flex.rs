@@ -5,23 +5,9 @@ use burn::backend::{
     DType, Flex, FloatDType, TensorData, flex::FlexTensor, ops::FloatTensorOps, tensor::FloatTensor,
 };
 
-use crate::attn_cpu::{AttnShape, attention_backward, attention_forward};
+use crate::attn_cpu::{attention_backward, attention_forward};
 use crate::attn_ops::{CausalAttentionOps, dims};
 use crate::ce_flex::f32s;
-
-fn shape(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, scale: f32) -> AttnShape {
-    let s = dims(q, k, v);
-    AttnShape {
-        b: s.b,
-        h: s.h,
-        kvh: s.kvh,
-        tq: s.tq,
-        tk: s.tk,
-        d: s.d,
-        dv: s.dv,
-        scale,
-    }
-}
 
 impl CausalAttentionOps for Flex {
     fn causal_attention(
@@ -30,7 +16,7 @@ impl CausalAttentionOps for Flex {
         v: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self> {
-        let s = shape(&q, &k, &v, scale);
+        let s = dims(&q, &k, &v, scale);
         let dtype = q.dtype();
         let (q, k, v) = (f32s(q), f32s(k), f32s(v));
         let out = attention_forward(&s, slice(&q), slice(&k), slice(&v));
@@ -47,7 +33,7 @@ impl CausalAttentionOps for Flex {
         dout: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self> {
-        let s = shape(&q, &k, &v, scale);
+        let s = dims(&q, &k, &v, scale);
         let dtype = q.dtype();
         let (q, k, v, dout) = (f32s(q), f32s(k), f32s(v), f32s(dout));
         let (mut dq, dk, dv) =

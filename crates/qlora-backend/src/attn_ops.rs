@@ -19,6 +19,8 @@ use burn::backend::{
 };
 use burn::tensor::Tensor;
 
+use crate::attn_cpu::AttnShape;
+
 /// The causal attention ops (see the module docs).
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
 pub trait CausalAttentionOps: Backend {
@@ -31,7 +33,7 @@ pub trait CausalAttentionOps: Backend {
         v: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self> {
-        let s = dims(&q, &k, &v);
+        let s = dims(&q, &k, &v, scale);
         let group = s.h / s.kvh;
         let options = AttentionModuleOptions {
             scale: Some(scale as f64),
@@ -62,18 +64,6 @@ pub trait CausalAttentionOps: Backend {
     }
 }
 
-/// The shapes of one call, checked.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Dims {
-    pub b: usize,
-    pub h: usize,
-    pub kvh: usize,
-    pub tq: usize,
-    pub tk: usize,
-    pub d: usize,
-    pub dv: usize,
-}
-
 fn dims4(t: &impl TensorMetadata, what: &str) -> [usize; 4] {
     let s = t.shape();
     let d = s.as_slice();
@@ -91,8 +81,9 @@ pub(crate) fn dims(
     q: &impl TensorMetadata,
     k: &impl TensorMetadata,
     v: &impl TensorMetadata,
-) -> Dims {
-    fit(dims4(q, "q"), dims4(k, "k"), dims4(v, "v"))
+    scale: f32,
+) -> AttnShape {
+    fit(dims4(q, "q"), dims4(k, "k"), dims4(v, "v"), scale)
 }
 
 /// # Panics
@@ -101,7 +92,8 @@ fn fit(
     [b, h, tq, d]: [usize; 4],
     [bk, kvh, tk, dk]: [usize; 4],
     [bv, kvh_v, tk_v, dv]: [usize; 4],
-) -> Dims {
+    scale: f32,
+) -> AttnShape {
     assert!(
         bk == b && bv == b && kvh_v == kvh && tk_v == tk && dk == d,
         "causal_attention: q {:?}, k {:?}, v {:?} do not fit together",
@@ -113,7 +105,7 @@ fn fit(
         kvh > 0 && h % kvh == 0,
         "causal_attention: {h} query heads are not a multiple of {kvh} key/value heads"
     );
-    Dims {
+    AttnShape {
         b,
         h,
         kvh,
@@ -121,6 +113,7 @@ fn fit(
         tk,
         d,
         dv,
+        scale,
     }
 }
 
@@ -172,7 +165,7 @@ fn composed_backward<B: Backend>(
     dout: FloatTensor<B>,
     scale: f32,
 ) -> FloatTensor<B> {
-    let s = dims(&q, &k, &v);
+    let s = dims(&q, &k, &v, scale);
     let group = s.h / s.kvh;
     let (k, v) = (repeat_kv::<B>(k, group), repeat_kv::<B>(v, group));
     let scores = B::float_mul_scalar(
@@ -219,7 +212,7 @@ fn composed_backward<B: Backend>(
 /// # Panics
 /// If the shapes do not fit together.
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<4> {
-    fit(q.dims(), k.dims(), v.dims());
+    fit(q.dims(), k.dims(), v.dims(), scale);
     Tensor::from_dispatch(<Dispatch as CausalAttentionOps>::causal_attention(
         q.into_dispatch(),
         k.into_dispatch(),
