@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench train_step` runs every mode, each in its own process (so peak RSS is
 //! per mode), and prints a table: median step time after warm-up, tokens/s, peak RSS.
+//! `-- --shape llama7b --layers N --batch 1 --seq 512 --mode qlora` trains a LLaMA-7B-shaped
+//! stack of N layers instead (memory per layer: compare the peak RSS of two N).
 //! `-- --peer DIR` adds the peer's figures from `DIR/{full,lora,qlora}.json` (written by
 //! `bench_train.py`) and the ratios; `benches/compare_peer.sh` runs both sides in one go.
 
@@ -46,6 +48,13 @@ struct Args {
     seq: usize,
     #[arg(long, default_value_t = 32000)]
     vocab: usize,
+    /// `peer` (hidden 256, ffn 688, 8 heads, 4 layers) or `llama7b` (hidden 4096, ffn 11008,
+    /// 32 heads, 2 layers unless `--layers` says otherwise): a LLaMA-7B-shaped layer stack.
+    #[arg(long, default_value = "peer")]
+    shape: String,
+    /// Number of decoder layers (default: the shape's).
+    #[arg(long)]
+    layers: Option<usize>,
     /// Folder with the peer's `full.json`, `lora.json`, `qlora.json`.
     #[arg(long)]
     peer: Option<PathBuf>,
@@ -134,11 +143,18 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
+    let (hidden, ffn, heads, layers) = match args.shape.as_str() {
+        "peer" => (256, 688, 8, 4),
+        "llama7b" => (4096, 11008, 32, 2),
+        other => panic!("unknown --shape `{other}` (peer, llama7b)"),
+    };
+    let layers = args.layers.unwrap_or(layers);
+    let rss_start = common::peak_rss_mib();
     let config = LlamaConfig::from_json_str(
         &serde_json::json!({
-            "model_type": "llama", "vocab_size": args.vocab, "hidden_size": 256,
-            "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 8,
-            "num_key_value_heads": 8, "max_position_embeddings": 512,
+            "model_type": "llama", "vocab_size": args.vocab, "hidden_size": hidden,
+            "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": heads, "max_position_embeddings": args.seq.max(512),
             "tie_word_embeddings": false, "rms_norm_eps": 1e-6, "hidden_act": "silu",
             "rope_theta": 10000.0
         })
@@ -250,7 +266,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": mode, "median_step_s": med, "best_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "tokens_per_s_median": tok / med, "step_s": times, "peak_rss_process_mib": common::peak_rss_mib(),
-        "rss_model_ready_mib": rss_ready, "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
+        "rss_start_mib": rss_start, "rss_model_ready_mib": rss_ready, "layers": layers, "shape": args.shape, "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
     })
 }
 
@@ -290,7 +306,12 @@ fn main() {
                 "--seq",
                 &args.seq.to_string(),
             ])
-            .args(["--vocab", &args.vocab.to_string()])
+            .args(["--vocab", &args.vocab.to_string(), "--shape", &args.shape])
+            .args(
+                args.layers
+                    .iter()
+                    .flat_map(|l| ["--layers".to_string(), l.to_string()]),
+            )
             .args(args.unfused.then_some("--unfused"))
             .status()
             .expect("run a mode");
