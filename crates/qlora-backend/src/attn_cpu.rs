@@ -1,8 +1,8 @@
 //! The fused causal attention of [`crate::attn_ops`] on host memory.
 //!
-//! One task per (batch, key/value head), run on every core: for each query head of that kv
-//! head's group and each block of [`ROWS`] query rows, the scores of the keys the block can see
-//! (`S = scale · Q·Kᵀ`, the causal triangle's right part never computed), a masked softmax per
+//! Forward, one task per (batch, query head), run on every core: for each block of [`ROWS`]
+//! query rows, the scores of the keys the block can see
+//! (`S = scale · Q·Kᵀ`, no key right of the block's last row computed), a masked softmax per
 //! row with one vectorised `exp` per score, then `O = P·V`. The `[rows, keys]` score block is the
 //! only scratch: the `[batch, heads, len, len]` scores never exist.
 //!
