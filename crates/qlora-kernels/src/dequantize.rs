@@ -4,10 +4,23 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-/// The value of flat element `e` of a packed weight (bnb order: element `2i` in the high nibble
-/// of byte `i`, bytes little-endian in `u32` words).
+/// The 4-bit code of flat element `e` of a packed weight (bnb order: element `2i` in the high
+/// nibble of byte `i`, bytes little-endian in `u32` words).
 #[cube]
 #[allow(clippy::manual_is_multiple_of)] // `%` is what the kernel language expands
+pub(crate) fn nf4_nibble(packed: &[u32], e: usize) -> usize {
+    let word = packed[e / 8];
+    let byte = (word >> (((e % 8) / 2 * 8) as u32)) & 0xffu32;
+    let mut nibble = byte & 0xfu32;
+    if e % 2 == 0 {
+        nibble = byte >> 4;
+    }
+    nibble as usize
+}
+
+/// The value of flat element `e` of a packed weight: its code's table entry times its block's
+/// absmax.
+#[cube]
 pub(crate) fn nf4_element(
     packed: &[u32],
     absmax: &[f32],
@@ -15,13 +28,7 @@ pub(crate) fn nf4_element(
     e: usize,
     #[comptime] blocksize: usize,
 ) -> f32 {
-    let word = packed[e / 8];
-    let byte = (word >> (((e % 8) / 2 * 8) as u32)) & 0xffu32;
-    let mut nibble = byte & 0xfu32;
-    if e % 2 == 0 {
-        nibble = byte >> 4;
-    }
-    code[nibble as usize] * absmax[e / blocksize]
+    code[nf4_nibble(packed, e)] * absmax[e / blocksize]
 }
 
 /// One unit per packed word: 8 elements, which share one block (every blocksize is a multiple

@@ -13,31 +13,14 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use crate::nf4_nibble;
+
 /// Output tile edge of a cube.
 pub const BLOCK: usize = 64;
 /// Reduction step staged in shared memory.
 const BK: usize = 16;
 /// Units per cube edge (`BLOCK / 4`: each unit holds 4 × 4 outputs).
 const UNITS: usize = 16;
-
-/// Element `e` of the packed weight, decoded through the shared table `lut`.
-#[cube]
-#[allow(clippy::manual_is_multiple_of)] // `%` is what the kernel language expands
-fn decode(
-    packed: &[u32],
-    absmax: &[f32],
-    lut: &Shared<[f32]>,
-    e: usize,
-    #[comptime] blocksize: usize,
-) -> f32 {
-    let word = packed[e / 8];
-    let byte = (word >> (((e % 8) / 2 * 8) as u32)) & 0xffu32;
-    let mut nibble = byte & 0xfu32;
-    if e % 2 == 0 {
-        nibble = byte >> 4;
-    }
-    lut[nibble as usize] * absmax[e / blocksize]
-}
 
 /// `out[m, n] = Σ_kk lhs[m, kk] · B[kk, n]`, `B[kk, j] = W[j, kk]` (`transposed = false`) or
 /// `W[kk, j]` (`transposed = true`).
@@ -109,7 +92,7 @@ pub(crate) fn nf4_matmul_tiled_kernel<F: Float>(
                 if transposed {
                     e = (k0 + kk) * n + col0 + c;
                 }
-                v = decode(packed, absmax, &lut, e, blocksize);
+                v = lut[nf4_nibble(packed, e)] * absmax[e / blocksize];
             }
             b_s[kk * BLOCK + c] = v;
         }
