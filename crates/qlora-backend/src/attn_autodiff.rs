@@ -1,11 +1,11 @@
 //! `CausalAttentionOps` for `Autodiff<B, C>`: the forward pass runs the inner backend's op and
-//! keeps only `Q`, `K`, `V`; the backward pass is the inner backend's
+//! checkpoints only `Q`, `K`, `V`; the backward pass is the inner backend's
 //! `causal_attention_backward`, which recomputes the probabilities.
 
 use burn::backend::{
     AutodiffBackend, TensorMetadata,
     autodiff::{
-        Autodiff,
+        Autodiff, NodeId,
         checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
         grads::Gradients,
         ops::{Backward, Ops, OpsKind},
@@ -20,16 +20,17 @@ use crate::block_autodiff::register_parts;
 struct CausalAttentionBackward;
 
 impl<B: CausalAttentionOps> Backward<B, 3> for CausalAttentionBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f32);
+    type State = (NodeId, NodeId, NodeId, f32);
 
     fn backward(
         self,
         ops: Ops<Self::State, 3>,
         grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
+        checkpointer: &mut Checkpointer,
     ) {
         let g = grads.consume::<B>(&ops.node);
         let (q, k, v, scale) = ops.state;
+        let [q, k, v] = [q, k, v].map(|id| checkpointer.retrieve_node_output::<FloatTensor<B>>(id));
         let shapes = [q.shape(), k.shape(), v.shape()];
         let flat = B::causal_attention_backward(q, k, v, g, scale);
         let parents = ops.parents.map(|p| p.map(|n| n.id));
@@ -49,14 +50,22 @@ impl<B: CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodi
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                let (qp, kp, vp) = (
-                    q.primitive().clone(),
-                    k.primitive().clone(),
-                    v.primitive().clone(),
+            OpsKind::Tracked(mut prep) => {
+                // The inputs go through the checkpointer, as Burn's own ops keep theirs: under
+                // a recomputing strategy they are recomputed rather than held.
+                let state = (
+                    prep.checkpoint(&q),
+                    prep.checkpoint(&k),
+                    prep.checkpoint(&v),
+                    scale,
                 );
-                let out = B::causal_attention(qp.clone(), kp.clone(), vp.clone(), scale);
-                prep.finish((qp, kp, vp, scale), out)
+                let out = B::causal_attention(
+                    q.into_primitive(),
+                    k.into_primitive(),
+                    v.into_primitive(),
+                    scale,
+                );
+                prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(
                 q.into_primitive(),

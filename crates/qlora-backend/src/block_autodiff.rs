@@ -1,5 +1,6 @@
-//! `BlockOps` for `Autodiff<B, C>`: each forward op keeps its inputs (not its output) and its
-//! backward pass is one call of the inner backend's fused backward op.
+//! `BlockOps` for `Autodiff<B, C>`: each forward op checkpoints its inputs (not its output; a
+//! recomputing strategy recomputes them rather than holding them, as for Burn's own ops) and
+//! its backward pass is one call of the inner backend's fused backward op.
 
 use burn::backend::{
     AutodiffBackend, Shape, TensorMetadata,
@@ -36,11 +37,12 @@ pub(crate) fn register_parts<B: burn::backend::Backend, const N: usize>(
 struct RmsNormBackward;
 
 impl<B: BlockOps> Backward<B, 2> for RmsNormBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, f32);
+    type State = (NodeId, NodeId, f32);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ck: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
         let (x, w, eps) = ops.state;
+        let [x, w] = [x, w].map(|id| ck.retrieve_node_output::<FloatTensor<B>>(id));
         let shapes = [x.shape(), w.shape()];
         let flat = B::rms_norm_backward(x, w, g, eps);
         register_parts::<B, 2>(grads, ops.parents.map(|p| p.map(|n| n.id)), flat, shapes);
@@ -51,11 +53,12 @@ impl<B: BlockOps> Backward<B, 2> for RmsNormBackward {
 struct SwigluBackward;
 
 impl<B: BlockOps> Backward<B, 2> for SwigluBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>);
+    type State = (NodeId, NodeId);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ck: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
         let (gate, up) = ops.state;
+        let [gate, up] = [gate, up].map(|id| ck.retrieve_node_output::<FloatTensor<B>>(id));
         let shapes = [gate.shape(), up.shape()];
         let flat = B::swiglu_backward(gate, up, g);
         register_parts::<B, 2>(grads, ops.parents.map(|p| p.map(|n| n.id)), flat, shapes);
@@ -86,10 +89,10 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                let (xp, wp) = (x.primitive().clone(), w.primitive().clone());
-                let y = B::rms_norm(xp.clone(), wp.clone(), eps);
-                prep.finish((xp, wp, eps), y)
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&w), eps);
+                let y = B::rms_norm(x.into_primitive(), w.into_primitive(), eps);
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::rms_norm(x.into_primitive(), w.into_primitive(), eps))
@@ -118,10 +121,10 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                let (g, u) = (gate.primitive().clone(), up.primitive().clone());
-                let y = B::swiglu(g.clone(), u.clone());
-                prep.finish((g, u), y)
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&gate), prep.checkpoint(&up));
+                let y = B::swiglu(gate.into_primitive(), up.into_primitive());
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::swiglu(gate.into_primitive(), up.into_primitive()))
