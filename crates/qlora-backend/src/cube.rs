@@ -67,19 +67,7 @@ fn matmul(lhs: CubeTensor, w: Nf4Primitive<CubeBackend>, transposed: bool, op: &
             out_shape.clone(),
             lhs.dtype,
         );
-        type Launch = fn(
-            &Client,
-            Handle,
-            Handle,
-            Handle,
-            Handle,
-            Handle,
-            (usize, usize, usize),
-            bool,
-            usize,
-            ElemType,
-        );
-        let launch: Launch = match kernel {
+        let launch: qlora_kernels::Nf4MatmulLaunch = match kernel {
             // The GEMV computes the forward product only (never chosen for `transposed`).
             Nf4Kernel::Gemv => |c, x, p, a, code, o, shape, _, bs, d| {
                 qlora_kernels::launch_nf4_gemv(c, x, p, a, code, o, shape, bs, d)

@@ -16,5 +16,5 @@ pub use absmax::decode_double_quant_absmax;
 pub use dequantize::launch_dequantize;
 pub(crate) use dequantize::{nf4_element, nf4_nibble};
 pub use gemv::{GEMV_MAX_M, GEMV_UNITS, launch_nf4_gemv};
-pub use linear::{TILE, launch_nf4_matmul};
+pub use linear::{Nf4MatmulLaunch, TILE, launch_nf4_matmul};
 pub use tiled::{BLOCK, launch_nf4_matmul_tiled};

@@ -12,6 +12,22 @@ use cubecl::server::Handle;
 
 use crate::nf4_element;
 
+/// The signature of the matmul launchers ([`launch_nf4_matmul`],
+/// [`launch_nf4_matmul_tiled`](crate::launch_nf4_matmul_tiled)): client, `lhs`, `packed`,
+/// `absmax`, `code`, `out`, `(m, n, k)`, `transposed`, blocksize, element type.
+pub type Nf4MatmulLaunch = fn(
+    &Client,
+    Handle,
+    Handle,
+    Handle,
+    Handle,
+    Handle,
+    (usize, usize, usize),
+    bool,
+    usize,
+    ElemType,
+);
+
 /// Output tile edge (units per cube: `TILE × TILE`).
 pub const TILE: usize = 16;
 

@@ -11,8 +11,8 @@ use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use qlora_kernels::{
-    GEMV_MAX_M, decode_double_quant_absmax, launch_dequantize, launch_nf4_gemv, launch_nf4_matmul,
-    launch_nf4_matmul_tiled,
+    GEMV_MAX_M, Nf4MatmulLaunch, decode_double_quant_absmax, launch_dequantize, launch_nf4_gemv,
+    launch_nf4_matmul, launch_nf4_matmul_tiled,
 };
 use qlora_nf4::{Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor, bf16, f16};
 
@@ -186,38 +186,26 @@ pub fn matmuls_match_the_reference(client: &Client) {
     );
 }
 
-/// The signature shared by the two matmul launchers.
-type Launch = fn(
-    &Client,
-    Handle,
-    Handle,
-    Handle,
-    Handle,
-    Handle,
-    (usize, usize, usize),
-    bool,
-    usize,
-    ElemType,
-);
+/// A random `[n, k]` weight quantized with QLoRA's configuration (NF4 + DQ, blocksize 64) from
+/// `seed`, and its dequantized values (the reference every kernel is held to).
+fn qlora_weight(n: usize, k: usize, seed: u64) -> (QuantizedTensor, Vec<f32>) {
+    let q =
+        QuantizedTensor::quantize("w", &randn(n * k, seed), &[n, k], QuantConfig::qlora()).unwrap();
+    let deq = q.dequantize_f32();
+    (q, deq)
+}
 
 /// `launch` computes forward and backward-input within 1e-5 of the f64 reference (inputs drawn
 /// from seeds `seed + i`, `seed + 10 + i`, `seed + 20 + i` for shape `i`).
 fn check_matmul(
     client: &Client,
-    launch: Launch,
+    launch: Nf4MatmulLaunch,
     shapes: &[(usize, usize, usize)],
     seed: u64,
     what: &str,
 ) {
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
-        let q = QuantizedTensor::quantize(
-            "w",
-            &randn(n * k, seed + i as u64),
-            &[n, k],
-            QuantConfig::qlora(),
-        )
-        .unwrap();
-        let deq = q.dequantize_f32();
+        let (q, deq) = qlora_weight(n, k, seed + i as u64);
         let dw = upload(client, &q);
         let x = randn(m * k, seed + 10 + i as u64);
         let y = client.empty(m * n * 4);
@@ -295,14 +283,7 @@ pub fn gemv_matches_the_reference(client: &Client) {
         .iter()
         .enumerate()
     {
-        let q = QuantizedTensor::quantize(
-            "w",
-            &randn(n * k, 80 + i as u64),
-            &[n, k],
-            QuantConfig::qlora(),
-        )
-        .unwrap();
-        let deq = q.dequantize_f32();
+        let (q, deq) = qlora_weight(n, k, 80 + i as u64);
         for m in [1, 3, GEMV_MAX_M] {
             let dw = upload(client, &q);
             let x = randn(m * k, 90 + (i * 10 + m) as u64);
@@ -356,18 +337,11 @@ pub fn half_matmuls_within_1e2(client: &Client) {
             .iter()
             .enumerate()
         {
-            let q = QuantizedTensor::quantize(
-                "w",
-                &randn(n * k, 200 + i as u64),
-                &[n, k],
-                QuantConfig::qlora(),
-            )
-            .unwrap();
-            let deq = q.dequantize_f32();
+            let (q, deq) = qlora_weight(n, k, 200 + i as u64);
             let xh: Vec<u16> = randn(m * k, 210 + i as u64).into_iter().map(to).collect();
             let x: Vec<f32> = xh.iter().map(|&b| from(b)).collect();
             let want = forward_reference(&x, &deq, m, n, k);
-            let mut runs: Vec<(&str, Launch)> = vec![
+            let mut runs: Vec<(&str, Nf4MatmulLaunch)> = vec![
                 ("tiled", launch_nf4_matmul_tiled),
                 ("simple", launch_nf4_matmul),
             ];
