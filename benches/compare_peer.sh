@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the peer's training-step benchmark (../shared/peer-bench/bench_train.py: PyTorch +
+# Runs the peer's training-step benchmark (benches/peer/bench_train.py: PyTorch +
 # transformers + PEFT + bitsandbytes) and ours (benches/train_step.rs) on the same machine in
 # the same run, 2 threads each, mode by mode (peer, then ours), and prints our table with the
 # ratios.
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same target folder as the tests (.ci/run), so a bench reuses their build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/burn-qlora/target}"
-peer_dir="${PEER_BENCH_DIR:-../shared/peer-bench}"
+peer_dir="${PEER_BENCH_DIR:-benches/peer}"  # a copy of the shared peer, kept in the repo
 venv="${PEER_VENV:-$HOME/.cache/peer-bench/venv}"
 if [ "${1:-}" = "--install" ]; then
   python3 -m venv "$venv"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs bitsandbytes' quantize/dequantize/matmul_4bit benchmark (../shared/peer-bench/bench_quant.py)
+# Runs bitsandbytes' quantize/dequantize/matmul_4bit benchmark (benches/peer/bench_quant.py)
 # and ours back to back on the same machine with 2 threads, and prints our tables with the ratios.
 #
 #   benches/compare_quant.sh            # uses the peer venv at $HOME/.cache/peer-bench/venv
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same target folder as the tests (.ci/run), so a bench reuses their build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/burn-qlora/target}"
-peer_dir="${PEER_BENCH_DIR:-../shared/peer-bench}"
+peer_dir="${PEER_BENCH_DIR:-benches/peer}"  # a copy of the shared peer, kept in the repo
 venv="${PEER_VENV:-$HOME/.cache/peer-bench/venv}"
 if [ "${1:-}" = "--install" ]; then
   python3 -m venv "$venv"

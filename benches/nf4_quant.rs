@@ -1,5 +1,5 @@
 //! NF4/FP4 quantize and dequantize throughput on a 4096×4096 f32 matrix (the shape of
-//! `../shared/peer-bench/bench_quant.py`), printed as a table.
+//! `benches/peer/bench_quant.py`), printed as a table.
 //!
 //! ```text
 //! cargo bench --bench nf4_quant                       # 2 threads, as the peer

@@ -1,4 +1,4 @@
-//! Training-step throughput of the peer benchmark's model (`../shared/peer-bench`): a LLaMA with
+//! Training-step throughput of the peer benchmark's model (`benches/peer`): a LLaMA with
 //! hidden 256, ffn 688, 4 layers, 8 heads, vocab 32000, untied, fp32; batch 4 × 256 random
 //! tokens with labels = inputs; AdamW lr 1e-4, no weight decay. Three modes:
 //! `full` (every parameter trained), `lora` (f32 base, LoRA r16 α32 on the seven linears) and

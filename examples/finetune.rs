@@ -44,19 +44,19 @@ struct Args {
     out: PathBuf,
     /// Optimizer steps (default: 30, about 6 minutes for the default model on 2 CPU cores,
     /// unless --epochs is given).
-    #[arg(long, conflicts_with = "epochs")]
+    #[arg(long, conflicts_with = "epochs", value_parser = common::args::at_least_1)]
     steps: Option<usize>,
     /// Passes over the training data instead of a step count.
-    #[arg(long)]
+    #[arg(long, value_parser = common::args::positive)]
     epochs: Option<f64>,
     /// Samples per micro-batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = common::args::at_least_1)]
     batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = common::args::at_least_1)]
     grad_accum: usize,
-    /// Longest sample in tokens.
-    #[arg(long, default_value_t = 256)]
+    /// Longest sample in tokens (at least 2).
+    #[arg(long, default_value_t = 256, value_parser = common::args::seq_len)]
     seq_len: usize,
     /// Stop with an error on a sample longer than --seq-len (by default it is cut to
     /// --seq-len tokens, and the count of cut samples is printed).
@@ -68,11 +68,11 @@ struct Args {
     /// Skip malformed records (counted) instead of stopping at the first.
     #[arg(long)]
     skip_invalid: bool,
-    /// Held-out fraction of the data.
-    #[arg(long, default_value_t = 0.1)]
+    /// Held-out fraction of the data, in [0, 1).
+    #[arg(long, default_value_t = 0.1, value_parser = common::args::fraction)]
     eval_fraction: f64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate (above 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = common::args::positive)]
     lr: f64,
     /// constant, linear or cosine (after warm-up).
     #[arg(long, default_value = "cosine")]
@@ -81,16 +81,16 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     warmup: usize,
     /// Clip the global gradient norm (0: no clipping).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = common::args::non_negative)]
     max_grad_norm: f64,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 16)]
+    /// LoRA rank (at least 1).
+    #[arg(long, default_value_t = 16, value_parser = common::args::at_least_1)]
     rank: usize,
-    /// LoRA alpha.
-    #[arg(long, default_value_t = 32.0)]
+    /// LoRA alpha (above 0).
+    #[arg(long, default_value_t = 32.0, value_parser = common::args::positive)]
     alpha: f64,
-    /// LoRA dropout.
-    #[arg(long, default_value_t = 0.05)]
+    /// LoRA dropout, in [0, 1).
+    #[arg(long, default_value_t = 0.05, value_parser = common::args::fraction)]
     dropout: f64,
     /// Adapted modules: comma-separated names, or all-linear.
     #[arg(long, default_value = "all-linear")]
@@ -105,10 +105,12 @@ struct Args {
     /// adamw, paged-adamw or adamw8bit.
     #[arg(long, default_value = "paged-adamw")]
     optimizer: OptimizerKind,
-    /// Device bytes of optimizer state kept resident with paged-adamw (default: all).
+    /// Device bytes of optimizer state kept resident with paged-adamw (default: all); only
+    /// with --optimizer paged-adamw.
     #[arg(long)]
     paged_budget: Option<usize>,
-    /// Recompute activations in the backward pass instead of keeping them.
+    /// Burn's op-level checkpointing: element-wise chains recomputed in the backward pass
+    /// (it does not lower the peak memory of this model today; see benches/README.md).
     #[arg(long)]
     grad_checkpointing: bool,
     /// auto (CUDA or wgpu when built with that feature, else flex), flex (pure-Rust CPU),
@@ -121,11 +123,11 @@ struct Args {
     /// checkpoints. Replaces --device.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
-    /// Evaluate every N steps.
-    #[arg(long, default_value_t = 10)]
+    /// Evaluate every N steps (and after the last).
+    #[arg(long, default_value_t = 10, value_parser = common::args::at_least_1)]
     eval_every: usize,
-    /// Save a checkpoint every N steps.
-    #[arg(long, default_value_t = 10)]
+    /// Save a checkpoint every N steps (and after the last).
+    #[arg(long, default_value_t = 10, value_parser = common::args::at_least_1)]
     save_every: usize,
     /// Resume from the checkpoint in --out.
     #[arg(long)]
@@ -138,25 +140,52 @@ struct Args {
     no_samples: bool,
 }
 
-fn sample_answer(model: &LlamaForCausalLM, tok: &LlamaTokenizer, question: &str) -> String {
+/// The model's greedy answer to `question` (in its chat template when it has one). Errors if
+/// the prompt's ids are not all in the model's vocabulary.
+fn sample_answer(
+    model: &LlamaForCausalLM,
+    tok: &LlamaTokenizer,
+    question: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
     let valid = model.valid();
     let prompt = tok
         .apply_chat_template(&[ChatMessage::new("user", question)], true)
         .unwrap_or_else(|_| question.to_string());
-    let Ok(ids) = tok.encode(&prompt, true) else {
-        return String::new();
-    };
+    let ids = tok.encode(&prompt, true)?;
+    if ids.is_empty() {
+        return Ok(String::new());
+    }
+    valid.check_token_ids(&ids, "the sample prompt")?;
     let cfg = GenerationConfig {
         max_new_tokens: 40,
         sampling: Sampling::Greedy,
         stop_tokens: tok.eos_id().into_iter().collect(),
     };
     let out = valid.generate(&ids, &cfg, |_| true);
-    tok.decode(&out, true).unwrap_or_default()
+    Ok(tok.decode(&out, true)?)
+}
+
+/// Whether a device's error message says that memory ran out (CubeCL, wgpu and CUDA word it
+/// in these ways).
+fn is_out_of_memory(what: &str) -> bool {
+    let w = what.to_ascii_lowercase();
+    [
+        "out of memory",
+        "outofmemory",
+        "out_of_memory",
+        "alloc",
+        "buffer size",
+        "max_buffer",
+        "too large",
+        "exceeds",
+    ]
+    .iter()
+    .any(|k| w.contains(k))
 }
 
 /// The message for a training step that failed on the device (out of memory, a lost device):
-/// what happened, which checkpoint is intact, and what to change.
+/// what happened, which checkpoint is intact, and what to change (the memory advice only when
+/// memory ran out).
 fn step_failed(args: &Args, trainer: &Trainer, panic: Box<dyn std::any::Any + Send>) -> String {
     let what = panic
         .downcast_ref::<String>()
@@ -167,16 +196,22 @@ fn step_failed(args: &Args, trainer: &Trainer, panic: Box<dyn std::any::Any + Se
         Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
         None => "no checkpoint had been written yet".to_string(),
     };
+    let advice = if is_out_of_memory(what) {
+        MEMORY_ADVICE
+    } else {
+        "once the device works again, rerun with --resume"
+    };
     format!(
-        "training step {} failed on the device: {what}\n{kept}; {MEMORY_ADVICE}",
+        "training step {} failed on the device: {what}\n{kept}; {advice}",
         trainer.state.step + 1
     )
 }
 
-/// What to change when a step runs out of memory.
+/// What to change when a step runs out of memory. (`--grad-checkpointing` is not named: Burn's
+/// op-level checkpointing does not lower this model's peak today, see benches/README.md.)
 const MEMORY_ADVICE: &str = "to use less memory, lower --batch-size (and raise --grad-accum to \
-    keep the effective batch) or --seq-len, add --grad-checkpointing, or use --optimizer \
-    paged-adamw with a --paged-budget; then rerun with --resume";
+    keep the effective batch) or --seq-len, or use --optimizer paged-adamw with a \
+    --paged-budget; then rerun with --resume";
 
 fn main() {
     common::exit_on_error(run(Args::parse()));
@@ -184,11 +219,22 @@ fn main() {
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
+    if args.paged_budget.is_some() && !matches!(args.optimizer, OptimizerKind::PagedAdamW { .. }) {
+        return Err(format!(
+            "--paged-budget applies to --optimizer paged-adamw only (this run uses {:?})",
+            args.optimizer
+        )
+        .into());
+    }
+    if args.resume && Trainer::find_checkpoint(&args.out).is_none() {
+        return Err(format!("--resume: no checkpoint in {}", args.out.display()).into());
+    }
     let model_path = common::model_path(&args.model)?;
     let data_path = args
         .data
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/chitchat.jsonl"));
+    common::check_exists(&data_path, "--data")?;
     let devices = args
         .devices
         .iter()
@@ -268,20 +314,30 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ParameterCount::of(&model)
     );
     println!("peak RSS after loading: {:.0} MiB", common::peak_rss_mib());
+    // Ids from a tokenizer of another model (or with tokens added beyond vocab_size) would
+    // index past the embedding table: refused here, before any sample runs.
+    let data_name = data_path.display().to_string();
+    for s in train.iter().chain(&eval) {
+        model.check_token_ids(&s.input_ids, &data_name)?;
+    }
+    let pad = tok.token_id("<|endoftext|>").or(tok.eos_id()).unwrap_or(0);
+    model.check_token_ids(
+        &[pad],
+        "the padding token (the tokenizer's <|endoftext|> or eos)",
+    )?;
 
     let question = "Hi! How was your weekend?";
     if !args.no_samples {
         println!(
             "before: {question} -> {:?}",
-            sample_answer(&model, &tok, question)
+            sample_answer(&model, &tok, question)?
         );
     }
 
     let per_epoch = train.len().div_ceil(args.batch_size * args.grad_accum);
     let steps = match (args.steps, args.epochs) {
         (Some(s), _) => s,
-        (None, Some(e)) if e > 0.0 && e.is_finite() => ((per_epoch as f64) * e).ceil() as usize,
-        (None, Some(e)) => return Err(format!("--epochs must be positive (got {e})").into()),
+        (None, Some(e)) => ((per_epoch as f64) * e).ceil().max(1.0) as usize,
         (None, None) => 30,
     };
     let config = TrainConfig {
@@ -301,7 +357,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         seed: args.seed,
         ..TrainConfig::default()
     };
-    let pad = tok.token_id("<|endoftext|>").or(tok.eos_id()).unwrap_or(0);
     let mut trainer = Trainer::new(model, lora, "default", train, eval, pad, config)?;
     if devices.len() > 1 {
         trainer.set_devices(&devices)?;
@@ -373,7 +428,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         if r.step % args.save_every == 0 || trainer.is_done() {
             trainer.save_checkpoint(&args.out)?;
-            write_metrics(&args.out.join("metrics.jsonl"), &trainer.state.history)?;
+            write_metrics(
+                &args.out.join("metrics.jsonl"),
+                &trainer.state.history,
+                trainer.state.initial_eval_loss,
+            )?;
         }
     }
     bar.finish();
@@ -383,7 +442,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .model
         .adapter("default", trainer.lora.clone())
         .save(&adapter_dir)?;
-    write_metrics(&args.out.join("metrics.jsonl"), &trainer.state.history)?;
+    write_metrics(
+        &args.out.join("metrics.jsonl"),
+        &trainer.state.history,
+        trainer.state.initial_eval_loss,
+    )?;
     plot_losses(
         &args.out.join("loss.png"),
         &trainer.state.history,
@@ -424,7 +487,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !args.no_samples {
         println!(
             "after: {question} -> {:?}",
-            sample_answer(&trainer.model, &tok, question)
+            sample_answer(&trainer.model, &tok, question)?
         );
     }
     println!(

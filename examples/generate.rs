@@ -36,24 +36,24 @@ struct Args {
     /// A system message (with --chat).
     #[arg(long)]
     system: Option<String>,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
+    /// Most tokens to generate (at least 1).
+    #[arg(long, default_value_t = 128, value_parser = common::args::at_least_1)]
     max_new_tokens: usize,
     /// Always take the most likely token (the default unless --temperature is given).
     #[arg(long, conflicts_with = "temperature")]
     greedy: bool,
-    /// Sample with this softmax temperature.
-    #[arg(long)]
+    /// Sample with this softmax temperature (above 0).
+    #[arg(long, value_parser = common::args::temperature)]
     temperature: Option<f32>,
-    /// Nucleus sampling mass (with --temperature).
-    #[arg(long, default_value_t = 0.9)]
-    top_p: f32,
+    /// Nucleus sampling mass, in (0, 1] (with --temperature; default 0.9).
+    #[arg(long, requires = "temperature", value_parser = common::args::mass)]
+    top_p: Option<f32>,
     /// Keep only the k most likely tokens (0: all; with --temperature).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Seed of the sampler.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[arg(long, requires = "temperature")]
+    top_k: Option<usize>,
+    /// Seed of the sampler (with --temperature; default 0).
+    #[arg(long, requires = "temperature")]
+    seed: Option<u64>,
     /// Keep the base weights in float instead of NF4.
     #[arg(long)]
     float_base: bool,
@@ -67,27 +67,25 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let sampling = match args.temperature {
-        Some(t) if !(t > 0.0 && t.is_finite()) => {
-            return Err(format!("--temperature must be > 0 (got {t})").into());
-        }
-        Some(_) if !(args.top_p > 0.0 && args.top_p <= 1.0) => {
-            return Err(format!("--top-p must be in (0, 1] (got {})", args.top_p).into());
-        }
-        Some(temperature) => Sampling::Sample {
+    // --greedy and --temperature exclude each other (clap refuses both).
+    let sampling = match (args.greedy, args.temperature) {
+        (false, Some(temperature)) => Sampling::Sample {
             temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
+            top_k: args.top_k.unwrap_or(0),
+            top_p: args.top_p.unwrap_or(0.9),
+            seed: args.seed.unwrap_or(0),
         },
-        None => Sampling::Greedy,
+        _ => Sampling::Greedy,
     };
+    if args.system.is_some() && args.prompt.is_some() && !args.chat {
+        return Err("--system needs --chat (a raw --prompt has no system message)".into());
+    }
     let device = common::device(&args.device)?;
     let model_path = common::model_path(&args.model)?;
     let quant = (!args.float_base).then(QuantConfig::qlora);
     let mut model = LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(quant, &device))?;
     if let Some(dir) = &args.adapter {
-        common::check_exists(dir, "adapter folder")?;
+        common::check_exists(dir, "--adapter")?;
         model.load_adapter(&PeftAdapter::load(dir, &device)?, "default")?;
     }
     let tok = LlamaTokenizer::load(&model_path)?;
@@ -110,6 +108,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if prompt.is_empty() {
         return Err("the prompt encodes to no tokens".into());
     }
+    model.check_token_ids(&prompt, "the prompt")?;
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         sampling,

@@ -71,7 +71,7 @@ fn copy_tokenizer(model: &Path, out: &Path) -> Result<(), Box<dyn std::error::Er
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let device = burn::tensor::Device::flex();
     let model_path = common::model_path(&args.model)?;
-    common::check_exists(&args.adapter, "adapter folder")?;
+    common::check_exists(&args.adapter, "--adapter")?;
     let adapter = PeftAdapter::load(&args.adapter, &device)?;
     let mut model = LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(None, &device))?;
     model.load_adapter(&adapter, "default")?;

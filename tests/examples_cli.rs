@@ -86,7 +86,12 @@ fn finetune_generate_merge_quantize() {
         assert!(out.join(f).is_file(), "finetune wrote no {f}");
     }
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 6, "{metrics}");
+    // Step 0 (the held-out loss before training), then one line a step.
+    assert_eq!(metrics.lines().count(), 7, "{metrics}");
+    assert!(
+        metrics.starts_with("{\"step\":0,\"eval_loss\":"),
+        "{metrics}"
+    );
 
     // With gradient checkpointing (activations recomputed in the backward pass) the run is
     // the same run.
@@ -102,11 +107,7 @@ fn finetune_generate_merge_quantize() {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
             .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
             .collect()
     };
     let (a, b) = (losses(&out), losses(&ckpt_out));

@@ -3,8 +3,7 @@
 //! lavapipe in CI fails even earlier) fails the step with a panic from the runtime; `finetune` stops with an error that says what failed, which
 //! checkpoint is intact, and what to change, and leaves no partial checkpoint behind.
 //!
-//! Needs a wgpu adapter; without one the test says so and passes, unless `QLORA_REQUIRE_WGPU=1`
-//! (as in CI) makes that a failure.
+//! Needs a wgpu adapter: ignored (with the reason) on a machine with no Vulkan driver.
 
 use std::process::Command;
 
@@ -14,14 +13,10 @@ use burn_qlora::train::Trainer;
 mod byte_tokenizer;
 #[path = "support/cli.rs"]
 mod cli;
-#[path = "support/wgpu.rs"]
-mod wgpu_support;
 
 #[test]
+#[cfg_attr(qlora_no_vulkan, ignore = "cannot run here: no Vulkan driver")]
 fn a_failed_device_step_says_what_to_change() {
-    if !wgpu_support::available() {
-        return;
-    }
     let model = cli::tiny_model("device-error");
     let work = cli::tmp("device-error-work");
     let data = cli::chat_data(&work);
@@ -50,11 +45,12 @@ fn a_failed_device_step_says_what_to_change() {
         "training step 1 failed on the device",
         "no checkpoint had been written yet",
         "--batch-size",
-        "--grad-checkpointing",
         "--resume",
     ] {
         assert!(stderr.contains(words), "no `{words}` in: {stderr}");
     }
+    // Burn's op-level checkpointing does not lower the peak: the advice does not name it.
+    assert!(!stderr.contains("--grad-checkpointing"), "{stderr}");
     assert!(Trainer::find_checkpoint(&out).is_none());
     let left: Vec<_> = std::fs::read_dir(&out)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())

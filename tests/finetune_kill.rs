@@ -57,12 +57,10 @@ fn losses(out: &Path) -> Vec<(u64, u64)> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| {
+        .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["step"].as_u64().unwrap(),
-                v["loss"].as_f64().unwrap().to_bits(),
-            )
+            // Step 0 holds only the held-out loss before training.
+            Some((v["step"].as_u64().unwrap(), v["loss"].as_f64()?.to_bits()))
         })
         .collect()
 }

@@ -1,5 +1,6 @@
 //! What the example binaries share: the `--device` names, the default model, peak RSS.
 
+pub mod args;
 pub mod oom;
 
 use std::path::{Path, PathBuf};
@@ -58,9 +59,13 @@ fn cuda(_index: usize) -> Result<Device, String> {
 }
 
 /// `--model` or, without one, the default model (SmolLM2-135M-Instruct, fetched on first use).
+/// A `--model` that does not exist is an error naming it (not a missing file inside it).
 pub fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(match arg {
-        Some(p) => p.clone(),
+        Some(p) => {
+            check_exists(p, "--model")?;
+            p.clone()
+        }
         None => default_model()?,
     })
 }
@@ -90,6 +95,6 @@ pub fn check_exists(path: &Path, what: &str) -> Result<(), String> {
     if path.exists() {
         Ok(())
     } else {
-        Err(format!("{what} {} does not exist", path.display()))
+        Err(format!("{what} {}: no such file or folder", path.display()))
     }
 }

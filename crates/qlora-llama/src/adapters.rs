@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
-use qlora_nn::{AdaptedLinear, LoraConfig, LoraError, PeftAdapter};
+use qlora_nn::{AdaptedLinear, LoraConfig, LoraError, LoraMatcher, PeftAdapter};
 
 use crate::{LlamaError, LlamaForCausalLM};
 
@@ -20,29 +20,45 @@ struct SavedModules {
 impl LlamaForCausalLM {
     /// Adds the adapter `adapter` under `name` to the linears it names (by HF module path,
     /// with the scaling its own config gives each path). Errors, leaving the model unchanged,
-    /// if a module of the adapter is not a linear of this model or a shape does not fit.
+    /// if a module of the adapter is not a linear of this model, a shape does not fit, or the
+    /// config's `target_modules` name a linear the weights do not have (PEFT refuses such a
+    /// folder too).
     pub fn load_adapter(&mut self, adapter: &PeftAdapter, name: &str) -> Result<(), LlamaError> {
+        let origin = adapter.origin();
+        let in_adapter = |module: &str, problem: String| {
+            LlamaError::Lora(LoraError::Adapter {
+                source_name: origin.clone(),
+                module: module.to_string(),
+                problem,
+            })
+        };
         let known: BTreeSet<String> = self.linears().into_iter().map(|(p, _)| p).collect();
         if let Some(unknown) = adapter.modules.keys().find(|m| !known.contains(*m)) {
-            return Err(LlamaError::Lora(LoraError::BadValue {
-                path: "<adapter>".into(),
-                field: unknown.clone(),
-                problem: "the adapter has weights for a module that is not a linear of this model"
+            return Err(in_adapter(
+                unknown,
+                "the adapter has weights for a module that is not a linear of this model".into(),
+            ));
+        }
+        let matcher = LoraMatcher::new(&adapter.config)
+            .map_err(|(field, problem)| in_adapter(field, problem))?;
+        if let Some(missing) = known.iter().find(|p| {
+            matcher.is_target(p, true, false)
+                && !matcher.is_module_to_save(p)
+                && !adapter.modules.contains_key(*p)
+        }) {
+            return Err(in_adapter(
+                missing,
+                "adapter_config.json's target_modules name it, but adapter_model.safetensors has \
+                 no lora_A/lora_B weights for it"
                     .into(),
-            }));
+            ));
         }
         // Build every new layer first so that an error leaves the model as it was.
         let mut updated = Vec::new();
         for (path, layer) in self.linears() {
             if let Some(w) = adapter.modules.get(&path) {
                 // Name the module in errors: the layer itself does not know its path.
-                let in_module = |e: LoraError| {
-                    LlamaError::Lora(LoraError::BadValue {
-                        path: "<adapter>".into(),
-                        field: path.clone(),
-                        problem: e.to_string(),
-                    })
-                };
+                let in_module = |e: LoraError| in_adapter(&path, e.to_string());
                 let a = w
                     .clone()
                     .into_adapter(&adapter.config, &path)
@@ -66,9 +82,9 @@ impl LlamaForCausalLM {
     /// into tensors (nothing is changed yet).
     fn saved_modules(&self, adapter: &PeftAdapter) -> Result<SavedModules, LlamaError> {
         let bad = |field: &str, problem: String| {
-            LlamaError::Lora(LoraError::BadValue {
-                path: "<adapter>".into(),
-                field: field.into(),
+            LlamaError::Lora(LoraError::Adapter {
+                source_name: adapter.origin(),
+                module: field.into(),
                 problem,
             })
         };
@@ -112,7 +128,10 @@ impl LlamaForCausalLM {
         }
         for (module, [w, b]) in linears {
             let w = w.ok_or_else(|| bad(&module, "a saved bias without its weight".into()))?;
-            let layer = known[&module].clone().with_saved(&module, w, b)?;
+            let layer = known[&module]
+                .clone()
+                .with_saved(&module, w, b)
+                .map_err(|e| bad("modules_to_save", e.to_string()))?;
             out.linears.insert(module, layer);
         }
         Ok(out)

@@ -93,6 +93,19 @@ pub enum LlamaError {
         /// What went wrong and how to proceed.
         problem: String,
     },
+    /// A token id the model has no embedding for.
+    #[error(
+        "{what}: token id {id} is past the model's vocabulary of {vocab} (a tokenizer of another \
+         model, or tokens added beyond vocab_size)"
+    )]
+    TokenId {
+        /// Where the id came from (a data file, the prompt).
+        what: String,
+        /// The id.
+        id: u32,
+        /// The model's `vocab_size`.
+        vocab: usize,
+    },
 }
 
 impl LlamaError {

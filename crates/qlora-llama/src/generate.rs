@@ -4,7 +4,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::LlamaForCausalLM;
+use crate::{LlamaError, LlamaForCausalLM};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,6 +108,21 @@ fn choose(logits: &[f32], sampling: Sampling, rng: &mut SplitMix64) -> u32 {
 }
 
 impl LlamaForCausalLM {
+    /// Checks that every id of `ids` has an embedding in this model; `what` names their source
+    /// in the error. Run it on ids from a tokenizer before [`LlamaForCausalLM::generate`] or a
+    /// forward pass, which index the embedding table and panic past its end.
+    pub fn check_token_ids(&self, ids: &[u32], what: &str) -> Result<(), LlamaError> {
+        let vocab = self.config.vocab_size;
+        match ids.iter().find(|&&id| id as usize >= vocab) {
+            Some(&id) => Err(LlamaError::TokenId {
+                what: what.to_string(),
+                id,
+                vocab,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Continues `prompt` (token ids, batch of one) and returns the new tokens.
     /// `on_token` sees each token as it is produced (to stream it) and can stop generation by
     /// returning `false`.

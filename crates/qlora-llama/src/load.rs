@@ -220,8 +220,7 @@ impl LlamaForCausalLM {
                 .all(|(_, l)| l.adapters().is_none_or(|a| a.names().is_empty()))
         {
             // PEFT refuses such a config too ("Target modules ... not found in the base model").
-            return Err(LlamaError::Lora(LoraError::BadValue {
-                path: "<config>".into(),
+            return Err(LlamaError::Lora(LoraError::Config {
                 field: "target_modules".into(),
                 problem: format!(
                     "{:?} matches no linear of this model (its linears are named like `{}`)",

@@ -54,6 +54,11 @@ impl Rope {
         Self { inv_freq }
     }
 
+    /// The inverse frequencies, `head_dim / 2` of them.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// `cos` and `sin` of positions `start..start + len`, each `[len, head_dim]` (the angle
     /// table repeated for both halves).
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {

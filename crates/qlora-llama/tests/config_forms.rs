@@ -81,22 +81,80 @@ fn rope_scalings_change_the_frequencies_as_transformers_does() {
         a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5)
     };
     assert!(close(c1, c2) && close(s1, s2));
-    // llama3: high frequencies unchanged, the lowest divided by the factor.
-    v["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0,
-        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
-    let l3 = Rope::new(&parse(&v).rope, 16);
-    v["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 500000.0});
-    let d = Rope::new(&parse(&v).rope, 16);
-    let (a, _) = l3.tables(1, 1, &dev);
-    let (b, _) = d.tables(1, 1, &dev);
-    let (a, b) = (
-        a.into_data().try_to_vec::<f32>().unwrap(),
-        b.into_data().try_to_vec::<f32>().unwrap(),
+}
+
+/// transformers' own `LlamaRotaryEmbedding` (5.23.0, `tests/fixtures/scripts/make_rope_llama3.py`):
+/// its `inv_freq` and its cos/sin at positions up to 8191, for the llama3 scaling at Llama 3.1
+/// and 3.2 settings and a case with most frequencies in the smoothing band, and for the default
+/// and linear types. A wrong band edge or smoothing formula moves the frequencies by far more
+/// than the bounds here (2 f32 ulps; 1e-6 on cos/sin, whose angles reach 8191 rad).
+#[test]
+fn rope_frequencies_and_tables_equal_transformers() {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rope_llama3.json"),
+    )
+    .unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dev = Device::flex();
+    let mut smoothed = 0;
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let head_dim = case["head_dim"].as_u64().unwrap() as usize;
+        let mut v = base();
+        v["hidden_size"] = (head_dim * 4).into();
+        v["head_dim"] = head_dim.into();
+        v["rope_parameters"] = case["rope_parameters"].clone();
+        let config = parse(&v);
+        let rope = Rope::new(&config.rope, head_dim);
+        let want: Vec<f32> = serde_json::from_value(case["inv_freq"].clone()).unwrap();
+        assert_eq!(rope.inv_freq().len(), want.len(), "{name}");
+        for (i, (a, b)) in rope.inv_freq().iter().zip(&want).enumerate() {
+            let ulps = (a.to_bits() as i64 - b.to_bits() as i64).abs();
+            assert!(
+                ulps <= 2,
+                "{name}: inv_freq[{i}] = {a:e}, transformers {b:e}"
+            );
+        }
+        if let RopeScaling::Llama3 { factor, .. } = config.rope.scaling {
+            // The smoothing band: frequencies neither kept nor divided by the factor.
+            let plain = Rope::new(
+                &qlora_llama::RopeConfig {
+                    theta: config.rope.theta,
+                    scaling: RopeScaling::Default,
+                },
+                head_dim,
+            );
+            smoothed += plain
+                .inv_freq()
+                .iter()
+                .zip(rope.inv_freq())
+                .filter(|(p, s)| {
+                    let r = (**s / **p) as f64;
+                    r < 0.999 && r > 1.001 / factor
+                })
+                .count();
+        }
+        let positions: Vec<usize> = serde_json::from_value(case["positions"].clone()).unwrap();
+        let want_cos: Vec<Vec<f32>> = serde_json::from_value(case["cos"].clone()).unwrap();
+        let want_sin: Vec<Vec<f32>> = serde_json::from_value(case["sin"].clone()).unwrap();
+        for (k, &p) in positions.iter().enumerate() {
+            let (c, s) = rope.tables(p, 1, &dev);
+            for (what, ours, want) in [("cos", c, &want_cos[k]), ("sin", s, &want_sin[k])] {
+                let ours = ours.into_data().try_to_vec::<f32>().unwrap();
+                assert_eq!(ours.len(), want.len());
+                for (i, (a, b)) in ours.iter().zip(want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-6,
+                        "{name}: {what}[{p}, {i}] = {a}, transformers {b}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        smoothed >= 8,
+        "the cases cover the smoothing band ({smoothed} frequencies in it)"
     );
-    assert_eq!(a[0], b[0], "the highest frequency is kept");
-    // Lowest frequency: inv_freq = θ^(-14/16), wavelength ≫ 64 → divided by 8.
-    let f = 500000f32.powf(-14.0 / 16.0);
-    assert!((a[7] - (f / 8.0).cos()).abs() < 1e-6 && (b[7] - f.cos()).abs() < 1e-6);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! (`tests/fixtures/qlora_curve_30.safetensors`, made by
 //! `tests/fixtures/scripts/make_qlora_curve.py`): the bnb NF4 + double-quant checkpoint read as
 //! it is, the golden PEFT adapter as the fixed start, AdamW (lr 1e-3, no weight decay), three
-//! batches cycled. Every step's loss must match PEFT's within 1e-3 relative.
+//! batches cycled. Every step's loss must match PEFT's within 1.2e-5 relative (10x the
+//! worst step of the recorded run, 1.2e-6).
 
 use std::path::PathBuf;
 
@@ -64,7 +65,7 @@ fn thirty_qlora_steps_follow_peft_loss_curve() {
         let got: f32 = loss.clone().into_scalar();
         let rel = (got - want).abs() / want.abs();
         assert!(
-            rel < 1e-3,
+            rel < 1.2e-5,
             "step {}: loss {got} vs PEFT {want} ({rel:.2e} relative)",
             step + 1
         );

@@ -81,14 +81,14 @@ fn fp32_logits_and_hidden_states() {
             &format!("hidden_states.{i}"),
             values(h),
             &g.f32s(&format!("hidden_states.{i}")),
-            1e-4,
+            1e-5,
         );
     }
     check(
         "logits",
         values(model.forward(ids, None)),
         &g.f32s("logits"),
-        1e-4,
+        1e-5,
     );
 }
 
@@ -105,14 +105,14 @@ fn bnb_nf4_checkpoint_logits() {
             &format!("hidden_states_nf4.{i}"),
             values(h),
             &g.f32s(&format!("hidden_states_nf4.{i}")),
-            1e-4,
+            1e-5,
         );
     }
     check(
         "logits_nf4",
         values(model.forward(ids, None)),
         &g.f32s("logits_nf4"),
-        1e-4,
+        1e-5,
     );
 }
 
@@ -149,14 +149,14 @@ fn peft_adapter_on_fp32_and_nf4_bases_and_merged() {
             &format!("hidden_states_lora.{i}"),
             values(h),
             &g.f32s(&format!("hidden_states_lora.{i}")),
-            1e-4,
+            1e-5,
         );
     }
     check(
         "logits_lora",
         values(model.forward(ids.clone(), None)),
         &g.f32s("logits_lora"),
-        1e-4,
+        1e-5,
     );
 
     // Disabling the adapter gives the base model back.
@@ -166,7 +166,7 @@ fn peft_adapter_on_fp32_and_nf4_bases_and_merged() {
         "disabled",
         values(model.forward(ids.clone(), None)),
         &base.f32s("logits"),
-        1e-4,
+        1e-5,
     );
     model.set_adapters_disabled(false);
 
@@ -175,7 +175,7 @@ fn peft_adapter_on_fp32_and_nf4_bases_and_merged() {
         "logits_merged",
         values(merged.forward(ids.clone(), None)),
         &g.f32s("logits_merged"),
-        1e-4,
+        1e-5,
     );
 
     // The saved merged model loads and gives the same logits.
@@ -188,7 +188,7 @@ fn peft_adapter_on_fp32_and_nf4_bases_and_merged() {
         "merged checkpoint",
         values(saved.forward(ids.clone(), None)),
         &g.f32s("logits_merged"),
-        1e-4,
+        1e-5,
     );
 
     let nf4 = Golden::open("tiny_llama_nf4_logits.safetensors");
@@ -199,7 +199,7 @@ fn peft_adapter_on_fp32_and_nf4_bases_and_merged() {
         "logits_nf4_lora",
         values(qmodel.forward(ids, None)),
         &nf4.f32s("logits_nf4_lora"),
-        1e-4,
+        1e-5,
     );
 }
 
@@ -318,7 +318,7 @@ fn saved_checkpoints_equal_transformers_files() {
         "saved merged",
         values(back.forward(ids, None)),
         &g.f32s("logits_merged"),
-        1e-4,
+        1e-5,
     );
     for d in [out, out32, outm] {
         let _ = std::fs::remove_dir_all(d);

@@ -83,12 +83,11 @@ impl AdaptedLinear {
     pub fn with_adapter(self, name: &str, adapter: LoraAdapter) -> Result<Self, LoraError> {
         Ok(match self {
             AdaptedLinear::Trained(_) => {
-                return Err(LoraError::BadValue {
-                    path: "<adapter>".into(),
-                    field: name.into(),
-                    problem: "the layer is one of modules_to_save (trained in full): it takes no \
-                              LoRA adapter"
-                        .into(),
+                return Err(LoraError::Layer {
+                    problem: format!(
+                        "the layer is one of modules_to_save (trained in full): it takes no \
+                         LoRA adapter (`{name}`)"
+                    ),
                 });
             }
             AdaptedLinear::Frozen(l) => {
@@ -132,10 +131,8 @@ impl AdaptedLinear {
         bias: Option<burn::tensor::TensorData>,
     ) -> Result<Self, LoraError> {
         let [d_in, d_out] = self.dims();
-        let bad = |problem: String| LoraError::BadValue {
-            path: "<adapter>".into(),
-            field: path.into(),
-            problem,
+        let bad = |problem: String| LoraError::Layer {
+            problem: format!("`{path}`: {problem}"),
         };
         if weight.shape().as_slice() != [d_out, d_in] {
             return Err(bad(format!(
@@ -238,13 +235,11 @@ impl LoraApplier {
         quantize: Option<QuantConfig>,
         device: &Device,
     ) -> Result<Self, LoraError> {
-        config.validate("<config>")?;
-        let matcher =
-            LoraMatcher::new(&config).map_err(|(field, problem)| LoraError::BadValue {
-                path: "<config>".into(),
-                field: field.into(),
-                problem,
-            })?;
+        config.validate()?;
+        let matcher = LoraMatcher::new(&config).map_err(|(field, problem)| LoraError::Config {
+            field: field.into(),
+            problem,
+        })?;
         Ok(Self {
             config: Some(config),
             matcher: Some(matcher),

@@ -236,14 +236,21 @@ impl LoraConfig {
             inference_mode: typed(get("inference_mode")?, "inference_mode", path)?.unwrap_or(false),
             revision: typed(get("revision")?, "revision", path)?,
         };
-        cfg.validate(path)?;
+        cfg.validate().map_err(|e| match e {
+            LoraError::Config { field, problem } => LoraError::BadValue {
+                path: path.to_string(),
+                field,
+                problem,
+            },
+            e => e,
+        })?;
         Ok(cfg)
     }
 
-    /// Checks ranges and patterns; `path` names the source in errors.
-    pub fn validate(&self, path: &str) -> Result<(), LoraError> {
-        let bad = |field: &str, problem: String| LoraError::BadValue {
-            path: path.to_string(),
+    /// Checks ranges and patterns ([`LoraError::Config`] names the field; [`LoraConfig::load`]
+    /// names the file too).
+    pub fn validate(&self) -> Result<(), LoraError> {
+        let bad = |field: &str, problem: String| LoraError::Config {
             field: field.into(),
             problem,
         };
@@ -261,6 +268,9 @@ impl LoraConfig {
                 "lora_alpha",
                 format!("{} is not finite", self.lora_alpha),
             ));
+        }
+        if let Some((k, a)) = self.alpha_pattern.iter().find(|(_, a)| !a.is_finite()) {
+            return Err(bad("alpha_pattern", format!("{a} for `{k}` is not finite")));
         }
         if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| *r == 0) {
             return Err(bad("rank_pattern", format!("rank 0 for `{k}`")));

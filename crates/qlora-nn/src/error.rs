@@ -60,7 +60,32 @@ pub enum LoraError {
     /// Quantizing a base weight failed (NaN/Inf, bad shape, ...).
     #[error(transparent)]
     Quantize(#[from] qlora_backend::Nf4Error),
-    /// A value out of range or a pattern that does not compile.
+    /// A config given in code or on the command line (not read from a file) has a value out of
+    /// range or a pattern that does not compile.
+    #[error("LoRA config: bad value for `{field}`: {problem}")]
+    Config {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An adapter's module does not fit the model it is added to.
+    #[error("{source_name}: module `{module}`: {problem}")]
+    Adapter {
+        /// The adapter folder, or `adapter` for one that was not read from a folder.
+        source_name: String,
+        /// The module path.
+        module: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A layer cannot take what it was given (its module path is added by the caller).
+    #[error("{problem}")]
+    Layer {
+        /// What is wrong.
+        problem: String,
+    },
+    /// A value out of range or a pattern that does not compile, in a file.
     #[error("{path}: bad value for `{field}`: {problem}")]
     BadValue {
         /// The file.

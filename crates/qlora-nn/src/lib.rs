@@ -26,4 +26,4 @@ pub use error::LoraError;
 pub use layer::{LoraLinear, QLoraLinear};
 pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
 pub use matching::LoraMatcher;
-pub use peft_io::{AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};
+pub use peft_io::{AdapterDtype, AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};

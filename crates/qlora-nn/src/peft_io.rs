@@ -1,12 +1,15 @@
 //! PEFT adapter folders: `adapter_config.json` + `adapter_model.safetensors`, with tensors
 //! `base_model.model.<module path>.lora_A.weight` `[r, in]` and `...lora_B.weight` `[out, r]`
-//! (f32, PyTorch layout; the adapter name is not part of the key).
+//! (PyTorch layout; the adapter name is not part of the key). Tensors may be F32, F16 or BF16
+//! (most published adapters are half precision): they are widened to f32 on load, as PEFT's
+//! `autocast_adapter_dtype` keeps adapters in f32 for training, and the folder's dtype is kept
+//! ([`PeftAdapter::dtype`]) so that saving writes it back in the same precision.
 //!
 //! Files are written to a temporary name and renamed, so an interrupted save never leaves a
 //! half-written adapter behind.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
@@ -28,8 +31,7 @@ pub struct AdapterWeights {
 impl AdapterWeights {
     /// A layer adapter with the scaling and dropout the config gives the module at `path`.
     pub fn into_adapter(self, config: &LoraConfig, path: &str) -> Result<LoraAdapter, LoraError> {
-        let m = LoraMatcher::new(config).map_err(|(field, problem)| LoraError::BadValue {
-            path: "<config>".into(),
+        let m = LoraMatcher::new(config).map_err(|(field, problem)| LoraError::Config {
             field: field.into(),
             problem,
         })?;
@@ -39,6 +41,71 @@ impl AdapterWeights {
             m.scaling(path),
             config.lora_dropout,
         ))
+    }
+}
+
+/// The precision of an adapter file's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdapterDtype {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl AdapterDtype {
+    fn of(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(Self::F32),
+            Dtype::F16 => Some(Self::F16),
+            Dtype::BF16 => Some(Self::BF16),
+            _ => None,
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            Self::F32 => Dtype::F32,
+            Self::F16 => Dtype::F16,
+            Self::BF16 => Dtype::BF16,
+        }
+    }
+
+    /// The values of a tensor's little-endian bytes in this dtype, widened to f32 (exactly).
+    fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Self::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Self::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| qlora_nf4::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+            Self::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| qlora_nf4::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+        }
+    }
+
+    /// f32 values as little-endian bytes of this dtype (rounded to nearest even, as PyTorch's
+    /// `.to(dtype)` does).
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            Self::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Self::F16 => values
+                .iter()
+                .flat_map(|&v| qlora_nf4::f16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
+            Self::BF16 => values
+                .iter()
+                .flat_map(|&v| qlora_nf4::bf16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
+        }
     }
 }
 
@@ -56,6 +123,11 @@ pub struct PeftAdapter {
     /// saves them under `base_model.model.<path>` (its `modules_to_save.<adapter>` wrapper
     /// segment removed); a key that still has the segment is read too.
     pub saved: BTreeMap<String, TensorData>,
+    /// The precision [`PeftAdapter::save`] writes: the file's, for an adapter read from a folder
+    /// (the widest of its tensors), else F32.
+    pub dtype: AdapterDtype,
+    /// The folder it was read from (named in errors), if any.
+    pub source: Option<PathBuf>,
 }
 
 fn io(path: &Path, source: std::io::Error) -> LoraError {
@@ -87,6 +159,7 @@ impl PeftAdapter {
         let matcher = LoraMatcher::new(&config).map_err(|(f, p)| bad(&file, f, p))?;
         let mut halves: BTreeMap<String, [Option<Tensor<2>>; 2]> = BTreeMap::new();
         let mut saved = BTreeMap::new();
+        let mut widest: Option<AdapterDtype> = None;
         for (name, view) in st.tensors() {
             let key = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name);
             let (module, which) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
@@ -94,18 +167,18 @@ impl PeftAdapter {
             } else if let Some(m) = key.strip_suffix(".lora_B.weight") {
                 (m, 1)
             } else if let Some(param) = saved_module_param(key, &matcher) {
-                if view.dtype() != Dtype::F32 {
+                let Some(dtype) = AdapterDtype::of(view.dtype()) else {
                     return Err(bad(
                         &file,
                         &name,
-                        format!("expected an F32 tensor, found {:?}", view.dtype()),
+                        format!(
+                            "expected an F32, F16 or BF16 tensor, found {:?}",
+                            view.dtype()
+                        ),
                     ));
-                }
-                let values: Vec<f32> = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                };
+                widest = widen(widest, dtype);
+                let values = dtype.decode(view.data());
                 saved.insert(param, TensorData::new(values, view.shape().to_vec()));
                 continue;
             } else {
@@ -118,22 +191,20 @@ impl PeftAdapter {
                 ));
             };
             let shape = view.shape().to_vec();
-            if view.dtype() != Dtype::F32 || shape.len() != 2 {
+            let dtype = AdapterDtype::of(view.dtype());
+            let (Some(dtype), 2) = (dtype, shape.len()) else {
                 return Err(bad(
                     &file,
                     &name,
                     format!(
-                        "expected a 2-D F32 tensor, found {:?} {:?}",
+                        "expected a 2-D F32, F16 or BF16 tensor, found {:?} {:?}",
                         view.dtype(),
                         shape
                     ),
                 ));
-            }
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            };
+            widest = widen(widest, dtype);
+            let values = dtype.decode(view.data());
             let rank = matcher.rank(module);
             let r_dim = if which == 0 { shape[0] } else { shape[1] };
             if r_dim != rank {
@@ -163,6 +234,8 @@ impl PeftAdapter {
             config,
             modules,
             saved,
+            dtype: widest.unwrap_or_default(),
+            source: Some(dir.to_path_buf()),
         })
     }
 
@@ -187,11 +260,26 @@ impl PeftAdapter {
             config,
             modules,
             saved: BTreeMap::new(),
+            dtype: AdapterDtype::F32,
+            source: None,
         }
     }
 
+    /// The same adapter written in `dtype` by [`PeftAdapter::save`].
+    pub fn with_dtype(mut self, dtype: AdapterDtype) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// What errors name for this adapter: its folder, or `adapter` when it was not read from one.
+    pub fn origin(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(|| "adapter".to_string(), |d| d.display().to_string())
+    }
+
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
-    /// needed), each through a temporary file and a rename.
+    /// needed), each through a temporary file and a rename, with tensors in [`Self::dtype`].
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), LoraError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -199,7 +287,9 @@ impl PeftAdapter {
         for (module, w) in &self.modules {
             for (suffix, t) in [("lora_A", &w.lora_a), ("lora_B", &w.lora_b)] {
                 let data = t.clone().into_data().convert::<f32>();
-                let bytes = data.as_bytes().to_vec();
+                let bytes = self
+                    .dtype
+                    .encode(data.as_slice::<f32>().expect("f32 values"));
                 tensors.push((
                     format!("{PEFT_PREFIX}{module}.{suffix}.weight"),
                     t.dims().to_vec(),
@@ -212,7 +302,8 @@ impl PeftAdapter {
             tensors.push((
                 format!("{PEFT_PREFIX}{param}"),
                 data.shape().to_vec(),
-                data.as_bytes().to_vec(),
+                self.dtype
+                    .encode(data.as_slice::<f32>().expect("f32 values")),
             ));
         }
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
@@ -220,7 +311,7 @@ impl PeftAdapter {
             .map(|(k, s, b)| {
                 (
                     k.clone(),
-                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                    safetensors::tensor::TensorView::new(self.dtype.safetensors(), s.clone(), b)
                         .expect("consistent view"),
                 )
             })
@@ -264,5 +355,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(path, e)
+    })
+}
+
+/// The dtype of a file whose tensors so far were `so_far` and that has one more of `d`: F32 over
+/// either half type, and two different half types widen to F32 too.
+fn widen(so_far: Option<AdapterDtype>, d: AdapterDtype) -> Option<AdapterDtype> {
+    Some(match so_far {
+        None => d,
+        Some(c) if c == d => c,
+        Some(_) => AdapterDtype::F32,
     })
 }

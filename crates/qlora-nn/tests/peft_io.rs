@@ -182,3 +182,63 @@ fn adapters_from_layers_save_with_their_module_paths() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// PEFT adapters saved in fp16 and bf16 (`tests/fixtures/scripts/make_half_adapters.py`, by
+/// PyTorch's casts) load as the f32 adapter rounded to that dtype, remember the dtype, and save
+/// back in it byte for byte; told otherwise, they save in f32.
+#[test]
+fn half_precision_adapters_load_and_save_in_their_dtype() {
+    use qlora_nn::AdapterDtype;
+    let device = Device::flex();
+    let f32_adapter = PeftAdapter::load(golden(), &device).unwrap();
+    assert_eq!(f32_adapter.dtype, AdapterDtype::F32);
+    for (name, dtype, round) in [
+        (
+            "f16",
+            AdapterDtype::F16,
+            (|v: f32| qlora_nf4::f16::from_f32(v).to_f32()) as fn(f32) -> f32,
+        ),
+        ("bf16", AdapterDtype::BF16, |v: f32| {
+            qlora_nf4::bf16::from_f32(v).to_f32()
+        }),
+    ] {
+        let dir = golden().with_file_name(format!("tiny-llama-lora-{name}"));
+        let a = PeftAdapter::load(&dir, &device).unwrap();
+        assert_eq!(a.dtype, dtype, "{name}");
+        assert_eq!(a.modules.len(), f32_adapter.modules.len());
+        for (module, w) in &a.modules {
+            let want = &f32_adapter.modules[module];
+            for (ours, full) in [(&w.lora_a, &want.lora_a), (&w.lora_b, &want.lora_b)] {
+                let ours = ours.clone().into_data().to_vec::<f32>().unwrap();
+                let full = full.clone().into_data().to_vec::<f32>().unwrap();
+                assert!(
+                    ours.iter()
+                        .zip(&full)
+                        .all(|(o, f)| o.to_bits() == round(*f).to_bits()),
+                    "{name} {module}: not the f32 values rounded"
+                );
+            }
+        }
+        let out = scratch(&format!("half-{name}"));
+        a.save(&out).unwrap();
+        let tensors = |p: &Path| {
+            let bytes = std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let mut v: Vec<(String, String, Vec<u8>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(k, t)| (k, format!("{:?}", t.dtype()), t.data().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            tensors(&out),
+            tensors(&dir),
+            "{name}: saved back differently"
+        );
+        a.clone().with_dtype(AdapterDtype::F32).save(&out).unwrap();
+        assert!(tensors(&out).iter().all(|(_, d, _)| d == "F32"));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}

@@ -124,8 +124,28 @@ impl Trainer {
                 short(field(&mine, what))
             )));
         }
+        // The state must fit the data it claims to continue: a position past the training
+        // samples would silently restart the epoch, a history of another length would misstate
+        // the run.
+        let n_train = self.data().0.len();
+        if file.state.position.index > n_train {
+            return Err(fail(format!(
+                "trainer_state.json: its data position ({} samples into epoch {}) is past the {} \
+                 training samples here",
+                file.state.position.index, file.state.position.epoch, n_train
+            )));
+        }
+        if file.state.history.len() != file.state.step {
+            return Err(fail(format!(
+                "trainer_state.json: {} steps done but {} step records",
+                file.state.step,
+                file.state.history.len()
+            )));
+        }
         let device = self.model.model.embed_tokens.weight.device();
         let adapter = PeftAdapter::load(dir, &device)?;
+        let weights = dir.join("adapter_model.safetensors");
+        let weights = weights.display();
         let optim_path = dir.join("optimizer.bpk");
         let bytes = std::fs::read(&optim_path).map_err(|e| TrainError::io(&optim_path, e))?;
         let optim = self
@@ -136,13 +156,35 @@ impl Trainer {
         // Replace the adapter weights in place (same names, same stable ids).
         let mut model = self.model.clone();
         let name = self.adapter_name().to_string();
-        for (path, layer) in model.linears_mut() {
-            let Some(w) = adapter.modules.get(&path) else {
+        // Exact or refused: every adapted linear of the model must be in the checkpoint, and
+        // every module of the checkpoint in the model.
+        let mut linears = model.linears_mut();
+        if let Some(unknown) = adapter
+            .modules
+            .keys()
+            .find(|m| !linears.iter().any(|(p, _)| p == *m))
+        {
+            return Err(fail(format!(
+                "{weights}: `{unknown}` is not a linear of this model"
+            )));
+        }
+        for (path, layer) in linears.iter_mut() {
+            let has = layer
+                .adapters_mut()
+                .and_then(|a| a.get_mut(&name))
+                .is_some();
+            let Some(w) = adapter.modules.get(path.as_str()) else {
+                if has {
+                    return Err(fail(format!(
+                        "{weights} has no weights for `{path}`, which this model adapts: a \
+                         resume would train it from fresh weights"
+                    )));
+                }
                 continue;
             };
             let Some(a) = layer.adapters_mut().and_then(|a| a.get_mut(&name)) else {
                 return Err(fail(format!(
-                    "`{path}` has no adapter `{name}` in this model"
+                    "{weights}: `{path}` has no adapter `{name}` in this model"
                 )));
             };
             if a.lora_a.dims() != w.lora_a.dims() || a.lora_b.dims() != w.lora_b.dims() {
@@ -184,6 +226,28 @@ fn restore_saved(
         let t = Tensor::<D>::from_data(data.clone().convert::<f32>(), &p.device());
         *p = Param::initialized(p.id, t.require_grad());
         Ok(())
+    }
+    // Every module this model trains in full must be restored, or the resume is partly fresh.
+    let mut wanted: Vec<String> = Vec::new();
+    if model.model.embed_tokens.weight.is_require_grad() {
+        wanted.push("model.embed_tokens.weight".into());
+    }
+    if model.lm_head.as_ref().is_some_and(|w| w.is_require_grad()) {
+        wanted.push("lm_head.weight".into());
+    }
+    for (path, layer) in model.linears() {
+        if let AdaptedLinear::Trained(l) = layer {
+            wanted.push(format!("{path}.weight"));
+            if l.bias.is_some() {
+                wanted.push(format!("{path}.bias"));
+            }
+        }
+    }
+    if let Some(missing) = wanted.iter().find(|w| !adapter.saved.contains_key(*w)) {
+        return Err(fail(format!(
+            "adapter_model.safetensors has no `{missing}`, which this model trains in full \
+             (modules_to_save): a resume would train it from the base weights"
+        )));
     }
     for (name, data) in &adapter.saved {
         match name.as_str() {

@@ -247,6 +247,11 @@ pub fn load_dataset(
         });
     }
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    // A UTF-8 byte-order mark (as editors on Windows write them) is not part of the text.
+    let bytes = match bytes.strip_prefix("\u{feff}".as_bytes()) {
+        Some(rest) => rest.to_vec(),
+        None => bytes,
+    };
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         TrainError::Data {

@@ -6,9 +6,19 @@ use plotters::prelude::*;
 
 use crate::{StepRecord, TrainError};
 
-/// Writes `history` as JSON lines to `path` (through a temporary file and a rename).
-pub fn write_metrics(path: &Path, history: &[StepRecord]) -> Result<(), TrainError> {
+/// Writes `history` as JSON lines to `path` (through a temporary file and a rename), after a
+/// line `{"step": 0, "eval_loss": ..}` for the held-out loss before training when there is one.
+pub fn write_metrics(
+    path: &Path,
+    history: &[StepRecord],
+    initial_eval: Option<f64>,
+) -> Result<(), TrainError> {
     let mut text = String::new();
+    if let Some(l) = initial_eval {
+        // Step 0: the held-out loss before training, as the plot and the printout show it.
+        text.push_str(&serde_json::json!({"step": 0, "eval_loss": l}).to_string());
+        text.push('\n');
+    }
     for r in history {
         text.push_str(&serde_json::to_string(r).expect("record JSON"));
         text.push('\n');
@@ -17,8 +27,6 @@ pub fn write_metrics(path: &Path, history: &[StepRecord]) -> Result<(), TrainErr
     Ok(())
 }
 
-/// DejaVu Sans (free licence, `assets/DejaVuSans.LICENSE`), bundled so that plots need no
-/// system fonts.
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 fn register_font() {

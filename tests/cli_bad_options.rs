@@ -1,0 +1,268 @@
+//! The command-line corpus: option values and files a user can give the example programs that
+//! cannot work. Each case runs the binary and must exit non-zero, without a panic, with an error
+//! that names the option or file and says what is wrong, and leave the files it was given as
+//! they were (the output folder, where given, gains no checkpoint).
+
+use std::path::{Path, PathBuf};
+
+#[path = "support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+#[path = "support/cli.rs"]
+mod cli;
+
+/// Every file under `dir` with its bytes, to see that a failed run changed none.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(snapshot(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn refused(name: &str, args: &[&str], words: &[&str], watched: &[&Path]) {
+    let before: Vec<_> = watched.iter().map(|d| snapshot(d)).collect();
+    let out = cli::run(name, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(1) | Some(2)),
+        "{name} {args:?}: exit {code:?} (a signal or panic?):\n{text}"
+    );
+    assert!(
+        !text.contains("panicked"),
+        "{name} {args:?} panicked:\n{text}"
+    );
+    for w in words {
+        assert!(text.contains(w), "{name} {args:?}: no `{w}` in:\n{text}");
+    }
+    let after: Vec<_> = watched.iter().map(|d| snapshot(d)).collect();
+    assert!(before == after, "{name} {args:?} changed its input files");
+}
+
+#[test]
+fn finetune_refuses_options_that_cannot_work() {
+    let model = cli::tiny_model("bad-options");
+    let work = cli::tmp("bad-options-work");
+    let data = cli::chat_data(&work);
+    let out = work.join("run");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let base = [
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        o,
+        "--device",
+        "flex",
+        "--no-samples",
+    ];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--batch-size", "0"], &["--batch-size", "at least 1"]),
+        (&["--grad-accum", "0"], &["--grad-accum", "at least 1"]),
+        (&["--eval-every", "0"], &["--eval-every", "at least 1"]),
+        (&["--save-every", "0"], &["--save-every", "at least 1"]),
+        (&["--seq-len", "0"], &["--seq-len", "at least 2"]),
+        (&["--seq-len", "1"], &["--seq-len", "at least 2"]),
+        (&["--rank", "0"], &["--rank", "at least 1"]),
+        (&["--steps", "0"], &["--steps", "at least 1"]),
+        (&["--lr", "NaN"], &["--lr", "finite"]),
+        (&["--lr", "-1e-3"], &["--lr", "above 0"]),
+        (&["--lr", "0"], &["--lr", "above 0"]),
+        (&["--lr", "inf"], &["--lr", "finite"]),
+        (&["--alpha", "nan"], &["--alpha", "finite"]),
+        (&["--eval-fraction", "1.5"], &["--eval-fraction", "[0, 1)"]),
+        (&["--eval-fraction", "1"], &["--eval-fraction", "[0, 1)"]),
+        (&["--eval-fraction", "-0.1"], &["--eval-fraction", "[0, 1)"]),
+        (&["--dropout", "1"], &["--dropout", "[0, 1)"]),
+        (
+            &["--max-grad-norm", "-1"],
+            &["--max-grad-norm", "0 or more"],
+        ),
+        (&["--epochs", "0"], &["--epochs", "above 0"]),
+        (
+            &["--batch-size", "x"],
+            &["--batch-size", "not a whole number"],
+        ),
+        (
+            &["--optimizer", "adamw", "--paged-budget", "1000"],
+            &["--paged-budget", "paged-adamw"],
+        ),
+        (&["--resume"], &["--resume", "no checkpoint"]),
+        (&["--device", "tpu"], &["unknown device `tpu`"]),
+    ];
+    for (extra, words) in cases {
+        let args = [&base[..], extra].concat();
+        refused("finetune", &args, words, &[&model, &work]);
+        assert!(
+            !out.join("checkpoint").exists(),
+            "{extra:?} wrote a checkpoint"
+        );
+    }
+    // Files that do not exist are named as such.
+    let missing = work.join("no-such-model");
+    let args = [
+        "--model",
+        missing.to_str().unwrap(),
+        "--data",
+        d,
+        "--out",
+        o,
+        "--no-samples",
+    ];
+    refused(
+        "finetune",
+        &args,
+        &["--model", "no-such-model", "no such file"],
+        &[&work],
+    );
+    let args = [
+        &base[..2],
+        &["--data", "/nonexistent/data.jsonl", "--out", o],
+    ]
+    .concat();
+    refused(
+        "finetune",
+        &args,
+        &["--data", "/nonexistent/data.jsonl", "no such file"],
+        &[&work],
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+/// A tokenizer of another model: ids past the model's vocabulary are a named error in
+/// `finetune` (before its first sample) and in `generate`, never Flex's out-of-bounds panic.
+#[test]
+fn token_ids_past_the_vocabulary_are_named_errors() {
+    let model = cli::tiny_model("vocab");
+    // The byte tokenizer gives ids up to 258; this model is cut to 200 embeddings.
+    let config = model.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["vocab_size"] = 200.into();
+    let small = cli::tmp("vocab-small");
+    std::fs::write(small.join("config.json"), c.to_string()).unwrap();
+    // Cut the embedding and head to 200 rows so the folder is a consistent model.
+    let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let mut shape = view.shape().to_vec();
+        let mut data = view.data().to_vec();
+        if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            let row = shape[1] * 4;
+            shape[0] = 200;
+            data.truncate(200 * row);
+        }
+        tensors.push((name.to_string(), shape, data));
+    }
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        small.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        if model.join(f).exists() {
+            std::fs::copy(model.join(f), small.join(f)).unwrap();
+        }
+    }
+    let work = cli::tmp("vocab-work");
+    let data = cli::chat_data(&work);
+    let out = work.join("run");
+    let s = small.to_str().unwrap();
+    refused(
+        "finetune",
+        &[
+            "--model",
+            s,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+        &[
+            "chat.jsonl",
+            "token id",
+            "past the model's vocabulary of 200",
+        ],
+        &[&small, &work],
+    );
+    assert!(!out.join("checkpoint").exists());
+    refused(
+        "generate",
+        &["--model", s, "--prompt", "say apple", "--device", "flex"],
+        &["the prompt", "token id", "vocabulary of 200"],
+        &[&small],
+    );
+    for d in [&model, &small, &work] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn generate_refuses_options_it_would_not_use() {
+    let model = cli::tiny_model("gen-options");
+    let m = model.to_str().unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--top-p", "0.5"], &["--temperature"]),
+        (&["--top-k", "5"], &["--temperature"]),
+        (&["--seed", "3"], &["--temperature"]),
+        (
+            &["--greedy", "--temperature", "0.7"],
+            &["--greedy", "--temperature"],
+        ),
+        (&["--temperature", "0"], &["--temperature", "above 0"]),
+        (&["--temperature", "nan"], &["--temperature", "finite"]),
+        (
+            &["--temperature", "1", "--top-p", "1.5"],
+            &["--top-p", "(0, 1]"],
+        ),
+        (
+            &["--max-new-tokens", "0"],
+            &["--max-new-tokens", "at least 1"],
+        ),
+        (
+            &["--prompt", "hi", "--system", "be brief"],
+            &["--system", "--chat"],
+        ),
+        (
+            &["--adapter", "/nonexistent/adapter"],
+            &["--adapter", "no such file"],
+        ),
+    ];
+    for (extra, words) in cases {
+        let args = [&["--model", m, "--device", "flex"][..], extra].concat();
+        refused("generate", &args, words, &[&model]);
+    }
+    let _ = std::fs::remove_dir_all(&model);
+}
