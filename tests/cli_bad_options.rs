@@ -84,18 +84,15 @@ fn finetune_refuses_options_that_cannot_work() {
         (&["--rank", "0"], &["--rank", "at least 1"]),
         (&["--steps", "0"], &["--steps", "at least 1"]),
         (&["--lr", "NaN"], &["--lr", "finite"]),
-        (&["--lr", "-1e-3"], &["--lr", "above 0"]),
+        (&["--lr=-1e-3"], &["--lr", "above 0"]),
         (&["--lr", "0"], &["--lr", "above 0"]),
         (&["--lr", "inf"], &["--lr", "finite"]),
         (&["--alpha", "nan"], &["--alpha", "finite"]),
         (&["--eval-fraction", "1.5"], &["--eval-fraction", "[0, 1)"]),
         (&["--eval-fraction", "1"], &["--eval-fraction", "[0, 1)"]),
-        (&["--eval-fraction", "-0.1"], &["--eval-fraction", "[0, 1)"]),
+        (&["--eval-fraction=-0.1"], &["--eval-fraction", "[0, 1)"]),
         (&["--dropout", "1"], &["--dropout", "[0, 1)"]),
-        (
-            &["--max-grad-norm", "-1"],
-            &["--max-grad-norm", "0 or more"],
-        ),
+        (&["--max-grad-norm=-1"], &["--max-grad-norm", "0 or more"]),
         (&["--epochs", "0"], &["--epochs", "above 0"]),
         (
             &["--batch-size", "x"],
@@ -106,7 +103,7 @@ fn finetune_refuses_options_that_cannot_work() {
             &["--paged-budget", "paged-adamw"],
         ),
         (&["--resume"], &["--resume", "no checkpoint"]),
-        (&["--device", "tpu"], &["unknown device `tpu`"]),
+        (&["--devices", "tpu"], &["unknown device `tpu`"]),
     ];
     for (extra, words) in cases {
         let args = [&base[..], extra].concat();
@@ -153,14 +150,14 @@ fn finetune_refuses_options_that_cannot_work() {
 #[test]
 fn token_ids_past_the_vocabulary_are_named_errors() {
     let model = cli::tiny_model("vocab");
-    // The byte tokenizer gives ids up to 258; this model is cut to 200 embeddings.
+    // The byte tokenizer gives ASCII letters ids 35 to 92; this model is cut to 50 embeddings.
     let config = model.join("config.json");
     let mut c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    c["vocab_size"] = 200.into();
+    c["vocab_size"] = 50.into();
     let small = cli::tmp("vocab-small");
     std::fs::write(small.join("config.json"), c.to_string()).unwrap();
-    // Cut the embedding and head to 200 rows so the folder is a consistent model.
+    // Cut the embedding and head to 50 rows so the folder is a consistent model.
     let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -169,8 +166,8 @@ fn token_ids_past_the_vocabulary_are_named_errors() {
         let mut data = view.data().to_vec();
         if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
             let row = shape[1] * 4;
-            shape[0] = 200;
-            data.truncate(200 * row);
+            shape[0] = 50;
+            data.truncate(50 * row);
         }
         tensors.push((name.to_string(), shape, data));
     }
@@ -213,7 +210,7 @@ fn token_ids_past_the_vocabulary_are_named_errors() {
         &[
             "chat.jsonl",
             "token id",
-            "past the model's vocabulary of 200",
+            "past the model's vocabulary of 50",
         ],
         &[&small, &work],
     );
@@ -221,7 +218,7 @@ fn token_ids_past_the_vocabulary_are_named_errors() {
     refused(
         "generate",
         &["--model", s, "--prompt", "say apple", "--device", "flex"],
-        &["the prompt", "token id", "vocabulary of 200"],
+        &["the prompt", "token id", "vocabulary of 50"],
         &[&small],
     );
     for d in [&model, &small, &work] {
