@@ -29,6 +29,7 @@ mod norm;
 mod rope;
 mod safetensors_file;
 mod save;
+mod spm;
 mod tokenizer;
 
 pub use attention::LlamaAttention;

@@ -1,6 +1,7 @@
-//! [`LlamaTokenizer`]: a byte-level BPE tokenizer (HF `tokenizers`, pure Rust) with the
-//! model's special tokens and chat template, read from `tokenizer.json` (+
-//! `tokenizer_config.json`) or built from a GGUF file's vocabulary and merges.
+//! [`LlamaTokenizer`]: the model's tokenizer with its special tokens and chat template, read from
+//! `tokenizer.json` (+ `tokenizer_config.json`, run by HF `tokenizers`, pure Rust) or built from a
+//! GGUF file's vocabulary: byte-level BPE from its merges (`tokenizer.ggml.model = gpt2`), or
+//! SentencePiece BPE from its scores (`llama`, see [`crate::spm`]).
 
 use std::path::Path;
 
@@ -8,12 +9,13 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use crate::gguf::{GgufFile, GgufValue};
+use crate::spm::SpmTokenizer;
 use crate::{ChatTemplate, LlamaError};
 
 /// A tokenizer with its special tokens and chat template.
 #[derive(Debug, Clone)]
 pub struct LlamaTokenizer {
-    inner: Tokenizer,
+    inner: Inner,
     /// Beginning-of-sequence token (as text), if the model has one.
     pub bos_token: Option<String>,
     /// End-of-sequence token (as text).
@@ -45,6 +47,15 @@ fn pre_tokenizer(pre: &str) -> Option<Value> {
     })
 }
 
+/// The algorithm behind a [`LlamaTokenizer`].
+#[derive(Debug, Clone)]
+enum Inner {
+    /// HF `tokenizers` (a `tokenizer.json`, or a GGUF byte-level BPE rebuilt as one).
+    Hf(Box<Tokenizer>),
+    /// A GGUF SentencePiece vocabulary, run as llama.cpp runs it.
+    Spm(SpmTokenizer),
+}
+
 fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>, String> {
     match f.get(key) {
         Some(GgufValue::Array(a)) => a
@@ -57,8 +68,10 @@ fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>, String> {
 }
 
 impl LlamaTokenizer {
-    /// Builds the tokenizer stored in a GGUF file (`tokenizer.ggml.model = "gpt2"`, byte-level
-    /// BPE): vocabulary, merges, control tokens as special tokens, bos/eos and chat template.
+    /// Builds the tokenizer stored in a GGUF file: byte-level BPE from its merges
+    /// (`tokenizer.ggml.model = "gpt2"`) or SentencePiece BPE from its scores (`"llama"`), with
+    /// control tokens as special tokens, bos/eos and the chat template. Defaults follow
+    /// llama.cpp where a key is absent (SentencePiece: bos 1, eos 2, bos added, space prefix).
     pub fn from_gguf(f: &GgufFile) -> Result<Self, LlamaError> {
         let path = f.path().display().to_string();
         let err = |problem: String| LlamaError::Tokenizer {
@@ -69,19 +82,7 @@ impl LlamaTokenizer {
             .get("tokenizer.ggml.model")
             .and_then(GgufValue::as_str)
             .ok_or_else(|| err("`tokenizer.ggml.model` is missing".into()))?;
-        if model != "gpt2" {
-            return Err(err(format!(
-                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
-            )));
-        }
-        let pre_name = f
-            .get("tokenizer.ggml.pre")
-            .and_then(GgufValue::as_str)
-            .unwrap_or("default");
-        let pre = pre_tokenizer(pre_name)
-            .ok_or_else(|| err(format!("pre-tokenizer `{pre_name}` is not supported")))?;
         let tokens = strings(f, "tokenizer.ggml.tokens").map_err(err)?;
-        let merges = strings(f, "tokenizer.ggml.merges").map_err(err)?;
         let types: Vec<i64> = match f.get("tokenizer.ggml.token_type") {
             Some(GgufValue::Array(a)) => a
                 .iter()
@@ -103,11 +104,76 @@ impl LlamaTokenizer {
                 tokens.len()
             )));
         }
+        let flag = |key: &str, default: bool| match f.get(key) {
+            Some(GgufValue::Bool(b)) => *b,
+            _ => default,
+        };
+        let spm = model == "llama";
+        let inner = match model {
+            "gpt2" => Inner::Hf(Box::new(Self::gguf_bpe(f, &tokens, &types).map_err(err)?)),
+            "llama" => {
+                let scores: Vec<f32> = match f.get("tokenizer.ggml.scores") {
+                    Some(GgufValue::Array(a)) => a
+                        .iter()
+                        .map(|v| v.as_f64().map(|x| x as f32))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            err("`tokenizer.ggml.scores` is not a list of numbers".into())
+                        })?,
+                    // llama.cpp scores every token 0 when the file has none.
+                    _ => vec![0.0; tokens.len()],
+                };
+                Inner::Spm(
+                    SpmTokenizer::new(
+                        tokens.clone(),
+                        scores,
+                        types,
+                        flag("tokenizer.ggml.add_space_prefix", true),
+                    )
+                    .map_err(err)?,
+                )
+            }
+            other => {
+                return Err(err(format!(
+                    "tokenizer model `{other}` is not supported (byte-level BPE `gpt2` and \
+                     SentencePiece `llama` are)"
+                )));
+            }
+        };
+        let tok_text = |key: &str, default: Option<u64>| {
+            f.get(key)
+                .and_then(GgufValue::as_u64)
+                .or(default)
+                .and_then(|i| tokens.get(i as usize).cloned())
+        };
+        let template = f
+            .get("tokenizer.chat_template")
+            .and_then(GgufValue::as_str)
+            .map(str::to_string);
+        Ok(Self {
+            inner,
+            bos_token: tok_text("tokenizer.ggml.bos_token_id", spm.then_some(1)),
+            eos_token: tok_text("tokenizer.ggml.eos_token_id", spm.then_some(2)),
+            add_bos: flag("tokenizer.ggml.add_bos_token", spm),
+            chat_template: ChatTemplate::new(template.as_deref(), &path)?,
+            source: path,
+        })
+    }
+
+    /// A GGUF byte-level BPE vocabulary and merges as an HF `tokenizers` model.
+    fn gguf_bpe(f: &GgufFile, tokens: &[String], types: &[i64]) -> Result<Tokenizer, String> {
+        let pre_name = f
+            .get("tokenizer.ggml.pre")
+            .and_then(GgufValue::as_str)
+            .unwrap_or("default");
+        let pre = pre_tokenizer(pre_name)
+            .ok_or_else(|| format!("pre-tokenizer `{pre_name}` is not supported"))?;
+        let merges = strings(f, "tokenizer.ggml.merges")?;
         let mut vocab = serde_json::Map::new();
         let mut added = Vec::new();
-        for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+        for (i, (t, ty)) in tokens.iter().zip(types).enumerate() {
             if vocab.insert(t.clone(), json!(i)).is_some() {
-                return Err(err(format!("token `{t}` appears twice in the vocabulary")));
+                return Err(format!("token `{t}` appears twice in the vocabulary"));
             }
             // 3 = control, 4 = user-defined: matched whole before BPE.
             if *ty == 3 || *ty == 4 {
@@ -126,28 +192,8 @@ impl LlamaTokenizer {
                 "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
                 "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
         });
-        let inner = Tokenizer::from_bytes(spec.to_string().as_bytes())
-            .map_err(|e| err(format!("building BPE from vocabulary and merges: {e}")))?;
-        let tok_text = |key: &str| {
-            f.get(key)
-                .and_then(GgufValue::as_u64)
-                .and_then(|i| tokens.get(i as usize).cloned())
-        };
-        let template = f
-            .get("tokenizer.chat_template")
-            .and_then(GgufValue::as_str)
-            .map(str::to_string);
-        Ok(Self {
-            inner,
-            bos_token: tok_text("tokenizer.ggml.bos_token_id"),
-            eos_token: tok_text("tokenizer.ggml.eos_token_id"),
-            add_bos: matches!(
-                f.get("tokenizer.ggml.add_bos_token"),
-                Some(GgufValue::Bool(true))
-            ),
-            chat_template: ChatTemplate::new(template.as_deref(), &path)?,
-            source: path,
-        })
+        Tokenizer::from_bytes(spec.to_string().as_bytes())
+            .map_err(|e| format!("building BPE from vocabulary and merges: {e}"))
     }
 
     /// The tokenizer of the model at `path`, as [`crate::LlamaForCausalLM::load`] takes it: the
@@ -189,7 +235,7 @@ impl LlamaTokenizer {
             _ => None,
         };
         Ok(Self {
-            inner,
+            inner: Inner::Hf(Box::new(inner)),
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
             add_bos: cfg
@@ -207,31 +253,51 @@ impl LlamaTokenizer {
     /// Token ids of `text`; special-token texts in it (`<|im_start|>`) become their ids. With
     /// `add_bos` and a tokenizer that adds one, the bos id comes first.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, LlamaError> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| self.err(format!("encoding: {e}")))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::new();
         if add_bos
             && self.add_bos
             && let Some(b) = self.bos_id()
         {
             ids.push(b);
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.inner {
+            Inner::Hf(t) => {
+                let enc = t
+                    .encode(text, false)
+                    .map_err(|e| self.err(format!("encoding: {e}")))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Inner::Spm(t) => ids.extend(
+                t.encode(text)
+                    .map_err(|e| self.err(format!("encoding: {e}")))?,
+            ),
+        }
         Ok(ids)
     }
 
     /// The text of `ids`; with `skip_special`, special tokens are left out.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LlamaError> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| self.err(format!("decoding: {e}")))
+        match &self.inner {
+            Inner::Hf(t) => t.decode(ids, skip_special).map_err(|e| e.to_string()),
+            Inner::Spm(t) => t.decode(ids, skip_special),
+        }
+        .map_err(|e| self.err(format!("decoding: {e}")))
     }
 
     /// The id of token `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.inner.token_to_id(text)
+        match &self.inner {
+            Inner::Hf(t) => t.token_to_id(text),
+            Inner::Spm(t) => t.token_id(text),
+        }
+    }
+
+    /// The text of token `id`, if it is in the vocabulary.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        match &self.inner {
+            Inner::Hf(t) => t.id_to_token(id),
+            Inner::Spm(t) => t.token_text(id).map(str::to_string),
+        }
     }
 
     /// The bos id.
@@ -246,7 +312,10 @@ impl LlamaTokenizer {
 
     /// Vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Spm(t) => t.len(),
+        }
     }
 
     /// Renders `messages` with the chat template (see [`ChatTemplate::render`]).

@@ -1,0 +1,76 @@
+//! A GGUF SentencePiece vocabulary (`tokenizer.ggml.model = llama`, as Llama 2, Mistral and
+//! Gemma GGUFs carry) tokenizes as the SentencePiece library does: score-ordered merges, the
+//! dummy-prefix space, `<0xXX>` byte fallback; control and user-defined tokens in text are
+//! matched whole as llama.cpp matches them. The GGUF and the reference ids come from
+//! `tests/fixtures/scripts/make_spm_gguf.py` (Python `sentencepiece` + `gguf`).
+
+use std::path::PathBuf;
+
+use qlora_llama::LlamaTokenizer;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm")
+}
+
+fn load() -> (LlamaTokenizer, Value) {
+    let tok = LlamaTokenizer::load(fixtures().join("tiny-spm.gguf")).unwrap();
+    let text = std::fs::read_to_string(fixtures().join("spm_ids.json")).unwrap();
+    (tok, serde_json::from_str(&text).unwrap())
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn sentencepiece_gguf_encodes_and_decodes_as_sentencepiece() {
+    let (tok, cases) = load();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        cases["vocab_size"].as_u64().unwrap()
+    );
+    let plain = cases["plain"].as_array().unwrap();
+    assert!(plain.len() > 15);
+    for case in plain {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(&case["ids"]);
+        let got = tok.encode(text, false).unwrap();
+        assert_eq!(got, want, "encoding {text:?}");
+        assert_eq!(
+            tok.decode(&want, true).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decoding {want:?}"
+        );
+    }
+}
+
+#[test]
+fn control_and_user_tokens_in_text_are_matched_whole_as_llama_cpp_does() {
+    let (tok, cases) = load();
+    for case in cases["special"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&case["ids"]),
+            "encoding {text:?}"
+        );
+    }
+}
+
+#[test]
+fn sentencepiece_gguf_adds_bos_and_skips_it_when_decoding() {
+    let (tok, cases) = load();
+    let bos = cases["bos_id"].as_u64().unwrap() as u32;
+    let eos = cases["eos_id"].as_u64().unwrap() as u32;
+    assert_eq!((tok.bos_id(), tok.eos_id()), (Some(bos), Some(eos)));
+    let with = tok.encode("Hello world", true).unwrap();
+    assert_eq!(with[0], bos);
+    assert_eq!(&with[1..], &tok.encode("Hello world", false).unwrap()[..]);
+    assert_eq!(tok.decode(&with, true).unwrap(), "Hello world");
+    assert_eq!(tok.decode(&with, false).unwrap(), "<s> Hello world");
+}
