@@ -33,6 +33,10 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>
 pub struct ChatTemplate {
     source: String,
     env: Environment<'static>,
+    path: String,
+    /// Why the model's template cannot be used (rendering fails with it): a list of named
+    /// templates without a `default` one, as transformers refuses to choose.
+    unusable: Option<String>,
 }
 
 impl ChatTemplate {
@@ -49,7 +53,59 @@ impl ChatTemplate {
                 path: path.to_string(),
                 problem: format!("chat template does not compile: {e}"),
             })?;
-        Ok(Self { source, env })
+        Ok(Self {
+            source,
+            env,
+            path: path.to_string(),
+            unusable: None,
+        })
+    }
+
+    /// The template of an HF `chat_template` value: a string, or a list of
+    /// `{"name", "template"}` objects of which transformers uses the one named `default`
+    /// (without one, rendering is an error naming the templates, as in transformers).
+    pub fn from_hf_value(
+        value: Option<&serde_json::Value>,
+        path: &str,
+    ) -> Result<Self, LlamaError> {
+        use serde_json::Value;
+        let bad = |problem: String| LlamaError::Tokenizer {
+            path: path.to_string(),
+            problem,
+        };
+        match value {
+            None | Some(Value::Null) => Self::new(None, path),
+            Some(Value::String(t)) => Self::new(Some(t), path),
+            Some(Value::Array(list)) => {
+                let mut named = Vec::with_capacity(list.len());
+                for item in list {
+                    let name = item.get("name").and_then(Value::as_str);
+                    let template = item.get("template").and_then(Value::as_str);
+                    match (name, template) {
+                        (Some(n), Some(t)) => named.push((n, t)),
+                        _ => {
+                            return Err(bad(
+                                "`chat_template` is a list whose items are not {\"name\", \"template\"} objects"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+                if let Some((_, t)) = named.iter().find(|(n, _)| *n == "default") {
+                    return Self::new(Some(t), path);
+                }
+                let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+                let mut unusable = Self::new(None, path)?;
+                unusable.unusable = Some(format!(
+                    "the model has several chat templates ({}) and none is named `default`",
+                    names.join(", ")
+                ));
+                Ok(unusable)
+            }
+            Some(_) => Err(bad(
+                "`chat_template` is neither a string nor a list of named templates".into(),
+            )),
+        }
     }
 
     /// The template text.
@@ -66,6 +122,12 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<String, LlamaError> {
+        if let Some(problem) = &self.unusable {
+            return Err(LlamaError::Tokenizer {
+                path: self.path.clone(),
+                problem: problem.clone(),
+            });
+        }
         let t = self.env.get_template("chat").expect("added in new");
         t.render(context! {
             messages => messages,
@@ -74,8 +136,8 @@ impl ChatTemplate {
             eos_token => eos_token,
         })
         .map_err(|e| LlamaError::Tokenizer {
-            path: "<chat template>".into(),
-            problem: format!("rendering: {e}"),
+            path: self.path.clone(),
+            problem: format!("rendering the chat template: {e}"),
         })
     }
 }

@@ -221,9 +221,23 @@ impl<R: Read> Reader<R> {
                 }
                 let ety = self.u32(what)?;
                 let n = self.u64(what)?;
-                // Every element takes at least one byte: a count past the file is an error.
-                if n > self.remaining {
-                    return Err(format!("{what}: array of {n} elements runs past the end"));
+                // Every element takes at least `min` bytes of the file: a count that cannot fit
+                // in what is left is an error before anything is allocated.
+                let min: u64 = match ety {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    t => return Err(format!("{what}: unknown array element type {t}")),
+                };
+                if n.saturating_mul(min) > self.remaining {
+                    return Err(format!(
+                        "{what}: an array of {n} elements needs at least {} bytes, {} are left \
+                         in the file",
+                        n.saturating_mul(min),
+                        self.remaining
+                    ));
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {

@@ -208,7 +208,7 @@ impl LlamaTokenizer {
     }
 
     /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` (chat template, bos/eos,
-    /// `add_bos_token`) when present.
+    /// `add_bos_token`) and `chat_template.jinja` when present.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, LlamaError> {
         let dir = dir.as_ref();
         let file = dir.join("tokenizer.json");
@@ -229,6 +229,15 @@ impl LlamaTokenizer {
         } else {
             Value::Null
         };
+        // transformers: a `chat_template.jinja` file beside the config takes priority over the
+        // config's `chat_template` (a string, or named templates of which `default` is used).
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.is_file() {
+            let t = std::fs::read_to_string(&jinja).map_err(|e| LlamaError::io(&jinja, e))?;
+            ChatTemplate::new(Some(&t), &jinja.display().to_string())?
+        } else {
+            ChatTemplate::from_hf_value(cfg.get("chat_template"), &cfg_path.display().to_string())?
+        };
         let token = |k: &str| match cfg.get(k) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(str::to_string),
@@ -242,10 +251,7 @@ impl LlamaTokenizer {
                 .get("add_bos_token")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            chat_template: ChatTemplate::new(
-                cfg.get("chat_template").and_then(Value::as_str),
-                &cfg_path.display().to_string(),
-            )?,
+            chat_template,
             source: path,
         })
     }

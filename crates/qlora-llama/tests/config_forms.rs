@@ -3,8 +3,13 @@
 
 use std::path::PathBuf;
 
+#[path = "../../../tests/support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+
 use burn::tensor::{Device, Int, Tensor};
-use qlora_llama::{ChatMessage, ChatTemplate, LlamaConfig, LlamaForCausalLM, Rope, RopeScaling};
+use qlora_llama::{
+    ChatMessage, ChatTemplate, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Rope, RopeScaling,
+};
 use qlora_nn::LoraApplier;
 
 fn base() -> serde_json::Value {
@@ -260,4 +265,50 @@ fn llama3_chat_template_renders() {
             .to_string()
             .contains("roles must alternate")
     );
+}
+
+#[test]
+fn a_list_of_chat_templates_uses_the_default_one_as_transformers_does() {
+    let dir = std::env::temp_dir().join(format!("qlora-chat-list-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    byte_tokenizer::write(&dir);
+    let config = dir.join("tokenizer_config.json");
+    let write_config = |templates: serde_json::Value| {
+        let cfg = serde_json::json!({"eos_token": "</s>", "chat_template": templates});
+        std::fs::write(&config, cfg.to_string()).unwrap();
+    };
+    let hi = [ChatMessage::new("user", "hi")];
+    write_config(serde_json::json!([
+        {"name": "tool_use", "template": "TOOLS {{ messages[0]['content'] }}"},
+        {"name": "default", "template": "DEFAULT {{ messages[0]['content'] }}"},
+    ]));
+    let tok = LlamaTokenizer::from_dir(&dir).unwrap();
+    assert_eq!(tok.apply_chat_template(&hi, false).unwrap(), "DEFAULT hi");
+    // No `default`: rendering is an error that names the file and the templates, never ChatML.
+    write_config(serde_json::json!([
+        {"name": "tool_use", "template": "TOOLS"},
+        {"name": "rag", "template": "RAG"},
+    ]));
+    let tok = LlamaTokenizer::from_dir(&dir).unwrap();
+    let e = tok.apply_chat_template(&hi, false).unwrap_err().to_string();
+    for word in ["tokenizer_config.json", "tool_use, rag", "default"] {
+        assert!(e.contains(word), "{e}");
+    }
+    // Items that are not named templates are a named load error.
+    write_config(serde_json::json!([{"template": "X"}]));
+    let e = LlamaTokenizer::from_dir(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("name"),
+        "{e}"
+    );
+    // A `chat_template.jinja` beside the config takes priority over the config's templates.
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "JINJA {{ messages[0]['content'] }}",
+    )
+    .unwrap();
+    let tok = LlamaTokenizer::from_dir(&dir).unwrap();
+    assert_eq!(tok.apply_chat_template(&hi, false).unwrap(), "JINJA hi");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -439,3 +439,53 @@ fn malformed_gguf_files_are_named_errors() {
     assert!(e.contains("token_embd.weight") && e.contains("Q4_K"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A GGUF header with one metadata array `key` of `count` elements of type `ety`, followed by
+/// `tail` zero bytes.
+fn array_header(key: &str, ety: u32, count: u64, tail: usize) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata pairs
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key.as_bytes());
+    b.extend(9u32.to_le_bytes()); // array
+    b.extend(ety.to_le_bytes());
+    b.extend(count.to_le_bytes());
+    b.extend(std::iter::repeat_n(0u8, tail));
+    b
+}
+
+#[test]
+fn array_counts_past_what_the_file_can_hold_are_refused_before_allocating() {
+    let dir = tmp("arrays");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Each case fits a one-byte-per-element bound but not the element type's real size, or
+    // cannot fit at all: f32 (4 bytes), strings (8-byte length each), nested arrays (12 bytes),
+    // u64::MAX elements.
+    for (ety, count, tail) in [
+        (6u32, 1_000u64, 1_500usize),
+        (8, 1_000, 4_000),
+        (9, 1_000, 8_000),
+        (10, 1_000, 4_000),
+        (0, u64::MAX, 100),
+    ] {
+        let p = dir.join(format!("array-{ety}.gguf"));
+        std::fs::write(&p, array_header("tokenizer.ggml.scores", ety, count, tail)).unwrap();
+        let e = GgufFile::open(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer.ggml.scores")
+                && e.contains("needs at least")
+                && e.contains(&p.display().to_string()),
+            "type {ety}: {e}"
+        );
+    }
+    // The same array that does fit is read.
+    let p = dir.join("array-ok.gguf");
+    std::fs::write(&p, array_header("tokenizer.ggml.scores", 6, 1_000, 4_000)).unwrap();
+    let f = GgufFile::open(&p).unwrap();
+    assert!(
+        matches!(f.get("tokenizer.ggml.scores"), Some(GgufValue::Array(a)) if a.len() == 1_000)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
