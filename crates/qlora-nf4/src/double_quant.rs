@@ -9,8 +9,9 @@
 //! absmax'[i]    = map[codes[i]] * nested_absmax[i/256] + offset  (f32 multiply, then f32 add)
 //! ```
 //!
-//! This matches bnb's CUDA quantizer (exact nearest). bnb's CPU build uses a 65 536-entry
-//! lookup table that is one step off for ~0.25 % of blocks; files it made still load as they are.
+//! This is the exact nearest code, the rule of bnb's CUDA quantizer (from its source; no GPU has
+//! checked it). bnb's CPU build uses a 65 536-entry lookup table that is one step off for
+//! ~0.25 % of blocks; files it made still load as they are.
 
 use crate::{Blocksize, Nf4Error, dynamic_map, dynamic_map_signed};
 

@@ -1,5 +1,6 @@
 //! NF4/FP4 4-bit block quantization with double quantization, bit-exact with bitsandbytes
-//! 0.50, in pure Rust (no Burn). This is the reference every kernel of burn-qlora is tested
+//! 0.50's CPU path (the double-quant codes: exact nearest, see [`DoubleQuantAbsmax`]; the README's
+//! "What is bit-exact" lists each claim and its test), in pure Rust (no Burn). This is the reference every kernel of burn-qlora is tested
 //! against, and the reader/writer of bnb-4bit checkpoint tensors.
 //!
 //! The numerics follow Dettmers et al., *QLoRA: Efficient Finetuning of Quantized LLMs* (2023):

@@ -109,6 +109,56 @@ fn plain_4bit_is_bit_exact() {
     }
 }
 
+/// The edge blocks one by one, so that each claim of the README's "What is bit-exact" is a
+/// named check: all-zero blocks take the code of 0.0 as bnb-CPU does (NF4 code 7, FP4 code 0),
+/// values exactly on a midpoint take the lower code, a subnormal or FLT_MAX absmax, a negative
+/// absmax, signed zeros.
+#[test]
+fn each_edge_block_is_bit_exact_with_bnb_cpu() {
+    let bytes = fixture("quant_4bit.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> =
+        serde_json::from_str(&st_metadata(&bytes)["edge_block_names"]).unwrap();
+    assert_eq!(names.len(), 13);
+    for qt in [QuantType::Nf4, QuantType::Fp4] {
+        let q = quantize_case(&st, "edge", qt, false);
+        let want_codes = u8s(&st, &format!("edge/{}/codes", qt.as_str()));
+        let want_absmax = f32s(&st, &format!("edge/{}/absmax", qt.as_str()));
+        let want_dequant = f32s(&st, &format!("edge/{}/dequant", qt.as_str()));
+        let codes = q.codes();
+        let Absmax::F32(absmax) = &q.absmax else {
+            panic!("plain absmax")
+        };
+        let dequant = q.dequantize::<f32>();
+        for (b, name) in names.iter().enumerate() {
+            let r = b * 64..(b + 1) * 64;
+            let what = format!("{} block `{name}`", qt.as_str());
+            assert_eq!(codes[r.clone()], want_codes[r.clone()], "{what}: codes");
+            assert_eq!(
+                absmax[b].to_bits(),
+                want_absmax[b].to_bits(),
+                "{what}: absmax"
+            );
+            assert_bits_eq(&dequant[r.clone()], &want_dequant[r.clone()], &what);
+            if name == "zeros" {
+                // bnb-CPU's code of 0.0; bnb-CUDA writes code 0 here (README), same value.
+                let zero = match qt {
+                    QuantType::Nf4 => 7,
+                    QuantType::Fp4 => 0,
+                };
+                assert!(codes[r.clone()].iter().all(|&c| c == zero), "{what}");
+                assert!(dequant[r].iter().all(|&v| v == 0.0), "{what}");
+            }
+        }
+    }
+}
+
+/// The `__metadata__` of a safetensors file.
+fn st_metadata(bytes: &[u8]) -> std::collections::HashMap<String, String> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
+    meta.metadata().clone().unwrap_or_default()
+}
+
 #[test]
 fn bf16_input_gives_bf16_output() {
     let bytes = fixture("quant_4bit.safetensors");
