@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
+use burn::tensor::{Device, GradientCheckpointingStrategy};
 use burn_qlora::llama::{
     ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
 };
@@ -314,6 +315,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ParameterCount::of(&model)
     );
     println!("peak RSS after loading: {:.0} MiB", common::peak_rss_mib());
+    // Read off the device the model's tensors live on, so the line says what the step does.
+    let checkpointing = model
+        .devices()
+        .first()
+        .and_then(Device::gradient_checkpointing_strategy);
+    println!(
+        "gradient checkpointing: {}",
+        match checkpointing {
+            Some(GradientCheckpointingStrategy::Balanced) =>
+                "on (Burn's balanced strategy: memory-bound ops recomputed in the backward pass)",
+            _ => "off",
+        }
+    );
     // Ids from a tokenizer of another model (or with tokens added beyond vocab_size) would
     // index past the embedding table: refused here, before any sample runs.
     let data_name = data_path.display().to_string();

@@ -76,6 +76,7 @@ fn finetune_generate_merge_quantize() {
         "--no-samples",
     ];
     let text = ok("finetune", &[&common[..], &["--steps", "6"]].concat());
+    assert!(text.contains("gradient checkpointing: off"), "{text}");
     assert!(text.contains("held-out loss"), "{text}");
     let adapter = out.join("adapter");
     for f in [
@@ -99,10 +100,12 @@ fn finetune_generate_merge_quantize() {
     let mut with_ckpt = common.to_vec();
     let o = with_ckpt.iter().position(|a| *a == "--out").unwrap();
     with_ckpt[o + 1] = ckpt_out.to_str().unwrap();
-    ok(
+    let printed = ok(
         "finetune",
         &[&with_ckpt[..], &["--steps", "6", "--grad-checkpointing"]].concat(),
     );
+    // The line is read off the device the model's tensors live on: the flag reached it.
+    assert!(printed.contains("gradient checkpointing: on"), "{printed}");
     let losses = |dir: &Path| -> Vec<f64> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
