@@ -14,12 +14,15 @@ use burn_qlora::llama::{
     ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
 };
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{InitLoraWeights, LoraApplier, LoraConfig, ModuleSelector, ParameterCount};
+use burn_qlora::nn::{
+    AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, ModuleSelector, ParameterCount,
+    PeftAdapter,
+};
 use burn_qlora::train::{
     DataFormat, DataOptions, OptimizerKind, Overflow, Schedule, TrainConfig, Trainer, load_dataset,
     pack, plot_losses, split, write_metrics,
 };
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[allow(dead_code)]
@@ -84,6 +87,15 @@ struct Args {
     /// Clip the global gradient norm (0: no clipping).
     #[arg(long, default_value_t = 0.3, value_parser = common::args::non_negative)]
     max_grad_norm: f64,
+    /// Continue training a PEFT adapter folder (f32, f16 or bf16) instead of a fresh one: its
+    /// adapter_config.json gives rank, alpha, dropout, targets and modules_to_save, so the
+    /// options that set those are refused with it.
+    #[arg(long, conflicts_with_all = ["rank", "alpha", "dropout", "targets", "modules_to_save", "rslora"])]
+    adapter: Option<PathBuf>,
+    /// Precision of the saved adapter: f32, f16 or bf16 (default: that of --adapter, else
+    /// f32). Checkpoints are always f32, so that a resume is exact.
+    #[arg(long)]
+    save_dtype: Option<SaveDtype>,
     /// LoRA rank (at least 1).
     #[arg(long, default_value_t = 16, value_parser = common::args::at_least_1)]
     rank: usize,
@@ -139,6 +151,24 @@ struct Args {
     /// No before/after sample answers.
     #[arg(long)]
     no_samples: bool,
+}
+
+/// `--save-dtype`'s values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SaveDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<SaveDtype> for AdapterDtype {
+    fn from(d: SaveDtype) -> Self {
+        match d {
+            SaveDtype::F32 => AdapterDtype::F32,
+            SaveDtype::F16 => AdapterDtype::F16,
+            SaveDtype::Bf16 => AdapterDtype::BF16,
+        }
+    }
 }
 
 /// The model's greedy answer to `question` (in its chat template when it has one). Errors if
@@ -214,6 +244,67 @@ const MEMORY_ADVICE: &str = "to use less memory, lower --batch-size (and raise -
     keep the effective batch) or --seq-len, or use --optimizer paged-adamw with a \
     --paged-budget; then rerun with --resume";
 
+/// The LoRA config of a fresh adapter, from the command line.
+fn fresh_lora(args: &Args, model_path: &std::path::Path) -> LoraConfig {
+    let targets = if args.targets == "all-linear" {
+        ModuleSelector::Pattern("all-linear".into())
+    } else {
+        ModuleSelector::List(
+            args.targets
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
+        )
+    };
+    LoraConfig {
+        r: args.rank,
+        lora_alpha: args.alpha,
+        lora_dropout: args.dropout,
+        target_modules: Some(targets),
+        use_rslora: args.rslora,
+        modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
+        init_lora_weights: InitLoraWeights::Default,
+        base_model_name_or_path: Some(model_path.display().to_string()),
+        task_type: Some("CAUSAL_LM".into()),
+        ..LoraConfig::default()
+    }
+}
+
+/// The QLoRA model with the PEFT adapter in `dir` as its trainable adapter `default`, the
+/// adapter's config (set to training) and the precision its file was in. Errors name the
+/// folder: a module of the adapter that the model lacks, a shape that does not fit, or a
+/// module of `modules_to_save` whose trained weights the file does not hold (training would
+/// otherwise start it from the base weights, a run that is partly fresh).
+fn load_with_adapter(
+    model_path: &std::path::Path,
+    dir: &std::path::Path,
+    device: &burn::tensor::Device,
+) -> Result<(LlamaForCausalLM, LoraConfig, AdapterDtype), Box<dyn std::error::Error>> {
+    let peft = PeftAdapter::load(dir, device)?;
+    for m in peft.config.modules_to_save.iter().flatten() {
+        let held = peft.saved.keys().any(|k| {
+            k.rsplit_once('.')
+                .is_some_and(|(module, _)| module == m || module.ends_with(&format!(".{m}")))
+        });
+        if !held {
+            return Err(format!(
+                "--adapter {}: adapter_config.json lists `{m}` in modules_to_save, but \
+                 adapter_model.safetensors holds no trained weights for it",
+                dir.display()
+            )
+            .into());
+        }
+    }
+    let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), device);
+    let mut model = LlamaForCausalLM::load(model_path, &applier)?;
+    model.load_adapter(&peft, "default")?;
+    let lora = LoraConfig {
+        inference_mode: false,
+        ..peft.config.clone()
+    };
+    Ok((model, lora, peft.dtype))
+}
+
 fn main() {
     common::exit_on_error(run(Args::parse()));
 }
@@ -236,6 +327,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/chitchat.jsonl"));
     common::check_exists(&data_path, "--data")?;
+    if let Some(dir) = &args.adapter {
+        common::check_exists(dir, "--adapter")?;
+    }
     let devices = args
         .devices
         .iter()
@@ -285,30 +379,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         lengths.iter().max().unwrap_or(&0)
     );
 
-    let targets = if args.targets == "all-linear" {
-        ModuleSelector::Pattern("all-linear".into())
-    } else {
-        ModuleSelector::List(
-            args.targets
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .collect(),
-        )
+    let (model, lora, resumed_dtype) = match &args.adapter {
+        Some(dir) => {
+            let (model, lora, dtype) = load_with_adapter(&model_path, dir, &ad)?;
+            (model, lora, Some(dtype))
+        }
+        None => {
+            let lora = fresh_lora(&args, &model_path);
+            let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &ad)?;
+            (LlamaForCausalLM::load(&model_path, &applier)?, lora, None)
+        }
     };
-    let lora = LoraConfig {
-        r: args.rank,
-        lora_alpha: args.alpha,
-        lora_dropout: args.dropout,
-        target_modules: Some(targets),
-        use_rslora: args.rslora,
-        modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
-        init_lora_weights: InitLoraWeights::Default,
-        base_model_name_or_path: Some(model_path.display().to_string()),
-        task_type: Some("CAUSAL_LM".into()),
-        ..LoraConfig::default()
-    };
-    let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &ad)?;
-    let model = LlamaForCausalLM::load(&model_path, &applier)?;
+    let save_dtype = args
+        .save_dtype
+        .map(AdapterDtype::from)
+        .or(resumed_dtype)
+        .unwrap_or_default();
     println!(
         "model: {} ({})",
         model_path.display(),
@@ -455,6 +541,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     trainer
         .model
         .adapter("default", trainer.lora.clone())
+        .with_dtype(save_dtype)
         .save(&adapter_dir)?;
     write_metrics(
         &args.out.join("metrics.jsonl"),

@@ -52,6 +52,12 @@ fn refused(name: &str, args: &[&str], words: &[&str], watched: &[&Path]) {
     assert!(before == after, "{name} {args:?} changed its input files");
 }
 
+/// A bf16 PEFT adapter of the golden tiny LLaMA.
+const ADAPTER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/golden/tiny-llama-lora-bf16"
+);
+
 #[test]
 fn finetune_refuses_options_that_cannot_work() {
     let model = cli::tiny_model("bad-options");
@@ -104,6 +110,20 @@ fn finetune_refuses_options_that_cannot_work() {
         ),
         (&["--resume"], &["--resume", "no checkpoint"]),
         (&["--devices", "tpu"], &["unknown device `tpu`"]),
+        // An adapter's own config sets its shape: options that would change it are refused.
+        (
+            &["--adapter", ADAPTER, "--rank", "4"],
+            &["--adapter", "--rank", "cannot be used with"],
+        ),
+        (
+            &["--adapter", ADAPTER, "--targets", "q_proj"],
+            &["--adapter", "--targets", "cannot be used with"],
+        ),
+        (&["--save-dtype", "f64"], &["--save-dtype", "f64"]),
+        (
+            &["--adapter", "/nonexistent/adapter"],
+            &["--adapter", "/nonexistent/adapter", "no such file"],
+        ),
     ];
     for (extra, words) in cases {
         let args = [&base[..], extra].concat();
@@ -141,6 +161,29 @@ fn finetune_refuses_options_that_cannot_work() {
         &["--data", "/nonexistent/data.jsonl", "no such file"],
         &[&work],
     );
+    // An adapter whose config trains a module in full that its weights do not hold: training
+    // it on would start that module from the base weights, a run that is partly fresh.
+    let partial = work.join("partial-adapter");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::copy(
+        Path::new(ADAPTER).join("adapter_model.safetensors"),
+        partial.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(ADAPTER).join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    c["modules_to_save"] = serde_json::json!(["lm_head"]);
+    std::fs::write(partial.join("adapter_config.json"), c.to_string()).unwrap();
+    let args = [&base[..], &["--adapter", partial.to_str().unwrap()]].concat();
+    refused(
+        "finetune",
+        &args,
+        &["--adapter", "partial-adapter", "modules_to_save", "`lm_head`"],
+        &[&model, &work],
+    );
+    assert!(!out.join("checkpoint").exists());
     let _ = std::fs::remove_dir_all(&work);
     let _ = std::fs::remove_dir_all(&model);
 }
