@@ -60,9 +60,8 @@ const ADAPTER: &str = concat!(
 
 #[test]
 fn finetune_refuses_options_that_cannot_work() {
-    let model = cli::tiny_model("bad-options");
-    let work = cli::tmp("bad-options-work");
-    let data = cli::chat_data(&work);
+    let tiny = cli::TinyRun::new("bad-options");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let out = work.join("run");
     let (m, d, o) = (
         model.to_str().unwrap(),
@@ -184,8 +183,6 @@ fn finetune_refuses_options_that_cannot_work() {
         &[&model, &work],
     );
     assert!(!out.join("checkpoint").exists());
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 /// A tokenizer of another model: ids past the model's vocabulary are a named error in

@@ -19,7 +19,7 @@ mod byte_tokenizer;
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::{chat_data, ok, run, tiny_model, tmp};
+use cli::{ok, run};
 
 fn logits(model: &LlamaForCausalLM, device: &Device) -> Vec<f32> {
     let ids: Vec<i64> = (0..24).map(|i| (i * 37 + 5) % 259).collect();
@@ -41,9 +41,8 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn finetune_generate_merge_quantize() {
-    let model = tiny_model("examples");
-    let work = tmp("work");
-    let data = chat_data(&work);
+    let tiny = cli::TinyRun::new("examples");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let out = work.join("run");
     let (m, d, o) = (
         model.to_str().unwrap(),
@@ -228,8 +227,6 @@ fn finetune_generate_merge_quantize() {
     );
     let err = String::from_utf8_lossy(&bad.stderr).to_string();
     assert!(!bad.status.success() && err.contains("blocksize"), "{err}");
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

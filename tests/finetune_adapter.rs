@@ -11,7 +11,7 @@ mod cli;
 
 use burn::tensor::Device;
 use burn_qlora::nn::{AdapterDtype, PeftAdapter};
-use cli::{chat_data, ok, tiny_model, tmp};
+use cli::ok;
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,18 +45,18 @@ fn metrics(out: &Path) -> (Vec<(u64, f64)>, f64) {
     (steps, initial)
 }
 
-struct Setup {
-    model: std::path::PathBuf,
-    work: std::path::PathBuf,
-    data: std::path::PathBuf,
+struct Setup(cli::TinyRun);
+
+impl std::ops::Deref for Setup {
+    type Target = cli::TinyRun;
+    fn deref(&self) -> &cli::TinyRun {
+        &self.0
+    }
 }
 
 impl Setup {
     fn new(name: &str) -> Self {
-        let model = tiny_model(name);
-        let work = tmp(&format!("{name}-work"));
-        let data = chat_data(&work);
-        Self { model, work, data }
+        Self(cli::TinyRun::new(name))
     }
 
     /// The finetune command line for a run into `out` (constant learning rate, so that a run
@@ -89,13 +89,6 @@ impl Setup {
         ];
         a.extend_from_slice(extra);
         a
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
-        let _ = std::fs::remove_dir_all(&self.model);
     }
 }
 

@@ -17,9 +17,8 @@ mod cli;
 #[test]
 #[cfg_attr(qlora_no_vulkan, ignore = "cannot run here: no Vulkan driver")]
 fn a_failed_device_step_says_what_to_change() {
-    let model = cli::tiny_model("device-error");
-    let work = cli::tmp("device-error-work");
-    let data = cli::chat_data(&work);
+    let tiny = cli::TinyRun::new("device-error");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let out = work.join("run");
     let (m, d, o) = (
         model.to_str().unwrap(),
@@ -56,6 +55,4 @@ fn a_failed_device_step_says_what_to_change() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&model);
 }

@@ -11,9 +11,8 @@ mod cli;
 #[test]
 #[cfg_attr(qlora_no_vulkan, ignore = "cannot run here: no Vulkan driver")]
 fn finetune_on_two_devices() {
-    let model = cli::tiny_model("devices");
-    let work = cli::tmp("devices-work");
-    let data = cli::chat_data(&work);
+    let tiny = cli::TinyRun::new("devices");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let out = work.join("run");
     let args = |devices: &str| -> Vec<String> {
         [

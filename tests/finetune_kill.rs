@@ -95,9 +95,8 @@ impl Rng {
 
 #[test]
 fn sigkill_at_random_moments_then_resume_reproduces_the_run() {
-    let model = cli::tiny_model("kill");
-    let work = cli::tmp("kill-work");
-    let data = cli::chat_data(&work);
+    let tiny = cli::TinyRun::new("kill");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
 
     let reference = work.join("reference");
@@ -164,6 +163,4 @@ fn sigkill_at_random_moments_then_resume_reproduces_the_run() {
         want,
         "resumed run differs from the uninterrupted one"
     );
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&model);
 }

@@ -14,9 +14,8 @@ mod cli;
 
 #[test]
 fn running_out_of_memory_says_what_to_change() {
-    let model = cli::tiny_model("oom");
-    let work = cli::tmp("oom-work");
-    let data = cli::chat_data(&work);
+    let tiny = cli::TinyRun::new("oom");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let out = work.join("run");
     let script = format!(
         "ulimit -v 1572864 && exec '{}' --model '{}' --data '{}' --out '{}' --steps 2 \
@@ -38,6 +37,4 @@ fn running_out_of_memory_says_what_to_change() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(partial.is_empty(), "left behind: {partial:?}");
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&model);
 }

@@ -61,6 +61,30 @@ pub fn tiny_model(name: &str) -> PathBuf {
     dir
 }
 
+/// A tiny model and a work folder holding the conversations of [`chat_data`], for one test;
+/// both folders are removed when it is dropped.
+pub struct TinyRun {
+    pub model: PathBuf,
+    pub work: PathBuf,
+    pub data: PathBuf,
+}
+
+impl TinyRun {
+    pub fn new(name: &str) -> Self {
+        let model = tiny_model(name);
+        let work = tmp(&format!("{name}-work"));
+        let data = chat_data(&work);
+        Self { model, work, data }
+    }
+}
+
+impl Drop for TinyRun {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+        let _ = std::fs::remove_dir_all(&self.model);
+    }
+}
+
 /// Conversations with a pattern the adapters can learn: the reply repeats the question's word.
 pub fn chat_data(dir: &Path) -> PathBuf {
     let words = [

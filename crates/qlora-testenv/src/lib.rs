@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 pub const CFGS: [&str; 2] = ["qlora_no_vulkan", "qlora_no_default_model"];
 
 /// The cache folder: `$QLORA_CACHE`, else `$HOME/.cache/burn-qlora`. The same rule as
-/// `qlora_llama::cache_dir` (its tests check that the two agree).
+/// `qlora_llama::cache_dir` (its tests check that the two agree): a build script cannot depend
+/// on `qlora-llama` without building Burn first, so the two lines live twice.
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("QLORA_CACHE") {
         return PathBuf::from(d);
