@@ -179,7 +179,12 @@ fn finetune_refuses_options_that_cannot_work() {
     refused(
         "finetune",
         &args,
-        &["--adapter", "partial-adapter", "modules_to_save", "`lm_head`"],
+        &[
+            "--adapter",
+            "partial-adapter",
+            "modules_to_save",
+            "`lm_head`",
+        ],
         &[&model, &work],
     );
     assert!(!out.join("checkpoint").exists());

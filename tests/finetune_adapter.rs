@@ -100,7 +100,10 @@ fn a_bf16_adapter_trains_on_from_its_weights_and_is_saved_in_bf16() {
     let on_out = s.work.join("on");
     let (fresh_o, on_o) = (fresh_out.to_str().unwrap(), on_out.to_str().unwrap());
     ok("finetune", &s.args(fresh_o, &["--steps", "2"]));
-    let text = ok("finetune", &s.args(on_o, &["--steps", "2", "--adapter", &bf16]));
+    let text = ok(
+        "finetune",
+        &s.args(on_o, &["--steps", "2", "--adapter", &bf16]),
+    );
 
     // The adapter's weights are in the model from the start: a fresh adapter (B = 0) leaves
     // the base model's loss, this one does not.
@@ -130,7 +133,12 @@ fn a_bf16_adapter_trains_on_from_its_weights_and_is_saved_in_bf16() {
     );
     let moved = before.modules.iter().any(|(m, w)| {
         let a = w.lora_b.clone().into_data().try_to_vec::<f32>().unwrap();
-        let b = after.modules[m].lora_b.clone().into_data().try_to_vec::<f32>().unwrap();
+        let b = after.modules[m]
+            .lora_b
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         a != b
     });
     assert!(moved, "training left every lora_B as it was");
@@ -152,7 +160,10 @@ fn save_dtype_overrides_the_adapters_precision() {
     let o32 = out32.to_str().unwrap();
     ok(
         "finetune",
-        &s.args(o32, &["--steps", "1", "--adapter", &f16, "--save-dtype", "f32"]),
+        &s.args(
+            o32,
+            &["--steps", "1", "--adapter", &f16, "--save-dtype", "f32"],
+        ),
     );
     assert!(
         dtypes(&out32.join("adapter"))
@@ -180,8 +191,14 @@ fn a_resumed_run_on_a_bf16_adapter_is_the_uninterrupted_run() {
     let whole = s.work.join("whole");
     let cut = s.work.join("cut");
     let (w, c) = (whole.to_str().unwrap(), cut.to_str().unwrap());
-    ok("finetune", &s.args(w, &["--steps", "4", "--adapter", &bf16]));
-    ok("finetune", &s.args(c, &["--steps", "2", "--adapter", &bf16]));
+    ok(
+        "finetune",
+        &s.args(w, &["--steps", "4", "--adapter", &bf16]),
+    );
+    ok(
+        "finetune",
+        &s.args(c, &["--steps", "2", "--adapter", &bf16]),
+    );
     let text = ok(
         "finetune",
         &s.args(c, &["--steps", "4", "--adapter", &bf16, "--resume"]),

@@ -53,7 +53,7 @@ enum Inner {
     /// HF `tokenizers` (a `tokenizer.json`, or a GGUF byte-level BPE rebuilt as one).
     Hf(Box<Tokenizer>),
     /// A GGUF SentencePiece vocabulary, run as llama.cpp runs it.
-    Spm(SpmTokenizer),
+    Spm(Box<SpmTokenizer>),
 }
 
 fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>, String> {
@@ -123,7 +123,7 @@ impl LlamaTokenizer {
                     // llama.cpp scores every token 0 when the file has none.
                     _ => vec![0.0; tokens.len()],
                 };
-                Inner::Spm(
+                Inner::Spm(Box::new(
                     SpmTokenizer::new(
                         tokens.clone(),
                         scores,
@@ -131,7 +131,7 @@ impl LlamaTokenizer {
                         flag("tokenizer.ggml.add_space_prefix", true),
                     )
                     .map_err(err)?,
-                )
+                ))
             }
             other => {
                 return Err(err(format!(
