@@ -1,16 +1,25 @@
-//! Gradient checkpointing changes what a training step keeps: after the forward pass of a QLoRA
+//! Gradient checkpointing reaches every op of a QLoRA step: after the forward pass of a QLoRA
 //! model (NF4 base, LoRA on every linear) on a checkpointing autodiff device, the autodiff graph
-//! holds fewer heap bytes than on a plain one, and the gradients are the same. Live bytes are
-//! counted by a global allocator (one test in this binary, so nothing else allocates meanwhile).
-//! If `gradient_checkpointing()` were ignored anywhere on the path (the device, the model's
-//! fused ops), the two would hold the same.
+//! holds a different number of heap bytes than on a plain one, and the gradients are the same. If
+//! `gradient_checkpointing()` were ignored anywhere on the path (the device, the model's fused
+//! ops), the two would hold the same bytes.
+//!
+//! It does not hold *fewer*: Burn's op-level `Balanced` strategy keeps every matmul's output and
+//! adds the inputs of the element-wise chains it will recompute, so on this model the graph holds
+//! about 70% more (measured: 4.55 MB plain, 7.69 MB checkpointed). Block-level checkpointing, which
+//! frees memory, is issue #23; until it lands the out-of-memory advice does not name the option.
+//!
+//! Live bytes are counted by a global allocator (one test in this binary, so nothing else
+//! allocates meanwhile), after one warm-up step on each device: the first step also allocates
+//! what stays for the process (thread pools' buffers, about 2 MB), and whether those land inside
+//! the measured window depends on thread timing.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use qlora_llama::LlamaForCausalLM;
+use qlora_llama::{LlamaForCausalLM, LoraModel};
 use qlora_nf4::QuantConfig;
 use qlora_nn::{LoraApplier, PeftAdapter};
 
@@ -74,13 +83,25 @@ fn step(device: &Device) -> (isize, Vec<Vec<f32>>) {
 }
 
 #[test]
-fn checkpointing_holds_fewer_bytes_after_the_forward_pass_and_the_same_gradients() {
-    let (plain, g_plain) = step(&Device::flex().autodiff());
-    let (ckpt, g_ckpt) = step(&Device::flex().autodiff().gradient_checkpointing());
-    eprintln!("held after forward: plain {plain} B, checkpointed {ckpt} B");
+fn checkpointing_changes_what_the_graph_holds_and_not_the_gradients() {
+    let plain_device = Device::flex().autodiff();
+    let ckpt_device = Device::flex().autodiff().gradient_checkpointing();
+    // The first step of each kind also allocates what stays for the process (2 MB of them).
+    step(&plain_device);
+    step(&ckpt_device);
+    let (plain, g_plain) = step(&plain_device);
+    let (plain_again, _) = step(&plain_device);
+    let (ckpt, g_ckpt) = step(&ckpt_device);
+    eprintln!("held after forward: plain {plain} B (again {plain_again} B), checkpointed {ckpt} B");
+    // The measurement is steady (a few kB of allocator bookkeeping)...
     assert!(
-        (ckpt as f64) < 0.95 * plain as f64,
-        "checkpointed graph holds {ckpt} B, plain {plain} B"
+        (plain - plain_again).abs() as f64 <= 0.01 * plain as f64,
+        "the same step held {plain} B, then {plain_again} B"
+    );
+    // ...and the checkpointed graph differs from it by far more than that.
+    assert!(
+        (ckpt - plain).abs() as f64 >= 0.05 * plain as f64,
+        "checkpointed graph holds {ckpt} B, plain {plain} B: is the flag reaching the graph?"
     );
     for (a, b) in g_plain.iter().zip(&g_ckpt) {
         let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
