@@ -15,8 +15,8 @@ use burn_qlora::llama::{
 };
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
-    AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, ModuleSelector, ParameterCount,
-    PeftAdapter,
+    AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
+    ParameterCount, PeftAdapter,
 };
 use burn_qlora::train::{
     DataFormat, DataOptions, OptimizerKind, Overflow, Schedule, TrainConfig, Trainer, load_dataset,

@@ -12,7 +12,7 @@ use burn_qlora::llama::{
     ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
 };
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{LoraApplier, PeftAdapter};
+use burn_qlora::nn::{LoraApplier, LoraModel, PeftAdapter};
 use clap::Parser;
 
 #[allow(dead_code)]

@@ -9,7 +9,7 @@
 use burn::tensor::Device;
 use burn_qlora::llama::{GgufModel, LlamaForCausalLM, WeightSource, default_model};
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{AdaptedLinear, LoraApplier};
+use burn_qlora::nn::{AdaptedLinear, LoraApplier, LoraModel};
 
 #[allow(dead_code)]
 mod common;

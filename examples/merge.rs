@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn_qlora::llama::{LlamaForCausalLM, SaveFormat};
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{LoraApplier, PeftAdapter};
+use burn_qlora::nn::{LoraApplier, LoraModel, PeftAdapter};
 use clap::{Parser, ValueEnum};
 
 #[allow(dead_code)]

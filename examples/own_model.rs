@@ -1,6 +1,7 @@
 //! QLoRA on a model of your own (not LLaMA): its linears become frozen NF4 weights with
-//! trainable LoRA adapters in a handful of lines, it trains a few steps, and the adapter is
-//! saved in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`).
+//! trainable LoRA adapters in a handful of lines, a short `LoraModel` impl gives it PEFT's
+//! model-level operations, it trains a few steps, and the adapter is saved in PEFT's format
+//! (`adapter_config.json` + `adapter_model.safetensors`) with one call and loaded back.
 //!
 //! ```text
 //! cargo run --release --example own_model [OUTPUT_DIR]   # default: own_model_adapter
@@ -12,7 +13,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
-    AdaptedLinear, LoraApplier, LoraConfig, ModuleSelector, ParameterCount, PeftAdapter,
+    AdaptedLinear, LoraApplier, LoraConfig, LoraModel, ModuleSelector, ParameterCount, PeftAdapter,
 };
 
 /// A small MLP, written as any Burn model, with `AdaptedLinear` where it had `Linear`.
@@ -21,6 +22,26 @@ struct Mlp {
     fc1: AdaptedLinear,
     fc2: AdaptedLinear,
     out: AdaptedLinear,
+}
+
+/// The module paths PEFT would give these linears (`target_modules` and adapter files use
+/// them): all the PEFT operations come with this.
+impl LoraModel for Mlp {
+    fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
+        vec![
+            ("fc1".into(), &self.fc1),
+            ("fc2".into(), &self.fc2),
+            ("out".into(), &self.out),
+        ]
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)> {
+        vec![
+            ("fc1".into(), &mut self.fc1),
+            ("fc2".into(), &mut self.fc2),
+            ("out".into(), &mut self.out),
+        ]
+    }
 }
 
 impl Mlp {
@@ -44,15 +65,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         r: 8,
         lora_alpha: 16.0,
         target_modules: Some(ModuleSelector::List(vec!["fc1".into(), "fc2".into()])),
+        // Not a transformers model: no task type, as PEFT leaves it for a custom module.
+        task_type: None,
         ..LoraConfig::default()
     };
     // 2. Build the model through the applier: every base weight NF4 + double quant, frozen.
-    let qlora = LoraApplier::new(config.clone(), Some(QuantConfig::qlora()), &device)?;
-    let mut model = Mlp {
-        fc1: qlora.linear("fc1", LinearConfig::new(32, 64).init(&device), false)?,
-        fc2: qlora.linear("fc2", LinearConfig::new(64, 64).init(&device), false)?,
-        out: qlora.linear("out", LinearConfig::new(64, 8).init(&device), true)?,
+    let weights = [
+        LinearConfig::new(32, 64).init(&device),
+        LinearConfig::new(64, 64).init(&device),
+        LinearConfig::new(64, 8).init(&device),
+    ];
+    let build = |applier: &LoraApplier| -> Result<Mlp, Box<dyn std::error::Error>> {
+        let [fc1, fc2, out] = weights.clone();
+        Ok(Mlp {
+            fc1: applier.linear("fc1", fc1, false)?,
+            fc2: applier.linear("fc2", fc2, false)?,
+            out: applier.linear("out", out, true)?,
+        })
     };
+    let qlora = LoraApplier::new(config.clone(), Some(QuantConfig::qlora()), &device)?;
+    let mut model = build(&qlora)?;
 
     println!("{}", ParameterCount::of(&model));
 
@@ -77,11 +109,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // 4. Save the adapter where PEFT can load it.
-    let adapters = [("fc1", &model.fc1), ("fc2", &model.fc2)]
-        .into_iter()
-        .filter_map(|(path, layer)| layer.adapter("default").map(|a| (path, a)));
-    PeftAdapter::from_adapters(config.clone(), adapters).save(&out_dir)?;
+    // 4. Save the adapter where PEFT can load it: one call.
+    model.adapter("default", config.clone()).save(&out_dir)?;
     println!("adapter saved to {out_dir}/");
+
+    // 5. Load it onto the same base without adapters, as PEFT's `PeftModel.from_pretrained`
+    // does: the outputs are the trained model's.
+    let mut reloaded = build(&LoraApplier::base_only(Some(QuantConfig::qlora()), &device))?;
+    reloaded.load_adapter(&PeftAdapter::load(&out_dir, &device)?, "default")?;
+    let x = Tensor::<2>::random([4, 32], Distribution::Normal(0.0, 1.0), &device);
+    let diff = (model.forward(x.clone()) - reloaded.forward(x))
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    println!("reloaded from {out_dir}/: largest output difference {diff:e}");
+    if diff > 1e-6 {
+        return Err(format!("the reloaded adapter gives other outputs ({diff:e})").into());
+    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use burn::tensor::{Device, DeviceKind};
 use burn_qlora::llama::LlamaForCausalLM;
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{InitLoraWeights, LoraApplier, LoraConfig, ModuleSelector};
+use burn_qlora::nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector};
 use burn_qlora::train::{OptimizerKind, Sample, Schedule, TrainConfig, Trainer, splitmix};
 
 #[path = "support/wgpu.rs"]

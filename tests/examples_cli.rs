@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_qlora::llama::LlamaForCausalLM;
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{LoraApplier, PeftAdapter};
+use burn_qlora::nn::{LoraApplier, LoraModel, PeftAdapter};
 
 #[path = "support/byte_tokenizer.rs"]
 mod byte_tokenizer;

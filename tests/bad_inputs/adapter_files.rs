@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use burn_qlora::llama::LlamaForCausalLM;
-use burn_qlora::nn::{LoraApplier, PeftAdapter};
+use burn_qlora::nn::{LoraApplier, LoraModel, PeftAdapter};
 use serde_json::{Map, Value, json};
 
 use crate::{Case, copy_fixture, drop_tensor, replace_tensor, tensor_bytes};

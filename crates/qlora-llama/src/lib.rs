@@ -47,7 +47,10 @@ pub use hub::{DEFAULT_MODEL_PACKAGE, cache_dir, default_model, default_model_pat
 pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_fused};
 pub use mlp::LlamaMlp;
 pub use model::{LlamaForCausalLM, LlamaModel, layer_linear_paths};
+// The PEFT operations of `LlamaForCausalLM` are `LoraModel`'s: re-exported so that one import
+// brings them.
 pub use norm::RmsNorm;
+pub use qlora_nn::LoraModel;
 pub use rope::Rope;
 pub use safetensors_file::{SafetensorsFile, TensorInfo, dtype_size};
 pub use save::SaveFormat;

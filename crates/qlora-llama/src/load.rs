@@ -11,7 +11,7 @@ use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use qlora_nf4::QuantizedTensor;
-use qlora_nn::{AdaptedLinear, LoraApplier, LoraError, QLoraLinear};
+use qlora_nn::{AdaptedLinear, LoraApplier, LoraError, LoraModel, QLoraLinear};
 
 use crate::{
     GgufModel, HfCheckpoint, HostFloats, LlamaAttention, LlamaConfig, LlamaDecoderLayer,

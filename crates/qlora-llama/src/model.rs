@@ -4,7 +4,6 @@
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor};
-use qlora_nn::AdaptedLinear;
 
 use crate::{KvCache, LlamaConfig, LlamaDecoderLayer, RmsNorm, Rope};
 
@@ -156,45 +155,5 @@ impl LlamaForCausalLM {
     /// A new, empty cache for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.num_hidden_layers)
-    }
-
-    /// Every linear of the blocks with its HF path (`model.layers.N.self_attn.q_proj`, ...).
-    pub fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
-        let mut v = Vec::new();
-        for (i, l) in self.model.layers.iter().enumerate() {
-            let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
-            let a = &l.self_attn;
-            let m = &l.mlp;
-            v.extend([
-                (q, &a.q_proj),
-                (k, &a.k_proj),
-                (vv, &a.v_proj),
-                (o, &a.o_proj),
-                (g, &m.gate_proj),
-                (u, &m.up_proj),
-                (d, &m.down_proj),
-            ]);
-        }
-        v
-    }
-
-    /// Every linear of the blocks with its HF path, mutably.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)> {
-        let mut v = Vec::new();
-        for (i, l) in self.model.layers.iter_mut().enumerate() {
-            let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
-            let a = &mut l.self_attn;
-            let m = &mut l.mlp;
-            v.extend([
-                (q, &mut a.q_proj),
-                (k, &mut a.k_proj),
-                (vv, &mut a.v_proj),
-                (o, &mut a.o_proj),
-                (g, &mut m.gate_proj),
-                (u, &mut m.up_proj),
-                (d, &mut m.down_proj),
-            ]);
-        }
-        v
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::tensor::Tensor;
 use qlora_nf4::{Dtype, QuantConfig, QuantizedTensor, RawTensor, bf16};
-use qlora_nn::AdaptedLinear;
+use qlora_nn::{AdaptedLinear, LoraModel};
 use serde_json::{Value, json};
 
 use crate::{LlamaError, LlamaForCausalLM};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use qlora_llama::{KvCache, LlamaForCausalLM};
+use qlora_llama::{KvCache, LlamaForCausalLM, LoraModel};
 use qlora_nf4::QuantConfig;
 use qlora_nn::{LoraApplier, PeftAdapter};
 use safetensors::SafeTensors;

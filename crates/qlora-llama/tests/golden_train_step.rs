@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use qlora_llama::{LlamaForCausalLM, causal_lm_loss};
+use qlora_llama::{LlamaForCausalLM, LoraModel, causal_lm_loss};
 use qlora_nf4::QuantConfig;
 use qlora_nn::{LoraApplier, PeftAdapter};
 use qlora_optim::Paged;

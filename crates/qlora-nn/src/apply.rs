@@ -106,6 +106,15 @@ impl AdaptedLinear {
         })
     }
 
+    /// The device of the layer's weight.
+    pub fn device(&self) -> Device {
+        match self {
+            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.weight.device(),
+            AdaptedLinear::Lora(l) => l.base.weight.device(),
+            AdaptedLinear::QLora(l) => l.base.packed.device(),
+        }
+    }
+
     /// The parameters of a layer trained in full (`modules_to_save`) as PEFT saves them:
     /// `<path>.weight` `[out, in]` and `<path>.bias`; empty for other layers.
     pub fn saved_params(&self, path: &str) -> Vec<(String, burn::tensor::TensorData)> {
@@ -148,11 +157,7 @@ impl AdaptedLinear {
                 b.shape()
             )));
         }
-        let device = match &self {
-            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.weight.device(),
-            AdaptedLinear::Lora(l) => l.base.weight.device(),
-            AdaptedLinear::QLora(l) => l.base.packed.device(),
-        };
+        let device = self.device();
         let weight = Tensor::<2>::from_data(weight.convert::<f32>(), &device).transpose();
         let bias =
             bias.map(|b| Param::from_tensor(Tensor::<1>::from_data(b.convert::<f32>(), &device)));

@@ -13,6 +13,7 @@ mod error;
 mod layer;
 mod layer_config;
 mod matching;
+mod model;
 mod peft_fields;
 mod peft_io;
 
@@ -26,4 +27,5 @@ pub use error::LoraError;
 pub use layer::{LoraLinear, QLoraLinear};
 pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
 pub use matching::LoraMatcher;
+pub use model::LoraModel;
 pub use peft_io::{AdapterDtype, AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};

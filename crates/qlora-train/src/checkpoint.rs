@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::tensor::{Bytes, Tensor, TensorData};
-use qlora_nn::{AdaptedLinear, PeftAdapter, write_atomic};
+use qlora_nn::{AdaptedLinear, LoraModel, PeftAdapter, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::{TrainError, TrainState, Trainer};
@@ -205,8 +205,8 @@ impl Trainer {
 
 /// Puts the checkpoint's `modules_to_save` parameters into `model` in place (same ids, so the
 /// optimizer state found under them still applies).
-fn restore_saved(
-    model: &mut qlora_llama::LlamaForCausalLM,
+fn restore_saved<M: LoraModel>(
+    model: &mut M,
     adapter: &PeftAdapter,
     fail: &dyn Fn(String) -> TrainError,
 ) -> Result<(), TrainError> {
@@ -228,13 +228,12 @@ fn restore_saved(
         Ok(())
     }
     // Every module this model trains in full must be restored, or the resume is partly fresh.
-    let mut wanted: Vec<String> = Vec::new();
-    if model.model.embed_tokens.weight.is_require_grad() {
-        wanted.push("model.embed_tokens.weight".into());
-    }
-    if model.lm_head.as_ref().is_some_and(|w| w.is_require_grad()) {
-        wanted.push("lm_head.weight".into());
-    }
+    let mut wanted: Vec<String> = model
+        .tables()
+        .into_iter()
+        .filter(|(_, t)| t.is_require_grad())
+        .map(|(p, _)| p)
+        .collect();
     for (path, layer) in model.linears() {
         if let AdaptedLinear::Trained(l) = layer {
             wanted.push(format!("{path}.weight"));
@@ -250,47 +249,38 @@ fn restore_saved(
         )));
     }
     for (name, data) in &adapter.saved {
-        match name.as_str() {
-            "model.embed_tokens.weight" => {
-                put(&mut model.model.embed_tokens.weight, data, name, fail)?
+        if let Some((_, t)) = model.tables_mut().into_iter().find(|(p, _)| p == name) {
+            put(t, data, name, fail)?;
+            continue;
+        }
+        let (module, which) = name
+            .rsplit_once('.')
+            .ok_or_else(|| fail(format!("`{name}`: not a parameter path")))?;
+        let mut found = false;
+        for (path, layer) in model.linears_mut() {
+            if path != module {
+                continue;
             }
-            "lm_head.weight" => match &mut model.lm_head {
-                Some(w) => put(w, data, name, fail)?,
-                None => return Err(fail(format!("`{name}`: this model's head is tied"))),
-            },
-            _ => {
-                let (module, which) = name
-                    .rsplit_once('.')
-                    .ok_or_else(|| fail(format!("`{name}`: not a parameter path")))?;
-                let mut found = false;
-                for (path, layer) in model.linears_mut() {
-                    if path != module {
-                        continue;
-                    }
-                    let AdaptedLinear::Trained(l) = layer else {
-                        return Err(fail(format!("`{module}` is not trained in full here")));
-                    };
-                    match which {
-                        // Saved `[out, in]`; Burn's Linear holds `[in, out]`.
-                        "weight" => {
-                            let w = Tensor::<2>::from_data(
-                                data.clone().convert::<f32>(),
-                                &l.weight.device(),
-                            );
-                            put(&mut l.weight, &w.transpose().into_data(), name, fail)?;
-                        }
-                        "bias" => match &mut l.bias {
-                            Some(b) => put(b, data, name, fail)?,
-                            None => return Err(fail(format!("`{module}` has no bias"))),
-                        },
-                        _ => return Err(fail(format!("`{name}`: not a weight or bias"))),
-                    }
-                    found = true;
+            let AdaptedLinear::Trained(l) = layer else {
+                return Err(fail(format!("`{module}` is not trained in full here")));
+            };
+            match which {
+                // Saved `[out, in]`; Burn's Linear holds `[in, out]`.
+                "weight" => {
+                    let w =
+                        Tensor::<2>::from_data(data.clone().convert::<f32>(), &l.weight.device());
+                    put(&mut l.weight, &w.transpose().into_data(), name, fail)?;
                 }
-                if !found {
-                    return Err(fail(format!("`{module}` is not a linear of this model")));
-                }
+                "bias" => match &mut l.bias {
+                    Some(b) => put(b, data, name, fail)?,
+                    None => return Err(fail(format!("`{module}` has no bias"))),
+                },
+                _ => return Err(fail(format!("`{name}`: not a weight or bias"))),
             }
+            found = true;
+        }
+        if !found {
+            return Err(fail(format!("`{module}` is not a linear of this model")));
         }
     }
     Ok(())

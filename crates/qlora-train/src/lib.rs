@@ -11,7 +11,6 @@ mod metrics;
 mod order;
 mod parallel;
 mod schedule;
-mod trained;
 mod trainer;
 
 pub use data::{DataFormat, DataOptions, LoadReport, Overflow, Sample, load_dataset, pack};
@@ -20,5 +19,4 @@ pub use metrics::{plot_losses, write_metrics};
 pub use order::{DataPosition, permutation, split, splitmix};
 pub use parallel::{Replicas, Transfer};
 pub use schedule::Schedule;
-pub use trained::stabilize_adapter_ids;
 pub use trainer::{OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate};

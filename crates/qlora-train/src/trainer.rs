@@ -9,15 +9,12 @@ use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{IGNORE_INDEX, LlamaForCausalLM};
-use qlora_nn::LoraConfig;
+use qlora_nn::{LoraConfig, LoraModel};
 use qlora_optim::{AdamW8bit, Paged};
 use serde::{Deserialize, Serialize};
 
 use crate::parallel::shard_step;
-use crate::trained::trained_ids;
-use crate::{
-    DataPosition, Replicas, Sample, Schedule, TrainError, Transfer, stabilize_adapter_ids,
-};
+use crate::{DataPosition, Replicas, Sample, Schedule, TrainError, Transfer};
 
 /// Which optimizer updates the adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +231,7 @@ impl Trainer {
                 ),
             ));
         }
-        stabilize_adapter_ids(&mut model, adapter);
+        model.stabilize_trained_ids(adapter);
         let adamw = AdamWConfig::new()
             .with_beta_2(config.beta_2)
             .with_epsilon(1e-8)
@@ -327,7 +324,7 @@ impl Trainer {
             .wrapping_mul(1_000_003)
             .wrapping_add(self.state.step as u64);
         device.seed(seed);
-        let ids = trained_ids(&self.model, &self.adapter);
+        let ids = self.model.trained_param_ids(&self.adapter);
         let mut transfer = Transfer::default();
         if let Some(r) = &mut self.replicas {
             // The replicas start every step from the main model's trained parameters (which

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
-use qlora_nn::{InitLoraWeights, LoraApplier, LoraConfig, ModuleSelector};
+use qlora_nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector};
 use qlora_train::{OptimizerKind, Sample, Schedule, StepRecord, TrainConfig, Trainer};
 
 const STEPS: usize = 12;

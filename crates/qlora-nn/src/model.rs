@@ -1,0 +1,323 @@
+//! PEFT's model-level operations (`PeftModel`: load and save adapter folders, several named
+//! adapters, switch, disable, merge, `merge_and_unload`) for any Burn model whose linears are
+//! [`AdaptedLinear`]s.
+//!
+//! A model lists its adapted linears by module path (the names `target_modules` and adapter
+//! files use) and, if it has any, the whole 2-D tables outside them that `modules_to_save` may
+//! train (an embedding, an untied head); every operation is a provided method built on those
+//! lists, so that a user's own model gets the same surface as the LLaMA-style models with one
+//! short `impl`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::{Tensor, TensorData};
+
+use crate::{AdaptedLinear, LoraConfig, LoraError, LoraMatcher, PeftAdapter};
+
+/// A model with LoRA adapters on its linears. Implement the two `linears` methods (and the two
+/// `tables` methods where `modules_to_save` may name an embedding or head); the PEFT operations
+/// come with them.
+///
+/// ```
+/// use burn::module::Module;
+/// use qlora_nn::{AdaptedLinear, LoraModel};
+///
+/// #[derive(Module, Debug)]
+/// struct Mlp {
+///     fc1: AdaptedLinear,
+///     fc2: AdaptedLinear,
+/// }
+///
+/// impl LoraModel for Mlp {
+///     fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
+///         vec![("fc1".into(), &self.fc1), ("fc2".into(), &self.fc2)]
+///     }
+///     fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)> {
+///         vec![("fc1".into(), &mut self.fc1), ("fc2".into(), &mut self.fc2)]
+///     }
+/// }
+/// ```
+pub trait LoraModel: Module {
+    /// Every linear that may carry an adapter or be trained in full, with its module path
+    /// (`model.layers.3.self_attn.q_proj`), always in the same order.
+    fn linears(&self) -> Vec<(String, &AdaptedLinear)>;
+
+    /// [`LoraModel::linears`], mutably, in the same order.
+    fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)>;
+
+    /// Whole 2-D parameters outside the linears that `modules_to_save` may train, by parameter
+    /// path (`model.embed_tokens.weight`), in PEFT's layout. None by default.
+    fn tables(&self) -> Vec<(String, &Param<Tensor<2>>)> {
+        Vec::new()
+    }
+
+    /// [`LoraModel::tables`], mutably, in the same order.
+    fn tables_mut(&mut self) -> Vec<(String, &mut Param<Tensor<2>>)> {
+        Vec::new()
+    }
+
+    /// Puts trained values `value` into the table at `path`, trainable. By default the table
+    /// must be one of [`LoraModel::tables_mut`] with the same shape; a model whose table can be
+    /// created on demand (a tied head untied by a saved `lm_head`) overrides it. The error says
+    /// what is wrong (the caller adds the adapter and path).
+    fn put_table(&mut self, path: &str, value: Tensor<2>) -> Result<(), String> {
+        let mut tables = self.tables_mut();
+        let Some((_, p)) = tables.iter_mut().find(|(p, _)| p == path) else {
+            return Err("modules_to_save names a parameter this model does not have".into());
+        };
+        if p.dims() != value.dims() {
+            return Err(format!(
+                "saved shape {:?}, the model's is {:?}",
+                value.dims(),
+                p.dims()
+            ));
+        }
+        **p = Param::from_tensor(value).set_require_grad(true);
+        Ok(())
+    }
+
+    /// Adds `adapter` under `name` to the linears it names (by module path, with the scaling
+    /// its own config gives each path), and puts its `modules_to_save` parameters in. Errors,
+    /// leaving the model unchanged, if a module of the adapter is not a linear of this model, a
+    /// shape does not fit, or the config's `target_modules` name a linear the weights do not
+    /// have (PEFT refuses such a folder too).
+    fn load_adapter(&mut self, adapter: &PeftAdapter, name: &str) -> Result<(), LoraError>
+    where
+        Self: Sized,
+    {
+        let origin = adapter.origin();
+        let in_adapter = |module: &str, problem: String| LoraError::Adapter {
+            source_name: origin.clone(),
+            module: module.to_string(),
+            problem,
+        };
+        let known: BTreeMap<String, AdaptedLinear> = self
+            .linears()
+            .into_iter()
+            .map(|(p, l)| (p, l.clone()))
+            .collect();
+        if let Some(unknown) = adapter.modules.keys().find(|m| !known.contains_key(*m)) {
+            return Err(in_adapter(
+                unknown,
+                "the adapter has weights for a module that is not a linear of this model".into(),
+            ));
+        }
+        let matcher = LoraMatcher::new(&adapter.config)
+            .map_err(|(field, problem)| in_adapter(field, problem))?;
+        if let Some(missing) = known.keys().find(|p| {
+            matcher.is_target(p, true, false)
+                && !matcher.is_module_to_save(p)
+                && !adapter.modules.contains_key(*p)
+        }) {
+            return Err(in_adapter(
+                missing,
+                "adapter_config.json's target_modules name it, but adapter_model.safetensors has \
+                 no lora_A/lora_B weights for it"
+                    .into(),
+            ));
+        }
+        // Everything is built and checked first, so that an error leaves the model as it was.
+        let mut updated: BTreeMap<String, AdaptedLinear> = BTreeMap::new();
+        for (path, w) in &adapter.modules {
+            let in_module = |e: LoraError| in_adapter(path, e.to_string());
+            let a = w
+                .clone()
+                .into_adapter(&adapter.config, path)
+                .map_err(in_module)?;
+            let layer = known[path]
+                .clone()
+                .with_adapter(name, a)
+                .map_err(in_module)?;
+            updated.insert(path.clone(), layer);
+        }
+        let table_paths: BTreeSet<String> = self.tables().into_iter().map(|(p, _)| p).collect();
+        let mut tables = Vec::new();
+        let mut saved_linears: BTreeMap<&str, [Option<&TensorData>; 2]> = BTreeMap::new();
+        for (param, data) in &adapter.saved {
+            let linear = param
+                .rsplit_once('.')
+                .filter(|(m, w)| known.contains_key(*m) && matches!(*w, "weight" | "bias"));
+            match linear {
+                Some((module, which)) => {
+                    saved_linears.entry(module).or_default()[usize::from(which == "bias")] =
+                        Some(data)
+                }
+                None if data.shape().len() == 2 => tables.push((param, data)),
+                None if table_paths.contains(param) => {
+                    return Err(in_adapter(param, "a table must be 2-D".into()));
+                }
+                None => {
+                    return Err(in_adapter(
+                        param,
+                        "modules_to_save names a parameter this model does not have".into(),
+                    ));
+                }
+            }
+        }
+        for (module, [w, b]) in saved_linears {
+            let w =
+                w.ok_or_else(|| in_adapter(module, "a saved bias without its weight".into()))?;
+            let base = updated
+                .remove(module)
+                .unwrap_or_else(|| known[module].clone());
+            let layer = base
+                .with_saved(module, w.clone(), b.cloned())
+                .map_err(|e| in_adapter("modules_to_save", e.to_string()))?;
+            updated.insert(module.to_string(), layer);
+        }
+        // Tables go into a copy, so that one that does not fit leaves this model unchanged.
+        let mut staged = self.clone();
+        let device = known
+            .values()
+            .next()
+            .map(AdaptedLinear::device)
+            .or_else(|| staged.tables().first().map(|(_, p)| p.device()));
+        for (param, data) in tables {
+            let Some(device) = &device else {
+                return Err(in_adapter(param, "this model has no parameters".into()));
+            };
+            let value = Tensor::<2>::from_data(data.clone().convert::<f32>(), device);
+            staged
+                .put_table(param, value)
+                .map_err(|p| in_adapter(param, p))?;
+        }
+        for (path, slot) in staged.linears_mut() {
+            if let Some(l) = updated.remove(&path) {
+                *slot = l;
+            }
+        }
+        *self = staged;
+        Ok(())
+    }
+
+    /// The weights of the adapter `name` on every linear that has it, with `config`, ready to
+    /// [`PeftAdapter::save`]; with them the full parameters of the modules trained under
+    /// `modules_to_save` (trained linears, and the tables that are trainable).
+    fn adapter(&self, name: &str, config: LoraConfig) -> PeftAdapter {
+        let linears = self.linears();
+        let mut adapter = PeftAdapter::from_adapters(
+            config,
+            linears
+                .iter()
+                .filter_map(|(p, l)| l.adapter(name).map(|a| (p.as_str(), a))),
+        );
+        for (path, l) in &linears {
+            adapter.saved.extend(l.saved_params(path));
+        }
+        for (path, t) in self.tables() {
+            if t.is_require_grad() {
+                adapter.saved.insert(path, t.val().into_data());
+            }
+        }
+        adapter
+    }
+
+    /// Makes `names` the active adapters on every layer (PEFT's `set_adapter`).
+    fn set_active_adapters(&mut self, names: &[&str]) {
+        for (_, l) in self.linears_mut() {
+            if let Some(a) = l.adapters_mut() {
+                a.set_active(names);
+            }
+        }
+    }
+
+    /// Turns all adapters off (`true`) or back on (PEFT's `disable_adapter` context).
+    fn set_adapters_disabled(&mut self, disabled: bool) {
+        for (_, l) in self.linears_mut() {
+            if let Some(a) = l.adapters_mut() {
+                a.set_disabled(disabled);
+            }
+        }
+    }
+
+    /// Merges the active adapters into the base weights in place, keeping them so that
+    /// [`LoraModel::unmerge_adapters`] can take them out (PEFT's `merge_adapter`). On an NF4
+    /// base each merge re-quantizes the weight: lossy, see `QLoraLinear::merge`.
+    fn merge_adapters(&mut self) -> Result<(), LoraError> {
+        for (path, l) in self.linears_mut() {
+            l.merge(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Takes merged adapters out of the base weights (PEFT's `unmerge_adapter`).
+    fn unmerge_adapters(&mut self) -> Result<(), LoraError> {
+        for (path, l) in self.linears_mut() {
+            l.unmerge(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Merges the active adapters into float copies of the weights and drops every adapter
+    /// (PEFT's `merge_and_unload`): a plain float model. NF4 bases are dequantized first;
+    /// modules trained in full keep their trained values, frozen.
+    fn merge_and_unload(mut self) -> Self
+    where
+        Self: Sized,
+    {
+        for (_, slot) in self.linears_mut() {
+            *slot = slot.clone().merge_and_unload();
+        }
+        for (_, t) in self.tables_mut() {
+            *t = t.clone().set_require_grad(false);
+        }
+        self
+    }
+
+    /// Gives every trained parameter (adapter `name`'s `lora_A`/`lora_B`, the modules trained
+    /// in full) an id derived from its path, so that optimizer state saved under it is found
+    /// again after the model is rebuilt (a resumed run).
+    fn stabilize_trained_ids(&mut self, name: &str) {
+        fn stable<const D: usize>(p: &mut Param<Tensor<D>>, path: &str) {
+            *p = Param::initialized(stable_id(path), p.val());
+        }
+        for (path, layer) in self.linears_mut() {
+            if let Some(a) = layer.adapters_mut().and_then(|a| a.get_mut(name)) {
+                stable(&mut a.lora_a, &format!("{path}.lora_A"));
+                stable(&mut a.lora_b, &format!("{path}.lora_B"));
+            }
+            if let AdaptedLinear::Trained(l) = layer {
+                stable(&mut l.weight, &format!("{path}.weight"));
+                if let Some(b) = &mut l.bias {
+                    stable(b, &format!("{path}.bias"));
+                }
+            }
+        }
+        for (path, t) in self.tables_mut() {
+            if t.is_require_grad() {
+                stable(t, &path);
+            }
+        }
+    }
+
+    /// The ids of every trained parameter (adapter `name` and the modules trained in full),
+    /// each with its tensor rank, in a fixed order.
+    fn trained_param_ids(&self, name: &str) -> Vec<(ParamId, usize)> {
+        let mut ids = Vec::new();
+        for (_, l) in self.linears() {
+            if let Some(a) = l.adapter(name) {
+                ids.extend([(a.lora_a.id, 2), (a.lora_b.id, 2)]);
+            }
+            if let AdaptedLinear::Trained(l) = l {
+                ids.push((l.weight.id, 2));
+                ids.extend(l.bias.as_ref().map(|b| (b.id, 1)));
+            }
+        }
+        for (_, t) in self.tables() {
+            if t.is_require_grad() {
+                ids.push((t.id, 2));
+            }
+        }
+        ids
+    }
+}
+
+/// A stable id for a trained parameter, from its path (FNV-1a).
+fn stable_id(path: &str) -> ParamId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    ParamId::from(h >> 1)
+}
