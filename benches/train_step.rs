@@ -18,10 +18,7 @@ use std::time::Instant;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_qlora::llama::{
-    HostFloats, HostTensor, LlamaConfig, LlamaError, LlamaForCausalLM, WeightSource,
-    causal_lm_loss, causal_lm_loss_fused,
-};
+use burn_qlora::llama::{LlamaConfig, causal_lm_loss, causal_lm_loss_fused};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
 use clap::Parser;
@@ -72,61 +69,12 @@ struct Args {
     bench: bool,
 }
 
-/// Weights drawn from N(0, 0.02²) (norms 1), seeded by the tensor's name.
-struct RandomWeights {
-    config: LlamaConfig,
-}
-
 fn splitmix(s: &mut u64) -> u64 {
     *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *s;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-impl WeightSource for RandomWeights {
-    fn describe(&self) -> String {
-        "random weights".into()
-    }
-    fn contains(&self, _: &str) -> bool {
-        true
-    }
-    fn read_float(&self, name: &str) -> Result<HostTensor, LlamaError> {
-        let c = &self.config;
-        let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let shape = if name.ends_with("norm.weight") {
-            vec![h]
-        } else if name.contains("embed_tokens") || name.starts_with("lm_head") {
-            vec![v, h]
-        } else if name.contains("gate_proj") || name.contains("up_proj") {
-            vec![f, h]
-        } else if name.contains("down_proj") {
-            vec![h, f]
-        } else {
-            vec![h, h]
-        };
-        let n: usize = shape.iter().product();
-        let values = if shape.len() == 1 {
-            vec![1.0; n]
-        } else {
-            let mut s = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-            });
-            (0..n)
-                .map(|_| {
-                    // Box-Muller from two uniforms.
-                    let u1 = ((splitmix(&mut s) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-                    let u2 = (splitmix(&mut s) >> 11) as f64 / (1u64 << 53) as f64;
-                    (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                })
-                .collect()
-        };
-        Ok(HostTensor {
-            shape,
-            values: HostFloats::F32(values),
-        })
-    }
 }
 
 /// Makes every float parameter trainable (full fine-tuning).
@@ -189,10 +137,8 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         "qlora" => LoraApplier::new(lora, Some(QuantConfig::qlora()), &device).expect("config"),
         other => panic!("unknown mode `{other}` (full, lora, qlora)"),
     };
-    let src = RandomWeights {
-        config: config.clone(),
-    };
-    let mut model = LlamaForCausalLM::from_source(&config, &src, &applier).expect("model");
+    // transformers' init statistics, the same weights in every run (seed 0).
+    let mut model = config.init(&applier, 0).expect("model");
     if mode == "full" {
         model = model.map(&mut TrainAll);
     }

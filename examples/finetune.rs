@@ -19,8 +19,8 @@ use burn_qlora::nn::{
     ParameterCount, PeftAdapter,
 };
 use burn_qlora::train::{
-    DataFormat, DataOptions, OptimizerKind, Overflow, Schedule, TrainConfig, Trainer, load_dataset,
-    pack, plot_losses, split, write_metrics,
+    DataFormat, DataOptions, FitEvent, FitOptions, OptimizerKind, Overflow, Schedule, TrainConfig,
+    TrainError, Trainer, find_checkpoint, load_dataset, pack, plot_losses, split, steps_for_epochs,
 };
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -196,46 +196,23 @@ fn sample_answer(
     Ok(tok.decode(&out, true)?)
 }
 
-/// Whether a device's error message says that memory ran out (CubeCL, wgpu and CUDA word it
-/// in these ways).
-fn is_out_of_memory(what: &str) -> bool {
-    let w = what.to_ascii_lowercase();
-    [
-        "out of memory",
-        "outofmemory",
-        "out_of_memory",
-        "alloc",
-        "buffer size",
-        "max_buffer",
-        "too large",
-        "exceeds",
-    ]
-    .iter()
-    .any(|k| w.contains(k))
-}
-
 /// The message for a training step that failed on the device (out of memory, a lost device):
 /// what happened, which checkpoint is intact, and what to change (the memory advice only when
-/// memory ran out).
-fn step_failed(args: &Args, trainer: &Trainer, panic: Box<dyn std::any::Any + Send>) -> String {
-    let what = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown error");
-    let kept = match Trainer::find_checkpoint(&args.out) {
+/// memory ran out). Other errors pass through.
+fn step_failed(args: &Args, error: TrainError) -> Box<dyn std::error::Error> {
+    let TrainError::Step { out_of_memory, .. } = &error else {
+        return error.into();
+    };
+    let kept = match find_checkpoint(&args.out) {
         Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
         None => "no checkpoint had been written yet".to_string(),
     };
-    let advice = if is_out_of_memory(what) {
+    let advice = if *out_of_memory {
         MEMORY_ADVICE
     } else {
         "once the device works again, rerun with --resume"
     };
-    format!(
-        "training step {} failed on the device: {what}\n{kept}; {advice}",
-        trainer.state.step + 1
-    )
+    format!("{error}\n{kept}; {advice}").into()
 }
 
 /// What to change when a step runs out of memory. (`--grad-checkpointing` is not named: Burn's
@@ -318,7 +295,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    if args.resume && Trainer::find_checkpoint(&args.out).is_none() {
+    if args.resume && find_checkpoint(&args.out).is_none() {
         return Err(format!("--resume: no checkpoint in {}", args.out.display()).into());
     }
     let model_path = common::model_path(&args.model)?;
@@ -420,10 +397,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for s in train.iter().chain(&eval) {
         model.check_token_ids(&s.input_ids, &data_name)?;
     }
-    let pad = tok.token_id("<|endoftext|>").or(tok.eos_id()).unwrap_or(0);
+    let pad = tok.pad_id();
     model.check_token_ids(
         &[pad],
-        "the padding token (the tokenizer's <|endoftext|> or eos)",
+        "the padding token (the tokenizer's pad or eos token)",
     )?;
 
     let question = "Hi! How was your weekend?";
@@ -434,10 +411,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let per_epoch = train.len().div_ceil(args.batch_size * args.grad_accum);
     let steps = match (args.steps, args.epochs) {
         (Some(s), _) => s,
-        (None, Some(e)) => ((per_epoch as f64) * e).ceil().max(1.0) as usize,
+        (None, Some(e)) => steps_for_epochs(train.len(), args.batch_size, args.grad_accum, e),
         (None, None) => 30,
     };
     let config = TrainConfig {
@@ -468,7 +444,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if args.resume {
-        let dir = Trainer::find_checkpoint(&args.out)
+        let dir = find_checkpoint(&args.out)
             .ok_or_else(|| format!("--resume: no checkpoint in {}", args.out.display()))?;
         trainer.resume(&dir)?;
         println!(
@@ -477,13 +453,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             trainer.state.step
         );
     }
-    if trainer.state.step == 0
-        && let Some(l) = trainer.eval_loss()
-    {
-        println!("held-out loss before training: {l:.4}");
-        trainer.state.initial_eval_loss = Some(l);
-    }
-
     common::oom::set_advice(format!(
         "\nerror: out of host memory during training. Checkpoints in {} are written whole or \
          not at all, so the last one (if any) is intact; {MEMORY_ADVICE}\n",
@@ -497,44 +466,40 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .expect("template"),
     );
     bar.set_position(trainer.state.step as u64);
-    while !trainer.is_done() {
-        let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.step())) {
-            Ok(r) => r,
-            Err(panic) => {
-                bar.abandon();
-                return Err(step_failed(&args, &trainer, panic).into());
-            }
-        };
-        let tps = r.tokens as f64 / r.seconds;
-        bar.set_message(format!("loss {:.4}  {tps:.0} tok/s", r.loss));
-        bar.set_position(r.step as u64);
-        // Without a terminal the bar draws nothing: a line per step instead.
+    // Without a terminal the bar draws nothing: a line per step instead.
+    let say = |line: String| {
         if bar.is_hidden() {
-            println!(
-                "step {}/{steps}: loss {:.4}, lr {:.2e}, {tps:.0} tokens/s",
-                r.step, r.loss, r.lr
-            );
+            println!("{line}");
+        } else {
+            bar.println(line);
         }
-        if (r.step % args.eval_every == 0 || trainer.is_done())
-            && let Some(l) = trainer.eval_loss()
-        {
-            trainer.record_eval(l);
-            let line = format!("step {}: held-out loss {l:.4}", r.step);
-            if bar.is_hidden() {
-                println!("{line}");
-            } else {
-                bar.println(line);
+    };
+    let options = FitOptions::new(&args.out)
+        .with_eval_every(args.eval_every)
+        .with_save_every(args.save_every);
+    let summary = trainer
+        .fit(&options, |event| match event {
+            FitEvent::InitialEval { loss } => {
+                say(format!("held-out loss before training: {loss:.4}"))
             }
-        }
-        if r.step % args.save_every == 0 || trainer.is_done() {
-            trainer.save_checkpoint(&args.out)?;
-            write_metrics(
-                &args.out.join("metrics.jsonl"),
-                &trainer.state.history,
-                trainer.state.initial_eval_loss,
-            )?;
-        }
-    }
+            FitEvent::Step(r) => {
+                let tps = r.tokens as f64 / r.seconds;
+                bar.set_message(format!("loss {:.4}  {tps:.0} tok/s", r.loss));
+                bar.set_position(r.step as u64);
+                if bar.is_hidden() {
+                    println!(
+                        "step {}/{steps}: loss {:.4}, lr {:.2e}, {tps:.0} tokens/s",
+                        r.step, r.loss, r.lr
+                    );
+                }
+            }
+            FitEvent::Eval { step, loss } => say(format!("step {step}: held-out loss {loss:.4}")),
+            FitEvent::Checkpoint { .. } => {}
+        })
+        .map_err(|e| {
+            bar.abandon();
+            step_failed(&args, e)
+        })?;
     bar.finish();
 
     let adapter_dir = args.out.join("adapter");
@@ -543,33 +508,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .adapter("default", trainer.lora.clone())
         .with_dtype(save_dtype)
         .save(&adapter_dir)?;
-    write_metrics(
-        &args.out.join("metrics.jsonl"),
-        &trainer.state.history,
-        trainer.state.initial_eval_loss,
-    )?;
     plot_losses(
         &args.out.join("loss.png"),
         &trainer.state.history,
         trainer.state.initial_eval_loss,
     )?;
-    let evals: Vec<f64> = trainer
-        .state
-        .initial_eval_loss
-        .into_iter()
-        .chain(trainer.state.history.iter().filter_map(|r| r.eval_loss))
-        .collect();
-    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+    if let (Some(first), Some(last)) = (summary.initial_eval_loss, summary.final_eval_loss) {
         println!(
             "held-out loss {first:.4} -> {last:.4} ({:+.1} %)",
             (last - first) / first * 100.0
         );
     }
-    let (tokens, secs) = trainer
-        .state
-        .history
-        .iter()
-        .fold((0usize, 0f64), |(t, s), r| (t + r.tokens, s + r.seconds));
     if trainer.device_count() > 1 {
         let t = trainer.last_transfer();
         println!(
@@ -580,8 +529,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "{} steps, {:.0} tokens/s, peak RSS {:.0} MiB, {:.0} s in all",
-        trainer.state.step,
-        tokens as f64 / secs.max(1e-9),
+        summary.steps,
+        summary.tokens_per_second(),
         common::peak_rss_mib(),
         started.elapsed().as_secs_f64()
     );

@@ -37,7 +37,7 @@ fn main() {
     for (_, l) in model.linears() {
         match l {
             AdaptedLinear::QLora(q) => nf4_bytes += q.base.to_quantized().storage_bytes(),
-            other => float_bytes += 4 * other.dims().iter().product::<usize>(),
+            other => float_bytes += 4 * other.in_features() * other.out_features(),
         }
     }
     let c = &model.config;

@@ -13,7 +13,8 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
-    AdaptedLinear, LoraApplier, LoraConfig, LoraModel, ModuleSelector, ParameterCount, PeftAdapter,
+    AdaptedLinear, LoraApplier, LoraConfig, LoraModel, ModuleKind, ModuleSelector, ParameterCount,
+    PeftAdapter,
 };
 
 /// A small MLP, written as any Burn model, with `AdaptedLinear` where it had `Linear`.
@@ -78,9 +79,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let build = |applier: &LoraApplier| -> Result<Mlp, Box<dyn std::error::Error>> {
         let [fc1, fc2, out] = weights.clone();
         Ok(Mlp {
-            fc1: applier.linear("fc1", fc1, false)?,
-            fc2: applier.linear("fc2", fc2, false)?,
-            out: applier.linear("out", out, true)?,
+            fc1: applier.linear("fc1", fc1, ModuleKind::Linear)?,
+            fc2: applier.linear("fc2", fc2, ModuleKind::Linear)?,
+            out: applier.linear("out", out, ModuleKind::OutputHead)?,
         })
     };
     let qlora = LoraApplier::new(config.clone(), Some(QuantConfig::qlora()), &device)?;

@@ -44,7 +44,7 @@ fn samples(n: usize, seed: u64) -> Vec<Sample> {
         .collect()
 }
 
-fn trainer(device: &Device) -> Trainer {
+fn trainer(device: &Device) -> Trainer<LlamaForCausalLM> {
     let ad = device.clone().autodiff();
     ad.seed(7);
     let lora = LoraConfig {
@@ -84,7 +84,7 @@ fn trainer(device: &Device) -> Trainer {
 }
 
 /// Every adapter tensor of the trained model, in module order.
-fn adapter_values(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+fn adapter_values(t: &Trainer<LlamaForCausalLM>) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();
     for (path, layer) in t.model.linears() {
         let a = layer.adapter("default").expect("adapter");
@@ -97,7 +97,7 @@ fn adapter_values(t: &Trainer) -> Vec<(String, Vec<f32>)> {
 }
 
 /// Bytes of the trained parameters (f32).
-fn trained_bytes(t: &Trainer) -> u64 {
+fn trained_bytes(t: &Trainer<LlamaForCausalLM>) -> u64 {
     adapter_values(t)
         .iter()
         .map(|(_, v)| 4 * v.len() as u64)
@@ -112,7 +112,9 @@ fn two_devices_equal_one_device_with_the_same_global_batch() {
     assert_ne!(a, b, "Burn gives each DeviceKind its own device");
 
     let mut single = trainer(&a);
-    let one: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    let one: Vec<f64> = (0..STEPS)
+        .map(|_| single.step().expect("step").loss)
+        .collect();
     assert_eq!(single.last_transfer().gradient_bytes, 0);
 
     let mut dp = trainer(&a);
@@ -121,7 +123,7 @@ fn two_devices_equal_one_device_with_the_same_global_batch() {
     let bytes = trained_bytes(&dp);
     let mut two = Vec::new();
     for _ in 0..STEPS {
-        let r = dp.step();
+        let r = dp.step().expect("step");
         two.push(r.loss);
         // One replica: its gradients come over once per micro-batch, the weights go once.
         let t = dp.last_transfer();
@@ -171,13 +173,17 @@ fn a_resumed_data_parallel_run_continues_exactly() {
     let devices = [a.clone(), b];
     let mut straight = trainer(&a);
     straight.set_devices(&devices).unwrap();
-    let all: Vec<u64> = (0..STEPS).map(|_| straight.step().loss.to_bits()).collect();
+    let all: Vec<u64> = (0..STEPS)
+        .map(|_| straight.step().expect("step").loss.to_bits())
+        .collect();
 
     let dir = std::env::temp_dir().join(format!("qlora-dp-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut first = trainer(&a);
     first.set_devices(&devices).unwrap();
-    let mut losses: Vec<u64> = (0..5).map(|_| first.step().loss.to_bits()).collect();
+    let mut losses: Vec<u64> = (0..5)
+        .map(|_| first.step().expect("step").loss.to_bits())
+        .collect();
     let ckpt = first.save_checkpoint(&dir).unwrap();
     drop(first);
 
@@ -186,7 +192,7 @@ fn a_resumed_data_parallel_run_continues_exactly() {
     resumed.resume(&ckpt).unwrap();
     assert_eq!(resumed.state.step, 5);
     while !resumed.is_done() {
-        losses.push(resumed.step().loss.to_bits());
+        losses.push(resumed.step().expect("step").loss.to_bits());
     }
     assert_eq!(losses, all, "loss bits of the resumed run");
     assert_eq!(adapter_values(&resumed), adapter_values(&straight));

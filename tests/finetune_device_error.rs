@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use burn_qlora::train::Trainer;
+use burn_qlora::train::find_checkpoint;
 
 #[path = "support/byte_tokenizer.rs"]
 mod byte_tokenizer;
@@ -50,7 +50,7 @@ fn a_failed_device_step_says_what_to_change() {
     }
     // Burn's op-level checkpointing does not lower the peak: the advice does not name it.
     assert!(!stderr.contains("--grad-checkpointing"), "{stderr}");
-    assert!(Trainer::find_checkpoint(&out).is_none());
+    assert!(find_checkpoint(&out).is_none());
     let left: Vec<_> = std::fs::read_dir(&out)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use burn_qlora::nn::PeftAdapter;
-use burn_qlora::train::Trainer;
+use burn_qlora::train::find_checkpoint;
 
 #[path = "support/byte_tokenizer.rs"]
 mod byte_tokenizer;
@@ -67,14 +67,14 @@ fn losses(out: &Path) -> Vec<(u64, u64)> {
 
 /// The step of the complete checkpoint in `out`, checking that it loads.
 fn checkpoint_step(out: &Path) -> Option<u64> {
-    let dir = Trainer::find_checkpoint(out)?;
+    let dir = find_checkpoint(out)?;
     let text = std::fs::read_to_string(dir.join("trainer_state.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["state"]["step"].as_u64()
 }
 
 fn assert_complete(out: &Path) -> u64 {
-    let dir = Trainer::find_checkpoint(out).expect("a checkpoint survives the kill");
+    let dir = find_checkpoint(out).expect("a checkpoint survives the kill");
     let text = std::fs::read_to_string(dir.join("trainer_state.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).expect("trainer_state.json is whole");
     PeftAdapter::load(&dir, &Device::flex()).expect("the checkpoint's adapter loads");

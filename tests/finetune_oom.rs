@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use burn_qlora::train::Trainer;
+use burn_qlora::train::find_checkpoint;
 
 #[path = "support/byte_tokenizer.rs"]
 mod byte_tokenizer;
@@ -32,7 +32,7 @@ fn running_out_of_memory_says_what_to_change() {
         assert!(stderr.contains(words), "no `{words}` in: {stderr}");
     }
     assert!(!stderr.contains("--grad-checkpointing"), "{stderr}");
-    assert!(Trainer::find_checkpoint(&out).is_none());
+    assert!(find_checkpoint(&out).is_none());
     let partial: Vec<_> = std::fs::read_dir(&out)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

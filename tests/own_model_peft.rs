@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_qlora::nn::{AdaptedLinear, LoraApplier, LoraModel, PeftAdapter};
+use burn_qlora::nn::{AdaptedLinear, LoraApplier, LoraModel, ModuleKind, PeftAdapter};
 
 #[path = "support/byte_tokenizer.rs"]
 mod byte_tokenizer;
@@ -89,7 +89,12 @@ fn base_model(device: &Device) -> Mlp {
             weight: Param::from_tensor(w),
             bias: Some(Param::from_tensor(b)),
         };
-        applier.linear(name, base, name == "out").unwrap()
+        let kind = if name == "out" {
+            ModuleKind::OutputHead
+        } else {
+            ModuleKind::Linear
+        };
+        applier.linear(name, base, kind).unwrap()
     };
     Mlp {
         fc1: linear("fc1"),

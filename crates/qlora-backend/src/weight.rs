@@ -111,9 +111,19 @@ impl Nf4Weight {
         self.layout
     }
 
-    /// `[out_features, in_features]`.
+    /// The weight's shape as stored and as PyTorch gives it: `[out_features, in_features]`.
     pub fn dims(&self) -> [usize; 2] {
         [self.layout.rows, self.layout.cols]
+    }
+
+    /// The width of the input (the stored weight's columns).
+    pub fn in_features(&self) -> usize {
+        self.layout.cols
+    }
+
+    /// The width of the output (the stored weight's rows).
+    pub fn out_features(&self) -> usize {
+        self.layout.rows
     }
 
     /// The device holding the weight.

@@ -1,11 +1,12 @@
 //! The LLaMA-style model as a [`LoraModel`]: its block linears by HF module path, and the
 //! embedding and untied head as the tables `modules_to_save` may train. Every PEFT model-level
 //! operation (load and save adapter folders, switch, merge, `merge_and_unload`) comes from the
-//! trait.
+//! trait. As a [`CausalLm`] it is what the trainer trains: the fused head-and-loss, its
+//! embedding's device, and its HF config as the architecture a checkpoint must match.
 
 use burn::module::Param;
-use burn::tensor::Tensor;
-use qlora_nn::{AdaptedLinear, LoraModel};
+use burn::tensor::{Device, Int, Tensor};
+use qlora_nn::{AdaptedLinear, CausalLm, LoraModel};
 
 use crate::{LlamaForCausalLM, layer_linear_paths};
 
@@ -104,5 +105,25 @@ impl LoraModel for LlamaForCausalLM {
         }
         **p = Param::from_tensor(value).set_require_grad(true);
         Ok(())
+    }
+}
+
+impl CausalLm for LlamaForCausalLM {
+    /// [`LlamaForCausalLM::loss`]: the head's matmul fused into the cross-entropy.
+    fn loss(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> Tensor<1> {
+        LlamaForCausalLM::loss(self, input_ids, labels)
+    }
+
+    fn device(&self) -> Device {
+        self.model.embed_tokens.weight.device()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    /// The HF `config.json` the model was built from, without white space.
+    fn architecture(&self) -> String {
+        self.config.to_hf_json().replace(char::is_whitespace, "")
     }
 }

@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use qlora_nf4::f16;
 
 use crate::LlamaError;
+use crate::read_at::read_exact_at;
 
 /// A GGUF metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -396,8 +396,7 @@ impl GgufFile {
                 tensor: name.to_string(),
             })?;
         let mut bytes = vec![0u8; info.bytes()];
-        self.file
-            .read_exact_at(&mut bytes, self.data_start + info.offset)
+        read_exact_at(&self.file, &mut bytes, self.data_start + info.offset)
             .map_err(|e| LlamaError::io(&self.path, e))?;
         Ok((info.shape(), dequantize(info.ty, &bytes)))
     }

@@ -26,6 +26,8 @@ mod loss;
 mod mlp;
 mod model;
 mod norm;
+mod random;
+mod read_at;
 mod rope;
 mod safetensors_file;
 mod save;

@@ -11,7 +11,7 @@ use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use qlora_nf4::QuantizedTensor;
-use qlora_nn::{AdaptedLinear, LoraApplier, LoraError, LoraModel, QLoraLinear};
+use qlora_nn::{AdaptedLinear, LoraApplier, LoraError, LoraModel, ModuleKind, QLoraLinear};
 
 use crate::{
     GgufModel, HfCheckpoint, HostFloats, LlamaAttention, LlamaConfig, LlamaDecoderLayer,
@@ -133,7 +133,7 @@ fn float_linear(
         weight: Param::from_tensor(weight),
         bias: bias.map(Param::from_tensor),
     };
-    Ok(applier.linear(path, base, false)?)
+    Ok(applier.linear(path, base, ModuleKind::Linear)?)
 }
 
 impl LlamaForCausalLM {

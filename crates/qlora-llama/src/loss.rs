@@ -5,8 +5,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-/// Label value that marks a position as not trained on (PyTorch's `ignore_index`).
-pub const IGNORE_INDEX: i64 = -100;
+pub use qlora_nn::IGNORE_INDEX;
 
 /// Mean next-token cross-entropy.
 ///

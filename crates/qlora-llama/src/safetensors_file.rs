@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use qlora_nf4::{Dtype, RawTensor};
@@ -17,6 +16,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::LlamaError;
+use crate::read_at::read_exact_at;
 
 /// Where one tensor lies in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,8 +108,7 @@ impl SafetensorsFile {
             )));
         }
         let mut n = [0u8; 8];
-        file.read_exact_at(&mut n, 0)
-            .map_err(|e| LlamaError::io(&path, e))?;
+        read_exact_at(&file, &mut n, 0).map_err(|e| LlamaError::io(&path, e))?;
         let n = u64::from_le_bytes(n);
         if n > len - 8 {
             return Err(bad(format!(
@@ -120,8 +119,7 @@ impl SafetensorsFile {
             return Err(bad(format!("header length {n} exceeds {MAX_HEADER} bytes")));
         }
         let mut header = vec![0u8; n as usize];
-        file.read_exact_at(&mut header, 8)
-            .map_err(|e| LlamaError::io(&path, e))?;
+        read_exact_at(&file, &mut header, 8).map_err(|e| LlamaError::io(&path, e))?;
         let header =
             std::str::from_utf8(&header).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
         let Entries(entries) = serde_json::from_str(header.trim_end_matches(' '))
@@ -195,8 +193,7 @@ impl SafetensorsFile {
             })?;
         let (a, b) = info.offsets;
         let mut data = vec![0u8; (b - a) as usize];
-        self.file
-            .read_exact_at(&mut data, self.data_start + a)
+        read_exact_at(&self.file, &mut data, self.data_start + a)
             .map_err(|e| LlamaError::io(&self.path, e))?;
         Ok(RawTensor {
             dtype: info.dtype,

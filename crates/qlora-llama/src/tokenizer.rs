@@ -20,6 +20,8 @@ pub struct LlamaTokenizer {
     pub bos_token: Option<String>,
     /// End-of-sequence token (as text).
     pub eos_token: Option<String>,
+    /// Padding token (as text), if the model names one.
+    pub pad_token: Option<String>,
     /// Whether `encode(.., true)` prepends the bos token.
     pub add_bos: bool,
     /// The chat template (ChatML when the model names none).
@@ -154,6 +156,7 @@ impl LlamaTokenizer {
             inner,
             bos_token: tok_text("tokenizer.ggml.bos_token_id", spm.then_some(1)),
             eos_token: tok_text("tokenizer.ggml.eos_token_id", spm.then_some(2)),
+            pad_token: tok_text("tokenizer.ggml.padding_token_id", None),
             add_bos: flag("tokenizer.ggml.add_bos_token", spm),
             chat_template: ChatTemplate::new(template.as_deref(), &path)?,
             source: path,
@@ -247,6 +250,7 @@ impl LlamaTokenizer {
             inner: Inner::Hf(Box::new(inner)),
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
+            pad_token: token("pad_token"),
             add_bos: cfg
                 .get("add_bos_token")
                 .and_then(Value::as_bool)
@@ -314,6 +318,18 @@ impl LlamaTokenizer {
     /// The eos id.
     pub fn eos_id(&self) -> Option<u32> {
         self.eos_token.as_deref().and_then(|t| self.token_id(t))
+    }
+
+    /// The id batches are padded with: the model's pad token, else its eos token (as TRL
+    /// sets `pad_token = eos_token` when a tokenizer has none), else 0. Padding sits after
+    /// each sample and its labels are ignored, so under the causal mask the id changes no
+    /// loss; it only has to be in the vocabulary.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_token
+            .as_deref()
+            .and_then(|t| self.token_id(t))
+            .or(self.eos_id())
+            .unwrap_or(0)
     }
 
     /// Vocabulary size, added tokens included.

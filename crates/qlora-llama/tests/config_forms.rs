@@ -312,3 +312,27 @@ fn a_list_of_chat_templates_uses_the_default_one_as_transformers_does() {
     assert_eq!(tok.apply_chat_template(&hi, false).unwrap(), "JINJA hi");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_pad_id_is_the_pad_token_else_eos_as_trl_sets_it() {
+    let dir = std::env::temp_dir().join(format!("qlora-pad-id-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    byte_tokenizer::write(&dir);
+    let config = dir.join("tokenizer_config.json");
+    let load = |cfg: serde_json::Value| {
+        std::fs::write(&config, cfg.to_string()).unwrap();
+        LlamaTokenizer::from_dir(&dir).unwrap()
+    };
+    let tok = load(serde_json::json!({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}));
+    assert_eq!(Some(tok.pad_id()), tok.token_id("<|endoftext|>"));
+    let tok = load(serde_json::json!({"eos_token": "<|im_end|>"}));
+    assert_eq!(Some(tok.pad_id()), tok.token_id("<|im_end|>"));
+    // A pad token the vocabulary lacks falls back too.
+    let tok =
+        load(serde_json::json!({"eos_token": "<|im_end|>", "pad_token": {"content": "<pad>"}}));
+    assert_eq!(Some(tok.pad_id()), tok.token_id("<|im_end|>"));
+    let tok = load(serde_json::json!({}));
+    assert_eq!(tok.pad_id(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

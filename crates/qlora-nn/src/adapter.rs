@@ -76,9 +76,14 @@ impl LoraAdapter {
         self.lora_a.dims()[0]
     }
 
-    /// `[in_features, out_features]`.
-    pub fn dims(&self) -> [usize; 2] {
-        [self.lora_a.dims()[1], self.lora_b.dims()[0]]
+    /// The width of the layer's input (`A` is `[r, in_features]`).
+    pub fn in_features(&self) -> usize {
+        self.lora_a.dims()[1]
+    }
+
+    /// The width of the layer's output (`B` is `[out_features, r]`).
+    pub fn out_features(&self) -> usize {
+        self.lora_b.dims()[0]
     }
 
     /// The update `Δy`.
@@ -87,7 +92,7 @@ impl LoraAdapter {
     /// - returns `[..., out_features]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
-        let [in_features, out_features] = self.dims();
+        let (in_features, out_features) = (self.in_features(), self.out_features());
         let rows = dims[..D - 1].iter().product::<usize>();
         let x2: Tensor<2> = self.dropout.forward(x).reshape([rows, in_features]);
         // The scaling is applied to the rank-r intermediate, not to the [rows, out] update:
@@ -149,8 +154,8 @@ impl LoraAdapters {
         );
         if let Some(first) = self.adapters.first() {
             assert_eq!(
-                first.dims(),
-                adapter.dims(),
+                [first.in_features(), first.out_features()],
+                [adapter.in_features(), adapter.out_features()],
                 "adapter `{name}` has another shape than the layer's"
             );
         }

@@ -15,7 +15,7 @@ use qlora_backend::QuantConfig;
 
 use crate::{
     AdapterWeights, LoraAdapter, LoraBias, LoraConfig, LoraError, LoraLinear, LoraMatcher,
-    QLoraLinear,
+    ModuleKind, QLoraLinear,
 };
 
 /// A linear layer after a config was applied: frozen as it was, LoRA over a float base, or
@@ -69,12 +69,21 @@ impl AdaptedLinear {
         }
     }
 
-    /// `[in_features, out_features]`.
-    pub fn dims(&self) -> [usize; 2] {
+    /// The width of the input.
+    pub fn in_features(&self) -> usize {
         match self {
-            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.weight.dims(),
-            AdaptedLinear::Lora(l) => l.dims(),
-            AdaptedLinear::QLora(l) => l.dims(),
+            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.weight.dims()[0],
+            AdaptedLinear::Lora(l) => l.in_features(),
+            AdaptedLinear::QLora(l) => l.in_features(),
+        }
+    }
+
+    /// The width of the output.
+    pub fn out_features(&self) -> usize {
+        match self {
+            AdaptedLinear::Frozen(l) | AdaptedLinear::Trained(l) => l.weight.dims()[1],
+            AdaptedLinear::Lora(l) => l.out_features(),
+            AdaptedLinear::QLora(l) => l.out_features(),
         }
     }
 
@@ -139,7 +148,7 @@ impl AdaptedLinear {
         weight: burn::tensor::TensorData,
         bias: Option<burn::tensor::TensorData>,
     ) -> Result<Self, LoraError> {
-        let [d_in, d_out] = self.dims();
+        let (d_in, d_out) = (self.in_features(), self.out_features());
         let bad = |problem: String| LoraError::Layer {
             problem: format!("`{path}`: {problem}"),
         };
@@ -220,6 +229,22 @@ impl burn::module::ModuleMapper for RequireGrad {
     }
 }
 
+/// Gives every float parameter of a module its value now. Burn initializes a parameter lazily,
+/// at its first use: a base layer left so (the bias of a `LinearConfig::init`, which
+/// quantization does not read) would draw its random values at the model's first forward pass,
+/// from whatever the device's generator holds then, so that a run resumed from a checkpoint
+/// (whose first forward pass comes at another step) would have another bias.
+struct Materialize;
+
+impl burn::module::ModuleMapper for Materialize {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        param.map(|t| t)
+    }
+}
+
 /// Builds the linears of a model under a [`LoraConfig`] (see the module docs).
 #[derive(Debug, Clone)]
 pub struct LoraApplier {
@@ -297,10 +322,10 @@ impl LoraApplier {
     }
 
     /// Whether the layer at `path` gets an adapter.
-    pub fn is_target(&self, path: &str, is_output_head: bool) -> bool {
+    pub fn is_target(&self, path: &str, kind: ModuleKind) -> bool {
         self.matcher
             .as_ref()
-            .is_some_and(|m| m.is_target(path, true, is_output_head))
+            .is_some_and(|m| m.is_target(path, kind))
     }
 
     fn new_adapter(&self, path: &str, [d_in, d_out]: [usize; 2]) -> Option<LoraAdapter> {
@@ -336,8 +361,10 @@ impl LoraApplier {
                 layer.merge_to_linear().map(&mut RequireGrad),
             ));
         }
-        let targeted = self.is_target(path, false);
-        if targeted && let Some(a) = self.new_adapter(path, layer.dims()) {
+        let targeted = self.is_target(path, ModuleKind::Linear);
+        if targeted
+            && let Some(a) = self.new_adapter(path, [layer.in_features(), layer.out_features()])
+        {
             layer.add_adapter(&self.adapter_name, a)?;
         }
         if self.bias_trains(targeted) {
@@ -357,19 +384,21 @@ impl LoraApplier {
         weights.into_adapter(self.config.as_ref().unwrap_or(config), path)
     }
 
-    /// The layer at `path` (dotted module path, as PEFT matches it). `is_output_head` marks the
-    /// model's output projection, which `"all-linear"` leaves alone.
+    /// The layer at `path` (dotted module path, as PEFT matches it); `kind` is
+    /// [`ModuleKind::Linear`], or [`ModuleKind::OutputHead`] for the model's output
+    /// projection, which `"all-linear"` leaves alone.
     pub fn linear(
         &self,
         path: &str,
         base: Linear,
-        is_output_head: bool,
+        kind: ModuleKind,
     ) -> Result<AdaptedLinear, LoraError> {
+        let base = base.map(&mut Materialize);
         if self.is_module_to_save(path) {
             // PEFT trains such a module in full, whatever the quantization of the rest.
             return Ok(AdaptedLinear::Trained(base.map(&mut RequireGrad)));
         }
-        let targeted = self.is_target(path, is_output_head);
+        let targeted = self.is_target(path, kind);
         let bias_trains = self.bias_trains(targeted);
         let adapter = if targeted {
             self.new_adapter(path, base.weight.dims())

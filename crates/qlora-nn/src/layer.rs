@@ -17,7 +17,7 @@ fn add_checked(
     name: &str,
     adapter: LoraAdapter,
 ) -> Result<(), LoraError> {
-    let [found_in, found_out] = adapter.dims();
+    let (found_in, found_out) = (adapter.in_features(), adapter.out_features());
     if [found_in, found_out] != dims {
         return Err(LoraError::AdapterShape {
             adapter: name.to_string(),
@@ -49,15 +49,20 @@ impl LoraLinear {
         }
     }
 
-    /// `[in_features, out_features]`.
-    pub fn dims(&self) -> [usize; 2] {
-        self.base.weight.dims()
+    /// The width of the input.
+    pub fn in_features(&self) -> usize {
+        self.base.weight.dims()[0]
+    }
+
+    /// The width of the output.
+    pub fn out_features(&self) -> usize {
+        self.base.weight.dims()[1]
     }
 
     /// Adds an adapter (for example one read with [`crate::PeftAdapter`]); errors if its shape
     /// does not fit this layer.
     pub fn add_adapter(&mut self, name: &str, adapter: LoraAdapter) -> Result<(), LoraError> {
-        let dims = self.dims();
+        let dims = [self.in_features(), self.out_features()];
         add_checked(&mut self.lora, dims, name, adapter)
     }
 
@@ -147,15 +152,19 @@ impl QLoraLinear {
         })
     }
 
-    /// `[in_features, out_features]`.
-    pub fn dims(&self) -> [usize; 2] {
-        let [out, inp] = self.base.dims();
-        [inp, out]
+    /// The width of the input.
+    pub fn in_features(&self) -> usize {
+        self.base.in_features()
+    }
+
+    /// The width of the output.
+    pub fn out_features(&self) -> usize {
+        self.base.out_features()
     }
 
     /// Adds an adapter; errors if its shape does not fit this layer.
     pub fn add_adapter(&mut self, name: &str, adapter: LoraAdapter) -> Result<(), LoraError> {
-        let dims = self.dims();
+        let dims = [self.in_features(), self.out_features()];
         add_checked(&mut self.lora, dims, name, adapter)
     }
 

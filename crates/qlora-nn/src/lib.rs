@@ -7,6 +7,7 @@
 
 mod adapter;
 mod apply;
+mod causal_lm;
 mod config;
 mod count;
 mod error;
@@ -19,6 +20,7 @@ mod peft_io;
 
 pub use adapter::{LoraAdapter, LoraAdapters};
 pub use apply::{AdaptedLinear, LoraApplier};
+pub use causal_lm::{CausalLm, IGNORE_INDEX};
 pub use config::{
     InitLoraWeights, LayerIndices, LayersPattern, LoraBias, LoraConfig, ModuleSelector,
 };
@@ -26,6 +28,6 @@ pub use count::ParameterCount;
 pub use error::LoraError;
 pub use layer::{LoraLinear, QLoraLinear};
 pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
-pub use matching::LoraMatcher;
+pub use matching::{LoraMatcher, ModuleKind};
 pub use model::LoraModel;
 pub use peft_io::{AdapterDtype, AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};

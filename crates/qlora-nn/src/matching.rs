@@ -6,6 +6,18 @@ use regex::Regex;
 
 use crate::{LayerIndices, LayersPattern, LoraConfig, ModuleSelector};
 
+/// What a module is to its model, which PEFT's `"all-linear"` needs to know: it adapts every
+/// linear layer but the model's output head (`lm_head`), and nothing that is not a linear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A linear layer inside the model.
+    Linear,
+    /// The linear that projects to the output (vocabulary logits, class scores).
+    OutputHead,
+    /// Anything else (an embedding, a norm).
+    Other,
+}
+
 /// A compiled [`LoraConfig`]: answers "is this module adapted, and how".
 #[derive(Debug, Clone)]
 pub struct LoraMatcher {
@@ -113,11 +125,9 @@ impl LoraMatcher {
         suffix_match(&self.modules_to_save, path)
     }
 
-    /// True if the module at `path` gets an adapter.
-    ///
-    /// `is_linear` says whether the module is a linear layer and `is_output_head` whether it is
-    /// the model's output projection; `"all-linear"` takes every linear but the head.
-    pub fn is_target(&self, path: &str, is_linear: bool, is_output_head: bool) -> bool {
+    /// True if the module at `path`, of kind `kind`, gets an adapter (`"all-linear"` takes
+    /// every [`ModuleKind::Linear`], so neither the head nor other modules).
+    pub fn is_target(&self, path: &str, kind: ModuleKind) -> bool {
         if let Some(ex) = &self.exclude {
             let excluded = match ex {
                 Selector::Pattern(re) => re.is_match(path),
@@ -130,7 +140,7 @@ impl LoraMatcher {
         }
         match &self.targets {
             Selector::None => false,
-            Selector::AllLinear => is_linear && !is_output_head && self.in_layers(path),
+            Selector::AllLinear => kind == ModuleKind::Linear && self.in_layers(path),
             Selector::Pattern(re) => re.is_match(path),
             Selector::Names(names) => {
                 if names.iter().any(|n| n == path) {

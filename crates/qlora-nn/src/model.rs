@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::{AdaptedLinear, LoraConfig, LoraError, LoraMatcher, PeftAdapter};
+use crate::{AdaptedLinear, LoraConfig, LoraError, LoraMatcher, ModuleKind, PeftAdapter};
 
 /// A model with LoRA adapters on its linears. Implement the two `linears` methods (and the two
 /// `tables` methods where `modules_to_save` may name an embedding or head); the PEFT operations
@@ -106,7 +106,7 @@ pub trait LoraModel: Module {
         let matcher = LoraMatcher::new(&adapter.config)
             .map_err(|(field, problem)| in_adapter(field, problem))?;
         if let Some(missing) = known.keys().find(|p| {
-            matcher.is_target(p, true, false)
+            matcher.is_target(p, ModuleKind::Linear)
                 && !matcher.is_module_to_save(p)
                 && !adapter.modules.contains_key(*p)
         }) {

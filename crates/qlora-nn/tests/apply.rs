@@ -5,7 +5,8 @@ use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use qlora_backend::QuantConfig;
 use qlora_nn::{
-    AdaptedLinear, LoraApplier, LoraBias, LoraConfig, ModuleSelector, ParameterCount, PeftAdapter,
+    AdaptedLinear, LoraApplier, LoraBias, LoraConfig, ModuleKind, ModuleSelector, ParameterCount,
+    PeftAdapter,
 };
 
 #[derive(Module, Debug)]
@@ -26,19 +27,21 @@ fn net(applier: &LoraApplier, device: &Device) -> Net {
     let blocks = (0..2)
         .map(|b| Block {
             q: applier
-                .linear(&format!("blocks.{b}.q"), lin(32, 32), false)
+                .linear(&format!("blocks.{b}.q"), lin(32, 32), ModuleKind::Linear)
                 .unwrap(),
             v: applier
-                .linear(&format!("blocks.{b}.v"), lin(32, 32), false)
+                .linear(&format!("blocks.{b}.v"), lin(32, 32), ModuleKind::Linear)
                 .unwrap(),
             out: applier
-                .linear(&format!("blocks.{b}.out"), lin(32, 32), false)
+                .linear(&format!("blocks.{b}.out"), lin(32, 32), ModuleKind::Linear)
                 .unwrap(),
         })
         .collect();
     Net {
         blocks,
-        head: applier.linear("head", lin(32, 10), true).unwrap(),
+        head: applier
+            .linear("head", lin(32, 10), ModuleKind::OutputHead)
+            .unwrap(),
     }
 }
 
@@ -253,4 +256,38 @@ fn parameter_counts_like_peft() {
             total: 7690
         }
     );
+}
+
+/// Burn draws a `LinearConfig::init` bias lazily, at its first use: the applier gives it its
+/// value when the layer is built, so what the device's generator holds at the first forward
+/// pass (another step after a resume) does not change the model.
+#[test]
+fn the_base_is_drawn_when_built_not_at_its_first_use() {
+    let device = Device::flex().autodiff();
+    let config = LoraConfig {
+        target_modules: Some(ModuleSelector::List(vec!["fc".into()])),
+        ..LoraConfig::default()
+    };
+    for quantize in [None, Some(QuantConfig::qlora())] {
+        let applier = LoraApplier::new(config.clone(), quantize, &device).unwrap();
+        let built = |first_use_seed: u64| {
+            device.seed(3);
+            let layer = applier
+                .linear(
+                    "fc",
+                    LinearConfig::new(64, 8).init(&device),
+                    ModuleKind::Linear,
+                )
+                .unwrap();
+            device.seed(first_use_seed);
+            let x = Tensor::<2>::ones([1, 64], &device);
+            layer
+                .valid()
+                .forward(x)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(built(10), built(20), "quantize: {quantize:?}");
+    }
 }

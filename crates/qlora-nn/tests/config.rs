@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use qlora_nn::{InitLoraWeights, LayerIndices, LoraConfig, LoraError, LoraMatcher, ModuleSelector};
+use qlora_nn::{
+    InitLoraWeights, LayerIndices, LoraConfig, LoraError, LoraMatcher, ModuleKind, ModuleSelector,
+};
 
 fn golden_config_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,10 +44,10 @@ fn reads_the_golden_peft_config() {
         } else {
             format!("model.layers.1.self_attn.{p}")
         };
-        assert!(m.is_target(&path, true, false), "{path}");
+        assert!(m.is_target(&path, ModuleKind::Linear), "{path}");
     }
-    assert!(!m.is_target("lm_head", true, true));
-    assert!(!m.is_target("model.embed_tokens", false, false));
+    assert!(!m.is_target("lm_head", ModuleKind::OutputHead));
+    assert!(!m.is_target("model.embed_tokens", ModuleKind::Other));
 }
 
 #[test]
@@ -135,11 +137,11 @@ fn unknown_and_unsupported_fields_are_named() {
 #[test]
 fn list_targets_match_exact_names_and_dotted_suffixes() {
     let m = LoraMatcher::new(&with_targets(names(&["q_proj", "mlp.up_proj"]))).unwrap();
-    assert!(m.is_target("model.layers.0.self_attn.q_proj", true, false));
-    assert!(m.is_target("q_proj", true, false));
-    assert!(m.is_target("model.layers.0.mlp.up_proj", true, false));
-    assert!(!m.is_target("model.layers.0.self_attn.xq_proj", true, false));
-    assert!(!m.is_target("model.layers.0.self_attn.k_proj", true, false));
+    assert!(m.is_target("model.layers.0.self_attn.q_proj", ModuleKind::Linear));
+    assert!(m.is_target("q_proj", ModuleKind::Linear));
+    assert!(m.is_target("model.layers.0.mlp.up_proj", ModuleKind::Linear));
+    assert!(!m.is_target("model.layers.0.self_attn.xq_proj", ModuleKind::Linear));
+    assert!(!m.is_target("model.layers.0.self_attn.k_proj", ModuleKind::Linear));
 }
 
 #[test]
@@ -148,11 +150,11 @@ fn string_targets_are_full_regex_matches() {
         r".*\.(q|v)_proj".into(),
     )))
     .unwrap();
-    assert!(m.is_target("model.layers.0.self_attn.q_proj", true, false));
-    assert!(!m.is_target("model.layers.0.self_attn.q_proj.lora", true, false));
+    assert!(m.is_target("model.layers.0.self_attn.q_proj", ModuleKind::Linear));
+    assert!(!m.is_target("model.layers.0.self_attn.q_proj.lora", ModuleKind::Linear));
     let m = LoraMatcher::new(&with_targets(ModuleSelector::Pattern("q_proj".into()))).unwrap();
     assert!(
-        !m.is_target("model.layers.0.self_attn.q_proj", true, false),
+        !m.is_target("model.layers.0.self_attn.q_proj", ModuleKind::Linear),
         "a regex must match the whole path"
     );
 }
@@ -160,9 +162,9 @@ fn string_targets_are_full_regex_matches() {
 #[test]
 fn all_linear_skips_the_head_and_non_linears() {
     let m = LoraMatcher::new(&with_targets(ModuleSelector::Pattern("all-linear".into()))).unwrap();
-    assert!(m.is_target("model.layers.0.mlp.down_proj", true, false));
-    assert!(!m.is_target("lm_head", true, true));
-    assert!(!m.is_target("model.norm", false, false));
+    assert!(m.is_target("model.layers.0.mlp.down_proj", ModuleKind::Linear));
+    assert!(!m.is_target("lm_head", ModuleKind::OutputHead));
+    assert!(!m.is_target("model.norm", ModuleKind::Other));
 }
 
 #[test]
@@ -170,12 +172,12 @@ fn exclude_modules_win() {
     let mut c = with_targets(names(&["q_proj", "v_proj"]));
     c.exclude_modules = Some(names(&["layers.1.self_attn.v_proj"]));
     let m = LoraMatcher::new(&c).unwrap();
-    assert!(m.is_target("model.layers.0.self_attn.v_proj", true, false));
-    assert!(!m.is_target("model.layers.1.self_attn.v_proj", true, false));
+    assert!(m.is_target("model.layers.0.self_attn.v_proj", ModuleKind::Linear));
+    assert!(!m.is_target("model.layers.1.self_attn.v_proj", ModuleKind::Linear));
     c.exclude_modules = Some(ModuleSelector::Pattern(r".*layers\.0\..*".into()));
     let m = LoraMatcher::new(&c).unwrap();
-    assert!(!m.is_target("model.layers.0.self_attn.q_proj", true, false));
-    assert!(m.is_target("model.layers.2.self_attn.q_proj", true, false));
+    assert!(!m.is_target("model.layers.0.self_attn.q_proj", ModuleKind::Linear));
+    assert!(m.is_target("model.layers.2.self_attn.q_proj", ModuleKind::Linear));
 }
 
 #[test]
@@ -183,15 +185,15 @@ fn layers_to_transform_with_and_without_pattern() {
     let mut c = with_targets(names(&["q_proj"]));
     c.layers_to_transform = Some(LayerIndices::Many(vec![0, 2]));
     let m = LoraMatcher::new(&c).unwrap();
-    assert!(m.is_target("model.layers.0.self_attn.q_proj", true, false));
-    assert!(!m.is_target("model.layers.1.self_attn.q_proj", true, false));
-    assert!(m.is_target("model.layers.2.self_attn.q_proj", true, false));
+    assert!(m.is_target("model.layers.0.self_attn.q_proj", ModuleKind::Linear));
+    assert!(!m.is_target("model.layers.1.self_attn.q_proj", ModuleKind::Linear));
+    assert!(m.is_target("model.layers.2.self_attn.q_proj", ModuleKind::Linear));
     c.layers_to_transform = Some(LayerIndices::One(1));
     c.layers_pattern = Some(qlora_nn::LayersPattern::One("blocks".into()));
     let m = LoraMatcher::new(&c).unwrap();
-    assert!(m.is_target("net.blocks.1.attn.q_proj", true, false));
+    assert!(m.is_target("net.blocks.1.attn.q_proj", ModuleKind::Linear));
     assert!(
-        !m.is_target("model.layers.1.self_attn.q_proj", true, false),
+        !m.is_target("model.layers.1.self_attn.q_proj", ModuleKind::Linear),
         "pattern `blocks` finds no index here"
     );
 }

@@ -264,10 +264,10 @@ fn configs_build_layers_with_burn_style_init() {
         .with_r(4)
         .with_lora_alpha(8.0);
     let l = cfg.init(&device);
-    assert_eq!(l.dims(), [16, 24]);
+    assert_eq!((l.in_features(), l.out_features()), (16, 24));
     assert_eq!(l.lora.get("default").unwrap().scaling, 2.0);
     let q = qlora_nn::QLoraLinearConfig::new(cfg.with_use_rslora(true)).init(&device);
-    assert_eq!(q.dims(), [16, 24]);
+    assert_eq!((q.in_features(), q.out_features()), (16, 24));
     assert_eq!(q.lora.get("default").unwrap().scaling, 4.0);
     // B starts at zero: the layer's output is its base output.
     let x = Tensor::<2>::random([3, 16], Distribution::Normal(0.0, 1.0), &device);

@@ -16,7 +16,7 @@
 //! state itself lives on the parameter's device as packed u32 words and f32 scales, so it can be
 //! paged with [`crate::Paged`].
 
-use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
+use burn::optim::{LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 use qlora_nf4::dynamic_map::{
     dequantize_blockwise_8bit, dynamic_map_signed, dynamic_map_unsigned, nearest_code,
@@ -49,6 +49,41 @@ impl Default for AdamW8bit {
             epsilon: 1e-8,
             weight_decay: 0.01,
         }
+    }
+}
+
+/// The settings of [`AdamW8bit`], as Burn's `AdamWConfig` is for AdamW (bnb's defaults).
+#[derive(burn::config::Config, Debug, PartialEq)]
+pub struct AdamW8bitConfig {
+    /// β₁.
+    #[config(default = 0.9)]
+    pub beta_1: f32,
+    /// β₂.
+    #[config(default = 0.999)]
+    pub beta_2: f32,
+    /// ε.
+    #[config(default = 1e-8)]
+    pub epsilon: f32,
+    /// Decoupled weight decay.
+    #[config(default = 0.01)]
+    pub weight_decay: f32,
+}
+
+impl AdamW8bitConfig {
+    /// The bare optimizer (to wrap in [`crate::Paged`], or to give
+    /// `ModuleOptimizer::with_group`).
+    pub fn build(&self) -> AdamW8bit {
+        AdamW8bit {
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            epsilon: self.epsilon,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    /// The optimizer of a whole module.
+    pub fn init(&self) -> ModuleOptimizer {
+        ModuleOptimizer::from(self.build())
     }
 }
 

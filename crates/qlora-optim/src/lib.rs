@@ -21,6 +21,6 @@ mod adamw8bit;
 mod paged;
 
 pub use adamw8bit::{
-    AdamW8bit, AdamW8bitState, BlockwiseCodes, MIN_8BIT_ELEMENTS, STATE_BLOCKSIZE,
+    AdamW8bit, AdamW8bitConfig, AdamW8bitState, BlockwiseCodes, MIN_8BIT_ELEMENTS, STATE_BLOCKSIZE,
 };
-pub use paged::{PAGEABLE_MIN_ELEMENTS, Paged, PagedState, PagingStats};
+pub use paged::{PAGEABLE_MIN_ELEMENTS, Paged, PagedConfig, PagedState, PagingStats};

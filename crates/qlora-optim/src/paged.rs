@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
+use burn::optim::{LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
 
 /// Tensors with fewer elements keep their state on the device (bitsandbytes' threshold).
@@ -119,6 +119,29 @@ impl<S: RecordState + Clone> RecordState for PagedState<S> {
             host: Device::flex(),
             stats: Arc::new(PagingStats::default()),
         })
+    }
+}
+
+/// The settings of [`Paged`]: how many bytes of optimizer state may stay on the devices.
+#[derive(burn::config::Config, Debug, PartialEq, Eq)]
+pub struct PagedConfig {
+    /// Device bytes of optimizer state kept resident (`usize::MAX`: never page).
+    #[config(default = "usize::MAX")]
+    pub budget: usize,
+}
+
+impl PagedConfig {
+    /// `inner` paged to `host` (see [`Paged::new`]).
+    pub fn build<O: Optimizer>(&self, inner: O, host: Device) -> Paged<O> {
+        Paged::new(inner, host, self.budget)
+    }
+
+    /// `inner` paged to `host`, as the optimizer of a whole module.
+    pub fn init<O: Optimizer>(&self, inner: O, host: Device) -> ModuleOptimizer
+    where
+        ModuleOptimizer: From<Paged<O>>,
+    {
+        ModuleOptimizer::from(self.build(inner, host))
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::tensor::{Bytes, Tensor, TensorData};
-use qlora_nn::{AdaptedLinear, LoraModel, PeftAdapter, write_atomic};
+use qlora_nn::{AdaptedLinear, CausalLm, LoraModel, PeftAdapter, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::{TrainError, TrainState, Trainer};
@@ -26,7 +26,16 @@ struct StateFile {
     state: TrainState,
 }
 
-impl Trainer {
+/// The checkpoint folder to resume from in `out`, a run's output folder (the current one, or
+/// the previous one if a save was cut off during its swap); none if no run saved one there.
+pub fn find_checkpoint(out: &Path) -> Option<PathBuf> {
+    [CURRENT, PREVIOUS]
+        .iter()
+        .map(|n| out.join(n))
+        .find(|p| p.join("trainer_state.json").exists())
+}
+
+impl<M: CausalLm> Trainer<M> {
     /// What must match for a checkpoint to be resumed: the model's config, the LoRA config, the
     /// data sizes and the settings that shape the run.
     pub fn fingerprint(&self) -> String {
@@ -34,10 +43,7 @@ impl Trainer {
         let (train, eval) = self.data();
         format!(
             "model={}|lora={}|data={}/{}|batch={}x{}|seed={}|optimizer={:?}",
-            self.model
-                .config
-                .to_hf_json()
-                .replace(char::is_whitespace, ""),
+            self.model.architecture(),
             self.lora.to_peft_json().replace(char::is_whitespace, ""),
             train.len(),
             eval.len(),
@@ -90,15 +96,6 @@ impl Trainer {
         Ok(current)
     }
 
-    /// The checkpoint folder to resume from in `out` (the current one, or the previous one if a
-    /// save was cut off during its swap).
-    pub fn find_checkpoint(out: &Path) -> Option<PathBuf> {
-        [CURRENT, PREVIOUS]
-            .iter()
-            .map(|n| out.join(n))
-            .find(|p| p.join("trainer_state.json").exists())
-    }
-
     /// Restores adapter weights, optimizer state and trainer state from `dir`. Errors, leaving
     /// the trainer as it was, if the checkpoint belongs to another model or run settings.
     pub fn resume(&mut self, dir: &Path) -> Result<(), TrainError> {
@@ -142,7 +139,7 @@ impl Trainer {
                 file.state.history.len()
             )));
         }
-        let device = self.model.model.embed_tokens.weight.device();
+        let device = self.model.device();
         let adapter = PeftAdapter::load(dir, &device)?;
         let weights = dir.join("adapter_model.safetensors");
         let weights = weights.display();

@@ -48,6 +48,17 @@ pub enum TrainError {
         /// What is wrong.
         problem: String,
     },
+    /// A training or evaluation step failed on the device (out of memory, a lost device, a
+    /// kernel that could not run).
+    #[error("training step {step} failed on the device: {message}")]
+    Step {
+        /// The step (1-based) that failed, or that was evaluated.
+        step: usize,
+        /// The device runtime's message.
+        message: String,
+        /// Whether the message says that memory ran out.
+        out_of_memory: bool,
+    },
     /// The model or tokenizer failed.
     #[error(transparent)]
     Llama(#[from] qlora_llama::LlamaError),

@@ -15,10 +15,10 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
-use qlora_llama::LlamaForCausalLM;
+use qlora_nn::CausalLm;
 
 use crate::trainer::{collate, scalar};
 use crate::{Sample, TrainError};
@@ -33,17 +33,17 @@ pub struct Transfer {
 }
 
 /// The model replicas on the devices other than the main one (see the module docs).
-pub struct Replicas {
+pub struct Replicas<M> {
     /// `(device, replica)` for every device but the main one.
-    pub(crate) others: Vec<(Device, LlamaForCausalLM)>,
+    pub(crate) others: Vec<(Device, M)>,
     /// Bytes moved in the last step.
     pub last: Transfer,
 }
 
-impl Replicas {
+impl<M: CausalLm> Replicas<M> {
     /// Copies `main` (on `devices[0]`) to every other device. Errors if the list is empty,
     /// names a device twice, or does not start with the model's device.
-    pub fn new(main: &LlamaForCausalLM, devices: &[Device]) -> Result<Self, TrainError> {
+    pub fn new(main: &M, devices: &[Device]) -> Result<Self, TrainError> {
         let bad = |problem: String| TrainError::Setting {
             name: "devices".into(),
             problem,
@@ -51,7 +51,7 @@ impl Replicas {
         let Some(first) = devices.first() else {
             return Err(bad("no device given".into()));
         };
-        let main_device = main.model.embed_tokens.weight.device();
+        let main_device = main.device();
         if *first != main_device {
             return Err(bad(format!(
                 "the first device ({first:?}) must be the model's device ({main_device:?})"
@@ -88,7 +88,7 @@ impl Replicas {
 
     /// Sets every replica's trained parameters (`ids`) to the main model's values; returns the
     /// bytes sent.
-    pub(crate) fn sync_from(&mut self, main: &LlamaForCausalLM, ids: &[ParamId]) -> u64 {
+    pub(crate) fn sync_from(&mut self, main: &M, ids: &[ParamId]) -> u64 {
         let mut collect = Collect {
             ids,
             values: HashMap::new(),
@@ -110,14 +110,14 @@ impl Replicas {
 
 /// One device's share of a micro-batch: its loss times `weight` (its share of the trained
 /// tokens), divided by `grad_accum`; returns that loss's value and its gradients.
-pub(crate) fn shard_step(
-    model: &LlamaForCausalLM,
+pub(crate) fn shard_step<M: CausalLm>(
+    model: &M,
     batch: &[&Sample],
     pad: u32,
     weight: f64,
     grad_accum: usize,
 ) -> (f64, GradientsParams) {
-    let device = model.model.embed_tokens.weight.device();
+    let device = model.device();
     let (ids, labels, _) = collate(batch, pad, &device);
     let mut loss = model.loss(ids, labels);
     if weight != 1.0 {
@@ -128,7 +128,7 @@ pub(crate) fn shard_step(
     (value, GradientsParams::from_grads(loss.backward(), model))
 }
 
-impl Replicas {
+impl<M: CausalLm> Replicas<M> {
     /// Seeds every replica's device for a step (`seed` is the main device's seed of the step):
     /// each device draws its own dropout masks.
     pub(crate) fn seed(&self, seed: u64) {
@@ -144,7 +144,7 @@ impl Replicas {
     /// A panic on a device (out of memory, a lost device) is raised again here.
     pub(crate) fn micro_batch(
         &self,
-        main: &LlamaForCausalLM,
+        main: &M,
         batch: &[&Sample],
         pad: u32,
         grad_accum: usize,
@@ -158,7 +158,7 @@ impl Replicas {
             let n: usize = samples.iter().map(|s| s.trained_tokens()).sum();
             (samples, n as f64 / total.max(1) as f64)
         };
-        let main_device = main.model.embed_tokens.weight.device();
+        let main_device = main.device();
         std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .others

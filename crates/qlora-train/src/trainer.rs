@@ -1,32 +1,34 @@
-//! [`Trainer`]: the QLoRA training loop over a [`LlamaForCausalLM`] whose adapters are the
-//! only trainable parameters: micro-batches with gradient accumulation, clipping by global
+//! [`Trainer`]: the QLoRA training loop over any [`CausalLm`] whose adapters (and
+//! `modules_to_save`) are the only trainable parameters: micro-batches with gradient accumulation, clipping by global
 //! norm, a learning-rate schedule, AdamW / paged AdamW / 8-bit AdamW, periodic evaluation, and
 //! everything seeded so that a run resumed from a checkpoint continues exactly.
 
 use std::time::Instant;
 
-use burn::module::{Module, ParamId};
+use burn::module::ParamId;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use qlora_llama::{IGNORE_INDEX, LlamaForCausalLM};
-use qlora_nn::{LoraConfig, LoraModel};
-use qlora_optim::{AdamW8bit, Paged};
+use qlora_nn::{CausalLm, IGNORE_INDEX, LoraConfig};
+use qlora_optim::{AdamW8bitConfig, PagedConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::parallel::shard_step;
 use crate::{DataPosition, Replicas, Sample, Schedule, TrainError, Transfer};
 
 /// Which optimizer updates the adapters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerKind {
     /// AdamW with f32 state on the device.
+    #[serde(rename = "adamw")]
     AdamW,
     /// AdamW with its state paged to host memory beyond `budget` bytes of device memory.
+    #[serde(rename = "paged-adamw")]
     PagedAdamW {
         /// Device bytes of optimizer state kept resident.
         budget: usize,
     },
     /// AdamW with block-wise 8-bit state.
+    #[serde(rename = "adamw8bit")]
     AdamW8bit,
 }
 
@@ -46,50 +48,51 @@ impl std::str::FromStr for OptimizerKind {
     }
 }
 
-/// The settings of a run.
-#[derive(Debug, Clone, PartialEq)]
+/// The settings of a run, a Burn [`Config`](burn::config::Config) (`TrainConfig::new()`,
+/// `with_*`, JSON `save`/`load`). The defaults are the QLoRA recipe (paper §4 and its
+/// scripts): lr 2e-4 constant after 3 warm-up steps, β₂ 0.999, no weight decay, max grad norm
+/// 0.3, paged AdamW.
+#[derive(burn::config::Config, Debug, PartialEq)]
 pub struct TrainConfig {
     /// Optimizer steps.
+    #[config(default = 100)]
     pub steps: usize,
     /// Samples per micro-batch.
+    #[config(default = 4)]
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
+    #[config(default = 1)]
     pub grad_accum: usize,
     /// Peak learning rate.
+    #[config(default = 2e-4)]
     pub lr: f64,
     /// Learning-rate schedule.
+    #[config(default = "Schedule::Constant")]
     pub schedule: Schedule,
     /// Warm-up steps.
+    #[config(default = 3)]
     pub warmup: usize,
     /// Clip the global gradient norm to this (none: no clipping).
+    #[config(default = "Some(0.3)")]
     pub max_grad_norm: Option<f64>,
     /// Optimizer.
+    #[config(default = "OptimizerKind::PagedAdamW { budget: usize::MAX }")]
     pub optimizer: OptimizerKind,
     /// AdamW β₂.
+    #[config(default = 0.999)]
     pub beta_2: f32,
     /// Decoupled weight decay.
+    #[config(default = 0.0)]
     pub weight_decay: f32,
     /// Seed of data order and dropout.
+    #[config(default = 42)]
     pub seed: u64,
 }
 
 impl Default for TrainConfig {
-    /// The QLoRA recipe (paper §4 and its scripts): lr 2e-4 constant after 3 % warm-up,
-    /// β₂ 0.999, no weight decay, max grad norm 0.3.
+    /// [`TrainConfig::new`]: the QLoRA recipe.
     fn default() -> Self {
-        Self {
-            steps: 100,
-            batch_size: 4,
-            grad_accum: 1,
-            lr: 2e-4,
-            schedule: Schedule::Constant,
-            warmup: 3,
-            max_grad_norm: Some(0.3),
-            optimizer: OptimizerKind::PagedAdamW { budget: usize::MAX },
-            beta_2: 0.999,
-            weight_decay: 0.0,
-            seed: 42,
-        }
+        Self::new()
     }
 }
 
@@ -135,9 +138,9 @@ pub struct TrainState {
 }
 
 /// A model, its data and its optimizer (see the module docs).
-pub struct Trainer {
+pub struct Trainer<M: CausalLm> {
     /// The model on an autodiff device; only adapter parameters require gradients.
-    pub model: LlamaForCausalLM,
+    pub model: M,
     /// The optimizer (its state is saved with checkpoints).
     pub optim: ModuleOptimizer,
     /// The run's settings.
@@ -150,7 +153,7 @@ pub struct Trainer {
     eval: Vec<Sample>,
     pad_id: u32,
     adapter: String,
-    replicas: Option<Replicas>,
+    replicas: Option<Replicas<M>>,
 }
 
 /// Pads samples to the longest: ids with `pad`, labels with [`IGNORE_INDEX`].
@@ -185,12 +188,12 @@ pub(crate) fn scalar(t: Tensor<1>) -> f64 {
         .expect("f64")[0]
 }
 
-impl Trainer {
+impl<M: CausalLm> Trainer<M> {
     /// A run over `train` (evaluated on `eval`) of `model`, whose adapter `adapter` is trained.
     ///
     /// Errors if the settings cannot work (no steps, a zero batch).
     pub fn new(
-        mut model: LlamaForCausalLM,
+        mut model: M,
         lora: LoraConfig,
         adapter: &str,
         train: Vec<Sample>,
@@ -215,7 +218,7 @@ impl Trainer {
             return Err(bad("data", "no training sample"));
         }
         // A tokenizer of another model gives ids past the embedding table.
-        let vocab = model.config.vocab_size;
+        let vocab = model.vocab_size();
         if let Some(id) = train
             .iter()
             .chain(&eval)
@@ -238,14 +241,13 @@ impl Trainer {
             .with_weight_decay(config.weight_decay);
         let optim = match config.optimizer {
             OptimizerKind::AdamW => ModuleOptimizer::from(adamw.build()),
-            OptimizerKind::PagedAdamW { budget } => {
-                ModuleOptimizer::from(Paged::new(adamw.build(), Device::flex(), budget))
-            }
-            OptimizerKind::AdamW8bit => ModuleOptimizer::from(AdamW8bit {
-                beta_2: config.beta_2,
-                weight_decay: config.weight_decay,
-                ..AdamW8bit::default()
-            }),
+            OptimizerKind::PagedAdamW { budget } => PagedConfig::new()
+                .with_budget(budget)
+                .init(adamw.build(), Device::flex()),
+            OptimizerKind::AdamW8bit => AdamW8bitConfig::new()
+                .with_beta_2(config.beta_2)
+                .with_weight_decay(config.weight_decay)
+                .init(),
         };
         Ok(Self {
             model,
@@ -314,10 +316,23 @@ impl Trainer {
     }
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, the scheduled learning rate.
-    pub fn step(&mut self) -> StepRecord {
+    ///
+    /// A failure on the device (out of memory, a lost device: the runtime panics) is caught
+    /// and returned as [`TrainError::Step`]; the step count and the data position are then as
+    /// they were before the step. The adapter weights and optimizer state are too, unless the
+    /// failure struck inside the optimizer's update: resume from a checkpoint after an error.
+    pub fn step(&mut self) -> Result<StepRecord, TrainError> {
+        let position = self.state.position;
+        let step = self.state.step + 1;
+        catch_device_failure(step, || self.run_step()).inspect_err(|_| {
+            self.state.position = position;
+        })
+    }
+
+    fn run_step(&mut self) -> StepRecord {
         let started = Instant::now();
         let c = self.config.clone();
-        let device = self.model.model.embed_tokens.weight.device();
+        let device = self.model.device();
         // Dropout draws depend only on the seed and the step, so a resumed run draws the same.
         let seed = c
             .seed
@@ -333,7 +348,7 @@ impl Trainer {
             transfer.weight_bytes = r.sync_from(&self.model, &pids);
             r.seed(seed);
         }
-        let mut acc = GradientsAccumulator::<LlamaForCausalLM>::new();
+        let mut acc = GradientsAccumulator::<M>::new();
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         for _ in 0..c.grad_accum {
@@ -431,13 +446,32 @@ impl Trainer {
         norm
     }
 
-    /// Mean loss per trained token over the held-out samples (dropout off, no gradients).
-    pub fn eval_loss(&self) -> Option<f64> {
+    /// Mean loss per trained token over the held-out samples (dropout off, no gradients);
+    /// none without held-out samples. A failure on the device is [`TrainError::Step`] (of the
+    /// step that was evaluated).
+    pub fn eval_loss(&self) -> Result<Option<f64>, TrainError> {
         if self.eval.is_empty() {
-            return None;
+            return Ok(None);
         }
+        catch_device_failure(self.state.step, || self.run_eval())
+            .map(Some)
+            .map_err(|e| match e {
+                TrainError::Step {
+                    message,
+                    out_of_memory,
+                    ..
+                } => TrainError::Step {
+                    step: self.state.step,
+                    message: format!("evaluating the held-out samples: {message}"),
+                    out_of_memory,
+                },
+                e => e,
+            })
+    }
+
+    fn run_eval(&self) -> f64 {
         let model = self.model.valid();
-        let device = model.model.embed_tokens.weight.device();
+        let device = model.device();
         let (mut total, mut count) = (0.0, 0usize);
         for chunk in self.eval.chunks(self.config.batch_size.max(1)) {
             let batch: Vec<&Sample> = chunk.iter().collect();
@@ -447,7 +481,7 @@ impl Trainer {
             total += loss * n as f64;
             count += n;
         }
-        Some(total / count.max(1) as f64)
+        total / count.max(1) as f64
     }
 
     /// Records `eval` as the held-out loss of the last step.
@@ -461,4 +495,40 @@ impl Trainer {
     pub fn data(&self) -> (&[Sample], &[Sample]) {
         (&self.train, &self.eval)
     }
+}
+
+/// Runs `f`, turning a panic (how Burn's runtimes report a device that ran out of memory or
+/// failed) into [`TrainError::Step`] for step `step`.
+fn catch_device_failure<T>(step: usize, f: impl FnOnce() -> T) -> Result<T, TrainError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown error")
+            .to_string();
+        TrainError::Step {
+            step,
+            out_of_memory: is_out_of_memory(&message),
+            message,
+        }
+    })
+}
+
+/// Whether a device's error message says that memory ran out (CubeCL, wgpu and CUDA word it
+/// in these ways).
+fn is_out_of_memory(what: &str) -> bool {
+    let w = what.to_ascii_lowercase();
+    [
+        "out of memory",
+        "outofmemory",
+        "out_of_memory",
+        "alloc",
+        "buffer size",
+        "max_buffer",
+        "too large",
+        "exceeds",
+    ]
+    .iter()
+    .any(|k| w.contains(k))
 }

@@ -11,7 +11,9 @@ use burn::tensor::Device;
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
 use qlora_nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector};
-use qlora_train::{OptimizerKind, Sample, Schedule, StepRecord, TrainConfig, Trainer};
+use qlora_train::{
+    OptimizerKind, Sample, Schedule, StepRecord, TrainConfig, Trainer, find_checkpoint,
+};
 
 const STEPS: usize = 12;
 
@@ -47,7 +49,7 @@ fn samples(n: usize, seed: u64) -> Vec<Sample> {
 /// Burn's device random generator is shared by the tests of this process: runs take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn trainer(optimizer: OptimizerKind, seed: u64) -> Trainer {
+fn trainer(optimizer: OptimizerKind, seed: u64) -> Trainer<LlamaForCausalLM> {
     trainer_with(None, optimizer, seed)
 }
 
@@ -55,7 +57,7 @@ fn trainer_with(
     modules_to_save: Option<Vec<String>>,
     optimizer: OptimizerKind,
     seed: u64,
-) -> Trainer {
+) -> Trainer<LlamaForCausalLM> {
     let device = Device::flex().autodiff();
     device.seed(7);
     let lora = LoraConfig {
@@ -106,7 +108,7 @@ fn child_training_run() {
     };
     let mut t = trainer(OptimizerKind::PagedAdamW { budget: 0 }, 11);
     while !t.is_done() {
-        t.step();
+        t.step().expect("step");
         t.save_checkpoint(Path::new(&out)).unwrap();
         // Slow down after the third step so the parent can kill mid-run.
         if t.state.step >= 3 {
@@ -123,7 +125,7 @@ fn sigkill_and_resume_gives_the_same_losses() {
     // Uninterrupted reference.
     let mut full = trainer(OptimizerKind::PagedAdamW { budget: 0 }, 11);
     while !full.is_done() {
-        full.step();
+        full.step().expect("step");
     }
     // A child trains and is killed once its checkpoint passes step 4.
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -133,7 +135,7 @@ fn sigkill_and_resume_gives_the_same_losses() {
         .unwrap();
     let started = Instant::now();
     loop {
-        let step = Trainer::find_checkpoint(&out).and_then(|d| {
+        let step = find_checkpoint(&out).and_then(|d| {
             let text = std::fs::read_to_string(d.join("trainer_state.json")).ok()?;
             let v: serde_json::Value = serde_json::from_str(&text).ok()?;
             v["state"]["step"].as_u64()
@@ -152,13 +154,13 @@ fn sigkill_and_resume_gives_the_same_losses() {
         .status()
         .unwrap();
     let _ = child.wait();
-    let dir = Trainer::find_checkpoint(&out).expect("a complete checkpoint survives SIGKILL");
+    let dir = find_checkpoint(&out).expect("a complete checkpoint survives SIGKILL");
     let mut resumed = trainer(OptimizerKind::PagedAdamW { budget: 0 }, 11);
     resumed.resume(&dir).unwrap();
     let at = resumed.state.step;
     assert!((4..STEPS).contains(&at), "resumed at step {at}");
     while !resumed.is_done() {
-        resumed.step();
+        resumed.step().expect("step");
     }
     assert_eq!(losses(&resumed.state.history), losses(&full.state.history));
     // Gradient norms agree to the last bits: across two processes the CPU matmul may sum in
@@ -195,11 +197,11 @@ fn training_lowers_the_loss_with_every_optimizer() {
         OptimizerKind::AdamW8bit,
     ] {
         let mut t = trainer(opt, 3);
-        let before = t.eval_loss().unwrap();
+        let before = t.eval_loss().expect("eval").unwrap();
         while !t.is_done() {
-            t.step();
+            t.step().expect("step");
         }
-        let after = t.eval_loss().unwrap();
+        let after = t.eval_loss().expect("eval").unwrap();
         assert!(after < before * 0.95, "{opt:?}: {before} -> {after}");
     }
 }
@@ -208,7 +210,7 @@ fn training_lowers_the_loss_with_every_optimizer() {
 fn modules_to_save_train_checkpoint_and_resume_exactly() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let save = || Some(vec!["lm_head".to_string()]);
-    let head = |t: &Trainer| {
+    let head = |t: &Trainer<LlamaForCausalLM>| {
         t.model
             .lm_head
             .as_ref()
@@ -221,7 +223,7 @@ fn modules_to_save_train_checkpoint_and_resume_exactly() {
     let mut full = trainer_with(save(), OptimizerKind::AdamW, 5);
     let head0 = head(&full);
     for _ in 0..6 {
-        full.step();
+        full.step().expect("step");
     }
     assert!(head(&full) != head0, "the head was not trained");
 
@@ -229,7 +231,7 @@ fn modules_to_save_train_checkpoint_and_resume_exactly() {
     let _ = std::fs::remove_dir_all(&out);
     let mut first = trainer_with(save(), OptimizerKind::AdamW, 5);
     for _ in 0..3 {
-        first.step();
+        first.step().expect("step");
     }
     let dir = first.save_checkpoint(&out).unwrap();
     let st = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
@@ -246,7 +248,7 @@ fn modules_to_save_train_checkpoint_and_resume_exactly() {
     let mut resumed = trainer_with(save(), OptimizerKind::AdamW, 5);
     resumed.resume(&dir).unwrap();
     for _ in 0..3 {
-        resumed.step();
+        resumed.step().expect("step");
     }
     assert_eq!(losses(&resumed.state.history), losses(&full.state.history));
     assert_eq!(head(&resumed), head(&full));
