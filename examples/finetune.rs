@@ -200,7 +200,8 @@ fn sample_answer(
 /// what happened, which checkpoint is intact, and what to change (the memory advice only when
 /// memory ran out). Other errors pass through.
 fn step_failed(args: &Args, error: TrainError) -> Box<dyn std::error::Error> {
-    let TrainError::Step { out_of_memory, .. } = &error else {
+    let (TrainError::Step { out_of_memory, .. } | TrainError::Eval { out_of_memory, .. }) = &error
+    else {
         return error.into();
     };
     let kept = match find_checkpoint(&args.out) {
@@ -397,7 +398,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for s in train.iter().chain(&eval) {
         model.check_token_ids(&s.input_ids, &data_name)?;
     }
-    let pad = tok.pad_id();
+    // A pad token added to the tokenizer but not to the embeddings falls back to eos.
+    let pad = Some(tok.pad_id())
+        .filter(|&p| (p as usize) < model.config.vocab_size)
+        .or(tok.eos_id())
+        .unwrap_or(0);
     model.check_token_ids(
         &[pad],
         "the padding token (the tokenizer's pad or eos token)",

@@ -8,9 +8,9 @@
 //! cargo run --release --example learner -- --steps 20    # the default model, the bundled chats
 //! ```
 //!
-//! What the `Trainer` adds over this (and `finetune` uses): gradient accumulation, clipping,
-//! schedules, paged and 8-bit optimizers, checkpoints that resume bit for bit, several devices.
-//! The adapter is saved in PEFT's format either way.
+//! What this example leaves out and the `Trainer` (which `finetune` uses) has: clipping by the
+//! global norm, paged and 8-bit optimizer state, checkpoints that resume bit for bit. The
+//! adapter is saved in PEFT's format either way.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -178,16 +178,29 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (samples, _) = load_dataset(&data_path, &tok, &opts)?;
     let (train_idx, eval_idx) = split(samples.len(), 0.1, args.seed);
     let eval: Vec<Sample> = eval_idx.iter().map(|&i| samples[i].clone()).collect();
+    if eval.is_empty() || train_idx.is_empty() {
+        return Err(format!(
+            "--data {}: {} sample(s); the learner needs two at least (one held out)",
+            data_path.display(),
+            samples.len()
+        )
+        .into());
+    }
     // `--steps` batches: the training samples in shuffled passes, as many as it takes.
-    let mut train = Vec::with_capacity(args.steps * args.batch_size);
+    let wanted = args
+        .steps
+        .checked_mul(args.batch_size)
+        .filter(|&n| n <= 1 << 24)
+        .ok_or("--steps × --batch-size: more than 2^24 samples")?;
+    let mut train = Vec::with_capacity(wanted);
     for pass in 0u64.. {
-        if train.len() >= args.steps * args.batch_size {
+        if train.len() >= wanted {
             break;
         }
         let order = permutation(train_idx.len(), args.seed.wrapping_add(pass));
         train.extend(order.iter().map(|&k| samples[train_idx[k]].clone()));
     }
-    train.truncate(args.steps * args.batch_size);
+    train.truncate(wanted);
 
     let lora = LoraConfig {
         r: args.rank,
@@ -199,7 +212,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &device)?;
     let model = LlamaForCausalLM::load(&model_path, &applier)?;
-    let pad = tok.pad_id();
+    let pad = Some(tok.pad_id())
+        .filter(|&p| (p as usize) < model.config.vocab_size)
+        .or(tok.eos_id())
+        .unwrap_or(0);
     for s in train.iter().chain(&eval) {
         model.check_token_ids(&s.input_ids, &data_path.display().to_string())?;
     }
@@ -207,7 +223,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         &[pad],
         "the padding token (the tokenizer's pad or eos token)",
     )?;
-    let before = (!eval.is_empty()).then(|| held_out_loss(&model, &eval, pad, args.batch_size));
+    let before = held_out_loss(&model, &eval, pad, args.batch_size);
 
     let batcher = || SampleBatcher { pad };
     let train_loader = DataLoaderBuilder::new(batcher())
@@ -237,10 +253,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let adapter_dir = args.out.join("adapter");
     model.adapter("default", lora).save(&adapter_dir)?;
-    if let Some(before) = before {
-        let after = held_out_loss(&model, &eval, pad, args.batch_size);
-        println!("held-out loss {before:.4} -> {after:.4}");
-    }
+    let after = held_out_loss(&model, &eval, pad, args.batch_size);
+    println!("held-out loss {before:.4} -> {after:.4}");
     println!("adapter: {}", adapter_dir.display());
     Ok(())
 }

@@ -35,6 +35,15 @@ pub fn find_checkpoint(out: &Path) -> Option<PathBuf> {
         .find(|p| p.join("trainer_state.json").exists())
 }
 
+/// The step of the checkpoint in `out`, if one is there and readable.
+pub(crate) fn checkpoint_step(out: &Path) -> Option<usize> {
+    let dir = find_checkpoint(out)?;
+    let text = std::fs::read_to_string(dir.join("trainer_state.json")).ok()?;
+    serde_json::from_str::<StateFile>(&text)
+        .ok()
+        .map(|f| f.state.step)
+}
+
 impl<M: CausalLm> Trainer<M> {
     /// What must match for a checkpoint to be resumed: the model's config, the LoRA config, the
     /// data sizes and the settings that shape the run.

@@ -59,6 +59,16 @@ pub enum TrainError {
         /// Whether the message says that memory ran out.
         out_of_memory: bool,
     },
+    /// Evaluating the held-out samples failed on the device.
+    #[error("evaluation after step {step} failed on the device: {message}")]
+    Eval {
+        /// The optimizer steps done when it was evaluated (0: before training).
+        step: usize,
+        /// The device runtime's message.
+        message: String,
+        /// Whether the message says that memory ran out.
+        out_of_memory: bool,
+    },
     /// The model or tokenizer failed.
     #[error(transparent)]
     Llama(#[from] qlora_llama::LlamaError),

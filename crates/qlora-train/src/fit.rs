@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use qlora_nn::CausalLm;
 
+use crate::checkpoint::checkpoint_step;
 use crate::{StepRecord, TrainError, Trainer, write_metrics};
 
 /// How [`Trainer::fit`] evaluates and saves.
@@ -112,9 +113,10 @@ impl<M: CausalLm> Trainer<M> {
     /// run, or one restored with [`Trainer::resume`]); see the module docs.
     ///
     /// Errors: a cadence of 0 ([`TrainError::Setting`], before any work); a step or evaluation
-    /// that failed on the device ([`TrainError::Step`]); a checkpoint or metrics file that
-    /// could not be written. Checkpoints already written stay whole, so the run can resume
-    /// from the last one.
+    /// that failed on the device ([`TrainError::Step`], [`TrainError::Eval`]); a checkpoint or
+    /// metrics file that could not be written. Checkpoints already written stay whole, so the
+    /// run can resume from the last one; a `fit` called again after an evaluation or a save
+    /// failed does the evaluation and the save of the last step it missed.
     pub fn fit(
         &mut self,
         options: &FitOptions,
@@ -139,6 +141,7 @@ impl<M: CausalLm> Trainer<M> {
             on_event(FitEvent::InitialEval { loss });
         }
         let mut checkpoint = None;
+        let mut saved_at = None;
         while !self.is_done() {
             let record = self.step()?;
             on_event(FitEvent::Step(&record));
@@ -156,10 +159,29 @@ impl<M: CausalLm> Trainer<M> {
                 self.write_metrics(out)?;
                 on_event(FitEvent::Checkpoint { step, path: &path });
                 checkpoint = Some(path);
+                saved_at = Some(step);
             }
         }
+        // The last step's evaluation and save, where an earlier call failed before them.
+        let step = self.state.step;
+        if self
+            .state
+            .history
+            .last()
+            .is_some_and(|r| r.eval_loss.is_none())
+            && let Some(loss) = self.eval_loss()?
+        {
+            self.record_eval(loss);
+            on_event(FitEvent::Eval { step, loss });
+        }
         if let Some(out) = &options.out {
-            // A run resumed after its last step writes its metrics too.
+            // Saved by this call, or found whole on disk (a run resumed after its last step).
+            let saved = saved_at == Some(step) || checkpoint_step(out) == Some(step);
+            if step > 0 && !saved {
+                let path = self.save_checkpoint(out)?;
+                on_event(FitEvent::Checkpoint { step, path: &path });
+                checkpoint = Some(path);
+            }
             self.write_metrics(out)?;
         }
         let history = &self.state.history;

@@ -319,8 +319,9 @@ impl<M: CausalLm> Trainer<M> {
     ///
     /// A failure on the device (out of memory, a lost device: the runtime panics) is caught
     /// and returned as [`TrainError::Step`]; the step count and the data position are then as
-    /// they were before the step. The adapter weights and optimizer state are too, unless the
-    /// failure struck inside the optimizer's update: resume from a checkpoint after an error.
+    /// they were before the step. The weights and optimizer state may not be (an update may
+    /// have failed half-way, and a lazy device reports a failed kernel only at a later sync):
+    /// after such an error, resume from the last checkpoint.
     pub fn step(&mut self) -> Result<StepRecord, TrainError> {
         let position = self.state.position;
         let step = self.state.step + 1;
@@ -447,8 +448,7 @@ impl<M: CausalLm> Trainer<M> {
     }
 
     /// Mean loss per trained token over the held-out samples (dropout off, no gradients);
-    /// none without held-out samples. A failure on the device is [`TrainError::Step`] (of the
-    /// step that was evaluated).
+    /// none without held-out samples. A failure on the device is [`TrainError::Eval`].
     pub fn eval_loss(&self) -> Result<Option<f64>, TrainError> {
         if self.eval.is_empty() {
             return Ok(None);
@@ -457,12 +457,12 @@ impl<M: CausalLm> Trainer<M> {
             .map(Some)
             .map_err(|e| match e {
                 TrainError::Step {
+                    step,
                     message,
                     out_of_memory,
-                    ..
-                } => TrainError::Step {
-                    step: self.state.step,
-                    message: format!("evaluating the held-out samples: {message}"),
+                } => TrainError::Eval {
+                    step,
+                    message,
                     out_of_memory,
                 },
                 e => e,

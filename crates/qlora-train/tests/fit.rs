@@ -33,6 +33,9 @@ struct TinyLm {
     head: AdaptedLinear,
     #[module(skip)]
     fail: Arc<AtomicBool>,
+    /// Makes the loss panic off the autodiff device only: in evaluation, not in training.
+    #[module(skip)]
+    fail_eval: Arc<AtomicBool>,
 }
 
 impl LoraModel for TinyLm {
@@ -51,6 +54,9 @@ impl CausalLm for TinyLm {
     fn loss(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> Tensor<1> {
         if self.fail.load(Ordering::SeqCst) {
             panic!("Out of memory: the test asked for it");
+        }
+        if self.fail_eval.load(Ordering::SeqCst) && !input_ids.device().is_autodiff() {
+            panic!("device lost: the test asked for it");
         }
         let [b, t] = input_ids.dims();
         let x = self
@@ -133,6 +139,7 @@ fn trainer(steps: usize, fail: Arc<AtomicBool>) -> Trainer<TinyLm> {
             )
             .unwrap(),
         fail,
+        fail_eval: Arc::default(),
     };
     let config = TrainConfig {
         steps,
@@ -315,4 +322,56 @@ fn train_config_is_a_burn_config_that_round_trips_through_json() {
     );
     assert_eq!(TrainConfig::load(&path).unwrap(), config);
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_failed_evaluation_is_an_error_and_fit_again_does_what_it_missed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = work("eval-failure");
+    let mut t = trainer(3, Arc::default());
+    let fail_eval = t.model.fail_eval.clone();
+    let options = FitOptions::new(&out)
+        .with_save_every(10)
+        .with_eval_every(10);
+    // Before the first step.
+    fail_eval.store(true, Ordering::SeqCst);
+    let err = t.fit(&options, |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            TrainError::Eval {
+                step: 0,
+                out_of_memory: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("evaluation after step 0 failed on the device")
+    );
+    // After the last step: no checkpoint yet, then a second `fit` evaluates and saves it.
+    fail_eval.store(false, Ordering::SeqCst);
+    let err = t
+        .fit(&options, |e| {
+            if let FitEvent::Step(r) = e
+                && r.step == 3
+            {
+                fail_eval.store(true, Ordering::SeqCst);
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(&err, TrainError::Eval { step: 3, .. }), "{err}");
+    assert_eq!(find_checkpoint(&out), None);
+    fail_eval.store(false, Ordering::SeqCst);
+    let mut events = Vec::new();
+    let summary = t.fit(&options, |e| events.push(describe(&e))).unwrap();
+    assert_eq!(events.join(" "), "eval3 save3");
+    assert!(summary.final_eval_loss.is_some() && summary.checkpoint.is_some());
+    // A third call finds the run done and saved: nothing to do.
+    let mut events = Vec::new();
+    t.fit(&options, |e| events.push(describe(&e))).unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    let _ = std::fs::remove_dir_all(&out);
 }
