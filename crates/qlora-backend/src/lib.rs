@@ -42,7 +42,6 @@ mod cube;
 #[cfg(feature = "cube")]
 mod cube_tune;
 mod flex;
-mod layout;
 mod ops;
 mod primitive;
 mod softmax_row;
@@ -54,8 +53,10 @@ pub use ce_ops::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use cpu::CpuNf4;
 #[cfg(feature = "cube")]
 pub use cube_tune::{Nf4Kernel, force_nf4_kernel};
-pub use layout::{Nf4Layout, decode_words, encode_words};
 pub use ops::{Nf4Ops, linear_out_shape};
 pub use primitive::Nf4Primitive;
-pub use qlora_nf4::{Nf4Error, QuantConfig, QuantType, QuantizedTensor};
+// The word layout of the two int tensors is a format fact of `qlora-nf4`.
+pub use qlora_nf4::{
+    Nf4Error, Nf4Layout, QuantConfig, QuantType, QuantizedTensor, decode_words, encode_words,
+};
 pub use weight::{Nf4Weight, nf4_dequantize, nf4_linear, nf4_linear_backward_input};

@@ -32,6 +32,7 @@ mod quantize;
 mod raw;
 mod simd;
 mod tensor;
+mod words;
 
 pub use blocksize::Blocksize;
 pub use bnb::{bnb_companion_suffixes, is_bnb_4bit, quant_state_key};
@@ -48,3 +49,4 @@ pub use quant_state::{NestedJson, QuantStateJson};
 pub use quantize::{MIN_ABSMAX, quantize_4bit};
 pub use raw::{Dtype, RawTensor, TensorLookup};
 pub use tensor::{Absmax, QuantConfig, QuantizedTensor};
+pub use words::{Nf4Layout, decode_words, encode_words};

@@ -1,8 +1,9 @@
 //! [`Nf4Layout`]: the constants of one NF4 weight, and the word layout of its two int tensors.
 //!
-//! An NF4 weight travels as two `U32` int tensors (every runtime stores `u32`; WGSL has no
-//! `u8`), so that it holds no float parameter at all: nothing to freeze, nothing for autodiff
-//! to track, bit-exact in records.
+//! A format fact, so it lives with the format: `qlora-backend` stores an NF4 weight as two
+//! `U32` int tensors (every runtime stores `u32`; WGSL has no `u8`), so that it holds no float
+//! parameter at all (nothing to freeze, nothing for autodiff to track, bit-exact in records),
+//! and the CubeCL kernels read these words.
 //!
 //! - `packed`: bnb's packed bytes, four per word, little-endian (byte `4i + j` is bits
 //!   `8j..8j+8` of word `i`); within a byte the first element is the high nibble.
@@ -11,12 +12,12 @@
 //!   `[offset][nested_map; 256][nested_absmax; nested_blocks][codes, four per word]`, f32 bits
 //!   for the floats, the 8-bit absmax codes packed like `packed`.
 
-use qlora_nf4::{
+use crate::{
     Absmax, Blocksize, DoubleQuantAbsmax, FloatDtype, Nf4Error, QuantType, QuantizedTensor,
 };
 
 #[cfg(target_endian = "big")]
-compile_error!("qlora-backend stores packed bytes in little-endian u32 words");
+compile_error!("the NF4 word layout stores packed bytes in little-endian u32 words");
 
 /// Shape and quantization constants of an NF4 weight of PyTorch layout `[rows, cols]`
 /// (`[out_features, in_features]` for a linear layer).
@@ -44,8 +45,8 @@ const MAP_LEN: usize = 256;
 impl Nf4Layout {
     /// The quantization settings this weight was made with (to quantize a changed weight the
     /// same way).
-    pub fn config(&self) -> qlora_nf4::QuantConfig {
-        qlora_nf4::QuantConfig {
+    pub fn config(&self) -> crate::QuantConfig {
+        crate::QuantConfig {
             quant_type: self.quant_type,
             blocksize: Blocksize::new(self.blocksize, "<layout>")
                 .expect("a layout holds a valid blocksize"),
@@ -137,7 +138,7 @@ impl Nf4Layout {
                     .collect();
                 let codes: &[u8] =
                     &bytemuck::cast_slice(&scales[self.codes_start()..])[..self.blocks()];
-                qlora_nf4::reconstruct_absmax(codes, &nested, offset, &map, nb)
+                crate::reconstruct_absmax(codes, &nested, offset, &map, nb)
             }
         }
     }
