@@ -300,11 +300,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("--resume: no checkpoint in {}", args.out.display()).into());
     }
     let model_path = common::model_path(&args.model)?;
-    let data_path = args
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/chitchat.jsonl"));
-    common::check_exists(&data_path, "--data")?;
+    let data_path = common::data_path(&args.data)?;
     if let Some(dir) = &args.adapter {
         common::check_exists(dir, "--adapter")?;
     }
@@ -398,11 +394,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for s in train.iter().chain(&eval) {
         model.check_token_ids(&s.input_ids, &data_name)?;
     }
-    // A pad token added to the tokenizer but not to the embeddings falls back to eos.
-    let pad = Some(tok.pad_id())
-        .filter(|&p| (p as usize) < model.config.vocab_size)
-        .or(tok.eos_id())
-        .unwrap_or(0);
+    let pad = tok.pad_id(model.config.vocab_size);
     model.check_token_ids(
         &[pad],
         "the padding token (the tokenizer's pad or eos token)",

@@ -29,7 +29,8 @@ use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraConfig, LoraModel, ModuleSelector};
 use burn_qlora::train::{
-    DataFormat, DataOptions, Overflow, Sample, collate, load_dataset, permutation, split,
+    DataFormat, DataOptions, Overflow, Sample, collate, held_out_loss, load_dataset, permutation,
+    split,
 };
 use clap::Parser;
 
@@ -139,32 +140,13 @@ impl InferenceStep for CausalLmLearner {
     }
 }
 
-/// Mean loss per trained token over `samples` (no gradients, dropout off).
-fn held_out_loss(model: &LlamaForCausalLM, samples: &[Sample], pad: u32, batch: usize) -> f64 {
-    let model = model.valid();
-    let device = model.model.embed_tokens.weight.device();
-    let (mut total, mut count) = (0.0, 0usize);
-    for chunk in samples.chunks(batch) {
-        let refs: Vec<&Sample> = chunk.iter().collect();
-        let n: usize = chunk.iter().map(Sample::trained_tokens).sum();
-        let (ids, labels, _) = collate(&refs, pad, &device);
-        total += model.loss(ids, labels).into_scalar::<f32>() as f64 * n as f64;
-        count += n;
-    }
-    total / count.max(1) as f64
-}
-
 fn main() {
     common::exit_on_error(run(Args::parse()));
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let model_path = common::model_path(&args.model)?;
-    let data_path = args
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/chitchat.jsonl"));
-    common::check_exists(&data_path, "--data")?;
+    let data_path = common::data_path(&args.data)?;
     let device = common::device(&args.device)?.autodiff();
     device.seed(args.seed);
 
@@ -212,10 +194,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &device)?;
     let model = LlamaForCausalLM::load(&model_path, &applier)?;
-    let pad = Some(tok.pad_id())
-        .filter(|&p| (p as usize) < model.config.vocab_size)
-        .or(tok.eos_id())
-        .unwrap_or(0);
+    let pad = tok.pad_id(model.config.vocab_size);
     for s in train.iter().chain(&eval) {
         model.check_token_ids(&s.input_ids, &data_path.display().to_string())?;
     }

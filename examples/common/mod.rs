@@ -70,6 +70,15 @@ pub fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::
     })
 }
 
+/// `--data`, checked to exist, or the bundled chitchat conversations.
+pub fn data_path(arg: &Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = arg
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/chitchat.jsonl"));
+    check_exists(&path, "--data")?;
+    Ok(path)
+}
+
 /// The process's peak resident set (VmHWM) in MiB; 0 where `/proc` does not tell.
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -6,7 +6,7 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor};
-use qlora_nn::{AdaptedLinear, CausalLm, LoraModel};
+use qlora_nn::{AdaptedLinear, CausalLm, LoraModel, put_into_tables};
 
 use crate::{LlamaForCausalLM, layer_linear_paths};
 
@@ -92,19 +92,7 @@ impl LoraModel for LlamaForCausalLM {
             self.lm_head = Some(Param::from_tensor(value).set_require_grad(true));
             return Ok(());
         }
-        let mut tables = self.tables_mut();
-        let Some((_, p)) = tables.iter_mut().find(|(p, _)| p == path) else {
-            return Err("modules_to_save names a parameter this model does not have".into());
-        };
-        if p.dims() != value.dims() {
-            return Err(format!(
-                "saved shape {:?}, the model's is {:?}",
-                value.dims(),
-                p.dims()
-            ));
-        }
-        **p = Param::from_tensor(value).set_require_grad(true);
-        Ok(())
+        put_into_tables(self, path, value)
     }
 }
 

@@ -320,14 +320,16 @@ impl LlamaTokenizer {
         self.eos_token.as_deref().and_then(|t| self.token_id(t))
     }
 
-    /// The id batches are padded with: the model's pad token, else its eos token (as TRL
-    /// sets `pad_token = eos_token` when a tokenizer has none), else 0. Padding sits after
-    /// each sample and its labels are ignored, so under the causal mask the id changes no
-    /// loss; it only has to be in the vocabulary.
-    pub fn pad_id(&self) -> u32 {
+    /// The id batches are padded with for a model that embeds `vocab_size` ids: the pad
+    /// token if the model embeds it (one added to the tokenizer only does not count), else the
+    /// eos token (as TRL sets `pad_token = eos_token` when a tokenizer has none), else 0.
+    /// Padding sits after each sample and its labels are ignored, so under the causal mask the
+    /// id changes no loss; it only has to be in the vocabulary.
+    pub fn pad_id(&self, vocab_size: usize) -> u32 {
         self.pad_token
             .as_deref()
             .and_then(|t| self.token_id(t))
+            .filter(|&id| (id as usize) < vocab_size)
             .or(self.eos_id())
             .unwrap_or(0)
     }

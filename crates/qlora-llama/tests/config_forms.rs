@@ -325,14 +325,14 @@ fn the_pad_id_is_the_pad_token_else_eos_as_trl_sets_it() {
         LlamaTokenizer::from_dir(&dir).unwrap()
     };
     let tok = load(serde_json::json!({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}));
-    assert_eq!(Some(tok.pad_id()), tok.token_id("<|endoftext|>"));
+    assert_eq!(Some(tok.pad_id(usize::MAX)), tok.token_id("<|endoftext|>"));
     let tok = load(serde_json::json!({"eos_token": "<|im_end|>"}));
-    assert_eq!(Some(tok.pad_id()), tok.token_id("<|im_end|>"));
+    assert_eq!(Some(tok.pad_id(usize::MAX)), tok.token_id("<|im_end|>"));
     // A pad token the vocabulary lacks falls back too.
     let tok =
         load(serde_json::json!({"eos_token": "<|im_end|>", "pad_token": {"content": "<pad>"}}));
-    assert_eq!(Some(tok.pad_id()), tok.token_id("<|im_end|>"));
+    assert_eq!(Some(tok.pad_id(usize::MAX)), tok.token_id("<|im_end|>"));
     let tok = load(serde_json::json!({}));
-    assert_eq!(tok.pad_id(), 0);
+    assert_eq!(tok.pad_id(usize::MAX), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

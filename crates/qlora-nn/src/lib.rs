@@ -29,5 +29,5 @@ pub use error::LoraError;
 pub use layer::{LoraLinear, QLoraLinear};
 pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
 pub use matching::{LoraMatcher, ModuleKind};
-pub use model::LoraModel;
+pub use model::{LoraModel, put_into_tables};
 pub use peft_io::{AdapterDtype, AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};

@@ -15,6 +15,28 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::{AdaptedLinear, LoraConfig, LoraError, LoraMatcher, ModuleKind, PeftAdapter};
 
+/// The default body of [`LoraModel::put_table`], for an override to fall back on: `value` into
+/// the table at `path` of [`LoraModel::tables_mut`], which must have its shape, trainable.
+pub fn put_into_tables<M: LoraModel>(
+    model: &mut M,
+    path: &str,
+    value: Tensor<2>,
+) -> Result<(), String> {
+    let mut tables = model.tables_mut();
+    let Some((_, p)) = tables.iter_mut().find(|(p, _)| p == path) else {
+        return Err("modules_to_save names a parameter this model does not have".into());
+    };
+    if p.dims() != value.dims() {
+        return Err(format!(
+            "saved shape {:?}, the model's is {:?}",
+            value.dims(),
+            p.dims()
+        ));
+    }
+    **p = Param::from_tensor(value).set_require_grad(true);
+    Ok(())
+}
+
 /// A model with LoRA adapters on its linears. Implement the two `linears` methods (and the two
 /// `tables` methods where `modules_to_save` may name an embedding or head); the PEFT operations
 /// come with them.
@@ -62,19 +84,7 @@ pub trait LoraModel: Module {
     /// created on demand (a tied head untied by a saved `lm_head`) overrides it. The error says
     /// what is wrong (the caller adds the adapter and path).
     fn put_table(&mut self, path: &str, value: Tensor<2>) -> Result<(), String> {
-        let mut tables = self.tables_mut();
-        let Some((_, p)) = tables.iter_mut().find(|(p, _)| p == path) else {
-            return Err("modules_to_save names a parameter this model does not have".into());
-        };
-        if p.dims() != value.dims() {
-            return Err(format!(
-                "saved shape {:?}, the model's is {:?}",
-                value.dims(),
-                p.dims()
-            ));
-        }
-        **p = Param::from_tensor(value).set_require_grad(true);
-        Ok(())
+        put_into_tables(self, path, value)
     }
 
     /// Adds `adapter` under `name` to the linears it names (by module path, with the scaling

@@ -22,4 +22,6 @@ pub use metrics::{plot_losses, write_metrics};
 pub use order::{DataPosition, permutation, split, splitmix};
 pub use parallel::{Replicas, Transfer};
 pub use schedule::Schedule;
-pub use trainer::{OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate};
+pub use trainer::{
+    OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate, held_out_loss,
+};

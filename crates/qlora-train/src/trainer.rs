@@ -181,6 +181,22 @@ pub fn collate(
     )
 }
 
+/// Mean loss per trained token of `model` over `samples` (`batch` at a time, padded with
+/// `pad`), with dropout off and no gradients: the held-out loss the trainer reports.
+pub fn held_out_loss<M: CausalLm>(model: &M, samples: &[Sample], pad: u32, batch: usize) -> f64 {
+    let model = model.valid();
+    let device = model.device();
+    let (mut total, mut count) = (0.0, 0usize);
+    for chunk in samples.chunks(batch.max(1)) {
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        let n: usize = chunk.iter().map(Sample::trained_tokens).sum();
+        let (ids, labels, _) = collate(&refs, pad, &device);
+        total += scalar(model.loss(ids, labels)) * n as f64;
+        count += n;
+    }
+    total / count.max(1) as f64
+}
+
 pub(crate) fn scalar(t: Tensor<1>) -> f64 {
     t.into_data()
         .convert::<f64>()
@@ -470,18 +486,7 @@ impl<M: CausalLm> Trainer<M> {
     }
 
     fn run_eval(&self) -> f64 {
-        let model = self.model.valid();
-        let device = model.device();
-        let (mut total, mut count) = (0.0, 0usize);
-        for chunk in self.eval.chunks(self.config.batch_size.max(1)) {
-            let batch: Vec<&Sample> = chunk.iter().collect();
-            let n: usize = batch.iter().map(|s| s.trained_tokens()).sum();
-            let (ids, labels, _) = collate(&batch, self.pad_id, &device);
-            let loss = scalar(model.loss(ids, labels));
-            total += loss * n as f64;
-            count += n;
-        }
-        total / count.max(1) as f64
+        held_out_loss(&self.model, &self.eval, self.pad_id, self.config.batch_size)
     }
 
     /// Records `eval` as the held-out loss of the last step.
