@@ -11,7 +11,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, GradientCheckpointingStrategy};
 use burn_qlora::llama::{
-    ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
+    ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling, TokenizerFiles,
 };
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use burn_qlora::llama::{
-    ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
+    ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling, TokenizerFiles,
 };
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraModel, PeftAdapter};

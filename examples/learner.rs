@@ -25,7 +25,7 @@ use burn::train::metric::{Adaptor, LossInput, LossMetric};
 use burn::train::renderer::CliMetricsRenderer;
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
 use burn::train::{InferenceStep, ItemLazy, Learner, SupervisedTraining, TrainOutput, TrainStep};
-use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer};
+use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer, TokenizerFiles};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraConfig, LoraModel, ModuleSelector};
 use burn_qlora::train::{

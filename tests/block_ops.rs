@@ -1,11 +1,11 @@
-//! The fused block ops (`rms_norm`, `swiglu`, `rope` of `burn_qlora::backend`) against the same
+//! The fused block ops (`rms_norm`, `swiglu`, `rope` of `burn_qlora::fused`) against the same
 //! functions composed of Burn tensor ops, on Flex (the fused host kernels) and on wgpu where an
 //! adapter exists (the default bodies on CubeCL): outputs and input gradients under a
 //! non-uniform upstream gradient, and the norm's weight gradient.
 
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
-use burn_qlora::backend::{rms_norm, rope, swiglu};
+use burn_qlora::fused::{rms_norm, rope, swiglu};
 
 #[path = "support/numeric.rs"]
 mod numeric;

@@ -1,4 +1,4 @@
-//! The causal attention op (`burn_qlora::backend::causal_attention`) against Burn's own
+//! The causal attention op (`burn_qlora::fused::causal_attention`) against Burn's own
 //! `attention` with the kv heads repeated (`repeat_kv`), on Flex (the fused host kernels) and
 //! on wgpu where an adapter exists (the default bodies on CubeCL): outputs and the gradients in
 //! q, k and v under a non-uniform upstream gradient, for grouped-query heads, sequences that
@@ -7,7 +7,7 @@
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
-use burn_qlora::backend::causal_attention;
+use burn_qlora::fused::causal_attention;
 
 #[path = "support/numeric.rs"]
 mod numeric;

@@ -5,7 +5,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
-use burn_qlora::backend::linear_cross_entropy;
+use burn_qlora::fused::linear_cross_entropy;
 
 #[path = "support/numeric.rs"]
 mod numeric;

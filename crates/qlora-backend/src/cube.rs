@@ -167,12 +167,3 @@ impl Nf4Ops for CubeBackend {
         matmul(dy, w, true, "nf4_linear_backward_input")
     }
 }
-
-/// The composite default bodies (the backend's own matmul, softmax and scatter kernels).
-impl crate::LinearCrossEntropyOps for CubeBackend {}
-
-/// The composite default bodies (Burn's `attention` forward, the backward of the definition).
-impl crate::CausalAttentionOps for CubeBackend {}
-
-/// The composite default bodies (fused by Fusion on CubeCL).
-impl crate::BlockOps for CubeBackend {}

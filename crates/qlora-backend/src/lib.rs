@@ -13,29 +13,14 @@
 //!   computes `dX = dY · dequant(W)` (Dettmers et al. 2023, *QLoRA*, §3: gradients flow through
 //!   the frozen 4-bit weights into the adapters; the weights themselves get none).
 //!
-//! Two more extension ops serve training: [`linear_cross_entropy`], the loss of a
-//! language-model head fused with its matmul, so that a training step never holds the
-//! `[tokens, vocab]` logits, and [`causal_attention`], whose backward pass keeps no scores;
-//! [`rms_norm`], [`swiglu`] and [`rope`] are the block's element-wise parts with one-pass
-//! backward ops (fused host kernels on Flex for all of them).
+//! The fused training ops (attention, cross entropy, the block's element-wise parts) are
+//! another crate's, `qlora-fused`: this one is the NF4 weight only.
 //!
 //! Model code holds an [`Nf4Weight`] (a Burn `Module` of two int parameters) and calls
 //! [`nf4_linear`], [`nf4_linear_backward_input`] or [`nf4_dequantize`] on plain `Tensor`s.
 #![warn(missing_docs)]
 
-mod attn_autodiff;
-mod attn_cpu;
-mod attn_flex;
-mod attn_ops;
 mod autodiff;
-mod block_autodiff;
-mod block_cpu;
-mod block_flex;
-mod block_ops;
-mod ce_autodiff;
-mod ce_cpu;
-mod ce_flex;
-mod ce_ops;
 mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
@@ -44,12 +29,8 @@ mod cube_tune;
 mod flex;
 mod ops;
 mod primitive;
-mod softmax_row;
 mod weight;
 
-pub use attn_ops::{CausalAttentionOps, causal_attention};
-pub use block_ops::{BlockOps, rms_norm, rope, swiglu};
-pub use ce_ops::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use cpu::CpuNf4;
 #[cfg(feature = "cube")]
 pub use cube_tune::{Nf4Kernel, force_nf4_kernel};

@@ -1,9 +1,9 @@
 //! Grouped-query self-attention with RoPE, a causal mask and an optional [`KvCache`], through
-//! [`qlora_backend::causal_attention`].
+//! [`qlora_fused::causal_attention`].
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use qlora_backend::causal_attention;
+use qlora_fused::causal_attention;
 use qlora_nn::AdaptedLinear;
 
 use crate::{KvCache, Rope};

@@ -77,14 +77,9 @@ pub enum LlamaError {
     /// A LoRA config or adapter did not fit the model.
     #[error(transparent)]
     Lora(#[from] qlora_nn::LoraError),
-    /// The tokenizer could not be built or used.
-    #[error("{path}: tokenizer: {problem}")]
-    Tokenizer {
-        /// The tokenizer file (or the GGUF it came from).
-        path: String,
-        /// What is wrong.
-        problem: String,
-    },
+    /// The tokenizer could not be read, built or used.
+    #[error(transparent)]
+    Tokenizer(#[from] qlora_tokenizer::TokenizerError),
     /// Fetching the default model failed.
     #[error("fetching {what}: {problem}")]
     Fetch {

@@ -12,13 +12,13 @@ mod adapters;
 mod attention;
 mod block;
 mod cache;
-mod chat;
 mod checkpoint;
 mod config;
 mod error;
 mod generate;
 mod gguf;
 mod gguf_model;
+mod gguf_tokenizer;
 mod gguf_write;
 mod hub;
 mod load;
@@ -31,19 +31,17 @@ mod read_at;
 mod rope;
 mod safetensors_file;
 mod save;
-mod spm;
-mod tokenizer;
 
 pub use attention::LlamaAttention;
 pub use block::LlamaDecoderLayer;
 pub use cache::KvCache;
-pub use chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
 pub use checkpoint::{HfCheckpoint, HostFloats, HostTensor, WeightSource};
 pub use config::{LlamaConfig, RopeConfig, RopeScaling};
 pub use error::LlamaError;
 pub use generate::{GenerationConfig, Sampling};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize as ggml_dequantize};
 pub use gguf_model::{GgufModel, unpermute_rows};
+pub use gguf_tokenizer::{TokenizerFiles, gguf_vocab};
 pub use gguf_write::{GgufWriter, quantize_ggml};
 pub use hub::{DEFAULT_MODEL_PACKAGE, cache_dir, default_model, default_model_path};
 pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_fused};
@@ -56,4 +54,9 @@ pub use qlora_nn::LoraModel;
 pub use rope::Rope;
 pub use safetensors_file::{SafetensorsFile, TensorInfo, dtype_size};
 pub use save::SaveFormat;
-pub use tokenizer::LlamaTokenizer;
+// The tokenizer is `qlora-tokenizer`'s (no model family in it); re-exported under the names
+// this crate always used, with `TokenizerFiles` for GGUF files and model paths.
+pub use qlora_tokenizer::{
+    CHATML_TEMPLATE, ChatMessage, ChatTemplate, GgufVocab, Tokenizer as LlamaTokenizer,
+    TokenizerError,
+};

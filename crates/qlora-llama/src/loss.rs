@@ -32,7 +32,7 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
 }
 
 /// [`causal_lm_loss`] from the final hidden states and the head weight, with the head's matmul
-/// fused into the cross-entropy ([`qlora_backend::linear_cross_entropy`]): the
+/// fused into the cross-entropy ([`qlora_fused::linear_cross_entropy`]): the
 /// `[batch, len, vocab]` logits are never held, in the forward pass or for the backward one.
 /// Same value and gradients as `causal_lm_loss(logits(hidden), labels)` up to f32 rounding.
 ///
@@ -59,5 +59,5 @@ pub fn causal_lm_loss_fused(
     let safe = targets.mask_fill(keep.clone().bool_not(), 0);
     let weights = keep.float();
     let n = weights.clone().sum();
-    qlora_backend::linear_cross_entropy(rows, head, safe, weights).sum() / n
+    qlora_fused::linear_cross_entropy(rows, head, safe, weights).sum() / n
 }

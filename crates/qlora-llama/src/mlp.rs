@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use qlora_backend::swiglu;
+use qlora_fused::swiglu;
 use qlora_nn::AdaptedLinear;
 
 /// `mlp` of a decoder layer: `gate_proj`, `up_proj`, `down_proj` (HF names).

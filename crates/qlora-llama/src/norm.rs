@@ -1,6 +1,6 @@
 //! RMSNorm (Zhang & Sennrich 2019) as HF LLaMA computes it:
 //! `y = w · x / sqrt(mean(x²) + ε)` over the last dimension, through
-//! [`qlora_backend::rms_norm`] (one pass forward and backward).
+//! [`qlora_fused::rms_norm`] (one pass forward and backward).
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
@@ -26,6 +26,6 @@ impl RmsNorm {
     /// - `x`: `[..., hidden]`
     /// - returns `[..., hidden]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        qlora_backend::rms_norm(x, self.weight.val(), self.eps as f32)
+        qlora_fused::rms_norm(x, self.weight.val(), self.eps as f32)
     }
 }

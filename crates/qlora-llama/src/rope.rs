@@ -80,8 +80,8 @@ impl Rope {
 
     /// Rotates `x` `[batch, heads, len, head_dim]` with tables from [`Rope::tables`]:
     /// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = [-x₂, x₁]`.
-    /// One pass forward and backward ([`qlora_backend::rope`]).
+    /// One pass forward and backward ([`qlora_fused::rope`]).
     pub fn apply(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-        qlora_backend::rope(x, cos.clone(), sin.clone())
+        qlora_fused::rope(x, cos.clone(), sin.clone())
     }
 }

@@ -11,7 +11,7 @@ mod byte_tokenizer;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{
     GgmlType, GgufFile, GgufValue, GgufWriter, LlamaConfig, LlamaForCausalLM, LlamaTokenizer,
-    ggml_dequantize, quantize_ggml,
+    TokenizerFiles, ggml_dequantize, quantize_ggml,
 };
 use qlora_nf4::{QuantConfig, f16};
 use qlora_nn::LoraApplier;

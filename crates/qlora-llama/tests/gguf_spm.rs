@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use qlora_llama::LlamaTokenizer;
+use qlora_llama::{LlamaTokenizer, TokenizerFiles};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {

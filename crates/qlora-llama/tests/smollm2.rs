@@ -6,7 +6,7 @@
 use burn::tensor::Device;
 use qlora_llama::{
     ChatMessage, GenerationConfig, GgufFile, LlamaForCausalLM, LlamaTokenizer, Sampling,
-    default_model, default_model_path,
+    TokenizerFiles, default_model, default_model_path,
 };
 use qlora_nf4::QuantConfig;
 use qlora_nn::LoraApplier;

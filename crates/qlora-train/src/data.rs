@@ -10,7 +10,8 @@
 
 use std::path::Path;
 
-use qlora_llama::{ChatMessage, IGNORE_INDEX, LlamaTokenizer};
+use qlora_nn::IGNORE_INDEX;
+use qlora_tokenizer::{ChatMessage, Tokenizer};
 use serde_json::Value;
 
 use crate::TrainError;
@@ -98,9 +99,9 @@ pub struct LoadReport {
 
 /// Tokenizes text pieces, each trained on or not, into one sample.
 fn tokenize(
-    tok: &LlamaTokenizer,
+    tok: &Tokenizer,
     pieces: &[(String, bool)],
-) -> Result<Sample, qlora_llama::LlamaError> {
+) -> Result<Sample, qlora_tokenizer::TokenizerError> {
     let mut s = Sample {
         input_ids: Vec::new(),
         labels: Vec::new(),
@@ -160,7 +161,7 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, String> {
 
 /// Pieces of a conversation: everything up to each assistant reply (not trained), the reply
 /// with its end-of-turn marker (trained).
-fn chat_pieces(tok: &LlamaTokenizer, msgs: &[ChatMessage]) -> Result<Vec<(String, bool)>, String> {
+fn chat_pieces(tok: &Tokenizer, msgs: &[ChatMessage]) -> Result<Vec<(String, bool)>, String> {
     let render = |m: &[ChatMessage], gen_prompt| {
         tok.apply_chat_template(m, gen_prompt)
             .map_err(|e| e.to_string())
@@ -188,7 +189,7 @@ fn chat_pieces(tok: &LlamaTokenizer, msgs: &[ChatMessage]) -> Result<Vec<(String
 
 /// The pieces of one JSON record.
 fn record_pieces(
-    tok: &LlamaTokenizer,
+    tok: &Tokenizer,
     v: &Value,
     format: DataFormat,
 ) -> Result<Vec<(String, bool)>, String> {
@@ -235,7 +236,7 @@ fn record_pieces(
 /// Reads and tokenizes a data file (`.jsonl`, `.json` array, or `.txt`).
 pub fn load_dataset(
     path: impl AsRef<Path>,
-    tok: &LlamaTokenizer,
+    tok: &Tokenizer,
     opts: &DataOptions,
 ) -> Result<(Vec<Sample>, LoadReport), TrainError> {
     let path = path.as_ref();

@@ -69,9 +69,9 @@ pub enum TrainError {
         /// Whether the message says that memory ran out.
         out_of_memory: bool,
     },
-    /// The model or tokenizer failed.
+    /// The tokenizer failed.
     #[error(transparent)]
-    Llama(#[from] qlora_llama::LlamaError),
+    Tokenizer(#[from] qlora_tokenizer::TokenizerError),
     /// An adapter failed.
     #[error(transparent)]
     Lora(#[from] qlora_nn::LoraError),

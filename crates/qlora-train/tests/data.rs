@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use qlora_llama::{IGNORE_INDEX, LlamaTokenizer};
+use qlora_nn::IGNORE_INDEX;
+use qlora_tokenizer::Tokenizer;
 use qlora_train::{DataFormat, DataOptions, Overflow, load_dataset, pack, split};
 use serde_json::json;
 
@@ -11,12 +12,12 @@ use serde_json::json;
 mod byte_tokenizer;
 
 /// A byte-level BPE tokenizer folder (256 byte tokens, ChatML specials, a ChatML template).
-fn tokenizer() -> (LlamaTokenizer, PathBuf) {
+fn tokenizer() -> (Tokenizer, PathBuf) {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let k = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("qlora-data-tok-{}-{k}", std::process::id()));
     byte_tokenizer::write(&dir);
-    (LlamaTokenizer::from_dir(&dir).unwrap(), dir)
+    (Tokenizer::from_dir(&dir).unwrap(), dir)
 }
 
 fn opts(format: DataFormat, max_len: usize) -> DataOptions {

@@ -4,7 +4,7 @@
 use minijinja::{Environment, Error, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
-use crate::LlamaError;
+use crate::TokenizerError;
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles `template` (ChatML when `None`); `path` names its file in errors.
-    pub fn new(template: Option<&str>, path: &str) -> Result<Self, LlamaError> {
+    pub fn new(template: Option<&str>, path: &str) -> Result<Self, TokenizerError> {
         let source = template.unwrap_or(CHATML_TEMPLATE).to_string();
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -49,7 +49,7 @@ impl ChatTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_template_owned("chat", source.clone())
-            .map_err(|e| LlamaError::Tokenizer {
+            .map_err(|e| TokenizerError::Invalid {
                 path: path.to_string(),
                 problem: format!("chat template does not compile: {e}"),
             })?;
@@ -67,9 +67,9 @@ impl ChatTemplate {
     pub fn from_hf_value(
         value: Option<&serde_json::Value>,
         path: &str,
-    ) -> Result<Self, LlamaError> {
+    ) -> Result<Self, TokenizerError> {
         use serde_json::Value;
-        let bad = |problem: String| LlamaError::Tokenizer {
+        let bad = |problem: String| TokenizerError::Invalid {
             path: path.to_string(),
             problem,
         };
@@ -121,9 +121,9 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         bos_token: &str,
         eos_token: &str,
-    ) -> Result<String, LlamaError> {
+    ) -> Result<String, TokenizerError> {
         if let Some(problem) = &self.unusable {
-            return Err(LlamaError::Tokenizer {
+            return Err(TokenizerError::Invalid {
                 path: self.path.clone(),
                 problem: problem.clone(),
             });
@@ -135,7 +135,7 @@ impl ChatTemplate {
             bos_token => bos_token,
             eos_token => eos_token,
         })
-        .map_err(|e| LlamaError::Tokenizer {
+        .map_err(|e| TokenizerError::Invalid {
             path: self.path.clone(),
             problem: format!("rendering the chat template: {e}"),
         })

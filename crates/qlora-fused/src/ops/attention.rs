@@ -19,7 +19,7 @@ use burn::backend::{
 };
 use burn::tensor::Tensor;
 
-use crate::attn_cpu::AttnShape;
+use crate::host::attention::AttnShape;
 
 /// The causal attention ops (see the module docs).
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
@@ -50,8 +50,8 @@ pub trait CausalAttentionOps: Backend {
         )
     }
 
-    /// The gradients of `Σ dout ∘ causal_attention(q, k, v, scale)` with respect to `q`, `k`
-    /// and `v`, flattened and concatenated: `[numel(q) + numel(k) + numel(v)]`.
+    /// The gradients `(dq, dk, dv)` of `Σ dout ∘ causal_attention(q, k, v, scale)`, in the
+    /// shapes of `q`, `k` and `v`.
     #[fusion(default)]
     fn causal_attention_backward(
         q: FloatTensor<Self>,
@@ -59,7 +59,7 @@ pub trait CausalAttentionOps: Backend {
         v: FloatTensor<Self>,
         dout: FloatTensor<Self>,
         scale: f32,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed_backward::<Self>(q, k, v, dout, scale)
     }
 }
@@ -164,7 +164,7 @@ fn composed_backward<B: Backend>(
     v: FloatTensor<B>,
     dout: FloatTensor<B>,
     scale: f32,
-) -> FloatTensor<B> {
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let s = dims(&q, &k, &v, scale);
     let group = s.h / s.kvh;
     let (k, v) = (repeat_kv::<B>(k, group), repeat_kv::<B>(v, group));
@@ -185,18 +185,7 @@ fn composed_backward<B: Backend>(
     let ds = B::float_mul_scalar(B::float_mul(p, B::float_sub(dp, wide(dot))), scale.into());
     let dq = B::float_matmul(ds.clone(), k);
     let dk = B::float_matmul(B::float_transpose(ds), q);
-    let flat = |t: FloatTensor<B>| {
-        let n = t.shape().num_elements();
-        B::float_reshape(t, Shape::new([n]))
-    };
-    B::float_cat(
-        vec![
-            flat(dq),
-            flat(sum_groups::<B>(dk, group)),
-            flat(sum_groups::<B>(dv, group)),
-        ],
-        0,
-    )
+    (dq, sum_groups::<B>(dk, group), sum_groups::<B>(dv, group))
 }
 
 /// Causal self-attention `softmax(scale · Q·Kᵀ + mask) · V` (see the module docs).

@@ -3,7 +3,7 @@
 //!
 //! Composed of Burn ops, each of these is five to ten element-wise ops, and under Autodiff as
 //! many backward nodes, each op a pass over memory and a fresh buffer. Flex runs one fused host
-//! kernel per pass ([`crate::block_cpu`]); other backends use the default bodies, composed of
+//! kernel per pass (`host::block`); other backends use the default bodies, composed of
 //! their own ops (on CubeCL, Fusion merges them into few kernels anyway).
 
 use burn::backend::{
@@ -12,7 +12,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 
 /// RMSNorm, SwiGLU and RoPE (see the module docs). A backward op returns the gradients of
-/// `Σ dy ∘ op(..)` flattened and concatenated, in the order of the op's inputs.
+/// `Σ dy ∘ op(..)` with respect to the op's inputs, in their order and shapes.
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
 pub trait BlockOps: Backend {
     /// `w ∘ x / √(mean(x²) + ε)` over the last dimension of `x` `[.., n]`, `w` `[n]`.
@@ -28,14 +28,14 @@ pub trait BlockOps: Backend {
         Self::float_reshape(Self::float_mul(Self::float_mul(x, r), w), shape)
     }
 
-    /// `[numel(x) + n]`: `dx` then `dw` of [`BlockOps::rms_norm`] under the gradient `dy`.
+    /// `(dx, dw)` of [`BlockOps::rms_norm`] under the gradient `dy`.
     #[fusion(default)]
     fn rms_norm_backward(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         dy: FloatTensor<Self>,
         eps: f32,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (shape, n) = last_dim(&x);
         let s2 = shape_2d(&shape, n);
         let r = inv_rms::<Self>(x.clone(), eps);
@@ -57,13 +57,9 @@ pub trait BlockOps: Backend {
             Self::float_mul(x.clone(), Self::float_expand(c, s2.clone())),
         );
         let dw = Self::float_sum_dim(Self::float_mul(Self::float_mul(dy, x), r), 0);
-        let rows = s2.num_elements();
-        Self::float_cat(
-            vec![
-                Self::float_reshape(dx, Shape::new([rows])),
-                Self::float_reshape(dw, Shape::new([n])),
-            ],
-            0,
+        (
+            Self::float_reshape(dx, shape),
+            Self::float_reshape(dw, Shape::new([n])),
         )
     }
 
@@ -74,14 +70,13 @@ pub trait BlockOps: Backend {
         Self::float_mul(Self::float_mul(gate, s), up)
     }
 
-    /// `[2 · numel]`: `dgate` then `dup` of [`BlockOps::swiglu`] under the gradient `dy`.
+    /// `(dgate, dup)` of [`BlockOps::swiglu`] under the gradient `dy`.
     #[fusion(default)]
     fn swiglu_backward(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
         dy: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        let n = gate.shape().num_elements();
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let s = Self::sigmoid(gate.clone());
         let silu = Self::float_mul(gate.clone(), s.clone());
         // σ(g)(1 + g(1 − σ(g))) = σ(g) + silu(g)(1 − σ(g))
@@ -89,8 +84,7 @@ pub trait BlockOps: Backend {
         let dsilu = Self::float_add(s, Self::float_mul(silu.clone(), one_minus));
         let dg = Self::float_mul(Self::float_mul(dy.clone(), up), dsilu);
         let du = Self::float_mul(dy, silu);
-        let flat = |t: FloatTensor<Self>| Self::float_reshape(t, Shape::new([n]));
-        Self::float_cat(vec![flat(dg), flat(du)], 0)
+        (dg, du)
     }
 
     /// Rotary embedding, HF's `rotate_half` form: `x ∘ cos + [−x₂, x₁] ∘ sin` for `x`

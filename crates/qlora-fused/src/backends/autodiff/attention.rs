@@ -3,7 +3,7 @@
 //! `causal_attention_backward`, which recomputes the probabilities.
 
 use burn::backend::{
-    AutodiffBackend, TensorMetadata,
+    AutodiffBackend,
     autodiff::{
         Autodiff, NodeId,
         checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -13,8 +13,8 @@ use burn::backend::{
     tensor::FloatTensor,
 };
 
-use crate::attn_ops::CausalAttentionOps;
-use crate::block_autodiff::register_parts;
+use super::register;
+use crate::ops::CausalAttentionOps;
 
 #[derive(Debug)]
 struct CausalAttentionBackward;
@@ -31,10 +31,11 @@ impl<B: CausalAttentionOps> Backward<B, 3> for CausalAttentionBackward {
         let g = grads.consume::<B>(&ops.node);
         let (q, k, v, scale) = ops.state;
         let [q, k, v] = [q, k, v].map(|id| checkpointer.retrieve_node_output::<FloatTensor<B>>(id));
-        let shapes = [q.shape(), k.shape(), v.shape()];
-        let flat = B::causal_attention_backward(q, k, v, g, scale);
-        let parents = ops.parents.map(|p| p.map(|n| n.id));
-        register_parts::<B, 3>(grads, parents, flat, shapes);
+        let (dq, dk, dv) = B::causal_attention_backward(q, k, v, g, scale);
+        let [pq, pk, pv] = ops.parents.map(|p| p.map(|n| n.id));
+        register::<B>(grads, pq, dq);
+        register::<B>(grads, pk, dk);
+        register::<B>(grads, pv, dv);
     }
 }
 
@@ -82,14 +83,19 @@ impl<B: CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodi
         v: FloatTensor<Self>,
         dout: FloatTensor<Self>,
         scale: f32,
-    ) -> FloatTensor<Self> {
-        // A value, not part of the graph (second-order gradients are not supported).
-        <Self as AutodiffBackend>::from_inner(B::causal_attention_backward(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Values, not part of the graph (second-order gradients are not supported).
+        let (dq, dk, dv) = B::causal_attention_backward(
             q.into_primitive(),
             k.into_primitive(),
             v.into_primitive(),
             dout.into_primitive(),
             scale,
-        ))
+        );
+        (
+            <Self as AutodiffBackend>::from_inner(dq),
+            <Self as AutodiffBackend>::from_inner(dk),
+            <Self as AutodiffBackend>::from_inner(dv),
+        )
     }
 }

@@ -1,9 +1,8 @@
-//! `BlockOps` for `Autodiff<B, C>`: each forward op checkpoints its inputs (not its output; a
-//! recomputing strategy recomputes them rather than holding them, as for Burn's own ops) and
+//! `BlockOps` for `Autodiff<B, C>`: each forward op checkpoints its inputs (not its output) and
 //! its backward pass is one call of the inner backend's fused backward op.
 
 use burn::backend::{
-    AutodiffBackend, Shape, TensorMetadata,
+    AutodiffBackend,
     autodiff::{
         Autodiff, NodeId,
         checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -13,25 +12,8 @@ use burn::backend::{
     tensor::FloatTensor,
 };
 
-use crate::block_ops::BlockOps;
-
-/// Registers consecutive parts of a flat gradient for the parents that track one.
-pub(crate) fn register_parts<B: burn::backend::Backend, const N: usize>(
-    grads: &mut Gradients,
-    parents: [Option<NodeId>; N],
-    flat: FloatTensor<B>,
-    shapes: [Shape; N],
-) {
-    let mut start = 0;
-    for (node, shape) in parents.into_iter().zip(shapes) {
-        let n = shape.num_elements();
-        if let Some(id) = node {
-            let part = B::float_slice(flat.clone(), &[(start..start + n).into()]);
-            grads.register::<B>(id, B::float_reshape(part, shape));
-        }
-        start += n;
-    }
-}
+use super::register;
+use crate::ops::BlockOps;
 
 #[derive(Debug)]
 struct RmsNormBackward;
@@ -43,9 +25,10 @@ impl<B: BlockOps> Backward<B, 2> for RmsNormBackward {
         let g = grads.consume::<B>(&ops.node);
         let (x, w, eps) = ops.state;
         let [x, w] = [x, w].map(|id| ck.retrieve_node_output::<FloatTensor<B>>(id));
-        let shapes = [x.shape(), w.shape()];
-        let flat = B::rms_norm_backward(x, w, g, eps);
-        register_parts::<B, 2>(grads, ops.parents.map(|p| p.map(|n| n.id)), flat, shapes);
+        let (dx, dw) = B::rms_norm_backward(x, w, g, eps);
+        let [px, pw] = ops.parents.map(|p| p.map(|n| n.id));
+        register::<B>(grads, px, dx);
+        register::<B>(grads, pw, dw);
     }
 }
 
@@ -59,9 +42,10 @@ impl<B: BlockOps> Backward<B, 2> for SwigluBackward {
         let g = grads.consume::<B>(&ops.node);
         let (gate, up) = ops.state;
         let [gate, up] = [gate, up].map(|id| ck.retrieve_node_output::<FloatTensor<B>>(id));
-        let shapes = [gate.shape(), up.shape()];
-        let flat = B::swiglu_backward(gate, up, g);
-        register_parts::<B, 2>(grads, ops.parents.map(|p| p.map(|n| n.id)), flat, shapes);
+        let (dgate, dup) = B::swiglu_backward(gate, up, g);
+        let [pg, pu] = ops.parents.map(|p| p.map(|n| n.id));
+        register::<B>(grads, pg, dgate);
+        register::<B>(grads, pu, dup);
     }
 }
 
@@ -73,11 +57,11 @@ impl<B: BlockOps> Backward<B, 1> for RopeBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
-        let [node] = ops.parents;
+        let [parent] = ops.parents.map(|p| p.map(|n| n.id));
         let (cos, sin, transpose) = ops.state;
-        if let Some(node) = node {
+        if parent.is_some() {
             // The rotation's adjoint, or the adjoint's: the rotation itself.
-            grads.register::<B>(node.id, B::rope(g, cos, sin, !transpose));
+            register::<B>(grads, parent, B::rope(g, cos, sin, !transpose));
         }
     }
 }
@@ -105,14 +89,18 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
         w: FloatTensor<Self>,
         dy: FloatTensor<Self>,
         eps: f32,
-    ) -> FloatTensor<Self> {
-        // A value, not part of the graph (no second-order gradients).
-        <Self as AutodiffBackend>::from_inner(B::rms_norm_backward(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // Values, not part of the graph (no second-order gradients).
+        let (dx, dw) = B::rms_norm_backward(
             x.into_primitive(),
             w.into_primitive(),
             dy.into_primitive(),
             eps,
-        ))
+        );
+        (
+            <Self as AutodiffBackend>::from_inner(dx),
+            <Self as AutodiffBackend>::from_inner(dw),
+        )
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -136,12 +124,16 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
         dy: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::swiglu_backward(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dgate, dup) = B::swiglu_backward(
             gate.into_primitive(),
             up.into_primitive(),
             dy.into_primitive(),
-        ))
+        );
+        (
+            <Self as AutodiffBackend>::from_inner(dgate),
+            <Self as AutodiffBackend>::from_inner(dup),
+        )
     }
 
     fn rope(

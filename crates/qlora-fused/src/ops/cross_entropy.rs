@@ -33,18 +33,17 @@ pub trait LinearCrossEntropyOps: Backend {
         loss_and_dlogits::<Self>(x, w, targets, weights).0
     }
 
-    /// `[n, h + 1]`: columns `0..h` the input gradient of each row's loss, column `h` the loss.
+    /// `(losses, dx)`: the per-row losses `[n]` and the input gradient `[n, h]` of each row's
+    /// loss, from one pass over the logits.
     #[fusion(default)]
-    fn linear_cross_entropy_fused(
+    fn linear_cross_entropy_with_grad(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
         weights: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        let [n, _] = dims2(&x, "x");
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (loss, dlogits) = loss_and_dlogits::<Self>(x, w.clone(), targets, weights);
-        let dx = Self::float_matmul(dlogits, w);
-        Self::float_cat(vec![dx, Self::float_reshape(loss, Shape::new([n, 1]))], 1)
+        (loss, Self::float_matmul(dlogits, w))
     }
 
     /// The head's gradient `[v, h]` of `Σ_i weights_i · loss_i` (the weights carry the upstream

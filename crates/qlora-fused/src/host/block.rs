@@ -1,10 +1,10 @@
-//! Host kernels of [`crate::block_ops`]: RMSNorm, SwiGLU and RoPE, each forward and backward in
+//! Host kernels of [`crate::ops::BlockOps`]: RMSNorm, SwiGLU and RoPE, each forward and backward in
 //! one pass over rows (rayon over chunks of rows), where the composed ops make one pass and
 //! one fresh buffer per elementary op.
 
 use rayon::prelude::*;
 
-use crate::softmax_row::exp;
+use super::softmax_row::exp;
 
 /// Rows per parallel task (enough work to amortise a task, enough tasks for every core).
 fn rows_per_task(n: usize) -> usize {
@@ -35,12 +35,12 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
 }
 
 /// Gradients of [`rms_norm`]: `dx = r · g − x · r³ · mean(x ∘ g)` with `g = w ∘ dy`, and
-/// `dw = Σ_rows dy ∘ x · r`. Returns `dx` followed by `dw` (`x.len() + n` values).
-pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> Vec<f32> {
+/// `dw = Σ_rows dy ∘ x · r`. Returns `(dx, dw)`.
+pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let n = w.len();
     let chunk = n * rows_per_task(n);
-    let mut out = vec![0f32; x.len() + n];
-    let (dx, dw) = out.split_at_mut(x.len());
+    let mut dx = vec![0f32; x.len()];
+    let mut dw = vec![0f32; n];
     // One partial weight gradient per fixed chunk of rows, summed in chunk order: the same
     // bits on every run, whatever the threads do.
     let partials: Vec<Vec<f32>> = dx
@@ -67,7 +67,7 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> Vec<f32>
     for p in &partials {
         dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
-    out
+    (dx, dw)
 }
 
 #[inline(always)]
@@ -90,13 +90,12 @@ pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
 }
 
 /// Gradients of [`swiglu`]: `dg = dy ∘ u ∘ σ(g)(1 + g(1 − σ(g)))`, `du = dy ∘ silu(g)`;
-/// returns `dg` followed by `du`.
-pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> Vec<f32> {
+/// returns `(dg, du)`.
+pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(g.len(), u.len(), "swiglu: gate and up lengths");
     assert_eq!(g.len(), dy.len(), "swiglu: upstream gradient length");
     let n = g.len();
-    let mut out = vec![0f32; 2 * n];
-    let (dg, du) = out.split_at_mut(n);
+    let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
     dg.par_chunks_mut(16_384)
         .zip(du.par_chunks_mut(16_384))
         .zip(
@@ -112,7 +111,7 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> Vec<f32> {
                 dus[i] = d * gv * s;
             }
         });
-    out
+    (dg, du)
 }
 
 /// Rotary embedding in HF LLaMA's `rotate_half` form on rows of width `d` (`x` `[.., t, d]`,

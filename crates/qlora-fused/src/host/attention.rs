@@ -1,4 +1,4 @@
-//! The fused causal attention of [`crate::attn_ops`] on host memory.
+//! The fused causal attention of [`crate::ops::CausalAttentionOps`] on host memory.
 //!
 //! Forward, one task per (batch, query head), run on every core: for each block of [`ROWS`]
 //! query rows, the scores of the keys the block can see
@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::softmax_row::softmax_numerators;
+use super::softmax_row::softmax_numerators;
 
 /// Query rows per block: the block's scores (`ROWS × keys` f32) stay in L2 for the few
 /// thousand keys of a training sequence.

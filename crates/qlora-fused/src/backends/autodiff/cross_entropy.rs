@@ -1,5 +1,5 @@
 //! `LinearCrossEntropyOps` for `Autodiff<B, C>`: the forward pass runs the fused op of the inner
-//! backend, which returns the input gradient of every row's loss with the losses; that
+//! backend, which returns the losses with the input gradient of every row's loss; that
 //! `[n, h]` gradient is the backward state (no logits are kept), scaled row by row by the
 //! upstream gradient. A trainable head gets its gradient from a second, recomputing pass.
 
@@ -14,7 +14,7 @@ use burn::backend::{
     tensor::{FloatTensor, IntTensor},
 };
 
-use crate::ce_ops::{LinearCrossEntropyOps, dims2};
+use crate::ops::{LinearCrossEntropyOps, dims2};
 
 /// The backward state: the input gradient per unit loss, and what a head gradient needs.
 type State<B> = (
@@ -73,17 +73,11 @@ impl<B: LinearCrossEntropyOps, C: CheckpointStrategy> LinearCrossEntropyOps for 
         {
             OpsKind::Tracked(prep) => {
                 let (xp, wp) = (x.primitive().clone(), w.primitive().clone());
-                let [n, h] = dims2(&xp, "x");
-                let fused = B::linear_cross_entropy_fused(
+                let (loss, dx) = B::linear_cross_entropy_with_grad(
                     xp.clone(),
                     wp.clone(),
                     targets.clone(),
                     weights.clone(),
-                );
-                let dx = B::float_slice(fused.clone(), &[(0..n).into(), (0..h).into()]);
-                let loss = B::float_reshape(
-                    B::float_slice(fused, &[(0..n).into(), (h..h + 1).into()]),
-                    Shape::new([n]),
                 );
                 prep.finish((dx, xp, wp, targets, weights), loss)
             }
@@ -96,19 +90,23 @@ impl<B: LinearCrossEntropyOps, C: CheckpointStrategy> LinearCrossEntropyOps for 
         }
     }
 
-    fn linear_cross_entropy_fused(
+    fn linear_cross_entropy_with_grad(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
         weights: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        // A value, not part of the graph: its columns are already a gradient.
-        <Self as AutodiffBackend>::from_inner(B::linear_cross_entropy_fused(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // Values, not part of the graph: the second is already a gradient.
+        let (loss, dx) = B::linear_cross_entropy_with_grad(
             x.into_primitive(),
             w.into_primitive(),
             targets,
             weights.into_primitive(),
-        ))
+        );
+        (
+            <Self as AutodiffBackend>::from_inner(loss),
+            <Self as AutodiffBackend>::from_inner(dx),
+        )
     }
 
     fn linear_cross_entropy_weight_grad(

@@ -1,20 +1,19 @@
-//! [`LlamaTokenizer`]: the model's tokenizer with its special tokens and chat template, read from
+//! [`Tokenizer`]: the model's tokenizer with its special tokens and chat template, read from
 //! `tokenizer.json` (+ `tokenizer_config.json`, run by HF `tokenizers`, pure Rust) or built from a
 //! GGUF file's vocabulary: byte-level BPE from its merges (`tokenizer.ggml.model = gpt2`), or
-//! SentencePiece BPE from its scores (`llama`, see [`crate::spm`]).
+//! SentencePiece BPE from its scores (`llama`, see `spm`).
 
 use std::path::Path;
 
 use serde_json::{Value, json};
-use tokenizers::Tokenizer;
+use tokenizers::Tokenizer as HfTokenizer;
 
-use crate::gguf::{GgufFile, GgufValue};
 use crate::spm::SpmTokenizer;
-use crate::{ChatTemplate, LlamaError};
+use crate::{ChatTemplate, GgufVocab, TokenizerError};
 
 /// A tokenizer with its special tokens and chat template.
 #[derive(Debug, Clone)]
-pub struct LlamaTokenizer {
+pub struct Tokenizer {
     inner: Inner,
     /// Beginning-of-sequence token (as text), if the model has one.
     pub bos_token: Option<String>,
@@ -49,56 +48,68 @@ fn pre_tokenizer(pre: &str) -> Option<Value> {
     })
 }
 
-/// The algorithm behind a [`LlamaTokenizer`].
+/// A GGUF byte-level BPE vocabulary and merges as an HF `tokenizers` model.
+fn gguf_bpe(vocab: &GgufVocab, types: &[i64]) -> Result<HfTokenizer, String> {
+    let pre_name = vocab.pre.as_deref().unwrap_or("default");
+    let pre = pre_tokenizer(pre_name)
+        .ok_or_else(|| format!("pre-tokenizer `{pre_name}` is not supported"))?;
+    let merges = vocab
+        .merges
+        .as_ref()
+        .ok_or("`tokenizer.ggml.merges` is missing")?;
+    let mut map = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, (t, ty)) in vocab.tokens.iter().zip(types).enumerate() {
+        if map.insert(t.clone(), json!(i)).is_some() {
+            return Err(format!("token `{t}` appears twice in the vocabulary"));
+        }
+        // 3 = control, 4 = user-defined: matched whole before BPE.
+        if *ty == 3 || *ty == 4 {
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": *ty == 3}),
+            );
+        }
+    }
+    let spec = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added, "normalizer": null, "pre_tokenizer": pre,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": map, "merges": merges}
+    });
+    HfTokenizer::from_bytes(spec.to_string().as_bytes())
+        .map_err(|e| format!("building BPE from vocabulary and merges: {e}"))
+}
+
+/// The algorithm behind a [`Tokenizer`].
 #[derive(Debug, Clone)]
 enum Inner {
     /// HF `tokenizers` (a `tokenizer.json`, or a GGUF byte-level BPE rebuilt as one).
-    Hf(Box<Tokenizer>),
+    Hf(Box<HfTokenizer>),
     /// A GGUF SentencePiece vocabulary, run as llama.cpp runs it.
     Spm(Box<SpmTokenizer>),
 }
 
-fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>, String> {
-    match f.get(key) {
-        Some(GgufValue::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| format!("`{key}` is not a list of strings")),
-        _ => Err(format!("`{key}` is missing")),
-    }
-}
-
-impl LlamaTokenizer {
-    /// Builds the tokenizer stored in a GGUF file: byte-level BPE from its merges
-    /// (`tokenizer.ggml.model = "gpt2"`) or SentencePiece BPE from its scores (`"llama"`), with
-    /// control tokens as special tokens, bos/eos and the chat template. Defaults follow
-    /// llama.cpp where a key is absent (SentencePiece: bos 1, eos 2, bos added, space prefix).
-    pub fn from_gguf(f: &GgufFile) -> Result<Self, LlamaError> {
-        let path = f.path().display().to_string();
-        let err = |problem: String| LlamaError::Tokenizer {
+impl Tokenizer {
+    /// Builds the tokenizer a GGUF file stores (read into a [`GgufVocab`] by the file's reader):
+    /// byte-level BPE from its merges (`model = "gpt2"`) or SentencePiece BPE from its scores
+    /// (`"llama"`), with control tokens as special tokens, bos/eos and the chat template.
+    /// Defaults follow llama.cpp where a key is absent (SentencePiece: bos 1, eos 2, bos added,
+    /// space prefix).
+    pub fn from_gguf_vocab(vocab: GgufVocab) -> Result<Self, TokenizerError> {
+        let path = vocab.path.clone();
+        let err = |problem: String| TokenizerError::Invalid {
             path: path.clone(),
             problem,
         };
-        let model = f
-            .get("tokenizer.ggml.model")
-            .and_then(GgufValue::as_str)
-            .ok_or_else(|| err("`tokenizer.ggml.model` is missing".into()))?;
-        let tokens = strings(f, "tokenizer.ggml.tokens").map_err(err)?;
-        let types: Vec<i64> = match f.get("tokenizer.ggml.token_type") {
-            Some(GgufValue::Array(a)) => a
-                .iter()
-                .map(|v| match v {
-                    GgufValue::I64(x) => Some(*x),
-                    GgufValue::U64(x) => Some(*x as i64),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    err("`tokenizer.ggml.token_type` is not a list of integers".into())
-                })?,
-            _ => vec![1; tokens.len()],
-        };
+        let tokens = &vocab.tokens;
+        let types = vocab
+            .token_types
+            .clone()
+            .unwrap_or_else(|| vec![1; tokens.len()]);
         if types.len() != tokens.len() {
             return Err(err(format!(
                 "{} token types for {} tokens",
@@ -106,31 +117,21 @@ impl LlamaTokenizer {
                 tokens.len()
             )));
         }
-        let flag = |key: &str, default: bool| match f.get(key) {
-            Some(GgufValue::Bool(b)) => *b,
-            _ => default,
-        };
-        let spm = model == "llama";
-        let inner = match model {
-            "gpt2" => Inner::Hf(Box::new(Self::gguf_bpe(f, &tokens, &types).map_err(err)?)),
+        let spm = vocab.model == "llama";
+        let inner = match vocab.model.as_str() {
+            "gpt2" => Inner::Hf(Box::new(gguf_bpe(&vocab, &types).map_err(err)?)),
             "llama" => {
-                let scores: Vec<f32> = match f.get("tokenizer.ggml.scores") {
-                    Some(GgufValue::Array(a)) => a
-                        .iter()
-                        .map(|v| v.as_f64().map(|x| x as f32))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| {
-                            err("`tokenizer.ggml.scores` is not a list of numbers".into())
-                        })?,
-                    // llama.cpp scores every token 0 when the file has none.
-                    _ => vec![0.0; tokens.len()],
-                };
+                // llama.cpp scores every token 0 when the file has none.
+                let scores = vocab
+                    .scores
+                    .clone()
+                    .unwrap_or_else(|| vec![0.0; tokens.len()]);
                 Inner::Spm(Box::new(
                     SpmTokenizer::new(
                         tokens.clone(),
                         scores,
                         types,
-                        flag("tokenizer.ggml.add_space_prefix", true),
+                        vocab.add_space_prefix.unwrap_or(true),
                     )
                     .map_err(err)?,
                 ))
@@ -142,90 +143,36 @@ impl LlamaTokenizer {
                 )));
             }
         };
-        let tok_text = |key: &str, default: Option<u64>| {
-            f.get(key)
-                .and_then(GgufValue::as_u64)
-                .or(default)
-                .and_then(|i| tokens.get(i as usize).cloned())
+        let tok_text = |id: Option<u64>, default: Option<u64>| {
+            id.or(default).and_then(|i| tokens.get(i as usize).cloned())
         };
-        let template = f
-            .get("tokenizer.chat_template")
-            .and_then(GgufValue::as_str)
-            .map(str::to_string);
         Ok(Self {
             inner,
-            bos_token: tok_text("tokenizer.ggml.bos_token_id", spm.then_some(1)),
-            eos_token: tok_text("tokenizer.ggml.eos_token_id", spm.then_some(2)),
-            pad_token: tok_text("tokenizer.ggml.padding_token_id", None),
-            add_bos: flag("tokenizer.ggml.add_bos_token", spm),
-            chat_template: ChatTemplate::new(template.as_deref(), &path)?,
+            bos_token: tok_text(vocab.bos_token_id, spm.then_some(1)),
+            eos_token: tok_text(vocab.eos_token_id, spm.then_some(2)),
+            pad_token: tok_text(vocab.padding_token_id, None),
+            add_bos: vocab.add_bos_token.unwrap_or(spm),
+            chat_template: ChatTemplate::new(vocab.chat_template.as_deref(), &path)?,
             source: path,
         })
     }
 
-    /// A GGUF byte-level BPE vocabulary and merges as an HF `tokenizers` model.
-    fn gguf_bpe(f: &GgufFile, tokens: &[String], types: &[i64]) -> Result<Tokenizer, String> {
-        let pre_name = f
-            .get("tokenizer.ggml.pre")
-            .and_then(GgufValue::as_str)
-            .unwrap_or("default");
-        let pre = pre_tokenizer(pre_name)
-            .ok_or_else(|| format!("pre-tokenizer `{pre_name}` is not supported"))?;
-        let merges = strings(f, "tokenizer.ggml.merges")?;
-        let mut vocab = serde_json::Map::new();
-        let mut added = Vec::new();
-        for (i, (t, ty)) in tokens.iter().zip(types).enumerate() {
-            if vocab.insert(t.clone(), json!(i)).is_some() {
-                return Err(format!("token `{t}` appears twice in the vocabulary"));
-            }
-            // 3 = control, 4 = user-defined: matched whole before BPE.
-            if *ty == 3 || *ty == 4 {
-                added.push(
-                    json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": *ty == 3}),
-                );
-            }
-        }
-        let spec = json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": added, "normalizer": null, "pre_tokenizer": pre,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-                "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
-        });
-        Tokenizer::from_bytes(spec.to_string().as_bytes())
-            .map_err(|e| format!("building BPE from vocabulary and merges: {e}"))
-    }
-
-    /// The tokenizer of the model at `path`, as [`crate::LlamaForCausalLM::load`] takes it: the
-    /// vocabulary embedded in a `.gguf` file, or `tokenizer.json` in a HF folder.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, LlamaError> {
-        let path = path.as_ref();
-        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-            Self::from_gguf(&GgufFile::open(path)?)
-        } else {
-            Self::from_dir(path)
-        }
-    }
-
     /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` (chat template, bos/eos,
     /// `add_bos_token`) and `chat_template.jinja` when present.
-    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, LlamaError> {
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let file = dir.join("tokenizer.json");
         let path = file.display().to_string();
-        let bytes = std::fs::read(&file).map_err(|e| LlamaError::io(&file, e))?;
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| LlamaError::Tokenizer {
+        let bytes = std::fs::read(&file).map_err(|e| TokenizerError::io(&file, e))?;
+        let inner = HfTokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Invalid {
             path: path.clone(),
             problem: format!("does not parse: {e}"),
         })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
             let text =
-                std::fs::read_to_string(&cfg_path).map_err(|e| LlamaError::io(&cfg_path, e))?;
-            serde_json::from_str(&text).map_err(|e| LlamaError::Tokenizer {
+                std::fs::read_to_string(&cfg_path).map_err(|e| TokenizerError::io(&cfg_path, e))?;
+            serde_json::from_str(&text).map_err(|e| TokenizerError::Invalid {
                 path: cfg_path.display().to_string(),
                 problem: format!("not valid JSON: {e}"),
             })?
@@ -236,7 +183,7 @@ impl LlamaTokenizer {
         // config's `chat_template` (a string, or named templates of which `default` is used).
         let jinja = dir.join("chat_template.jinja");
         let chat_template = if jinja.is_file() {
-            let t = std::fs::read_to_string(&jinja).map_err(|e| LlamaError::io(&jinja, e))?;
+            let t = std::fs::read_to_string(&jinja).map_err(|e| TokenizerError::io(&jinja, e))?;
             ChatTemplate::new(Some(&t), &jinja.display().to_string())?
         } else {
             ChatTemplate::from_hf_value(cfg.get("chat_template"), &cfg_path.display().to_string())?
@@ -262,7 +209,7 @@ impl LlamaTokenizer {
 
     /// Token ids of `text`; special-token texts in it (`<|im_start|>`) become their ids. With
     /// `add_bos` and a tokenizer that adds one, the bos id comes first.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, LlamaError> {
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
         let mut ids = Vec::new();
         if add_bos
             && self.add_bos
@@ -286,7 +233,7 @@ impl LlamaTokenizer {
     }
 
     /// The text of `ids`; with `skip_special`, special tokens are left out.
-    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LlamaError> {
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         match &self.inner {
             Inner::Hf(t) => t.decode(ids, skip_special).map_err(|e| e.to_string()),
             Inner::Spm(t) => t.decode(ids, skip_special),
@@ -347,7 +294,7 @@ impl LlamaTokenizer {
         &self,
         messages: &[crate::ChatMessage],
         add_generation_prompt: bool,
-    ) -> Result<String, LlamaError> {
+    ) -> Result<String, TokenizerError> {
         self.chat_template.render(
             messages,
             add_generation_prompt,
@@ -356,8 +303,8 @@ impl LlamaTokenizer {
         )
     }
 
-    fn err(&self, problem: String) -> LlamaError {
-        LlamaError::Tokenizer {
+    fn err(&self, problem: String) -> TokenizerError {
+        TokenizerError::Invalid {
             path: self.source.clone(),
             problem,
         }

@@ -1,0 +1,16 @@
+//! The fused ops on `CubeBackend` (every CubeCL runtime) and, through the macro's `Fusion`
+//! routing, on `Fusion<CubeBackend>`: the composite default bodies of the op traits, written
+//! with the backend's own kernels (matmul, softmax, scatter), which Fusion merges where it can.
+
+use burn_cubecl::CubeBackend;
+
+use crate::ops::{BlockOps, CausalAttentionOps, LinearCrossEntropyOps};
+
+/// The backend's own matmul, max/sum reductions and scatter: all logits are held.
+impl LinearCrossEntropyOps for CubeBackend {}
+
+/// Burn's `attention` forward, and the backward of the definition (all scores held).
+impl CausalAttentionOps for CubeBackend {}
+
+/// Element-wise ops that Fusion merges into few kernels.
+impl BlockOps for CubeBackend {}

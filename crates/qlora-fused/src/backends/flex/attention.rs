@@ -1,0 +1,41 @@
+//! `CausalAttentionOps` for Flex: the host kernels of `host::attention`.
+
+use burn::backend::{Flex, TensorMetadata, tensor::FloatTensor};
+
+use super::{f32s, slice, tensor};
+use crate::host::attention::{attention_backward, attention_forward};
+use crate::ops::{CausalAttentionOps, attention_dims};
+
+impl CausalAttentionOps for Flex {
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let s = attention_dims(&q, &k, &v, scale);
+        let dtype = q.dtype();
+        let (q, k, v) = (f32s(q), f32s(k), f32s(v));
+        let out = attention_forward(&s, slice(&q), slice(&k), slice(&v));
+        tensor(out, vec![s.b, s.h, s.tq, s.dv], dtype)
+    }
+
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let s = attention_dims(&q, &k, &v, scale);
+        let dtype = q.dtype();
+        let shapes = (q.shape(), k.shape(), v.shape());
+        let (q, k, v, dout) = (f32s(q), f32s(k), f32s(v), f32s(dout));
+        let (dq, dk, dv) = attention_backward(&s, slice(&q), slice(&k), slice(&v), slice(&dout));
+        (
+            tensor(dq, shapes.0.as_slice().to_vec(), dtype),
+            tensor(dk, shapes.1.as_slice().to_vec(), dtype),
+            tensor(dv, shapes.2.as_slice().to_vec(), dtype),
+        )
+    }
+}

@@ -1,0 +1,6 @@
+//! The op traits' implementations, one folder or file per backend.
+
+mod autodiff;
+#[cfg(feature = "cube")]
+mod cube;
+mod flex;

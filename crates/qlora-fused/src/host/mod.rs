@@ -1,0 +1,6 @@
+//! Kernels on host slices (no Burn types): what the Flex implementations run.
+
+pub(crate) mod attention;
+pub(crate) mod block;
+pub(crate) mod cross_entropy;
+mod softmax_row;

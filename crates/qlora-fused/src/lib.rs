@@ -1,0 +1,28 @@
+//! Fused training ops for Burn 0.22 as backend extensions.
+//!
+//! A training step of a decoder spends its memory on three things that composed Burn ops keep
+//! for the backward pass: the `[tokens, vocab]` logits of the head, the `[b, h, t, t]` scores of
+//! every attention layer, and one buffer per element-wise op of each block. The ops here keep
+//! none of them:
+//!
+//! - [`linear_cross_entropy`]: the head's matmul fused with the loss, chunk by chunk, the input
+//!   gradient computed in the same pass (as Liger-Kernel and Unsloth do);
+//! - [`causal_attention`]: its backward pass keeps `Q`, `K`, `V` only and recomputes the
+//!   probabilities block by block (Dao et al. 2022, *FlashAttention*);
+//! - [`rms_norm`], [`swiglu`], [`rope`]: one pass forward and one backward each.
+//!
+//! Laid out as burn-vision is: [`ops`] holds the `#[backend_extension]` traits, whose default
+//! bodies are composed of the backend's own ops (what CubeCL runs, fused by Fusion); `host`
+//! holds the slice kernels of the Flex implementations (no Burn types); `backends` implements
+//! the traits for Flex, for Autodiff over any backend (one backward node per op, multi-output
+//! backward ops returning tuples), and for CubeCL (feature `cube` and a runtime).
+#![warn(missing_docs)]
+
+mod backends;
+mod host;
+pub mod ops;
+
+pub use ops::{
+    BlockOps, CausalAttentionOps, LinearCrossEntropyOps, causal_attention, linear_cross_entropy,
+    rms_norm, rope, swiglu,
+};

@@ -1,0 +1,13 @@
+//! The op traits (one per family, default bodies composed of Burn backend ops) and the
+//! `Tensor` functions that call them through `Dispatch`.
+
+mod attention;
+mod block;
+mod cross_entropy;
+
+pub use attention::{CausalAttentionOps, causal_attention};
+pub use block::{BlockOps, rms_norm, rope, swiglu};
+pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
+
+pub(crate) use attention::dims as attention_dims;
+pub(crate) use cross_entropy::dims2;
