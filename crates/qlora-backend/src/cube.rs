@@ -10,7 +10,7 @@ use burn_cubecl::{
     tensor::CubeTensor,
 };
 
-use crate::cube_tune::{self, Nf4Kernel, TuneKey};
+use crate::cube_tune::{self, Nf4Kernel};
 use crate::{Nf4Layout, Nf4Ops, Nf4Primitive, ops::linear_out_shape};
 
 /// The f32 absmax of every block as a device buffer: the scales themselves without double
@@ -37,6 +37,73 @@ fn storage(dtype: DType) -> ElemType {
     burn::backend::cubecl::dtype_to_storage_type(dtype)
 }
 
+/// Everything a kernel of [`Nf4Kernel`] reads, prepared once per call: the tuner's input, which
+/// it clones for each benchmark run (handles and shapes; no device memory is copied).
+#[derive(Clone)]
+pub(crate) struct Nf4Inputs {
+    /// The left operand, contiguous, `[.., k_red]`.
+    pub lhs: CubeTensor,
+    /// The weight (for the dequantize-then-matmul candidate).
+    pub w: Nf4Primitive<CubeBackend>,
+    /// The packed codes, contiguous.
+    pub packed: CubeTensor,
+    /// The f32 absmax of every block.
+    pub absmax: Handle,
+    /// The 16-entry code table.
+    pub code: Handle,
+    /// Rows of the product.
+    pub m: usize,
+    /// Columns of the product.
+    pub n_out: usize,
+    /// The reduced dimension.
+    pub k_red: usize,
+    /// `B = W` (backward input) rather than `B = Wᵀ` (forward).
+    pub transposed: bool,
+    /// The output's shape (`lhs`'s with the last dimension `n_out`).
+    pub out_shape: Shape,
+}
+
+/// The product of `inputs` by `kernel` (which must [apply](Nf4Kernel::applies) to it), a new tensor.
+pub(crate) fn run_kernel(kernel: Nf4Kernel, inputs: &Nf4Inputs) -> CubeTensor {
+    if kernel == Nf4Kernel::DequantMatmul {
+        return dequant_matmul(
+            inputs.lhs.clone(),
+            inputs.w.clone(),
+            inputs.transposed,
+            inputs.m,
+            inputs.out_shape.clone(),
+        );
+    }
+    let client = &inputs.lhs.client;
+    let out = empty_device_contiguous_dtype(
+        client.clone(),
+        inputs.lhs.device.clone(),
+        inputs.out_shape.clone(),
+        inputs.lhs.dtype,
+    );
+    let launch: qlora_kernels::Nf4MatmulLaunch = match kernel {
+        // The GEMV computes the forward product only (never chosen for `transposed`).
+        Nf4Kernel::Gemv => |c, x, p, a, code, o, shape, _, bs, d| {
+            qlora_kernels::launch_nf4_gemv(c, x, p, a, code, o, shape, bs, d)
+        },
+        Nf4Kernel::Tiled => qlora_kernels::launch_nf4_matmul_tiled,
+        _ => qlora_kernels::launch_nf4_matmul,
+    };
+    launch(
+        client,
+        inputs.lhs.handle.clone(),
+        inputs.packed.handle.clone(),
+        inputs.absmax.clone(),
+        inputs.code.clone(),
+        out.handle.clone(),
+        (inputs.m, inputs.n_out, inputs.k_red),
+        inputs.transposed,
+        inputs.w.layout.blocksize,
+        storage(inputs.lhs.dtype),
+    );
+    out
+}
+
 /// `out[m, n_out] = lhs[m, k_red] · B` by the kernel [`cube_tune`](crate::cube_tune) picks for
 /// the shape on this device.
 fn matmul(lhs: CubeTensor, w: Nf4Primitive<CubeBackend>, transposed: bool, op: &str) -> CubeTensor {
@@ -49,60 +116,30 @@ fn matmul(lhs: CubeTensor, w: Nf4Primitive<CubeBackend>, transposed: bool, op: &
     let out_shape = linear_out_shape(&lhs.shape(), k_red, n_out, op);
     let lhs = into_contiguous(lhs);
     let m = lhs.shape().num_elements() / k_red.max(1);
-    let client = lhs.client.clone();
     if m == 0 || n_out == 0 {
-        return empty_device_contiguous_dtype(client, lhs.device.clone(), out_shape, lhs.dtype);
+        return empty_device_contiguous_dtype(
+            lhs.client.clone(),
+            lhs.device.clone(),
+            out_shape,
+            lhs.dtype,
+        );
     }
     let scales = into_contiguous(w.scales.clone());
     let packed = into_contiguous(w.packed.clone());
     let absmax = absmax_handle(&scales, &layout);
-    let code = code_handle(&client, &layout);
-    let run = |kernel: Nf4Kernel| -> CubeTensor {
-        if kernel == Nf4Kernel::DequantMatmul {
-            return dequant_matmul(lhs.clone(), w.clone(), transposed, m, out_shape.clone());
-        }
-        let out = empty_device_contiguous_dtype(
-            client.clone(),
-            lhs.device.clone(),
-            out_shape.clone(),
-            lhs.dtype,
-        );
-        let launch: qlora_kernels::Nf4MatmulLaunch = match kernel {
-            // The GEMV computes the forward product only (never chosen for `transposed`).
-            Nf4Kernel::Gemv => |c, x, p, a, code, o, shape, _, bs, d| {
-                qlora_kernels::launch_nf4_gemv(c, x, p, a, code, o, shape, bs, d)
-            },
-            Nf4Kernel::Tiled => qlora_kernels::launch_nf4_matmul_tiled,
-            _ => qlora_kernels::launch_nf4_matmul,
-        };
-        launch(
-            &client,
-            lhs.handle.clone(),
-            packed.handle.clone(),
-            absmax.clone(),
-            code.clone(),
-            out.handle.clone(),
-            (m, n_out, k_red),
-            transposed,
-            layout.blocksize,
-            storage(lhs.dtype),
-        );
-        out
-    };
-    let key = TuneKey {
-        m_class: TuneKey::m_class(m),
-        n: n_out,
-        k: k_red,
+    let code = code_handle(&lhs.client, &layout);
+    cube_tune::nf4_matmul(Nf4Inputs {
+        lhs,
+        w,
+        packed,
+        absmax,
+        code,
+        m,
+        n_out,
+        k_red,
         transposed,
-        dtype: format!("{:?}", lhs.dtype),
-        device: format!("{:?}", lhs.device),
-    };
-    let kernel = cube_tune::choose(key, &cube_tune::candidates(m, transposed), |k| {
-        let _ = run(k);
-        // Timed to completion: a failed sync shows again on the real run.
-        let _ = burn_cubecl::cubecl::future::block_on(client.sync());
-    });
-    run(kernel)
+        out_shape,
+    })
 }
 
 /// The whole weight dequantized, then the backend's matmul.
