@@ -7,7 +7,8 @@
 //! `cargo bench --bench train_step` runs every mode, each in its own process (so peak RSS is
 //! per mode), and prints a table: median step time after warm-up, tokens/s, peak RSS.
 //! `-- --shape llama7b --layers N --batch 1 --seq 512 --mode qlora` trains a LLaMA-7B-shaped
-//! stack of N layers instead (memory per layer: compare the peak RSS of two N).
+//! stack of N layers instead (memory per layer: compare the peak RSS of two N);
+//! `-- --shape smollm2 --vocab 49152` the default model's shape (SmolLM2-135M).
 //! `-- --peer DIR` adds the peer's figures from `DIR/{full,lora,qlora}.json` (written by
 //! `bench_train.py`) and the ratios; `benches/compare_peer.sh` runs both sides in one go.
 
@@ -45,8 +46,10 @@ struct Args {
     seq: usize,
     #[arg(long, default_value_t = 32000)]
     vocab: usize,
-    /// `peer` (hidden 256, ffn 688, 8 heads, 4 layers) or `llama7b` (hidden 4096, ffn 11008,
-    /// 32 heads, 2 layers unless `--layers` says otherwise): a LLaMA-7B-shaped layer stack.
+    /// `peer` (hidden 256, ffn 688, 8 heads, 4 layers), `llama7b` (hidden 4096, ffn 11008,
+    /// 32 heads, 2 layers unless `--layers` says otherwise: a LLaMA-7B-shaped layer stack) or
+    /// `smollm2` (the default model's: hidden 576, ffn 1536, 9 heads over 3 kv heads, 30
+    /// layers, tied head; with `--vocab 49152`).
     #[arg(long, default_value = "peer")]
     shape: String,
     /// Number of decoder layers (default: the shape's).
@@ -91,10 +94,12 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
-    let (hidden, ffn, heads, layers) = match args.shape.as_str() {
-        "peer" => (256, 688, 8, 4),
-        "llama7b" => (4096, 11008, 32, 2),
-        other => panic!("unknown --shape `{other}` (peer, llama7b)"),
+    let (hidden, ffn, heads, kv_heads, layers, tied) = match args.shape.as_str() {
+        "peer" => (256, 688, 8, 8, 4, false),
+        "llama7b" => (4096, 11008, 32, 32, 2, false),
+        // The default model's (SmolLM2-135M): pass `--vocab 49152` for its vocabulary.
+        "smollm2" => (576, 1536, 9, 3, 30, true),
+        other => panic!("unknown --shape `{other}` (peer, llama7b, smollm2)"),
     };
     let layers = args.layers.unwrap_or(layers);
     let rss_start = common::peak_rss_mib();
@@ -102,8 +107,8 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         &serde_json::json!({
             "model_type": "llama", "vocab_size": args.vocab, "hidden_size": hidden,
             "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": heads, "max_position_embeddings": args.seq.max(512),
-            "tie_word_embeddings": false, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+            "num_key_value_heads": kv_heads, "max_position_embeddings": args.seq.max(512),
+            "tie_word_embeddings": tied, "rms_norm_eps": 1e-6, "hidden_act": "silu",
             "rope_theta": 10000.0
         })
         .to_string(),
