@@ -1,5 +1,9 @@
-//! [`LlamaConfig`]: the hyper-parameters of a LLaMA-family model, read from HF `config.json`
-//! (transformers 4 and 5 forms) and written back.
+//! [`LlamaConfig`]: the hyper-parameters of a LLaMA-style model, read from HF `config.json`
+//! (transformers 4 and 5 forms) and written back, for the `model_type`s of [`ModelType`].
+//!
+//! A family enters here when the decoder of `qlora-llama` computes exactly what transformers'
+//! modeling file of that family does; a setting of a family that it does not compute (Qwen2's
+//! sliding-window layers, for one) is a named error, never ignored.
 
 use std::path::Path;
 
@@ -39,9 +43,45 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
 }
 
-/// The hyper-parameters of a LLaMA-family decoder (HF field names).
+/// The `model_type`s whose decoder this crate computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelType {
+    /// `llama` (`LlamaForCausalLM`): the baseline.
+    Llama,
+    /// `qwen2` (`Qwen2ForCausalLM`, Qwen2 and Qwen2.5): biases on q/k/v (not o), full attention
+    /// in every layer (its sliding-window layers are refused).
+    Qwen2,
+}
+
+impl ModelType {
+    /// The HF `model_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The HF `architectures` entry of the causal-LM class.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Llama, Self::Qwen2]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// The hyper-parameters of a LLaMA-style decoder (HF field names).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// The family (`model_type`), written back to `config.json`.
+    pub model_type: ModelType,
     /// Model width.
     pub hidden_size: usize,
     /// MLP width.
@@ -68,8 +108,10 @@ pub struct LlamaConfig {
     pub eos_token_ids: Vec<u32>,
     /// Padding token.
     pub pad_token_id: Option<u32>,
-    /// Biases on q/k/v/o.
+    /// Biases on q/k/v/o (llama's `attention_bias`).
     pub attention_bias: bool,
+    /// Biases on q/k/v only (Qwen2's projections).
+    pub qkv_bias: bool,
     /// Biases on gate/up/down.
     pub mlp_bias: bool,
     /// RoPE.
@@ -170,14 +212,25 @@ impl LlamaConfig {
 
     fn from_map(map: &Map<String, Value>, path: &str) -> Result<Self, LlamaError> {
         let f = Fields { map, path };
-        if let Some(t) = map.get("model_type").and_then(Value::as_str)
-            && t != "llama"
-        {
-            return Err(err(
-                path,
-                "model_type",
-                format!("`{t}` is not supported (only `llama`)"),
-            ));
+        let model_type = match map.get("model_type") {
+            None | Some(Value::Null) => ModelType::Llama,
+            Some(Value::String(t)) => ModelType::parse(t).ok_or_else(|| {
+                err(
+                    path,
+                    "model_type",
+                    format!("`{t}` is not supported (`llama`, `qwen2`)"),
+                )
+            })?,
+            Some(v) => {
+                return Err(err(
+                    path,
+                    "model_type",
+                    format!("expected a string, found {v}"),
+                ));
+            }
+        };
+        if model_type == ModelType::Qwen2 {
+            refuse_sliding_windows(&f)?;
         }
         match map.get("hidden_act").and_then(Value::as_str) {
             None | Some("silu") => {}
@@ -241,7 +294,10 @@ impl LlamaConfig {
         if rms_norm_eps <= 0.0 {
             return Err(err(path, "rms_norm_eps", "must be positive"));
         }
+        // Qwen2's q/k/v always carry biases and its o_proj never does; its MLP has none.
+        let qwen2 = model_type == ModelType::Qwen2;
         Ok(Self {
+            model_type,
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
             num_hidden_layers: f.usize("num_hidden_layers")?,
@@ -255,10 +311,21 @@ impl LlamaConfig {
             bos_token_id: f.token("bos_token_id")?,
             eos_token_ids,
             pad_token_id: f.token("pad_token_id")?,
-            attention_bias: f.bool_or("attention_bias", false)?,
-            mlp_bias: f.bool_or("mlp_bias", false)?,
+            attention_bias: !qwen2 && f.bool_or("attention_bias", false)?,
+            qkv_bias: qwen2,
+            mlp_bias: !qwen2 && f.bool_or("mlp_bias", false)?,
             rope: read_rope(map, path)?,
         })
+    }
+
+    /// Whether q/k/v have biases.
+    pub fn qkv_has_bias(&self) -> bool {
+        self.attention_bias || self.qkv_bias
+    }
+
+    /// Whether o_proj has a bias.
+    pub fn o_has_bias(&self) -> bool {
+        self.attention_bias
     }
 
     /// The config as HF `config.json` text (transformers 5 form, `rope_parameters`).
@@ -294,9 +361,8 @@ impl LlamaConfig {
             [one] => json!(one),
             many => json!(many),
         };
-        let v = json!({
-            "architectures": ["LlamaForCausalLM"],
-            "attention_bias": self.attention_bias,
+        let mut v = json!({
+            "architectures": [self.model_type.architecture()],
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
             "dtype": "float32",
@@ -306,19 +372,34 @@ impl LlamaConfig {
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
             "max_position_embeddings": self.max_position_embeddings,
-            "mlp_bias": self.mlp_bias,
-            "model_type": "llama",
+            "model_type": self.model_type.as_str(),
             "num_attention_heads": self.num_attention_heads,
             "num_hidden_layers": self.num_hidden_layers,
             "num_key_value_heads": self.num_key_value_heads,
             "pad_token_id": self.pad_token_id,
-            "pretraining_tp": 1,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_parameters": Value::Object(rope),
             "tie_word_embeddings": self.tie_word_embeddings,
             "use_cache": true,
             "vocab_size": self.vocab_size,
         });
+        let extra = match self.model_type {
+            ModelType::Llama => json!({
+                "attention_bias": self.attention_bias,
+                "mlp_bias": self.mlp_bias,
+                "pretraining_tp": 1,
+            }),
+            ModelType::Qwen2 => json!({
+                "use_sliding_window": false,
+                "sliding_window": null,
+                "max_window_layers": self.num_hidden_layers,
+            }),
+        };
+        let (Value::Object(all), Value::Object(extra)) = (&mut v, extra) else {
+            unreachable!("JSON objects")
+        };
+        all.extend(extra);
+        all.sort_keys();
         serde_json::to_string_pretty(&v).expect("JSON value") + "\n"
     }
 
@@ -326,6 +407,34 @@ impl LlamaConfig {
     pub fn kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+}
+
+/// Qwen2's sliding-window attention (`use_sliding_window`, or `layer_types` naming
+/// `sliding_attention`) is not computed here: refused by name.
+fn refuse_sliding_windows(f: &Fields<'_>) -> Result<(), LlamaError> {
+    if f.bool_or("use_sliding_window", false)? {
+        return Err(err(
+            f.path,
+            "use_sliding_window",
+            "sliding-window attention is not supported (only full attention in every layer)",
+        ));
+    }
+    if let Some(types) = f.map.get("layer_types").filter(|v| !v.is_null()) {
+        let all_full = types
+            .as_array()
+            .is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention")));
+        if !all_full {
+            return Err(err(
+                f.path,
+                "layer_types",
+                format!(
+                    "{types} is not supported (only `full_attention` in every layer; sliding-window \
+                     attention is not computed)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// RoPE from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4).

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::gguf::{GgufFile, GgufValue};
 use crate::{
-    HostFloats, HostTensor, LlamaConfig, LlamaError, RopeConfig, RopeScaling, WeightSource,
+    HostFloats, HostTensor, LlamaConfig, LlamaError, ModelType, RopeConfig, RopeScaling,
+    WeightSource,
 };
 
 /// A GGUF model file (see the module docs).
@@ -181,6 +182,7 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
     let attention_bias = f.tensors.contains_key("blk.0.attn_q.bias");
     let mlp_bias = f.tensors.contains_key("blk.0.ffn_up.bias");
     Ok(LlamaConfig {
+        model_type: ModelType::Llama,
         hidden_size,
         intermediate_size: uint("llama.feed_forward_length")?,
         num_hidden_layers: uint("llama.block_count")?,
@@ -195,6 +197,7 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         eos_token_ids: token("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: token("tokenizer.ggml.padding_token_id"),
         attention_bias,
+        qkv_bias: false,
         mlp_bias,
         rope: RopeConfig { theta, scaling },
     })

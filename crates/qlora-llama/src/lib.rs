@@ -36,7 +36,7 @@ pub use attention::LlamaAttention;
 pub use block::LlamaDecoderLayer;
 pub use cache::KvCache;
 pub use checkpoint::{HfCheckpoint, HostFloats, HostTensor, WeightSource};
-pub use config::{LlamaConfig, RopeConfig, RopeScaling};
+pub use config::{LlamaConfig, ModelType, RopeConfig, RopeScaling};
 pub use error::LlamaError;
 pub use generate::{GenerationConfig, Sampling};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize as ggml_dequantize};

@@ -161,15 +161,15 @@ impl LlamaForCausalLM {
             let lin = |name: &str, dims: [usize; 2], bias: bool| {
                 linear(src, applier, &format!("{p}.{name}"), dims, bias)
             };
-            let ab = c.attention_bias;
+            let (qkv_b, o_b) = (c.qkv_has_bias(), c.o_has_bias());
             let mb = c.mlp_bias;
             let (ffn, hid) = (c.intermediate_size, h);
             layers.push(LlamaDecoderLayer {
                 self_attn: LlamaAttention {
-                    q_proj: lin("self_attn.q_proj", [q_out, hid], ab)?,
-                    k_proj: lin("self_attn.k_proj", [kv_out, hid], ab)?,
-                    v_proj: lin("self_attn.v_proj", [kv_out, hid], ab)?,
-                    o_proj: lin("self_attn.o_proj", [hid, q_out], ab)?,
+                    q_proj: lin("self_attn.q_proj", [q_out, hid], qkv_b)?,
+                    k_proj: lin("self_attn.k_proj", [kv_out, hid], qkv_b)?,
+                    v_proj: lin("self_attn.v_proj", [kv_out, hid], qkv_b)?,
+                    o_proj: lin("self_attn.o_proj", [hid, q_out], o_b)?,
                     num_heads: c.num_attention_heads,
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,

@@ -50,10 +50,10 @@ impl RandomWeights {
         for i in 0..c.num_hidden_layers {
             let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
             let shapes = [
-                (q, [q_out, h], c.attention_bias),
-                (k, [kv_out, h], c.attention_bias),
-                (vv, [kv_out, h], c.attention_bias),
-                (o, [h, q_out], c.attention_bias),
+                (q, [q_out, h], c.qkv_has_bias()),
+                (k, [kv_out, h], c.qkv_has_bias()),
+                (vv, [kv_out, h], c.qkv_has_bias()),
+                (o, [h, q_out], c.o_has_bias()),
                 (g, [f, h], c.mlp_bias),
                 (u, [f, h], c.mlp_bias),
                 (d, [h, f], c.mlp_bias),
