@@ -6,9 +6,10 @@ use burn::tensor::Tensor;
 use qlora_fused::causal_attention;
 use qlora_nn::AdaptedLinear;
 
-use crate::{KvCache, Rope};
+use crate::{KvCache, RmsNorm, Rope};
 
-/// `self_attn` of a decoder layer: `q_proj`, `k_proj`, `v_proj`, `o_proj` (HF names).
+/// `self_attn` of a decoder layer: `q_proj`, `k_proj`, `v_proj`, `o_proj` (HF names), and
+/// Qwen3's per-head `q_norm`, `k_norm`.
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
     /// `[hidden] → [heads · head_dim]`.
@@ -19,6 +20,10 @@ pub struct LlamaAttention {
     pub v_proj: AdaptedLinear,
     /// `[heads · head_dim] → [hidden]`.
     pub o_proj: AdaptedLinear,
+    /// RMSNorm over each query head, `[head_dim]`, before RoPE (Qwen3).
+    pub q_norm: Option<RmsNorm>,
+    /// RMSNorm over each key head, `[head_dim]`, before RoPE (Qwen3).
+    pub k_norm: Option<RmsNorm>,
     /// Query heads.
     pub num_heads: usize,
     /// Key/value heads.
@@ -41,10 +46,19 @@ impl LlamaAttention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = Rope::apply(heads(self.q_proj.forward(x.clone()), h), cos, sin);
-        let k = Rope::apply(heads(self.k_proj.forward(x.clone()), kvh), cos, sin);
-        let v = heads(self.v_proj.forward(x), kvh);
+        // `[b, t, n · d]` → `[b, n, t, d]`, each head normed first where the family does.
+        let heads = |y: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
+            let y = y.reshape([b, t, n, d]);
+            let y = match norm {
+                Some(norm) => norm.forward(y),
+                None => y,
+            };
+            y.swap_dims(1, 2)
+        };
+        let q = heads(self.q_proj.forward(x.clone()), h, &self.q_norm);
+        let k = heads(self.k_proj.forward(x.clone()), kvh, &self.k_norm);
+        let (q, k) = (Rope::apply(q, cos, sin), Rope::apply(k, cos, sin));
+        let v = heads(self.v_proj.forward(x), kvh, &None);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),

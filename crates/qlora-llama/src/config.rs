@@ -51,6 +51,9 @@ pub enum ModelType {
     /// `qwen2` (`Qwen2ForCausalLM`, Qwen2 and Qwen2.5): biases on q/k/v (not o), full attention
     /// in every layer (its sliding-window layers are refused).
     Qwen2,
+    /// `qwen3` (`Qwen3ForCausalLM`): RMSNorm over each head of q and k before RoPE
+    /// (`q_norm`, `k_norm`), `head_dim` independent of the width (sliding windows refused).
+    Qwen3,
 }
 
 impl ModelType {
@@ -59,6 +62,7 @@ impl ModelType {
         match self {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
         }
     }
 
@@ -67,11 +71,12 @@ impl ModelType {
         match self {
             Self::Llama => "LlamaForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::Llama, Self::Qwen2]
+        [Self::Llama, Self::Qwen2, Self::Qwen3]
             .into_iter()
             .find(|t| t.as_str() == s)
     }
@@ -112,6 +117,9 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     /// Biases on q/k/v only (Qwen2's projections).
     pub qkv_bias: bool,
+    /// RMSNorm (width `head_dim`, the same ε) over each head of q and k before RoPE (Qwen3's
+    /// `q_norm`, `k_norm`).
+    pub qk_norm: bool,
     /// Biases on gate/up/down.
     pub mlp_bias: bool,
     /// RoPE.
@@ -218,7 +226,7 @@ impl LlamaConfig {
                 err(
                     path,
                     "model_type",
-                    format!("`{t}` is not supported (`llama`, `qwen2`)"),
+                    format!("`{t}` is not supported (`llama`, `qwen2`, `qwen3`)"),
                 )
             })?,
             Some(v) => {
@@ -229,7 +237,7 @@ impl LlamaConfig {
                 ));
             }
         };
-        if model_type == ModelType::Qwen2 {
+        if matches!(model_type, ModelType::Qwen2 | ModelType::Qwen3) {
             refuse_sliding_windows(&f)?;
         }
         match map.get("hidden_act").and_then(Value::as_str) {
@@ -294,8 +302,10 @@ impl LlamaConfig {
         if rms_norm_eps <= 0.0 {
             return Err(err(path, "rms_norm_eps", "must be positive"));
         }
-        // Qwen2's q/k/v always carry biases and its o_proj never does; its MLP has none.
+        // Qwen2's q/k/v always carry biases and its o_proj never does; neither Qwen has MLP
+        // biases; Qwen3's `attention_bias` is llama's (all four projections).
         let qwen2 = model_type == ModelType::Qwen2;
+        let qwen = qwen2 || model_type == ModelType::Qwen3;
         Ok(Self {
             model_type,
             hidden_size,
@@ -313,7 +323,8 @@ impl LlamaConfig {
             pad_token_id: f.token("pad_token_id")?,
             attention_bias: !qwen2 && f.bool_or("attention_bias", false)?,
             qkv_bias: qwen2,
-            mlp_bias: !qwen2 && f.bool_or("mlp_bias", false)?,
+            qk_norm: model_type == ModelType::Qwen3,
+            mlp_bias: !qwen && f.bool_or("mlp_bias", false)?,
             rope: read_rope(map, path)?,
         })
     }
@@ -390,6 +401,12 @@ impl LlamaConfig {
                 "pretraining_tp": 1,
             }),
             ModelType::Qwen2 => json!({
+                "use_sliding_window": false,
+                "sliding_window": null,
+                "max_window_layers": self.num_hidden_layers,
+            }),
+            ModelType::Qwen3 => json!({
+                "attention_bias": self.attention_bias,
                 "use_sliding_window": false,
                 "sliding_window": null,
                 "max_window_layers": self.num_hidden_layers,

@@ -198,6 +198,7 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         pad_token_id: token("tokenizer.ggml.padding_token_id"),
         attention_bias,
         qkv_bias: false,
+        qk_norm: false,
         mlp_bias,
         rope: RopeConfig { theta, scaling },
     })

@@ -49,11 +49,18 @@ fn norm(
     c: &LlamaConfig,
     device: &Device,
 ) -> Result<RmsNorm, LlamaError> {
-    let w = float(src, name, &[c.hidden_size])?;
-    Ok(RmsNorm::new(
-        upload(w, [c.hidden_size], device),
-        c.rms_norm_eps,
-    ))
+    norm_of_width(src, name, c.hidden_size, c, device)
+}
+
+fn norm_of_width(
+    src: &dyn WeightSource,
+    name: &str,
+    width: usize,
+    c: &LlamaConfig,
+    device: &Device,
+) -> Result<RmsNorm, LlamaError> {
+    let w = float(src, name, &[width])?;
+    Ok(RmsNorm::new(upload(w, [width], device), c.rms_norm_eps))
 }
 
 /// One linear at `path` (`[out, in]` in the file), as the applier says.
@@ -164,12 +171,22 @@ impl LlamaForCausalLM {
             let (qkv_b, o_b) = (c.qkv_has_bias(), c.o_has_bias());
             let mb = c.mlp_bias;
             let (ffn, hid) = (c.intermediate_size, h);
+            let head_norm = |name: &str| {
+                c.qk_norm
+                    .then(|| {
+                        let name = format!("{p}.self_attn.{name}.weight");
+                        norm_of_width(src, &name, c.head_dim, c, device)
+                    })
+                    .transpose()
+            };
             layers.push(LlamaDecoderLayer {
                 self_attn: LlamaAttention {
                     q_proj: lin("self_attn.q_proj", [q_out, hid], qkv_b)?,
                     k_proj: lin("self_attn.k_proj", [kv_out, hid], qkv_b)?,
                     v_proj: lin("self_attn.v_proj", [kv_out, hid], qkv_b)?,
                     o_proj: lin("self_attn.o_proj", [hid, q_out], o_b)?,
+                    q_norm: head_norm("q_norm")?,
+                    k_norm: head_norm("k_norm")?,
                     num_heads: c.num_attention_heads,
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,

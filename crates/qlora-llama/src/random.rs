@@ -71,6 +71,15 @@ impl RandomWeights {
                     Init::Ones,
                 );
             }
+            if c.qk_norm {
+                for norm in ["q_norm", "k_norm"] {
+                    add(
+                        format!("model.layers.{i}.self_attn.{norm}.weight"),
+                        vec![c.head_dim],
+                        Init::Ones,
+                    );
+                }
+            }
         }
         Self { seed, tensors }
     }

@@ -86,6 +86,14 @@ impl LlamaForCausalLM {
                 let (name, t) = vector(format!("model.layers.{i}.{n}.weight"), norm.weight.val());
                 push_float(&mut tensors, name, t, head_format);
             }
+            let attn = &layer.self_attn;
+            for (n, norm) in [("q_norm", &attn.q_norm), ("k_norm", &attn.k_norm)] {
+                if let Some(norm) = norm {
+                    let name = format!("model.layers.{i}.self_attn.{n}.weight");
+                    let (name, t) = vector(name, norm.weight.val());
+                    push_float(&mut tensors, name, t, head_format);
+                }
+            }
         }
         let (name, t) = vector("model.norm.weight".into(), self.model.norm.weight.val());
         push_float(&mut tensors, name, t, head_format);

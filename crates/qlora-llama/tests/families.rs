@@ -4,7 +4,7 @@
 //! (`all-linear`) on both bases, greedy decoding with the KV cache, the merge, and a save that
 //! transformers' reader takes back (`model_type`, `architectures`).
 //!
-//! The other families of the golden set (mistral, qwen3, gemma3, phi3) are refused by name
+//! The other families of the golden set (mistral, gemma3, phi3) are refused by name
 //! (`unsupported_families_are_named_errors`) until their decoders land.
 
 use std::path::PathBuf;
@@ -320,6 +320,32 @@ fn qwen2_family_trains_with_qlora() {
 }
 
 #[test]
+fn qwen3_family_matches_transformers() {
+    matches_transformers("qwen3", ModelType::Qwen3);
+}
+
+#[test]
+fn qwen3_family_trains_with_qlora() {
+    qlora_steps_train("qwen3");
+}
+
+#[test]
+fn qwen3_norms_each_head_of_q_and_k() {
+    let c = LlamaConfig::load(family("qwen3").join("model/config.json")).unwrap();
+    assert!(c.qk_norm && !c.qkv_has_bias() && !c.o_has_bias());
+    // head_dim 32 is not hidden / heads (16).
+    assert_eq!(
+        (c.head_dim, c.hidden_size / c.num_attention_heads),
+        (32, 16)
+    );
+    let device = Device::flex();
+    let model = load(family("qwen3").join("model"), None, &device);
+    let attn = &model.model.layers[0].self_attn;
+    let widths = [&attn.q_norm, &attn.k_norm].map(|n| n.as_ref().map(|n| n.weight.dims()));
+    assert_eq!(widths, [Some([32]), Some([32])]);
+}
+
+#[test]
 fn qwen2_reads_biases_on_qkv_only() {
     let c = LlamaConfig::load(family("qwen2").join("model/config.json")).unwrap();
     assert!(c.qkv_has_bias() && !c.o_has_bias() && !c.mlp_bias);
@@ -359,7 +385,7 @@ fn qwen2_sliding_window_layers_are_named_errors() {
 
 #[test]
 fn unsupported_families_are_named_errors() {
-    for name in ["mistral", "qwen3", "gemma3", "phi3"] {
+    for name in ["mistral", "gemma3", "phi3", "qwen3_moe", "gpt2"] {
         let e = config_with(serde_json::json!({ "model_type": name })).unwrap_err();
         assert!(
             e.contains("model_type") && e.contains(name) && e.contains("not supported"),
