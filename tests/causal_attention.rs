@@ -2,12 +2,13 @@
 //! `attention` with the kv heads repeated (`repeat_kv`), on Flex (the fused host kernels) and
 //! on wgpu where an adapter exists (the default bodies on CubeCL): outputs and the gradients in
 //! q, k and v under a non-uniform upstream gradient, for grouped-query heads, sequences that
-//! cross the kernel's row blocks, and a decoding step against a longer cache.
+//! cross the kernel's row blocks, and a decoding step against a longer cache; and the sliding
+//! window (`causal_attention_windowed`) against the same with an explicit mask.
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
-use burn_qlora::fused::causal_attention;
+use burn::tensor::{Bool, Device, DeviceKind, Int, Tensor, TensorData};
+use burn_qlora::fused::{causal_attention, causal_attention_windowed};
 
 #[path = "support/numeric.rs"]
 mod numeric;
@@ -24,9 +25,32 @@ fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
         .reshape([b, kvh * groups, s, d])
 }
 
-/// One case: `q` `[b, h, tq, d]`, `k`/`v` `[b, kvh, tk, d]`.
-fn check_case(device: &Device, [b, h, kvh, tq, tk, d]: [usize; 6]) {
-    let what = format!("b {b} h {h} kvh {kvh} tq {tq} tk {tk} d {d}");
+/// `true` where query `i` (at key position `p = i + tk − tq`) must not see key `j`: `j > p`, or
+/// `j ≤ p − window` (transformers' sliding-window mask), `[b, h, tq, tk]`.
+fn window_mask(dims: [usize; 4], window: usize, dev: &Device) -> Tensor<4, Bool> {
+    let [b, h, tq, tk] = dims;
+    let pos = Tensor::<1, Int>::arange(0..tq as i64, dev)
+        .reshape([tq, 1])
+        .add_scalar(tk as i64 - tq as i64)
+        .expand([tq, tk]);
+    let key = Tensor::<1, Int>::arange(0..tk as i64, dev)
+        .reshape([1, tk])
+        .expand([tq, tk]);
+    let future = key.clone().greater(pos.clone());
+    let before = key.lower_equal(pos.sub_scalar(window as i64));
+    future
+        .bool_or(before)
+        .reshape([1, 1, tq, tk])
+        .expand([b, h, tq, tk])
+}
+
+/// One case: `q` `[b, h, tq, d]`, `k`/`v` `[b, kvh, tk, d]`, in a sliding window or not.
+fn check_case(device: &Device, [b, h, kvh, tq, tk, d]: [usize; 6], window: Option<usize>) {
+    let what = format!("b {b} h {h} kvh {kvh} tq {tq} tk {tk} d {d} window {window:?}");
+    let ours_of = |q, k, v, scale| match window {
+        Some(w) => causal_attention_windowed(q, k, v, scale, w),
+        None => causal_attention(q, k, v, scale),
+    };
     let scale = 1.0 / (d as f32).sqrt();
     let ad = device.clone().autodiff();
     let make = |dev: &Device| {
@@ -54,7 +78,7 @@ fn check_case(device: &Device, [b, h, kvh, tq, tk, d]: [usize; 6]) {
     };
 
     let (q, k, v, g) = make(&ad);
-    let ours = causal_attention(q.clone(), k.clone(), v.clone(), scale);
+    let ours = ours_of(q.clone(), k.clone(), v.clone(), scale);
     let ours_out = vals(ours.clone());
     let grads = (ours * g).sum().backward();
     let ours_grads = [&q, &k, &v].map(|t| vals(t.grad(&grads).unwrap()));
@@ -63,14 +87,15 @@ fn check_case(device: &Device, [b, h, kvh, tq, tk, d]: [usize; 6]) {
     let options = AttentionModuleOptions {
         scale: Some(scale as f64),
         softcap: None,
-        is_causal: tq > 1,
+        is_causal: window.is_none() && tq > 1,
     };
     let groups = h / kvh;
+    let mask = window.map(|w| window_mask([b, h, tq, tk], w, &ad));
     let want = attention(
         q.clone(),
         repeat_kv(k.clone(), groups),
         repeat_kv(v.clone(), groups),
-        None,
+        mask,
         None,
         options,
     );
@@ -89,7 +114,7 @@ fn check_case(device: &Device, [b, h, kvh, tq, tk, d]: [usize; 6]) {
     // Without autodiff: the same output.
     let (q, k, v, _) = make(device);
     assert_close(
-        &vals(causal_attention(q, k, v, scale)),
+        &vals(ours_of(q, k, v, scale)),
         &want_out,
         1e-5,
         &format!("{what}: out, no autodiff"),
@@ -106,7 +131,18 @@ fn check(device: &Device) {
         [2, 4, 2, 1, 37, 8],
         [1, 3, 1, 3, 40, 8],
     ] {
-        check_case(device, case);
+        check_case(device, case, None);
+    }
+    // Windows narrower than a row block, wider than one, wider than the sequence (plain causal
+    // attention), and a decoding step and a chunk over a cache longer than the window.
+    for (case, window) in [
+        ([2, 6, 2, 130, 130, 16], 17),
+        ([1, 4, 4, 130, 130, 8], 100),
+        ([1, 4, 2, 20, 20, 8], 64),
+        ([2, 4, 2, 1, 37, 8], 8),
+        ([1, 3, 1, 3, 40, 8], 5),
+    ] {
+        check_case(device, case, Some(window));
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`linear_cross_entropy`]: the head's matmul fused with the loss, chunk by chunk, the input
 //!   gradient computed in the same pass (as Liger-Kernel and Unsloth do);
 //! - [`causal_attention`]: its backward pass keeps `Q`, `K`, `V` only and recomputes the
-//!   probabilities block by block (Dao et al. 2022, *FlashAttention*);
+//!   probabilities block by block (Dao et al. 2022, *FlashAttention*), in a sliding window
+//!   where the model has one ([`causal_attention_windowed`]);
 //! - [`rms_norm`], [`swiglu`], [`rope`]: one pass forward and one backward each.
 //!
 //! Laid out as burn-vision is: [`ops`] holds the `#[backend_extension]` traits, whose default
@@ -23,6 +24,6 @@ mod host;
 pub mod ops;
 
 pub use ops::{
-    BlockOps, CausalAttentionOps, LinearCrossEntropyOps, causal_attention, linear_cross_entropy,
-    rms_norm, rope, swiglu,
+    BlockOps, CausalAttentionOps, LinearCrossEntropyOps, causal_attention,
+    causal_attention_windowed, linear_cross_entropy, rms_norm, rope, swiglu,
 };

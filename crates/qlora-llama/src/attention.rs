@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use qlora_fused::causal_attention;
+use qlora_fused::{causal_attention, causal_attention_windowed};
 use qlora_nn::AdaptedLinear;
 
 use crate::{KvCache, RmsNorm, Rope};
@@ -30,6 +30,8 @@ pub struct LlamaAttention {
     pub num_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// Each query sees the last this many keys up to its own (Mistral); `None`: all of them.
+    pub sliding_window: Option<usize>,
 }
 
 impl LlamaAttention {
@@ -67,7 +69,10 @@ impl LlamaAttention {
         // head serves its group of query heads (no repeat_kv copy); the backward pass keeps
         // no scores.
         let scale = (1.0 / (d as f64).sqrt()) as f32;
-        let out = causal_attention(q, k, v, scale);
+        let out = match self.sliding_window {
+            Some(w) => causal_attention_windowed(q, k, v, scale, w),
+            None => causal_attention(q, k, v, scale),
+        };
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
         self.o_proj.forward(out)
     }

@@ -51,6 +51,9 @@ pub enum ModelType {
     /// `qwen2` (`Qwen2ForCausalLM`, Qwen2 and Qwen2.5): biases on q/k/v (not o), full attention
     /// in every layer (its sliding-window layers are refused).
     Qwen2,
+    /// `mistral` (`MistralForCausalLM`): attention in a sliding window of `sliding_window`
+    /// keys (training, prefill and decoding with the cache alike).
+    Mistral,
     /// `qwen3` (`Qwen3ForCausalLM`): RMSNorm over each head of q and k before RoPE
     /// (`q_norm`, `k_norm`), `head_dim` independent of the width (sliding windows refused).
     Qwen3,
@@ -61,6 +64,7 @@ impl ModelType {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Llama => "llama",
+            Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
         }
@@ -70,13 +74,14 @@ impl ModelType {
     pub fn architecture(self) -> &'static str {
         match self {
             Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::Llama, Self::Qwen2, Self::Qwen3]
+        [Self::Llama, Self::Mistral, Self::Qwen2, Self::Qwen3]
             .into_iter()
             .find(|t| t.as_str() == s)
     }
@@ -120,6 +125,9 @@ pub struct LlamaConfig {
     /// RMSNorm (width `head_dim`, the same ε) over each head of q and k before RoPE (Qwen3's
     /// `q_norm`, `k_norm`).
     pub qk_norm: bool,
+    /// Each query sees only the last `sliding_window` keys up to its position (Mistral's
+    /// `sliding_window`; `None`: full causal attention).
+    pub sliding_window: Option<usize>,
     /// Biases on gate/up/down.
     pub mlp_bias: bool,
     /// RoPE.
@@ -226,7 +234,7 @@ impl LlamaConfig {
                 err(
                     path,
                     "model_type",
-                    format!("`{t}` is not supported (`llama`, `qwen2`, `qwen3`)"),
+                    format!("`{t}` is not supported (`llama`, `mistral`, `qwen2`, `qwen3`)"),
                 )
             })?,
             Some(v) => {
@@ -324,6 +332,13 @@ impl LlamaConfig {
             attention_bias: !qwen2 && f.bool_or("attention_bias", false)?,
             qkv_bias: qwen2,
             qk_norm: model_type == ModelType::Qwen3,
+            sliding_window: match model_type {
+                ModelType::Mistral => match map.get("sliding_window") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(f.usize("sliding_window")?),
+                },
+                _ => None,
+            },
             mlp_bias: !qwen && f.bool_or("mlp_bias", false)?,
             rope: read_rope(map, path)?,
         })
@@ -405,6 +420,7 @@ impl LlamaConfig {
                 "sliding_window": null,
                 "max_window_layers": self.num_hidden_layers,
             }),
+            ModelType::Mistral => json!({ "sliding_window": self.sliding_window }),
             ModelType::Qwen3 => json!({
                 "attention_bias": self.attention_bias,
                 "use_sliding_window": false,

@@ -199,6 +199,7 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         attention_bias,
         qkv_bias: false,
         qk_norm: false,
+        sliding_window: None,
         mlp_bias,
         rope: RopeConfig { theta, scaling },
     })

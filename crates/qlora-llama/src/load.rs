@@ -190,6 +190,7 @@ impl LlamaForCausalLM {
                     num_heads: c.num_attention_heads,
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
+                    sliding_window: c.sliding_window,
                 },
                 mlp: LlamaMlp {
                     gate_proj: lin("mlp.gate_proj", [ffn, hid], mb)?,

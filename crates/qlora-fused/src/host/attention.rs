@@ -4,7 +4,9 @@
 //! query rows, the scores of the keys the block can see
 //! (`S = scale · Q·Kᵀ`, no key right of the block's last row computed), a masked softmax per
 //! row with one vectorised `exp` per score, then `O = P·V`. The `[rows, keys]` score block is the
-//! only scratch: the `[batch, heads, len, len]` scores never exist.
+//! only scratch: the `[batch, heads, len, len]` scores never exist. With a sliding window `W`
+//! (Mistral), query `i` sees only the last `W` keys up to its own position; the keys before a
+//! row's window get probability 0, as the causal future does.
 //!
 //! The backward pass recomputes `P` block by block (as FlashAttention does, Dao et al. 2022):
 //! `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`, `dQ = scale · dS·K`,
@@ -39,12 +41,20 @@ pub struct AttnShape {
     pub dv: usize,
     /// Score scale (usually `1/√d`).
     pub scale: f32,
+    /// Sliding window: query `i` (at key position `p = i + tk − tq`) sees keys
+    /// `p − W < j ≤ p` (transformers' `sliding_window` mask); `None`: every key up to `p`.
+    pub window: Option<usize>,
 }
 
 impl AttnShape {
-    /// Keys visible to query row `i`: `0 .. visible(i)`.
+    /// Keys visible to query row `i`: `first(i) .. visible(i)`.
     fn visible(&self, i: usize) -> usize {
         (i + 1 + self.tk).saturating_sub(self.tq).min(self.tk)
+    }
+
+    /// The first key query row `i` sees (0 without a window).
+    fn first(&self, i: usize) -> usize {
+        self.window.map_or(0, |w| self.visible(i).saturating_sub(w))
     }
 }
 
@@ -93,7 +103,7 @@ unsafe fn mm(
 }
 
 /// Rows `r0 .. r0 + rows` of `P = softmax(scale · Q·Kᵀ)` (masked) into `p` `[rows, keys]`,
-/// `keys = visible(r0 + rows − 1)`; entries past a row's visible keys are 0.
+/// `keys = visible(r0 + rows − 1)`; entries outside a row's visible keys are 0.
 fn probabilities(s: &AttnShape, q: &[f32], k: &[f32], r0: usize, rows: usize, p: &mut [f32]) {
     let keys = s.visible(r0 + rows - 1);
     if keys == 0 {
@@ -113,10 +123,12 @@ fn probabilities(s: &AttnShape, q: &[f32], k: &[f32], r0: usize, rows: usize, p:
         );
     }
     for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
-        let seen = s.visible(r0 + i);
+        let (first, seen) = (s.first(r0 + i), s.visible(r0 + i));
         let (live, masked) = row.split_at_mut(seen);
         masked.fill(0.0);
-        if seen == 0 {
+        let (before, live) = live.split_at_mut(first);
+        before.fill(0.0);
+        if live.is_empty() {
             continue;
         }
         let (_, sum) = softmax_numerators(live);
@@ -316,8 +328,8 @@ mod tests {
                 let kv = bi * s.kvh + hi / (s.h / s.kvh);
                 for i in 0..s.tq {
                     let qi = &q[((bi * s.h + hi) * s.tq + i) * s.d..][..s.d];
-                    let seen = s.visible(i);
-                    let sc: Vec<f64> = (0..seen)
+                    let (first, seen) = (s.first(i), s.visible(i));
+                    let sc: Vec<f64> = (first..seen)
                         .map(|j| {
                             let kj = &k[(kv * s.tk + j) * s.d..][..s.d];
                             s.scale as f64
@@ -330,7 +342,8 @@ mod tests {
                     let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
                     let o = &mut out[((bi * s.h + hi) * s.tq + i) * s.dv..][..s.dv];
-                    for (j, x) in sc.iter().enumerate() {
+                    for (jj, x) in sc.iter().enumerate() {
+                        let j = first + jj;
                         let w = (x - m).exp() / z;
                         for c in 0..s.dv {
                             o[c] += w * v[(kv * s.tk + j) * s.dv + c] as f64;
@@ -357,8 +370,17 @@ mod tests {
     #[test]
     fn forward_matches_the_definition_across_blocks_groups_and_offsets() {
         // tq 130 crosses two block edges; tk > tq (a cache); 6 heads over 2 kv heads; tq > tk
-        // rows with no key give 0.
-        for (tq, tk, h, kvh) in [(130, 130, 6, 2), (70, 200, 4, 4), (3, 1, 2, 1)] {
+        // rows with no key give 0; sliding windows narrower than a block, wider than one, and
+        // over a cache.
+        for (tq, tk, h, kvh, window) in [
+            (130, 130, 6, 2, None),
+            (70, 200, 4, 4, None),
+            (3, 1, 2, 1, None),
+            (130, 130, 6, 2, Some(17)),
+            (130, 130, 2, 1, Some(100)),
+            (70, 200, 4, 4, Some(90)),
+            (1, 12, 2, 1, Some(3)),
+        ] {
             let s = AttnShape {
                 b: 2,
                 h,
@@ -368,6 +390,7 @@ mod tests {
                 d: 8,
                 dv: 5,
                 scale: 0.35,
+                window,
             };
             let q = data(s.b * h * tq * s.d, 1);
             let k = data(s.b * kvh * tk * s.d, 2);
@@ -382,16 +405,22 @@ mod tests {
 
     #[test]
     fn backward_matches_central_differences() {
-        let s = AttnShape {
-            b: 1,
-            h: 4,
-            kvh: 2,
-            tq: 70,
-            tk: 70,
-            d: 6,
-            dv: 4,
-            scale: 0.4,
-        };
+        for window in [None, Some(9)] {
+            backward_case(AttnShape {
+                b: 1,
+                h: 4,
+                kvh: 2,
+                tq: 70,
+                tk: 70,
+                d: 6,
+                dv: 4,
+                scale: 0.4,
+                window,
+            });
+        }
+    }
+
+    fn backward_case(s: AttnShape) {
         let q = data(s.h * s.tq * s.d, 4);
         let k = data(s.kvh * s.tk * s.d, 5);
         let v = data(s.kvh * s.tk * s.dv, 6);
@@ -416,7 +445,8 @@ mod tests {
                 let got = grad[idx] as f64;
                 assert!(
                     (got - want).abs() < 2e-3 * (1.0 + want.abs()),
-                    "input {which}[{idx}]: {got} vs {want}"
+                    "window {:?}: input {which}[{idx}]: {got} vs {want}",
+                    s.window
                 );
             }
         }

@@ -4,7 +4,8 @@
 //! of `kvh` heads (grouped-query attention: query head `i` reads kv head `i / (h / kvh)`, no
 //! copy of the keys per group). The mask is aligned bottom-right: query `i` of `tq` sees keys
 //! `0 ..= i + tk − tq`, so the same op serves a training sequence (`tq = tk`) and decoding
-//! with a cache (`tq < tk`).
+//! with a cache (`tq < tk`). A sliding window `W` (Mistral's `sliding_window`) narrows it to
+//! the last `W` keys: query `i` at key position `p = i + tk − tq` sees `p − W < j ≤ p`.
 //!
 //! Burn 0.22.1's Autodiff differentiates `attention` through its composed fallback, keeping the
 //! `[b, h, tq, tk]` scores and probabilities of every layer for the backward pass. Here the
@@ -25,16 +26,24 @@ use crate::host::attention::AttnShape;
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
 pub trait CausalAttentionOps: Backend {
     /// `[b, h, tq, dv]`: attention of queries `q` `[b, h, tq, d]` over keys `k` `[b, kvh, tk, d]`
-    /// and values `v` `[b, kvh, tk, dv]`, scores scaled by `scale`.
+    /// and values `v` `[b, kvh, tk, dv]`, scores scaled by `scale`, each query seeing the last
+    /// `window` keys up to its position where a window is given.
     #[fusion(default)]
     fn causal_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f32,
+        window: Option<usize>,
     ) -> FloatTensor<Self> {
-        let s = dims(&q, &k, &v, scale);
+        let s = dims(&q, &k, &v, scale, window);
         let group = s.h / s.kvh;
+        if window.is_some() {
+            // Burn's `attention` has no window: the definition, with the explicit mask.
+            let (k, v) = (repeat_kv::<Self>(k, group), repeat_kv::<Self>(v, group));
+            let p = probabilities::<Self>(&s, q, k);
+            return Self::float_matmul(p, v);
+        }
         let options = AttentionModuleOptions {
             scale: Some(scale as f64),
             softcap: None,
@@ -50,8 +59,8 @@ pub trait CausalAttentionOps: Backend {
         )
     }
 
-    /// The gradients `(dq, dk, dv)` of `Σ dout ∘ causal_attention(q, k, v, scale)`, in the
-    /// shapes of `q`, `k` and `v`.
+    /// The gradients `(dq, dk, dv)` of `Σ dout ∘ causal_attention(q, k, v, scale, window)`, in
+    /// the shapes of `q`, `k` and `v`.
     #[fusion(default)]
     fn causal_attention_backward(
         q: FloatTensor<Self>,
@@ -59,8 +68,9 @@ pub trait CausalAttentionOps: Backend {
         v: FloatTensor<Self>,
         dout: FloatTensor<Self>,
         scale: f32,
+        window: Option<usize>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed_backward::<Self>(q, k, v, dout, scale)
+        composed_backward::<Self>(q, k, v, dout, scale, window)
     }
 }
 
@@ -82,8 +92,9 @@ pub(crate) fn dims(
     k: &impl TensorMetadata,
     v: &impl TensorMetadata,
     scale: f32,
+    window: Option<usize>,
 ) -> AttnShape {
-    fit(dims4(q, "q"), dims4(k, "k"), dims4(v, "v"), scale)
+    fit(dims4(q, "q"), dims4(k, "k"), dims4(v, "v"), scale, window)
 }
 
 /// # Panics
@@ -93,6 +104,7 @@ fn fit(
     [bk, kvh, tk, dk]: [usize; 4],
     [bv, kvh_v, tk_v, dv]: [usize; 4],
     scale: f32,
+    window: Option<usize>,
 ) -> AttnShape {
     assert!(
         bk == b && bv == b && kvh_v == kvh && tk_v == tk && dk == d,
@@ -105,6 +117,10 @@ fn fit(
         kvh > 0 && h % kvh == 0,
         "causal_attention: {h} query heads are not a multiple of {kvh} key/value heads"
     );
+    assert!(
+        window != Some(0),
+        "causal_attention: a sliding window of 0 keys sees nothing"
+    );
     AttnShape {
         b,
         h,
@@ -114,6 +130,7 @@ fn fit(
         d,
         dv,
         scale,
+        window,
     }
 }
 
@@ -138,8 +155,9 @@ fn sum_groups<B: Backend>(x: FloatTensor<B>, groups: usize) -> FloatTensor<B> {
     B::float_reshape(B::float_sum_dim(x, 2), Shape::new([b, h / groups, s, d]))
 }
 
-/// `true` where query `i` must not see key `j` (`j > i + tk − tq`), `[b, h, tq, tk]`.
-fn future_mask<B: Backend>(scores: &FloatTensor<B>) -> BoolTensor<B> {
+/// `true` where query `i` must not see key `j` (`j > p` or, with a window, `j ≤ p − W`, for
+/// `p = i + tk − tq`), `[b, h, tq, tk]`.
+fn hidden_mask<B: Backend>(scores: &FloatTensor<B>, window: Option<usize>) -> BoolTensor<B> {
     let device = scores.device();
     let [b, h, tq, tk] = dims4(scores, "scores");
     let settings = get_or_init_device_settings::<B>(&device);
@@ -152,9 +170,37 @@ fn future_mask<B: Backend>(scores: &FloatTensor<B>) -> BoolTensor<B> {
         Shape::new([1, tk]),
     );
     let rows = B::int_add_scalar(rows, (tk as i64 - tq as i64).into());
-    let mask = B::int_lower(rows, cols, settings.bool_dtype);
+    let rows_2d = Shape::new([tq, tk]);
+    let (rows, cols) = (
+        B::int_expand(rows, rows_2d.clone()),
+        B::int_expand(cols, rows_2d),
+    );
+    let mut mask = B::int_lower(rows.clone(), cols.clone(), settings.bool_dtype);
+    if let Some(w) = window {
+        // j < p − W + 1
+        let start = B::int_add_scalar(rows, (1 - w as i64).into());
+        let before = B::int_lower(cols, start, settings.bool_dtype);
+        mask = B::bool_or(mask, before);
+    }
     let mask = B::bool_reshape(mask, Shape::new([1, 1, tq, tk]));
     B::bool_expand(mask, Shape::new([b, h, tq, tk]))
+}
+
+/// `P = softmax(scale · Q·Kᵀ)` over the keys each query sees, `[b, h, tq, tk]` (`k` with its
+/// heads already repeated; rows that see no key are 0).
+fn probabilities<B: Backend>(
+    s: &AttnShape,
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), s.scale.into());
+    let mask = hidden_mask::<B>(&scores, s.window);
+    let scores = B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into());
+    let wide = |t: FloatTensor<B>| B::float_expand(t, Shape::new([s.b, s.h, s.tq, s.tk]));
+    let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
+    let e = B::float_exp(B::float_sub(scores, wide(max)));
+    let sum = B::float_clamp_min(B::float_sum_dim(e.clone(), 3), f32::MIN_POSITIVE.into());
+    B::float_div(e, wide(sum))
 }
 
 /// The backward pass of the definition, with the backend's own ops (all scores held).
@@ -164,21 +210,13 @@ fn composed_backward<B: Backend>(
     v: FloatTensor<B>,
     dout: FloatTensor<B>,
     scale: f32,
+    window: Option<usize>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let s = dims(&q, &k, &v, scale);
+    let s = dims(&q, &k, &v, scale, window);
     let group = s.h / s.kvh;
     let (k, v) = (repeat_kv::<B>(k, group), repeat_kv::<B>(v, group));
-    let scores = B::float_mul_scalar(
-        B::float_matmul(q.clone(), B::float_transpose(k.clone())),
-        scale.into(),
-    );
-    let mask = future_mask::<B>(&scores);
-    let scores = B::float_mask_fill(scores, mask.clone(), f32::NEG_INFINITY.into());
+    let p = probabilities::<B>(&s, q.clone(), k.clone());
     let wide = |t: FloatTensor<B>| B::float_expand(t, Shape::new([s.b, s.h, s.tq, s.tk]));
-    let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
-    let e = B::float_exp(B::float_sub(scores, wide(max)));
-    let sum = B::float_clamp_min(B::float_sum_dim(e.clone(), 3), f32::MIN_POSITIVE.into());
-    let p = B::float_div(e, wide(sum));
     let dv = B::float_matmul(B::float_transpose(p.clone()), dout.clone());
     let dp = B::float_matmul(dout, B::float_transpose(v));
     let dot = B::float_sum_dim(B::float_mul(p.clone(), dp.clone()), 3);
@@ -201,11 +239,40 @@ fn composed_backward<B: Backend>(
 /// # Panics
 /// If the shapes do not fit together.
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<4> {
-    fit(q.dims(), k.dims(), v.dims(), scale);
+    attention_with(q, k, v, scale, None)
+}
+
+/// [`causal_attention`] in a sliding window: query `i` at key position `p = i + tk − tq` sees
+/// only keys `p − window < j ≤ p` (transformers' `sliding_window`, as Mistral uses it; a window
+/// at least as long as the keys is plain causal attention).
+///
+/// Differentiable as [`causal_attention`], keeping no scores.
+///
+/// # Panics
+/// If the shapes do not fit together or `window` is 0.
+pub fn causal_attention_windowed(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    window: usize,
+) -> Tensor<4> {
+    attention_with(q, k, v, scale, Some(window))
+}
+
+fn attention_with(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    window: Option<usize>,
+) -> Tensor<4> {
+    fit(q.dims(), k.dims(), v.dims(), scale, window);
     Tensor::from_dispatch(<Dispatch as CausalAttentionOps>::causal_attention(
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
         scale,
+        window,
     ))
 }

@@ -5,7 +5,7 @@ mod attention;
 mod block;
 mod cross_entropy;
 
-pub use attention::{CausalAttentionOps, causal_attention};
+pub use attention::{CausalAttentionOps, causal_attention, causal_attention_windowed};
 pub use block::{BlockOps, rms_norm, rope, swiglu};
 pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
 

@@ -20,7 +20,7 @@ use crate::ops::CausalAttentionOps;
 struct CausalAttentionBackward;
 
 impl<B: CausalAttentionOps> Backward<B, 3> for CausalAttentionBackward {
-    type State = (NodeId, NodeId, NodeId, f32);
+    type State = (NodeId, NodeId, NodeId, f32, Option<usize>);
 
     fn backward(
         self,
@@ -29,9 +29,9 @@ impl<B: CausalAttentionOps> Backward<B, 3> for CausalAttentionBackward {
         checkpointer: &mut Checkpointer,
     ) {
         let g = grads.consume::<B>(&ops.node);
-        let (q, k, v, scale) = ops.state;
+        let (q, k, v, scale, window) = ops.state;
         let [q, k, v] = [q, k, v].map(|id| checkpointer.retrieve_node_output::<FloatTensor<B>>(id));
-        let (dq, dk, dv) = B::causal_attention_backward(q, k, v, g, scale);
+        let (dq, dk, dv) = B::causal_attention_backward(q, k, v, g, scale, window);
         let [pq, pk, pv] = ops.parents.map(|p| p.map(|n| n.id));
         register::<B>(grads, pq, dq);
         register::<B>(grads, pk, dk);
@@ -45,6 +45,7 @@ impl<B: CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodi
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f32,
+        window: Option<usize>,
     ) -> FloatTensor<Self> {
         match CausalAttentionBackward
             .prepare::<C>([q.node(), k.node(), v.node()])
@@ -59,12 +60,14 @@ impl<B: CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodi
                     prep.checkpoint(&k),
                     prep.checkpoint(&v),
                     scale,
+                    window,
                 );
                 let out = B::causal_attention(
                     q.into_primitive(),
                     k.into_primitive(),
                     v.into_primitive(),
                     scale,
+                    window,
                 );
                 prep.finish(state, out)
             }
@@ -73,6 +76,7 @@ impl<B: CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodi
                 k.into_primitive(),
                 v.into_primitive(),
                 scale,
+                window,
             )),
         }
     }
@@ -83,6 +87,7 @@ impl<B: CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodi
         v: FloatTensor<Self>,
         dout: FloatTensor<Self>,
         scale: f32,
+        window: Option<usize>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // Values, not part of the graph (second-order gradients are not supported).
         let (dq, dk, dv) = B::causal_attention_backward(
@@ -91,6 +96,7 @@ impl<B: CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodi
             v.into_primitive(),
             dout.into_primitive(),
             scale,
+            window,
         );
         (
             <Self as AutodiffBackend>::from_inner(dq),

@@ -12,8 +12,9 @@ impl CausalAttentionOps for Flex {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f32,
+        window: Option<usize>,
     ) -> FloatTensor<Self> {
-        let s = attention_dims(&q, &k, &v, scale);
+        let s = attention_dims(&q, &k, &v, scale, window);
         let dtype = q.dtype();
         let (q, k, v) = (f32s(q), f32s(k), f32s(v));
         let out = attention_forward(&s, slice(&q), slice(&k), slice(&v));
@@ -26,8 +27,9 @@ impl CausalAttentionOps for Flex {
         v: FloatTensor<Self>,
         dout: FloatTensor<Self>,
         scale: f32,
+        window: Option<usize>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let s = attention_dims(&q, &k, &v, scale);
+        let s = attention_dims(&q, &k, &v, scale, window);
         let dtype = q.dtype();
         let shapes = (q.shape(), k.shape(), v.shape());
         let (q, k, v, dout) = (f32s(q), f32s(k), f32s(v), f32s(dout));
