@@ -3,7 +3,9 @@
 //! Bare, `cargo run --release --example generate` answers a question with SmolLM2-135M-Instruct
 //! (fetched on first use), its linears in NF4 as during QLoRA training. With
 //! `--adapter runs/finetune/adapter` it answers with the fine-tuned adapter on top. Tokens are
-//! printed as they are produced. `--help` lists every option.
+//! printed as they are produced. `--prompt-ids 1,5,9` starts from token ids instead of text, and
+//! `--print-ids` prints the new token ids alone on stdout (space separated): with both, a model
+//! folder needs no tokenizer. `--help` lists every option.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,8 +30,17 @@ struct Args {
     #[arg(long)]
     adapter: Option<PathBuf>,
     /// The prompt: raw text, or a user message with --chat (default: a question, as chat).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
+    /// The prompt as token ids, comma separated (`1,5,9`), used as they are (no bos added).
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with_all = ["chat", "system"])]
+    prompt_ids: Option<Vec<u32>>,
+    /// Print the new token ids, space separated, instead of their text.
+    #[arg(long)]
+    print_ids: bool,
+    /// Do not stop at an end-of-sequence token: generate --max-new-tokens tokens.
+    #[arg(long)]
+    ignore_eos: bool,
     /// Wrap the prompt in the model's chat template as one user message.
     #[arg(long)]
     chat: bool,
@@ -88,7 +99,73 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         common::check_exists(dir, "--adapter")?;
         model.load_adapter(&PeftAdapter::load(dir, &device)?, "default")?;
     }
-    let tok = LlamaTokenizer::load(&model_path)?;
+    // Ids in and ids out need no tokenizer; text either way does.
+    let tok = if args.prompt_ids.is_some() && args.print_ids {
+        LlamaTokenizer::load(&model_path).ok()
+    } else {
+        Some(LlamaTokenizer::load(&model_path)?)
+    };
+    let prompt = match &args.prompt_ids {
+        Some(ids) => ids.clone(),
+        None => text_prompt(&args, tok.as_ref().expect("loaded for a text prompt"))?,
+    };
+    if prompt.is_empty() {
+        return Err("the prompt encodes to no tokens".into());
+    }
+    model.check_token_ids(&prompt, "the prompt")?;
+    // The model's eos ids (config.json) and the tokenizer's.
+    let mut stop_tokens = model.config.eos_token_ids.clone();
+    stop_tokens.extend(tok.as_ref().and_then(LlamaTokenizer::eos_id));
+    if args.ignore_eos {
+        stop_tokens.clear();
+    }
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        stop_tokens,
+    };
+
+    let started = std::time::Instant::now();
+    let mut stdout = std::io::stdout();
+    let out = match (&tok, args.print_ids) {
+        (Some(tok), false) => {
+            // Stream: decode everything so far and print what is new, so multi-token
+            // characters come out whole.
+            let mut ids = Vec::new();
+            let mut printed = 0;
+            model.generate(&prompt, &config, |t| {
+                ids.push(t);
+                if let Ok(s) = tok.decode(&ids, true)
+                    && s.len() > printed
+                    && s.is_char_boundary(printed)
+                {
+                    let _ = write!(stdout, "{}", &s[printed..]);
+                    let _ = stdout.flush();
+                    printed = s.len();
+                }
+                true
+            })
+        }
+        _ => {
+            let out = model.generate(&prompt, &config, |_| true);
+            let ids: Vec<String> = out.iter().map(u32::to_string).collect();
+            write!(stdout, "{}", ids.join(" "))?;
+            out
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    println!();
+    eprintln!(
+        "{} prompt tokens, {} new tokens in {secs:.2} s ({:.1} tokens/s)",
+        prompt.len(),
+        out.len(),
+        out.len() as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// The token ids of the text prompt: raw, or as one user message in the chat template.
+fn text_prompt(args: &Args, tok: &LlamaTokenizer) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
     let chat = args.chat || args.prompt.is_none();
     let user = args
         .prompt
@@ -104,42 +181,5 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         user
     };
-    let prompt = tok.encode(&text, true)?;
-    if prompt.is_empty() {
-        return Err("the prompt encodes to no tokens".into());
-    }
-    model.check_token_ids(&prompt, "the prompt")?;
-    let config = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        sampling,
-        stop_tokens: tok.eos_id().into_iter().collect(),
-    };
-
-    // Stream: decode everything so far and print what is new, so multi-token characters come
-    // out whole.
-    let started = std::time::Instant::now();
-    let mut ids = Vec::new();
-    let mut printed = 0;
-    let mut stdout = std::io::stdout();
-    let out = model.generate(&prompt, &config, |t| {
-        ids.push(t);
-        if let Ok(s) = tok.decode(&ids, true)
-            && s.len() > printed
-            && s.is_char_boundary(printed)
-        {
-            let _ = write!(stdout, "{}", &s[printed..]);
-            let _ = stdout.flush();
-            printed = s.len();
-        }
-        true
-    });
-    let secs = started.elapsed().as_secs_f64();
-    println!();
-    eprintln!(
-        "{} prompt tokens, {} new tokens in {secs:.2} s ({:.1} tokens/s)",
-        prompt.len(),
-        out.len(),
-        out.len() as f64 / secs.max(1e-9)
-    );
-    Ok(())
+    Ok(tok.encode(&text, true)?)
 }

@@ -1,0 +1,320 @@
+//! The `score` example and `generate`'s token-id mode, on model folders without a tokenizer
+//! (the golden families) and on the tiny LLaMA with a byte-level tokenizer:
+//! - `score --ids` gives the loss of transformers' own logits (computed here from the family's
+//!   `logits_fp32`), and `--logits` writes those logits;
+//! - `score --data` on a text file equals `score --ids` on the same tokens;
+//! - `generate --prompt-ids --print-ids --ignore-eos` gives transformers' greedy ids;
+//! - bad options and files are named errors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn_qlora::llama::LlamaTokenizer;
+use burn_qlora::train::{DataFormat, DataOptions, Overflow, load_dataset};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+#[path = "support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{ok, run};
+
+fn family(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/golden/families")
+        .join(name)
+}
+
+fn f32s(st: &SafeTensors, key: &str) -> Vec<f32> {
+    st.tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn i64s(st: &SafeTensors, key: &str) -> (Vec<i64>, Vec<usize>) {
+    let t = st.tensor(key).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+/// `mean_loss L perplexity P tokens N` → (L, P, N).
+fn scores(out: &str) -> (f64, f64, usize) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("mean_loss "))
+        .unwrap_or_else(|| panic!("no score line in:\n{out}"));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (w[0], w[2], w[4]),
+        ("mean_loss", "perplexity", "tokens"),
+        "{line}"
+    );
+    (
+        w[1].parse().unwrap(),
+        w[3].parse().unwrap(),
+        w[5].parse().unwrap(),
+    )
+}
+
+/// The causal-LM loss of `logits` `[b, t, v]` on `ids` `[b, t]`, in f64.
+fn loss_of(logits: &[f32], ids: &[i64], [b, t, v]: [usize; 3]) -> f64 {
+    let mut nll = 0.0;
+    for r in 0..b {
+        for i in 1..t {
+            let row = &logits[(r * t + i - 1) * v..][..v];
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[ids[r * t + i] as usize] as f64;
+        }
+    }
+    nll / (b * (t - 1)) as f64
+}
+
+fn write_ids(path: &Path, ids: &[i64], shape: [usize; 2]) {
+    let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::I64, shape.to_vec(), &bytes).unwrap();
+    let data =
+        safetensors::serialize([("input_ids", view)], None::<HashMap<String, String>>).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn score_ids_gives_the_loss_of_transformers_logits_and_writes_them() {
+    let work = cli::tmp("score-ids");
+    for name in ["llama", "qwen2", "mistral", "qwen3"] {
+        let dir = family(name);
+        let reference = dir.join("reference.safetensors");
+        let bytes = std::fs::read(&reference).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (ids, shape) = i64s(&st, "input_ids");
+        let want_logits = f32s(&st, "logits_fp32");
+        let v = want_logits.len() / ids.len();
+        let want = loss_of(&want_logits, &ids, [shape[0], shape[1], v]);
+        let out_logits = work.join(format!("{name}-logits.safetensors"));
+        let text = ok(
+            "score",
+            &[
+                "--model",
+                dir.join("model").to_str().unwrap(),
+                "--ids",
+                reference.to_str().unwrap(),
+                "--logits",
+                out_logits.to_str().unwrap(),
+                "--device",
+                "flex",
+            ],
+        );
+        let (loss, ppl, tokens) = scores(&text);
+        assert_eq!(tokens, shape[0] * (shape[1] - 1), "{name}");
+        assert!(
+            (loss - want).abs() < 1e-5 * want,
+            "{name}: loss {loss} vs {want}"
+        );
+        assert!(
+            (ppl - want.exp()).abs() < 1e-4 * want.exp(),
+            "{name}: perplexity {ppl}"
+        );
+        let bytes = std::fs::read(&out_logits).unwrap();
+        let got = SafeTensors::deserialize(&bytes).unwrap();
+        let t = got.tensor("logits").unwrap();
+        assert_eq!(
+            (t.dtype(), t.shape()),
+            (Dtype::F32, &[shape[0], shape[1], v][..])
+        );
+        let got = f32s(&got, "logits");
+        let scale = want_logits.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(&want_logits)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        assert!(err < 1e-4, "{name}: logits relative error {err}");
+    }
+    std::fs::remove_dir_all(work).unwrap();
+}
+
+#[test]
+fn score_on_a_bnb_4bit_base_with_an_adapter_gives_transformers_loss() {
+    let dir = family("qwen2");
+    let reference = dir.join("reference.safetensors");
+    let bytes = std::fs::read(&reference).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (ids, shape) = i64s(&st, "input_ids");
+    let v = f32s(&st, "logits_nf4_lora").len() / ids.len();
+    let want = loss_of(&f32s(&st, "logits_nf4_lora"), &ids, [shape[0], shape[1], v]);
+    let text = ok(
+        "score",
+        &[
+            "--model",
+            dir.join("model-nf4").to_str().unwrap(),
+            "--adapter",
+            dir.join("adapter").to_str().unwrap(),
+            "--quantize",
+            "nf4",
+            "--ids",
+            reference.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+    );
+    let (loss, _, _) = scores(&text);
+    assert!((loss - want).abs() < 1e-4 * want, "loss {loss} vs {want}");
+}
+
+#[test]
+fn score_data_equals_score_ids_on_the_same_tokens() {
+    let model = cli::tiny_model("score-data");
+    let work = cli::tmp("score-data-work");
+    let text = "the quick brown fox jumps over the lazy dog";
+    let data = work.join("one.txt");
+    std::fs::write(&data, text).unwrap();
+    let m = model.to_str().unwrap();
+    let from_data = scores(&ok(
+        "score",
+        &[
+            "--model",
+            m,
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+    ));
+    // The sample as `finetune` reads it (a text sample trains on every token).
+    let tok = LlamaTokenizer::from_dir(&model).unwrap();
+    let opts = DataOptions {
+        format: DataFormat::Auto,
+        max_len: 2048,
+        overflow: Overflow::Error,
+        skip_invalid: false,
+    };
+    let (samples, _) = load_dataset(&data, &tok, &opts).unwrap();
+    assert_eq!(samples.len(), 1);
+    let ids: Vec<i64> = samples[0].input_ids.iter().map(|&t| i64::from(t)).collect();
+    let file = work.join("ids.safetensors");
+    write_ids(&file, &ids, [1, ids.len()]);
+    let from_ids = scores(&ok(
+        "score",
+        &[
+            "--model",
+            m,
+            "--ids",
+            file.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+    ));
+    assert_eq!(from_data.2, from_ids.2, "token counts");
+    assert!(
+        (from_data.0 - from_ids.0).abs() < 1e-9,
+        "{from_data:?} vs {from_ids:?}"
+    );
+    std::fs::remove_dir_all(work).unwrap();
+    std::fs::remove_dir_all(model).unwrap();
+}
+
+#[test]
+fn generate_from_ids_prints_transformers_greedy_ids() {
+    for name in ["llama", "qwen2", "mistral", "qwen3"] {
+        let dir = family(name);
+        let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let prompt: Vec<String> = i64s(&st, "prompt").0.iter().map(i64::to_string).collect();
+        let want: Vec<String> = i64s(&st, "greedy_fp32")
+            .0
+            .iter()
+            .map(i64::to_string)
+            .collect();
+        let out = run(
+            "generate",
+            &[
+                "--model",
+                dir.join("model").to_str().unwrap(),
+                "--float-base",
+                "--prompt-ids",
+                &prompt.join(","),
+                "--print-ids",
+                "--ignore-eos",
+                "--greedy",
+                "--max-new-tokens",
+                "8",
+                "--device",
+                "flex",
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), want.join(" "), "{name}");
+    }
+}
+
+#[test]
+fn bad_score_options_and_files_are_named_errors() {
+    let dir = family("llama");
+    let m = dir.join("model");
+    let m = m.to_str().unwrap();
+    let work = cli::tmp("score-bad");
+    let no_ids = work.join("no-ids.safetensors");
+    let view = TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap();
+    std::fs::write(
+        &no_ids,
+        safetensors::serialize([("x", view)], None::<HashMap<String, String>>).unwrap(),
+    )
+    .unwrap();
+    let floats = work.join("float-ids.safetensors");
+    let view = TensorView::new(Dtype::F32, vec![1, 2], &[0u8; 8]).unwrap();
+    std::fs::write(
+        &floats,
+        safetensors::serialize([("input_ids", view)], None::<HashMap<String, String>>).unwrap(),
+    )
+    .unwrap();
+    let big = work.join("big-ids.safetensors");
+    write_ids(&big, &[1, 100_000], [1, 2]);
+    let garbage = work.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--ids", no_ids.to_str().unwrap()],
+            "no `input_ids` tensor",
+        ),
+        (vec!["--ids", floats.to_str().unwrap()], "expected I64"),
+        (vec!["--ids", big.to_str().unwrap()], "100000"),
+        (
+            vec!["--ids", garbage.to_str().unwrap()],
+            "not a safetensors file",
+        ),
+        (
+            vec!["--ids", no_ids.to_str().unwrap(), "--dtype", "bf16"],
+            "bf16 compute is not implemented",
+        ),
+        (vec!["--logits", "x.safetensors"], "--ids"),
+        (vec!["--quantize", "int8", "--ids", "x"], "int8"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["--model", m, "--device", "flex"];
+        args.extend(extra.iter().copied());
+        let out = run("score", &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(err.contains(want), "{extra:?}: `{want}` not in:\n{err}");
+        assert!(!err.contains("panicked"), "{extra:?} panicked:\n{err}");
+    }
+    std::fs::remove_dir_all(work).unwrap();
+}
