@@ -8,25 +8,21 @@ use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor};
 use qlora_nn::{AdaptedLinear, CausalLm, LoraModel, put_into_tables};
 
-use crate::{LlamaForCausalLM, layer_linear_paths};
+use crate::LlamaForCausalLM;
 
 impl LoraModel for LlamaForCausalLM {
     /// Every linear of the blocks with its HF path (`model.layers.N.self_attn.q_proj`, ...).
     fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
         let mut v = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
-            let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
-            let a = &l.self_attn;
-            let m = &l.mlp;
-            v.extend([
-                (q, &a.q_proj),
-                (k, &a.k_proj),
-                (vv, &a.v_proj),
-                (o, &a.o_proj),
-                (g, &m.gate_proj),
-                (u, &m.up_proj),
-                (d, &m.down_proj),
-            ]);
+            let at = |part: &str, n: &str| format!("model.layers.{i}.{part}.{n}");
+            v.extend(
+                l.self_attn
+                    .linears()
+                    .into_iter()
+                    .map(|(n, x)| (at("self_attn", n), x)),
+            );
+            v.extend(l.mlp.linears().into_iter().map(|(n, x)| (at("mlp", n), x)));
         }
         v
     }
@@ -34,18 +30,18 @@ impl LoraModel for LlamaForCausalLM {
     fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear)> {
         let mut v = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {
-            let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
-            let a = &mut l.self_attn;
-            let m = &mut l.mlp;
-            v.extend([
-                (q, &mut a.q_proj),
-                (k, &mut a.k_proj),
-                (vv, &mut a.v_proj),
-                (o, &mut a.o_proj),
-                (g, &mut m.gate_proj),
-                (u, &mut m.up_proj),
-                (d, &mut m.down_proj),
-            ]);
+            let at = |part: &str, n: &str| format!("model.layers.{i}.{part}.{n}");
+            let (attn, mlp) = (&mut l.self_attn, &mut l.mlp);
+            v.extend(
+                attn.linears_mut()
+                    .into_iter()
+                    .map(|(n, x)| (at("self_attn", n), x)),
+            );
+            v.extend(
+                mlp.linears_mut()
+                    .into_iter()
+                    .map(|(n, x)| (at("mlp", n), x)),
+            );
         }
         v
     }

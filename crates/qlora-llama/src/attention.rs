@@ -8,16 +8,18 @@ use qlora_nn::AdaptedLinear;
 
 use crate::{KvCache, RmsNorm, Rope};
 
-/// `self_attn` of a decoder layer: `q_proj`, `k_proj`, `v_proj`, `o_proj` (HF names), and
-/// Qwen3's per-head `q_norm`, `k_norm`.
+/// `self_attn` of a decoder layer: `q_proj`, `k_proj`, `v_proj` (or Phi-3's fused `qkv_proj`),
+/// `o_proj` (HF names), and Qwen3's per-head `q_norm`, `k_norm`.
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
-    /// `[hidden] → [heads · head_dim]`.
-    pub q_proj: AdaptedLinear,
-    /// `[hidden] → [kv_heads · head_dim]`.
-    pub k_proj: AdaptedLinear,
-    /// `[hidden] → [kv_heads · head_dim]`.
-    pub v_proj: AdaptedLinear,
+    /// `[hidden] → [heads · head_dim]` (absent where `qkv_proj` holds it).
+    pub q_proj: Option<AdaptedLinear>,
+    /// `[hidden] → [kv_heads · head_dim]` (absent where `qkv_proj` holds it).
+    pub k_proj: Option<AdaptedLinear>,
+    /// `[hidden] → [kv_heads · head_dim]` (absent where `qkv_proj` holds it).
+    pub v_proj: Option<AdaptedLinear>,
+    /// Phi-3's `[hidden] → [(heads + 2 · kv_heads) · head_dim]`: q, then k, then v.
+    pub qkv_proj: Option<AdaptedLinear>,
     /// `[heads · head_dim] → [hidden]`.
     pub o_proj: AdaptedLinear,
     /// RMSNorm over each query head, `[head_dim]`, before RoPE (Qwen3).
@@ -32,11 +34,42 @@ pub struct LlamaAttention {
     pub head_dim: usize,
     /// Each query sees the last this many keys up to its own (Mistral); `None`: all of them.
     pub sliding_window: Option<usize>,
+    /// The leading width of each head that RoPE rotates (`head_dim` but for Phi-3's partial
+    /// rotary factor); the rest passes through.
+    pub rotary_dim: usize,
 }
 
 impl LlamaAttention {
+    /// The projections that exist, by HF name, in HF order.
+    pub fn linears(&self) -> Vec<(&'static str, &AdaptedLinear)> {
+        [
+            ("q_proj", &self.q_proj),
+            ("k_proj", &self.k_proj),
+            ("v_proj", &self.v_proj),
+            ("qkv_proj", &self.qkv_proj),
+        ]
+        .into_iter()
+        .filter_map(|(n, l)| l.as_ref().map(|l| (n, l)))
+        .chain([("o_proj", &self.o_proj)])
+        .collect()
+    }
+
+    /// As [`LlamaAttention::linears`], mutable.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut AdaptedLinear)> {
+        [
+            ("q_proj", &mut self.q_proj),
+            ("k_proj", &mut self.k_proj),
+            ("v_proj", &mut self.v_proj),
+            ("qkv_proj", &mut self.qkv_proj),
+        ]
+        .into_iter()
+        .filter_map(|(n, l)| l.as_mut().map(|l| (n, l)))
+        .chain([("o_proj", &mut self.o_proj)])
+        .collect()
+    }
+
     /// - `x`: `[batch, len, hidden]`
-    /// - `cos`, `sin`: RoPE tables of the positions of `x`, `[len, head_dim]`
+    /// - `cos`, `sin`: RoPE tables of the positions of `x`, `[len, rotary_dim]`
     /// - `cache`: past keys/values of this layer (`layer` is its index), extended in place
     /// - returns `[batch, len, hidden]`
     pub fn forward(
@@ -57,10 +90,39 @@ impl LlamaAttention {
             };
             y.swap_dims(1, 2)
         };
-        let q = heads(self.q_proj.forward(x.clone()), h, &self.q_norm);
-        let k = heads(self.k_proj.forward(x.clone()), kvh, &self.k_norm);
-        let (q, k) = (Rope::apply(q, cos, sin), Rope::apply(k, cos, sin));
-        let v = heads(self.v_proj.forward(x), kvh, &None);
+        let (q, k, v) = match &self.qkv_proj {
+            Some(qkv) => {
+                let y = qkv.forward(x);
+                let (qw, kvw) = (h * d, kvh * d);
+                (
+                    y.clone().narrow(2, 0, qw),
+                    y.clone().narrow(2, qw, kvw),
+                    y.narrow(2, qw + kvw, kvw),
+                )
+            }
+            None => {
+                let proj = |l: &Option<AdaptedLinear>| {
+                    l.as_ref()
+                        .expect("q_proj, k_proj and v_proj, or qkv_proj")
+                        .forward(x.clone())
+                };
+                (proj(&self.q_proj), proj(&self.k_proj), proj(&self.v_proj))
+            }
+        };
+        let q = heads(q, h, &self.q_norm);
+        let k = heads(k, kvh, &self.k_norm);
+        let v = heads(v, kvh, &None);
+        // RoPE on the leading `rotary_dim` of each head, the rest as it is.
+        let rotate = |t: Tensor<4>| {
+            let r = self.rotary_dim;
+            if r == d {
+                Rope::apply(t, cos, sin)
+            } else {
+                let rotated = Rope::apply(t.clone().narrow(3, 0, r), cos, sin);
+                Tensor::cat(vec![rotated, t.narrow(3, r, d - r)], 3)
+            }
+        };
+        let (q, k) = (rotate(q), rotate(k));
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),

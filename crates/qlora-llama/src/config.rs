@@ -48,6 +48,10 @@ pub struct RopeConfig {
 pub enum ModelType {
     /// `llama` (`LlamaForCausalLM`): the baseline.
     Llama,
+    /// `phi3` (`Phi3ForCausalLM`, Phi-3 and Phi-4-mini): one fused `qkv_proj` and one fused
+    /// `gate_up_proj` (LoRA on each fused linear, as PEFT does), RoPE on the first
+    /// `partial_rotary_factor` of each head, a sliding window where `sliding_window` is set.
+    Phi3,
     /// `qwen2` (`Qwen2ForCausalLM`, Qwen2 and Qwen2.5): biases on q/k/v (not o), full attention
     /// in every layer (its sliding-window layers are refused).
     Qwen2,
@@ -65,6 +69,7 @@ impl ModelType {
         match self {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
+            Self::Phi3 => "phi3",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
         }
@@ -75,15 +80,22 @@ impl ModelType {
         match self {
             Self::Llama => "LlamaForCausalLM",
             Self::Mistral => "MistralForCausalLM",
+            Self::Phi3 => "Phi3ForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::Llama, Self::Mistral, Self::Qwen2, Self::Qwen3]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            Self::Llama,
+            Self::Mistral,
+            Self::Phi3,
+            Self::Qwen2,
+            Self::Qwen3,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -128,6 +140,12 @@ pub struct LlamaConfig {
     /// Each query sees only the last `sliding_window` keys up to its position (Mistral's
     /// `sliding_window`; `None`: full causal attention).
     pub sliding_window: Option<usize>,
+    /// One `qkv_proj` `[q + 2 kv, hidden]` and one `gate_up_proj` `[2 · intermediate, hidden]`
+    /// (gate first) instead of five linears (Phi-3).
+    pub fused_projections: bool,
+    /// The leading width of each head that RoPE rotates (`head_dim · partial_rotary_factor`;
+    /// `head_dim` unless the family says otherwise); the rest passes through.
+    pub rotary_dim: usize,
     /// Biases on gate/up/down.
     pub mlp_bias: bool,
     /// RoPE.
@@ -234,7 +252,9 @@ impl LlamaConfig {
                 err(
                     path,
                     "model_type",
-                    format!("`{t}` is not supported (`llama`, `mistral`, `qwen2`, `qwen3`)"),
+                    format!(
+                        "`{t}` is not supported (`llama`, `mistral`, `phi3`, `qwen2`, `qwen3`)"
+                    ),
                 )
             })?,
             Some(v) => {
@@ -333,15 +353,47 @@ impl LlamaConfig {
             qkv_bias: qwen2,
             qk_norm: model_type == ModelType::Qwen3,
             sliding_window: match model_type {
-                ModelType::Mistral => match map.get("sliding_window") {
+                ModelType::Mistral | ModelType::Phi3 => match map.get("sliding_window") {
                     None | Some(Value::Null) => None,
                     Some(_) => Some(f.usize("sliding_window")?),
                 },
                 _ => None,
             },
+            fused_projections: model_type == ModelType::Phi3,
+            rotary_dim: rotary_dim(map, path, head_dim)?,
             mlp_bias: !qwen && f.bool_or("mlp_bias", false)?,
             rope: read_rope(map, path)?,
         })
+    }
+
+    /// The linears of decoder layer `i`: HF path, `[out, in]`, whether it has a bias. Five
+    /// separate q/k/v and gate/up projections, or Phi-3's fused `qkv_proj` and `gate_up_proj`.
+    pub fn layer_linears(&self, i: usize) -> Vec<(String, [usize; 2], bool)> {
+        let (h, f) = (self.hidden_size, self.intermediate_size);
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let (qkv_b, o_b, mlp_b) = (self.qkv_has_bias(), self.o_has_bias(), self.mlp_bias);
+        let list: Vec<(&str, [usize; 2], bool)> = if self.fused_projections {
+            vec![
+                ("self_attn.qkv_proj", [q + 2 * kv, h], qkv_b),
+                ("self_attn.o_proj", [h, q], o_b),
+                ("mlp.gate_up_proj", [2 * f, h], mlp_b),
+                ("mlp.down_proj", [h, f], mlp_b),
+            ]
+        } else {
+            vec![
+                ("self_attn.q_proj", [q, h], qkv_b),
+                ("self_attn.k_proj", [kv, h], qkv_b),
+                ("self_attn.v_proj", [kv, h], qkv_b),
+                ("self_attn.o_proj", [h, q], o_b),
+                ("mlp.gate_proj", [f, h], mlp_b),
+                ("mlp.up_proj", [f, h], mlp_b),
+                ("mlp.down_proj", [h, f], mlp_b),
+            ]
+        };
+        list.into_iter()
+            .map(|(n, dims, bias)| (format!("model.layers.{i}.{n}"), dims, bias))
+            .collect()
     }
 
     /// Whether q/k/v have biases.
@@ -382,6 +434,12 @@ impl LlamaConfig {
                 );
             }
         }
+        if self.rotary_dim != self.head_dim {
+            rope.insert(
+                "partial_rotary_factor".into(),
+                json!(self.rotary_dim as f64 / self.head_dim as f64),
+            );
+        }
         let eos = match self.eos_token_ids.as_slice() {
             [] => Value::Null,
             [one] => json!(one),
@@ -421,6 +479,10 @@ impl LlamaConfig {
                 "max_window_layers": self.num_hidden_layers,
             }),
             ModelType::Mistral => json!({ "sliding_window": self.sliding_window }),
+            ModelType::Phi3 => json!({
+                "sliding_window": self.sliding_window,
+                "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64,
+            }),
             ModelType::Qwen3 => json!({
                 "attention_bias": self.attention_bias,
                 "use_sliding_window": false,
@@ -440,6 +502,44 @@ impl LlamaConfig {
     pub fn kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+}
+
+/// `head_dim · partial_rotary_factor` (top level or in `rope_parameters`; 1 when absent),
+/// even and at least 2.
+fn rotary_dim(map: &Map<String, Value>, path: &str, head_dim: usize) -> Result<usize, LlamaError> {
+    let (field, v) = match map.get("partial_rotary_factor") {
+        Some(v) if !v.is_null() => ("partial_rotary_factor", v),
+        _ => match map
+            .get("rope_parameters")
+            .and_then(|p| p.get("partial_rotary_factor"))
+        {
+            Some(v) if !v.is_null() => ("rope_parameters.partial_rotary_factor", v),
+            _ => return Ok(head_dim),
+        },
+    };
+    let factor = v
+        .as_f64()
+        .filter(|f| *f > 0.0 && *f <= 1.0)
+        .ok_or_else(|| {
+            err(
+                path,
+                field,
+                format!("expected a number in (0, 1], found {v}"),
+            )
+        })?;
+    // transformers: `int(head_dim * partial_rotary_factor)` (the 1e-9 keeps a factor written
+    // back as `dim / head_dim` on `dim`).
+    let dim = (head_dim as f64 * factor + 1e-9) as usize;
+    if dim < 2 || !dim.is_multiple_of(2) {
+        return Err(err(
+            path,
+            field,
+            format!(
+                "{factor} of head_dim {head_dim} rotates {dim} dimensions; RoPE needs an even number"
+            ),
+        ));
+    }
+    Ok(dim)
 }
 
 /// Qwen2's sliding-window attention (`use_sliding_window`, or `layer_types` naming

@@ -200,6 +200,8 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         qkv_bias: false,
         qk_norm: false,
         sliding_window: None,
+        fused_projections: false,
+        rotary_dim: head_dim,
         mlp_bias,
         rope: RopeConfig { theta, scaling },
     })

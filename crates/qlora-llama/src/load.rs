@@ -15,7 +15,7 @@ use qlora_nn::{AdaptedLinear, LoraApplier, LoraError, LoraModel, ModuleKind, QLo
 
 use crate::{
     GgufModel, HfCheckpoint, HostFloats, LlamaAttention, LlamaConfig, LlamaDecoderLayer,
-    LlamaError, LlamaForCausalLM, LlamaMlp, LlamaModel, RmsNorm, WeightSource, layer_linear_paths,
+    LlamaError, LlamaForCausalLM, LlamaMlp, LlamaModel, RmsNorm, WeightSource,
 };
 
 /// Reads a float tensor, checking its shape and that every value is finite.
@@ -170,6 +170,11 @@ impl LlamaForCausalLM {
             };
             let (qkv_b, o_b) = (c.qkv_has_bias(), c.o_has_bias());
             let mb = c.mlp_bias;
+            // Five separate projections, or Phi-3's two fused ones.
+            let fused = c.fused_projections;
+            let either = |present: bool, name: &str, dims: [usize; 2], bias: bool| {
+                present.then(|| lin(name, dims, bias)).transpose()
+            };
             let (ffn, hid) = (c.intermediate_size, h);
             let head_norm = |name: &str| {
                 c.qk_norm
@@ -181,9 +186,15 @@ impl LlamaForCausalLM {
             };
             layers.push(LlamaDecoderLayer {
                 self_attn: LlamaAttention {
-                    q_proj: lin("self_attn.q_proj", [q_out, hid], qkv_b)?,
-                    k_proj: lin("self_attn.k_proj", [kv_out, hid], qkv_b)?,
-                    v_proj: lin("self_attn.v_proj", [kv_out, hid], qkv_b)?,
+                    q_proj: either(!fused, "self_attn.q_proj", [q_out, hid], qkv_b)?,
+                    k_proj: either(!fused, "self_attn.k_proj", [kv_out, hid], qkv_b)?,
+                    v_proj: either(!fused, "self_attn.v_proj", [kv_out, hid], qkv_b)?,
+                    qkv_proj: either(
+                        fused,
+                        "self_attn.qkv_proj",
+                        [q_out + 2 * kv_out, hid],
+                        qkv_b,
+                    )?,
                     o_proj: lin("self_attn.o_proj", [hid, q_out], o_b)?,
                     q_norm: head_norm("q_norm")?,
                     k_norm: head_norm("k_norm")?,
@@ -191,10 +202,12 @@ impl LlamaForCausalLM {
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                     sliding_window: c.sliding_window,
+                    rotary_dim: c.rotary_dim,
                 },
                 mlp: LlamaMlp {
-                    gate_proj: lin("mlp.gate_proj", [ffn, hid], mb)?,
-                    up_proj: lin("mlp.up_proj", [ffn, hid], mb)?,
+                    gate_proj: either(!fused, "mlp.gate_proj", [ffn, hid], mb)?,
+                    up_proj: either(!fused, "mlp.up_proj", [ffn, hid], mb)?,
+                    gate_up_proj: either(fused, "mlp.gate_up_proj", [2 * ffn, hid], mb)?,
                     down_proj: lin("mlp.down_proj", [hid, ffn], mb)?,
                 },
                 input_layernorm: norm(src, &format!("{p}.input_layernorm.weight"), c, device)?,
@@ -243,7 +256,11 @@ impl LlamaForCausalLM {
                 problem: format!(
                     "{:?} matches no linear of this model (its linears are named like `{}`)",
                     config.target_modules,
-                    layer_linear_paths(0).join("`, `")
+                    c.layer_linears(0)
+                        .into_iter()
+                        .map(|(p, _, _)| p)
+                        .collect::<Vec<_>>()
+                        .join("`, `")
                 ),
             }));
         }

@@ -1,27 +1,70 @@
-//! The SwiGLU MLP (Shazeer 2020): `down(silu(gate(x)) ⊙ up(x))`.
+//! The SwiGLU MLP (Shazeer 2020): `down(silu(gate(x)) ⊙ up(x))`, with gate and up as two
+//! linears or as Phi-3's one `gate_up_proj` (gate first).
 
 use burn::module::Module;
 use burn::tensor::Tensor;
 use qlora_fused::swiglu;
 use qlora_nn::AdaptedLinear;
 
-/// `mlp` of a decoder layer: `gate_proj`, `up_proj`, `down_proj` (HF names).
+/// `mlp` of a decoder layer: `gate_proj`, `up_proj` (or Phi-3's `gate_up_proj`), `down_proj`
+/// (HF names).
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
-    /// `[hidden] → [intermediate]`.
-    pub gate_proj: AdaptedLinear,
-    /// `[hidden] → [intermediate]`.
-    pub up_proj: AdaptedLinear,
+    /// `[hidden] → [intermediate]` (absent where `gate_up_proj` holds it).
+    pub gate_proj: Option<AdaptedLinear>,
+    /// `[hidden] → [intermediate]` (absent where `gate_up_proj` holds it).
+    pub up_proj: Option<AdaptedLinear>,
+    /// Phi-3's `[hidden] → [2 · intermediate]`: gate, then up.
+    pub gate_up_proj: Option<AdaptedLinear>,
     /// `[intermediate] → [hidden]`.
     pub down_proj: AdaptedLinear,
 }
 
 impl LlamaMlp {
+    /// The projections that exist, by HF name, in HF order.
+    pub fn linears(&self) -> Vec<(&'static str, &AdaptedLinear)> {
+        [
+            ("gate_proj", &self.gate_proj),
+            ("up_proj", &self.up_proj),
+            ("gate_up_proj", &self.gate_up_proj),
+        ]
+        .into_iter()
+        .filter_map(|(n, l)| l.as_ref().map(|l| (n, l)))
+        .chain([("down_proj", &self.down_proj)])
+        .collect()
+    }
+
+    /// As [`LlamaMlp::linears`], mutable.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut AdaptedLinear)> {
+        [
+            ("gate_proj", &mut self.gate_proj),
+            ("up_proj", &mut self.up_proj),
+            ("gate_up_proj", &mut self.gate_up_proj),
+        ]
+        .into_iter()
+        .filter_map(|(n, l)| l.as_mut().map(|l| (n, l)))
+        .chain([("down_proj", &mut self.down_proj)])
+        .collect()
+    }
+
     /// - `x`: `[batch, len, hidden]`
     /// - returns `[batch, len, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward(x.clone());
-        self.down_proj
-            .forward(swiglu(gate, self.up_proj.forward(x)))
+        let (gate, up) = match &self.gate_up_proj {
+            Some(l) => {
+                let y = l.forward(x);
+                let f = y.dims()[2] / 2;
+                (y.clone().narrow(2, 0, f), y.narrow(2, f, f))
+            }
+            None => {
+                let proj = |l: &Option<AdaptedLinear>| {
+                    l.as_ref()
+                        .expect("gate_proj and up_proj, or gate_up_proj")
+                        .forward(x.clone())
+                };
+                (proj(&self.gate_proj), proj(&self.up_proj))
+            }
+        };
+        self.down_proj.forward(swiglu(gate, up))
     }
 }

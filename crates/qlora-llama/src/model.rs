@@ -35,7 +35,8 @@ pub struct LlamaForCausalLM {
     rope: Rope,
 }
 
-/// The names of the seven linears of decoder layer `i`, as HF paths.
+/// The names of the seven linears of decoder layer `i` of a model with separate projections,
+/// as HF paths ([`LlamaConfig::layer_linears`] has every family's, with shapes).
 pub fn layer_linear_paths(i: usize) -> [String; 7] {
     [
         "self_attn.q_proj",
@@ -64,7 +65,7 @@ impl LlamaForCausalLM {
             config.tie_word_embeddings,
             "lm_head must be given exactly when the embeddings are not tied"
         );
-        let rope = Rope::new(&config.rope, config.head_dim);
+        let rope = Rope::new(&config.rope, config.rotary_dim);
         Self {
             model,
             lm_head: lm_head.map(|w| Param::from_tensor(w).set_require_grad(false)),

@@ -10,10 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{
-    HostFloats, HostTensor, LlamaConfig, LlamaError, LlamaForCausalLM, WeightSource,
-    layer_linear_paths,
-};
+use crate::{HostFloats, HostTensor, LlamaConfig, LlamaError, LlamaForCausalLM, WeightSource};
 use qlora_nn::LoraApplier;
 
 /// transformers' default `initializer_range`.
@@ -35,9 +32,7 @@ struct RandomWeights {
 
 impl RandomWeights {
     fn new(c: &LlamaConfig, seed: u64) -> Self {
-        let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let q_out = c.num_attention_heads * c.head_dim;
-        let kv_out = c.num_key_value_heads * c.head_dim;
+        let (h, v) = (c.hidden_size, c.vocab_size);
         let mut tensors = BTreeMap::new();
         let mut add = |name: String, shape: Vec<usize>, init: Init| {
             tensors.insert(name, (shape, init));
@@ -48,17 +43,7 @@ impl RandomWeights {
             add("lm_head.weight".into(), vec![v, h], Init::Normal);
         }
         for i in 0..c.num_hidden_layers {
-            let [q, k, vv, o, g, u, d] = layer_linear_paths(i);
-            let shapes = [
-                (q, [q_out, h], c.qkv_has_bias()),
-                (k, [kv_out, h], c.qkv_has_bias()),
-                (vv, [kv_out, h], c.qkv_has_bias()),
-                (o, [h, q_out], c.o_has_bias()),
-                (g, [f, h], c.mlp_bias),
-                (u, [f, h], c.mlp_bias),
-                (d, [h, f], c.mlp_bias),
-            ];
-            for (path, [out, inp], bias) in shapes {
+            for (path, [out, inp], bias) in c.layer_linears(i) {
                 add(format!("{path}.weight"), vec![out, inp], Init::Normal);
                 if bias {
                     add(format!("{path}.bias"), vec![out], Init::Zeros);

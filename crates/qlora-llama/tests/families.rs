@@ -4,7 +4,7 @@
 //! (`all-linear`) on both bases, greedy decoding with the KV cache, the merge, and a save that
 //! transformers' reader takes back (`model_type`, `architectures`).
 //!
-//! The other families of the golden set (gemma3, phi3) are refused by name
+//! The other family of the golden set (gemma3) is refused by name
 //! (`unsupported_families_are_named_errors`) until their decoders land.
 
 use std::path::PathBuf;
@@ -346,6 +346,50 @@ fn mistral_reads_its_sliding_window() {
 }
 
 #[test]
+fn phi3_family_matches_transformers() {
+    matches_transformers("phi3", ModelType::Phi3);
+}
+
+#[test]
+fn phi3_family_trains_with_qlora() {
+    qlora_steps_train("phi3");
+}
+
+#[test]
+fn phi3_fuses_qkv_and_gate_up_and_rotates_part_of_each_head() {
+    let c = LlamaConfig::load(family("phi3").join("model/config.json")).unwrap();
+    assert!(c.fused_projections);
+    // partial_rotary_factor 0.75 of head_dim 16.
+    assert_eq!((c.head_dim, c.rotary_dim), (16, 12));
+    let names: Vec<String> = c.layer_linears(0).into_iter().map(|(p, _, _)| p).collect();
+    assert_eq!(
+        names,
+        [
+            "model.layers.0.self_attn.qkv_proj",
+            "model.layers.0.self_attn.o_proj",
+            "model.layers.0.mlp.gate_up_proj",
+            "model.layers.0.mlp.down_proj"
+        ]
+    );
+    // The config written back reads as the same (the factor included).
+    let back = LlamaConfig::from_json_str(&c.to_hf_json(), "config.json").unwrap();
+    assert_eq!(back, c);
+    // The PEFT adapter targets the fused linears by their names.
+    let device = Device::flex();
+    let mut model = load(family("phi3").join("model"), None, &device);
+    let adapter = PeftAdapter::load(family("phi3").join("adapter"), &device).unwrap();
+    model.load_adapter(&adapter, "default").unwrap();
+    let adapted: Vec<String> = model
+        .linears()
+        .into_iter()
+        .filter(|(_, l)| l.adapter("default").is_some())
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(adapted.len(), 3 * 4);
+    assert!(adapted.contains(&"model.layers.2.self_attn.qkv_proj".to_string()));
+}
+
+#[test]
 fn qwen3_family_matches_transformers() {
     matches_transformers("qwen3", ModelType::Qwen3);
 }
@@ -411,7 +455,7 @@ fn qwen2_sliding_window_layers_are_named_errors() {
 
 #[test]
 fn unsupported_families_are_named_errors() {
-    for name in ["gemma3", "gemma3_text", "phi3", "qwen3_moe", "gpt2"] {
+    for name in ["gemma3", "gemma3_text", "qwen3_moe", "phi3small", "gpt2"] {
         let e = config_with(serde_json::json!({ "model_type": name })).unwrap_err();
         assert!(
             e.contains("model_type") && e.contains(name) && e.contains("not supported"),
