@@ -95,6 +95,30 @@ fn check(device: &Device) {
         },
         "rope",
     );
+    // Partial RoPE (Phi-3): tables of width 8 rotate the leading 8 of 12; the rest pass.
+    let w = 8;
+    let cos = tensor([t, w], 8, 1.0, device);
+    let sin = tensor([t, w], 9, 1.0, device);
+    let (cos, sin) = (
+        Tensor::<2>::from_data(cos.into_data(), &device.clone().autodiff()),
+        Tensor::<2>::from_data(sin.into_data(), &device.clone().autodiff()),
+    );
+    compare::<4, 1>(
+        device,
+        [(vec![2, 3, t, d], 10, 1.0)],
+        |x| rope(x[0].clone(), cos.clone(), sin.clone()),
+        |x| {
+            let x = x[0].clone();
+            let (rot, pass) = (x.clone().narrow(3, 0, w), x.narrow(3, w, d - w));
+            let x1 = rot.clone().narrow(3, 0, w / 2);
+            let x2 = rot.clone().narrow(3, w / 2, w / 2);
+            let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+            let y = rot * cos.clone().reshape([1, 1, t, w])
+                + rotated * sin.clone().reshape([1, 1, t, w]);
+            Tensor::cat(vec![y, pass], 3)
+        },
+        "partial rope",
+    );
 }
 
 #[test]

@@ -112,17 +112,8 @@ impl LlamaAttention {
         let q = heads(q, h, &self.q_norm);
         let k = heads(k, kvh, &self.k_norm);
         let v = heads(v, kvh, &None);
-        // RoPE on the leading `rotary_dim` of each head, the rest as it is.
-        let rotate = |t: Tensor<4>| {
-            let r = self.rotary_dim;
-            if r == d {
-                Rope::apply(t, cos, sin)
-            } else {
-                let rotated = Rope::apply(t.clone().narrow(3, 0, r), cos, sin);
-                Tensor::cat(vec![rotated, t.narrow(3, r, d - r)], 3)
-            }
-        };
-        let (q, k) = (rotate(q), rotate(k));
+        // RoPE on the leading `rotary_dim` of each head (the tables' width), the rest as it is.
+        let (q, k) = (Rope::apply(q, cos, sin), Rope::apply(k, cos, sin));
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),

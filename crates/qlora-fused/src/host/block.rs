@@ -114,23 +114,27 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>)
     (dg, du)
 }
 
-/// Rotary embedding in HF LLaMA's `rotate_half` form on rows of width `d` (`x` `[.., t, d]`,
-/// row `i` at position `i % t`): `y = x ∘ cos + [−x₂, x₁] ∘ sin`, tables `[t, d]`. With
+/// Rotary embedding in HF LLaMA's `rotate_half` form on the leading `w` of rows of width `d`
+/// (`x` `[.., t, d]`, row `i` at position `i % t`): `y = x ∘ cos + [−x₂, x₁] ∘ sin` with tables
+/// `[t, w]`, the trailing `d − w` values passed through (a partial rotary factor, Phi-3). With
 /// `transpose`, the adjoint: `dx = dy ∘ cos + [(dy ∘ sin)₂, −(dy ∘ sin)₁]`.
-pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], d: usize, transpose: bool) -> Vec<f32> {
-    assert!(d.is_multiple_of(2), "rope: the head width {d} is odd");
+pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], d: usize, w: usize, transpose: bool) -> Vec<f32> {
+    assert!(
+        w.is_multiple_of(2) && w > 0 && w <= d,
+        "rope: a rotated width {w} that is odd, 0 or above the head width {d}"
+    );
     assert_eq!(
         cos.len(),
         sin.len(),
         "rope: cos and sin tables differ in length"
     );
-    let t = cos.len() / d;
+    let t = cos.len() / w;
     assert_eq!(
         x.len() % (t * d),
         0,
-        "rope: the input is not a whole number of [{t}, {d}] tables"
+        "rope: the input is not a whole number of [{t}, {d}] blocks"
     );
-    let half = d / 2;
+    let half = w / 2;
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(t * d)
         .zip(x.par_chunks(t * d))
@@ -138,8 +142,9 @@ pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], d: usize, transpose: bool) -> V
             for ((yr, xr), (c, s)) in ys
                 .chunks_exact_mut(d)
                 .zip(xs.chunks_exact(d))
-                .zip(cos.chunks_exact(d).zip(sin.chunks_exact(d)))
+                .zip(cos.chunks_exact(w).zip(sin.chunks_exact(w)))
             {
+                yr[w..].copy_from_slice(&xr[w..]);
                 for i in 0..half {
                     let (a, b) = (xr[i], xr[i + half]);
                     if transpose {

@@ -88,8 +88,9 @@ pub trait BlockOps: Backend {
     }
 
     /// Rotary embedding, HF's `rotate_half` form: `x ∘ cos + [−x₂, x₁] ∘ sin` for `x`
-    /// `[b, h, t, d]` and tables `[t, d]`. With `transpose`, the adjoint
-    /// `dy ∘ cos + [(dy ∘ sin)₂, −(dy ∘ sin)₁]` (the input gradient of the rotation).
+    /// `[b, h, t, d]` and tables `[t, w]`, on the leading `w ≤ d` of each head (the rest passed
+    /// through). With `transpose`, the adjoint `dy ∘ cos + [(dy ∘ sin)₂, −(dy ∘ sin)₁]` (the
+    /// input gradient of the rotation).
     #[fusion(default)]
     fn rope(
         x: FloatTensor<Self>,
@@ -97,9 +98,21 @@ pub trait BlockOps: Backend {
         sin: FloatTensor<Self>,
         transpose: bool,
     ) -> FloatTensor<Self> {
-        let shape = x.shape();
-        let d = shape.as_slice().to_vec();
-        let (t, w) = (d[d.len() - 2], d[d.len() - 1]);
+        let d = x.shape().as_slice().to_vec();
+        let (t, full) = (d[2], d[3]);
+        let w = cos.shape().as_slice()[1];
+        let lead: Vec<Slice> = d[..3].iter().map(|&n| (0..n).into()).collect();
+        let cols = |x: FloatTensor<Self>, r: std::ops::Range<usize>| {
+            let mut s = lead.clone();
+            s.push(r.into());
+            Self::float_slice(x, &s)
+        };
+        if w < full {
+            // The rotated leading part, then the rest as it is.
+            let rotated = Self::rope(cols(x.clone(), 0..w), cos, sin, transpose);
+            return Self::float_cat(vec![rotated, cols(x, w..full)], 3);
+        }
+        let shape = Shape::new([d[0], d[1], t, w]);
         let table = |c: FloatTensor<Self>| {
             Self::float_expand(
                 Self::float_reshape(c, Shape::new([1, 1, t, w])),
@@ -107,12 +120,7 @@ pub trait BlockOps: Backend {
             )
         };
         let (cos, sin) = (table(cos), table(sin));
-        let lead: Vec<Slice> = d[..3].iter().map(|&n| (0..n).into()).collect();
-        let half = |x: FloatTensor<Self>, i: usize| {
-            let mut s = lead.clone();
-            s.push((i * w / 2..(i + 1) * w / 2).into());
-            Self::float_slice(x, &s)
-        };
+        let half = |x: FloatTensor<Self>, i: usize| cols(x, i * w / 2..(i + 1) * w / 2);
         if transpose {
             let ys = Self::float_mul(x.clone(), sin);
             let rotated =
@@ -191,20 +199,24 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 }
 
 /// Rotary position embedding in HF LLaMA's `rotate_half` form:
-/// `x ∘ cos + [−x₂, x₁] ∘ sin`.
+/// `x ∘ cos + [−x₂, x₁] ∘ sin`, on the leading `w` of each head where the tables are `w` wide
+/// (a partial rotary factor, as Phi-3's; the trailing `d − w` pass through).
 ///
-/// - `x`: `[batch, heads, len, d]`; `cos`, `sin`: `[len, d]` (constants: no gradient)
+/// - `x`: `[batch, heads, len, d]`; `cos`, `sin`: `[len, w]`, `w ≤ d` even (constants: no
+///   gradient)
 /// - returns `[batch, heads, len, d]`
 ///
 /// Differentiable in `x`.
 ///
 /// # Panics
-/// If the tables are not `[len, d]` or `d` is odd.
+/// If the tables are not `[len, w]` with `w` even and at most `d`.
 pub fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
     let [_, _, t, d] = x.dims();
+    let [tc, w] = cos.dims();
     assert!(
-        cos.dims() == [t, d] && sin.dims() == [t, d] && d % 2 == 0,
-        "rope: tables {:?} / {:?} for an input of {t} positions of even width {d}",
+        tc == t && sin.dims() == [t, w] && w % 2 == 0 && w > 0 && w <= d,
+        "rope: tables {:?} / {:?} for an input of {t} positions of width {d} (an even width \
+         up to {d} is rotated)",
         cos.dims(),
         sin.dims()
     );

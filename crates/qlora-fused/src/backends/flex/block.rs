@@ -50,8 +50,9 @@ impl BlockOps for Flex {
     ) -> FloatTensor<Self> {
         let (shape, dtype) = (dims(&x), x.dtype());
         let d = *shape.last().expect("rope: a 4-D input");
+        let w = *dims(&cos).last().expect("rope: 2-D tables");
         let (xf, c, s) = (f32s(x), f32s(cos), f32s(sin));
-        let y = block::rope(slice(&xf), slice(&c), slice(&s), d, transpose);
+        let y = block::rope(slice(&xf), slice(&c), slice(&s), d, w, transpose);
         tensor(y, shape, dtype)
     }
 }
