@@ -34,9 +34,6 @@ pub struct LlamaAttention {
     pub head_dim: usize,
     /// Each query sees the last this many keys up to its own (Mistral); `None`: all of them.
     pub sliding_window: Option<usize>,
-    /// The leading width of each head that RoPE rotates (`head_dim` but for Phi-3's partial
-    /// rotary factor); the rest passes through.
-    pub rotary_dim: usize,
 }
 
 impl LlamaAttention {
@@ -69,7 +66,8 @@ impl LlamaAttention {
     }
 
     /// - `x`: `[batch, len, hidden]`
-    /// - `cos`, `sin`: RoPE tables of the positions of `x`, `[len, rotary_dim]`
+    /// - `cos`, `sin`: RoPE tables of the positions of `x`, `[len, rotary_dim]` (a partial
+    ///   rotary factor rotates the leading `rotary_dim` of each head only)
     /// - `cache`: past keys/values of this layer (`layer` is its index), extended in place
     /// - returns `[batch, len, hidden]`
     pub fn forward(

@@ -9,39 +9,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use crate::LlamaError;
-
-/// How RoPE frequencies are scaled (`rope_type`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    Default,
-    /// Position interpolation: every inverse frequency divided by `factor`.
-    Linear {
-        /// The divisor.
-        factor: f64,
-    },
-    /// LLaMA 3.1's frequency-dependent scaling.
-    Llama3 {
-        /// Scale of low frequencies.
-        factor: f64,
-        /// Wavelength bound of the low-frequency band (as `original / low_freq_factor`).
-        low_freq_factor: f64,
-        /// Wavelength bound of the high-frequency band.
-        high_freq_factor: f64,
-        /// Context length of pre-training.
-        original_max_position_embeddings: usize,
-    },
-}
-
-/// RoPE parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RopeConfig {
-    /// Base of the frequencies (`rope_theta`).
-    pub theta: f64,
-    /// Frequency scaling.
-    pub scaling: RopeScaling,
-}
+use crate::rope_config::{read_rope, rotary_dim};
+use crate::{LlamaError, RopeConfig};
 
 /// The `model_type`s whose decoder this crate computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +121,7 @@ pub struct LlamaConfig {
     pub rope: RopeConfig,
 }
 
-fn err(path: &str, field: &str, problem: impl Into<String>) -> LlamaError {
+pub(crate) fn err(path: &str, field: &str, problem: impl Into<String>) -> LlamaError {
     LlamaError::Config {
         path: path.to_string(),
         field: field.to_string(),
@@ -160,13 +129,13 @@ fn err(path: &str, field: &str, problem: impl Into<String>) -> LlamaError {
     }
 }
 
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    path: &'a str,
+pub(crate) struct Fields<'a> {
+    pub(crate) map: &'a Map<String, Value>,
+    pub(crate) path: &'a str,
 }
 
 impl Fields<'_> {
-    fn usize(&self, field: &str) -> Result<usize, LlamaError> {
+    pub(crate) fn usize(&self, field: &str) -> Result<usize, LlamaError> {
         match self.map.get(field) {
             None | Some(Value::Null) => Err(err(self.path, field, "missing")),
             Some(v) => as_usize(v).ok_or_else(|| {
@@ -179,14 +148,14 @@ impl Fields<'_> {
         }
     }
 
-    fn usize_or(&self, field: &str, default: usize) -> Result<usize, LlamaError> {
+    pub(crate) fn usize_or(&self, field: &str, default: usize) -> Result<usize, LlamaError> {
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(default),
             Some(_) => self.usize(field),
         }
     }
 
-    fn f64_or(&self, field: &str, default: Option<f64>) -> Result<f64, LlamaError> {
+    pub(crate) fn f64_or(&self, field: &str, default: Option<f64>) -> Result<f64, LlamaError> {
         match self.map.get(field) {
             None | Some(Value::Null) => default.ok_or_else(|| err(self.path, field, "missing")),
             Some(v) => v
@@ -196,7 +165,7 @@ impl Fields<'_> {
         }
     }
 
-    fn bool_or(&self, field: &str, default: bool) -> Result<bool, LlamaError> {
+    pub(crate) fn bool_or(&self, field: &str, default: bool) -> Result<bool, LlamaError> {
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
@@ -208,7 +177,7 @@ impl Fields<'_> {
         }
     }
 
-    fn token(&self, field: &str) -> Result<Option<u32>, LlamaError> {
+    pub(crate) fn token(&self, field: &str) -> Result<Option<u32>, LlamaError> {
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v
@@ -408,38 +377,9 @@ impl LlamaConfig {
 
     /// The config as HF `config.json` text (transformers 5 form, `rope_parameters`).
     pub fn to_hf_json(&self) -> String {
-        let mut rope = Map::new();
-        rope.insert("rope_theta".into(), json!(self.rope.theta));
-        match self.rope.scaling {
-            RopeScaling::Default => {
-                rope.insert("rope_type".into(), json!("default"));
-            }
-            RopeScaling::Linear { factor } => {
-                rope.insert("rope_type".into(), json!("linear"));
-                rope.insert("factor".into(), json!(factor));
-            }
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
-                rope.insert("rope_type".into(), json!("llama3"));
-                rope.insert("factor".into(), json!(factor));
-                rope.insert("low_freq_factor".into(), json!(low_freq_factor));
-                rope.insert("high_freq_factor".into(), json!(high_freq_factor));
-                rope.insert(
-                    "original_max_position_embeddings".into(),
-                    json!(original_max_position_embeddings),
-                );
-            }
-        }
-        if self.rotary_dim != self.head_dim {
-            rope.insert(
-                "partial_rotary_factor".into(),
-                json!(self.rotary_dim as f64 / self.head_dim as f64),
-            );
-        }
+        let rope = self
+            .rope
+            .to_hf_value(self.rotary_dim as f64 / self.head_dim as f64);
         let eos = match self.eos_token_ids.as_slice() {
             [] => Value::Null,
             [one] => json!(one),
@@ -462,7 +402,7 @@ impl LlamaConfig {
             "num_key_value_heads": self.num_key_value_heads,
             "pad_token_id": self.pad_token_id,
             "rms_norm_eps": self.rms_norm_eps,
-            "rope_parameters": Value::Object(rope),
+            "rope_parameters": rope,
             "tie_word_embeddings": self.tie_word_embeddings,
             "use_cache": true,
             "vocab_size": self.vocab_size,
@@ -504,44 +444,6 @@ impl LlamaConfig {
     }
 }
 
-/// `head_dim · partial_rotary_factor` (top level or in `rope_parameters`; 1 when absent),
-/// even and at least 2.
-fn rotary_dim(map: &Map<String, Value>, path: &str, head_dim: usize) -> Result<usize, LlamaError> {
-    let (field, v) = match map.get("partial_rotary_factor") {
-        Some(v) if !v.is_null() => ("partial_rotary_factor", v),
-        _ => match map
-            .get("rope_parameters")
-            .and_then(|p| p.get("partial_rotary_factor"))
-        {
-            Some(v) if !v.is_null() => ("rope_parameters.partial_rotary_factor", v),
-            _ => return Ok(head_dim),
-        },
-    };
-    let factor = v
-        .as_f64()
-        .filter(|f| *f > 0.0 && *f <= 1.0)
-        .ok_or_else(|| {
-            err(
-                path,
-                field,
-                format!("expected a number in (0, 1], found {v}"),
-            )
-        })?;
-    // transformers: `int(head_dim * partial_rotary_factor)` (the 1e-9 keeps a factor written
-    // back as `dim / head_dim` on `dim`).
-    let dim = (head_dim as f64 * factor + 1e-9) as usize;
-    if dim < 2 || !dim.is_multiple_of(2) {
-        return Err(err(
-            path,
-            field,
-            format!(
-                "{factor} of head_dim {head_dim} rotates {dim} dimensions; RoPE needs an even number"
-            ),
-        ));
-    }
-    Ok(dim)
-}
-
 /// Qwen2's sliding-window attention (`use_sliding_window`, or `layer_types` naming
 /// `sliding_attention`) is not computed here: refused by name.
 fn refuse_sliding_windows(f: &Fields<'_>) -> Result<(), LlamaError> {
@@ -568,91 +470,4 @@ fn refuse_sliding_windows(f: &Fields<'_>) -> Result<(), LlamaError> {
         }
     }
     Ok(())
-}
-
-/// RoPE from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4).
-fn read_rope(map: &Map<String, Value>, path: &str) -> Result<RopeConfig, LlamaError> {
-    let params = match map.get("rope_parameters") {
-        Some(Value::Object(p)) => Some(("rope_parameters", p)),
-        None | Some(Value::Null) => match map.get("rope_scaling") {
-            Some(Value::Object(p)) => Some(("rope_scaling", p)),
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                return Err(err(
-                    path,
-                    "rope_scaling",
-                    format!("expected an object, found {v}"),
-                ));
-            }
-        },
-        Some(v) => {
-            return Err(err(
-                path,
-                "rope_parameters",
-                format!("expected an object, found {v}"),
-            ));
-        }
-    };
-    let top = Fields { map, path };
-    let theta_default = top.f64_or("rope_theta", Some(10000.0))?;
-    let Some((name, p)) = params else {
-        return Ok(RopeConfig {
-            theta: theta_default,
-            scaling: RopeScaling::Default,
-        });
-    };
-    let f = Fields { map: p, path };
-    let field = |k: &str| format!("{name}.{k}");
-    let theta = match p.get("rope_theta") {
-        Some(v) => v.as_f64().filter(|t| *t > 0.0).ok_or_else(|| {
-            err(
-                path,
-                &field("rope_theta"),
-                format!("expected a positive number, found {v}"),
-            )
-        })?,
-        None => theta_default,
-    };
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let num = |k: &str| {
-        f.f64_or(k, None).map_err(|_| {
-            err(
-                path,
-                &field(k),
-                format!("missing or not a number (rope_type `{kind}`)"),
-            )
-        })
-    };
-    let scaling = match kind {
-        "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear {
-            factor: num("factor")?,
-        },
-        "llama3" => RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_position_embeddings: f.usize("original_max_position_embeddings").map_err(
-                |_| {
-                    err(
-                        path,
-                        &field("original_max_position_embeddings"),
-                        "missing or not a positive integer",
-                    )
-                },
-            )?,
-        },
-        other => {
-            return Err(err(
-                path,
-                &field("rope_type"),
-                format!("`{other}` is not supported (default, linear, llama3)"),
-            ));
-        }
-    };
-    Ok(RopeConfig { theta, scaling })
 }

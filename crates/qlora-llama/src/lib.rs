@@ -29,6 +29,7 @@ mod norm;
 mod random;
 mod read_at;
 mod rope;
+mod rope_config;
 mod safetensors_file;
 mod save;
 
@@ -36,7 +37,7 @@ pub use attention::LlamaAttention;
 pub use block::LlamaDecoderLayer;
 pub use cache::KvCache;
 pub use checkpoint::{HfCheckpoint, HostFloats, HostTensor, WeightSource};
-pub use config::{LlamaConfig, ModelType, RopeConfig, RopeScaling};
+pub use config::{LlamaConfig, ModelType};
 pub use error::LlamaError;
 pub use generate::{GenerationConfig, Sampling};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize as ggml_dequantize};
@@ -46,12 +47,13 @@ pub use gguf_write::{GgufWriter, quantize_ggml};
 pub use hub::{DEFAULT_MODEL_PACKAGE, cache_dir, default_model, default_model_path};
 pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_fused};
 pub use mlp::LlamaMlp;
-pub use model::{LlamaForCausalLM, LlamaModel, layer_linear_paths};
+pub use model::{LlamaForCausalLM, LlamaModel};
 // The PEFT operations of `LlamaForCausalLM` are `LoraModel`'s: re-exported so that one import
 // brings them.
 pub use norm::RmsNorm;
 pub use qlora_nn::LoraModel;
 pub use rope::Rope;
+pub use rope_config::{RopeConfig, RopeScaling};
 pub use safetensors_file::{SafetensorsFile, TensorInfo, dtype_size};
 pub use save::SaveFormat;
 // The tokenizer is `qlora-tokenizer`'s (no model family in it); re-exported under the names

@@ -202,7 +202,6 @@ impl LlamaForCausalLM {
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                     sliding_window: c.sliding_window,
-                    rotary_dim: c.rotary_dim,
                 },
                 mlp: LlamaMlp {
                     gate_proj: either(!fused, "mlp.gate_proj", [ffn, hid], mb)?,

@@ -35,21 +35,6 @@ pub struct LlamaForCausalLM {
     rope: Rope,
 }
 
-/// The names of the seven linears of decoder layer `i` of a model with separate projections,
-/// as HF paths ([`LlamaConfig::layer_linears`] has every family's, with shapes).
-pub fn layer_linear_paths(i: usize) -> [String; 7] {
-    [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ]
-    .map(|n| format!("model.layers.{i}.{n}"))
-}
-
 impl LlamaForCausalLM {
     /// Assembles a model from its parts (the loaders use this).
     pub fn from_parts(config: LlamaConfig, model: LlamaModel, lm_head: Option<Tensor<2>>) -> Self {

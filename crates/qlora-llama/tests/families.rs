@@ -63,22 +63,9 @@ impl Reference {
     }
 }
 
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-/// max |a - b| / max |b|: relative to the tensor's scale (logits cross zero everywhere).
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn check(what: &str, got: Vec<f32>, want: &[f32], tol: f32) {
-    let e = rel_err(&got, want);
-    eprintln!("{what}: relative error {e:e}");
-    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
-}
+#[path = "support/logits.rs"]
+mod logits;
+use logits::{check, rel_err, values};
 
 fn load(dir: PathBuf, quant: Option<QuantConfig>, device: &Device) -> LlamaForCausalLM {
     LlamaForCausalLM::load_hf(&dir, &LoraApplier::base_only(quant, device))

@@ -49,22 +49,9 @@ impl Golden {
     }
 }
 
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-/// max |a - b| / max |b|: relative to the tensor's scale (logits cross zero everywhere).
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn check(name: &str, got: Vec<f32>, want: &[f32], tol: f32) {
-    let e = rel_err(&got, want);
-    eprintln!("{name}: relative error {e:e}");
-    assert!(e <= tol, "{name}: relative error {e:e} > {tol:e}");
-}
+#[path = "support/logits.rs"]
+mod logits;
+use logits::{check, values};
 
 #[test]
 fn fp32_logits_and_hidden_states() {

@@ -1,0 +1,205 @@
+//! [`RopeConfig`]: RoPE's parameters as HF configs give them (`rope_parameters` of
+//! transformers 5, or `rope_theta` + `rope_scaling` of transformers 4; a partial rotary
+//! factor), read and written back. The tables themselves are [`crate::Rope`]'s.
+
+use serde_json::{Map, Value, json};
+
+use crate::LlamaError;
+use crate::config::{Fields, err};
+
+/// How RoPE frequencies are scaled (`rope_type`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    Default,
+    /// Position interpolation: every inverse frequency divided by `factor`.
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// LLaMA 3.1's frequency-dependent scaling.
+    Llama3 {
+        /// Scale of low frequencies.
+        factor: f64,
+        /// Wavelength bound of the low-frequency band (as `original / low_freq_factor`).
+        low_freq_factor: f64,
+        /// Wavelength bound of the high-frequency band.
+        high_freq_factor: f64,
+        /// Context length of pre-training.
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// RoPE parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    /// Base of the frequencies (`rope_theta`).
+    pub theta: f64,
+    /// Frequency scaling.
+    pub scaling: RopeScaling,
+}
+
+impl RopeConfig {
+    /// `rope_parameters` (transformers 5 form), with `partial_rotary_factor` when below 1.
+    pub fn to_hf_value(&self, partial_rotary_factor: f64) -> Value {
+        let mut rope = Map::new();
+        rope.insert("rope_theta".into(), json!(self.theta));
+        match self.scaling {
+            RopeScaling::Default => {
+                rope.insert("rope_type".into(), json!("default"));
+            }
+            RopeScaling::Linear { factor } => {
+                rope.insert("rope_type".into(), json!("linear"));
+                rope.insert("factor".into(), json!(factor));
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                rope.insert("rope_type".into(), json!("llama3"));
+                rope.insert("factor".into(), json!(factor));
+                rope.insert("low_freq_factor".into(), json!(low_freq_factor));
+                rope.insert("high_freq_factor".into(), json!(high_freq_factor));
+                rope.insert(
+                    "original_max_position_embeddings".into(),
+                    json!(original_max_position_embeddings),
+                );
+            }
+        }
+        if partial_rotary_factor < 1.0 {
+            rope.insert("partial_rotary_factor".into(), json!(partial_rotary_factor));
+        }
+        Value::Object(rope)
+    }
+}
+
+/// `head_dim · partial_rotary_factor` (top level or in `rope_parameters`; 1 when absent),
+/// even and at least 2.
+pub(crate) fn rotary_dim(
+    map: &Map<String, Value>,
+    path: &str,
+    head_dim: usize,
+) -> Result<usize, LlamaError> {
+    let (field, v) = match map.get("partial_rotary_factor") {
+        Some(v) if !v.is_null() => ("partial_rotary_factor", v),
+        _ => match map
+            .get("rope_parameters")
+            .and_then(|p| p.get("partial_rotary_factor"))
+        {
+            Some(v) if !v.is_null() => ("rope_parameters.partial_rotary_factor", v),
+            _ => return Ok(head_dim),
+        },
+    };
+    let factor = v
+        .as_f64()
+        .filter(|f| *f > 0.0 && *f <= 1.0)
+        .ok_or_else(|| {
+            err(
+                path,
+                field,
+                format!("expected a number in (0, 1], found {v}"),
+            )
+        })?;
+    // transformers: `int(head_dim * partial_rotary_factor)` (the 1e-9 keeps a factor written
+    // back as `dim / head_dim` on `dim`).
+    let dim = (head_dim as f64 * factor + 1e-9) as usize;
+    if dim < 2 || !dim.is_multiple_of(2) {
+        return Err(err(
+            path,
+            field,
+            format!(
+                "{factor} of head_dim {head_dim} rotates {dim} dimensions; RoPE needs an even number"
+            ),
+        ));
+    }
+    Ok(dim)
+}
+
+/// RoPE from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4).
+pub(crate) fn read_rope(map: &Map<String, Value>, path: &str) -> Result<RopeConfig, LlamaError> {
+    let params = match map.get("rope_parameters") {
+        Some(Value::Object(p)) => Some(("rope_parameters", p)),
+        None | Some(Value::Null) => match map.get("rope_scaling") {
+            Some(Value::Object(p)) => Some(("rope_scaling", p)),
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                return Err(err(
+                    path,
+                    "rope_scaling",
+                    format!("expected an object, found {v}"),
+                ));
+            }
+        },
+        Some(v) => {
+            return Err(err(
+                path,
+                "rope_parameters",
+                format!("expected an object, found {v}"),
+            ));
+        }
+    };
+    let top = Fields { map, path };
+    let theta_default = top.f64_or("rope_theta", Some(10000.0))?;
+    let Some((name, p)) = params else {
+        return Ok(RopeConfig {
+            theta: theta_default,
+            scaling: RopeScaling::Default,
+        });
+    };
+    let f = Fields { map: p, path };
+    let field = |k: &str| format!("{name}.{k}");
+    let theta = match p.get("rope_theta") {
+        Some(v) => v.as_f64().filter(|t| *t > 0.0).ok_or_else(|| {
+            err(
+                path,
+                &field("rope_theta"),
+                format!("expected a positive number, found {v}"),
+            )
+        })?,
+        None => theta_default,
+    };
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |k: &str| {
+        f.f64_or(k, None).map_err(|_| {
+            err(
+                path,
+                &field(k),
+                format!("missing or not a number (rope_type `{kind}`)"),
+            )
+        })
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear {
+            factor: num("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: f.usize("original_max_position_embeddings").map_err(
+                |_| {
+                    err(
+                        path,
+                        &field("original_max_position_embeddings"),
+                        "missing or not a positive integer",
+                    )
+                },
+            )?,
+        },
+        other => {
+            return Err(err(
+                path,
+                &field("rope_type"),
+                format!("`{other}` is not supported (default, linear, llama3)"),
+            ));
+        }
+    };
+    Ok(RopeConfig { theta, scaling })
+}
