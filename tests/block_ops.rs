@@ -1,11 +1,11 @@
-//! The fused block ops (`rms_norm`, `swiglu`, `rope` of `burn_qlora::fused`) against the same
+//! The fused block ops (`rms_norm`, `swiglu`, `geglu_tanh`, `rope` of `burn_qlora::fused`) against the same
 //! functions composed of Burn tensor ops, on Flex (the fused host kernels) and on wgpu where an
 //! adapter exists (the default bodies on CubeCL): outputs and input gradients under a
 //! non-uniform upstream gradient, and the norm's weight gradient.
 
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
-use burn_qlora::fused::{rms_norm, rope, swiglu};
+use burn_qlora::fused::{geglu_tanh, rms_norm, rope, swiglu};
 
 #[path = "support/numeric.rs"]
 mod numeric;
@@ -73,6 +73,19 @@ fn check(device: &Device) {
         |x| swiglu(x[0].clone(), x[1].clone()),
         |x| silu(x[0].clone()) * x[1].clone(),
         "swiglu",
+    );
+    // GeGLU with tanh-GELU (Gemma), gates from −12 to 12: the tanh saturates at both ends.
+    compare::<2, 2>(
+        device,
+        [(vec![130, 77], 11, 12.0), (vec![130, 77], 12, 1.0)],
+        |x| geglu_tanh(x[0].clone(), x[1].clone()),
+        |x| {
+            let g = x[0].clone();
+            let inner = (g.clone() + g.clone().powi_scalar(3) * 0.044715)
+                * (2.0 / std::f64::consts::PI).sqrt();
+            (g * 0.5 * (inner.tanh() + 1.0)) * x[1].clone()
+        },
+        "geglu_tanh",
     );
     // RoPE with tables whose halves differ (the adjoint must not assume HF's repeated halves).
     let (t, d) = (19, 12);

@@ -10,7 +10,7 @@
 //! - [`causal_attention`]: its backward pass keeps `Q`, `K`, `V` only and recomputes the
 //!   probabilities block by block (Dao et al. 2022, *FlashAttention*), in a sliding window
 //!   where the model has one ([`causal_attention_windowed`]);
-//! - [`rms_norm`], [`swiglu`], [`rope`]: one pass forward and one backward each.
+//! - [`rms_norm`], [`swiglu`], [`geglu_tanh`], [`rope`]: one pass forward and one backward each.
 //!
 //! Laid out as burn-vision is: [`ops`] holds the `#[backend_extension]` traits, whose default
 //! bodies are composed of the backend's own ops (what CubeCL runs, fused by Fusion); `host`
@@ -25,5 +25,5 @@ pub mod ops;
 
 pub use ops::{
     BlockOps, CausalAttentionOps, LinearCrossEntropyOps, causal_attention,
-    causal_attention_windowed, linear_cross_entropy, rms_norm, rope, swiglu,
+    causal_attention_windowed, geglu_tanh, linear_cross_entropy, rms_norm, rope, swiglu,
 };

@@ -1,10 +1,11 @@
-//! Host kernels of [`crate::ops::BlockOps`]: RMSNorm, SwiGLU and RoPE, each forward and backward in
+//! Host kernels of [`crate::ops::BlockOps`]: RMSNorm, SwiGLU, GeGLU and RoPE, each forward and backward in
 //! one pass over rows (rayon over chunks of rows), where the composed ops make one pass and
 //! one fresh buffer per elementary op.
 
 use rayon::prelude::*;
 
 use super::softmax_row::exp;
+use crate::ops::{GELU_BETA, GELU_KAPPA};
 
 /// Rows per parallel task (enough work to amortise a task, enough tasks for every core).
 fn rows_per_task(n: usize) -> usize {
@@ -109,6 +110,55 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>)
                 let s = sigmoid(gv);
                 dgs[i] = d * uv * s * (1.0 + gv * (1.0 - s));
                 dus[i] = d * gv * s;
+            }
+        });
+    (dg, du)
+}
+
+/// `(gelu_tanh(g), gelu_tanh'(g))`, in f32 as PyTorch's `gelu(approximate="tanh")`:
+/// `½ g (1 + t)` with `t = tanh(β (g + κ g³))`; the slope `½ (1 + t) + ½ g (1 − t²) β (1 + 3κ g²)`.
+#[inline(always)]
+fn gelu_tanh(g: f32) -> (f32, f32) {
+    let t = (GELU_BETA * (g + GELU_KAPPA * g * g * g)).tanh();
+    let y = 0.5 * g * (1.0 + t);
+    let dy =
+        0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * g * g);
+    (y, dy)
+}
+
+/// GeGLU's gate with GELU's tanh approximation (Gemma's MLP): `gelu_tanh(g) ∘ u`.
+pub fn geglu_tanh(g: &[f32], u: &[f32]) -> Vec<f32> {
+    assert_eq!(g.len(), u.len(), "geglu_tanh: gate and up lengths");
+    let mut y = vec![0f32; g.len()];
+    y.par_chunks_mut(16_384)
+        .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
+        .for_each(|(ys, (gs, us))| {
+            for ((o, &gv), &uv) in ys.iter_mut().zip(gs).zip(us) {
+                *o = gelu_tanh(gv).0 * uv;
+            }
+        });
+    y
+}
+
+/// Gradients of [`geglu_tanh`]: `dg = dy ∘ u ∘ gelu_tanh'(g)`, `du = dy ∘ gelu_tanh(g)`;
+/// returns `(dg, du)`.
+pub fn geglu_tanh_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(g.len(), u.len(), "geglu_tanh: gate and up lengths");
+    assert_eq!(g.len(), dy.len(), "geglu_tanh: upstream gradient length");
+    let n = g.len();
+    let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+    dg.par_chunks_mut(16_384)
+        .zip(du.par_chunks_mut(16_384))
+        .zip(
+            g.par_chunks(16_384)
+                .zip(u.par_chunks(16_384))
+                .zip(dy.par_chunks(16_384)),
+        )
+        .for_each(|((dgs, dus), ((gs, us), dys))| {
+            for i in 0..gs.len() {
+                let (y, slope) = gelu_tanh(gs[i]);
+                dgs[i] = dys[i] * us[i] * slope;
+                dus[i] = dys[i] * y;
             }
         });
     (dg, du)

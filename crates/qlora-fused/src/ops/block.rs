@@ -1,5 +1,5 @@
 //! The element-wise parts of a LLaMA block as extension ops with their own backward passes:
-//! RMSNorm, SwiGLU's `silu(gate) ∘ up` and rotary embeddings.
+//! RMSNorm, SwiGLU's `silu(gate) ∘ up`, GeGLU's `gelu_tanh(gate) ∘ up` and rotary embeddings.
 //!
 //! Composed of Burn ops, each of these is five to ten element-wise ops, and under Autodiff as
 //! many backward nodes, each op a pass over memory and a fresh buffer. Flex runs one fused host
@@ -11,7 +11,7 @@ use burn::backend::{
 };
 use burn::tensor::Tensor;
 
-/// RMSNorm, SwiGLU and RoPE (see the module docs). A backward op returns the gradients of
+/// RMSNorm, SwiGLU, GeGLU and RoPE (see the module docs). A backward op returns the gradients of
 /// `Σ dy ∘ op(..)` with respect to the op's inputs, in their order and shapes.
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
 pub trait BlockOps: Backend {
@@ -87,6 +87,50 @@ pub trait BlockOps: Backend {
         (dg, du)
     }
 
+    /// `gelu_tanh(gate) ∘ up`, same shapes: GeGLU (Shazeer 2020) with GELU's tanh
+    /// approximation (Gemma's `gelu_pytorch_tanh`), `gelu_tanh(g) = ½ g (1 + tanh(β (g + κ g³)))`,
+    /// `β = √(2/π)`, `κ = 0.044715`.
+    #[fusion(default)]
+    fn geglu_tanh(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (gelu, _) = gelu_tanh_parts::<Self>(gate);
+        Self::float_mul(gelu, up)
+    }
+
+    /// `(dgate, dup)` of [`BlockOps::geglu_tanh`] under the gradient `dy`.
+    #[fusion(default)]
+    fn geglu_tanh_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (gelu, t) = gelu_tanh_parts::<Self>(gate.clone());
+        // gelu'(g) = ½ (1 + t) + ½ g (1 − t²) β (1 + 3κ g²)
+        let g2 = Self::float_mul(gate.clone(), gate.clone());
+        let inner = Self::float_mul_scalar(
+            Self::float_add_scalar(
+                Self::float_mul_scalar(g2, (3.0 * GELU_KAPPA).into()),
+                1.0f32.into(),
+            ),
+            GELU_BETA.into(),
+        );
+        let one_minus_t2 = Self::float_add_scalar(
+            Self::float_neg(Self::float_mul(t.clone(), t.clone())),
+            1.0f32.into(),
+        );
+        let half_one_plus_t =
+            Self::float_mul_scalar(Self::float_add_scalar(t, 1.0f32.into()), 0.5f32.into());
+        let dgelu = Self::float_add(
+            half_one_plus_t,
+            Self::float_mul_scalar(
+                Self::float_mul(Self::float_mul(gate, one_minus_t2), inner),
+                0.5f32.into(),
+            ),
+        );
+        let dg = Self::float_mul(Self::float_mul(dy.clone(), up), dgelu);
+        let du = Self::float_mul(dy, gelu);
+        (dg, du)
+    }
+
     /// Rotary embedding, HF's `rotate_half` form: `x ∘ cos + [−x₂, x₁] ∘ sin` for `x`
     /// `[b, h, t, d]` and tables `[t, w]`, on the leading `w ≤ d` of each head (the rest passed
     /// through). With `transpose`, the adjoint `dy ∘ cos + [(dy ∘ sin)₂, −(dy ∘ sin)₁]` (the
@@ -134,6 +178,26 @@ pub trait BlockOps: Backend {
             Self::float_add(Self::float_mul(x, cos), Self::float_mul(rotated, sin))
         }
     }
+}
+
+/// `β = √(2/π)` of GELU's tanh approximation (PyTorch's `M_SQRT2 * M_2_SQRTPI * 0.5`).
+pub(crate) const GELU_BETA: f32 = 0.797_884_6;
+/// `κ` of GELU's tanh approximation.
+pub(crate) const GELU_KAPPA: f32 = 0.044_715;
+
+/// `(gelu_tanh(g), t)` with `t = tanh(β (g + κ g³))`.
+fn gelu_tanh_parts<B: Backend>(g: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let g3 = B::float_mul(B::float_mul(g.clone(), g.clone()), g.clone());
+    let arg = B::float_mul_scalar(
+        B::float_add(g.clone(), B::float_mul_scalar(g3, GELU_KAPPA.into())),
+        GELU_BETA.into(),
+    );
+    let t = B::float_tanh(arg);
+    let gelu = B::float_mul(
+        B::float_mul_scalar(g, 0.5f32.into()),
+        B::float_add_scalar(t.clone(), 1.0f32.into()),
+    );
+    (gelu, t)
 }
 
 /// The shape and the width of the last dimension.
@@ -193,6 +257,25 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f32) -> Tensor<
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     assert_eq!(gate.dims(), up.dims(), "swiglu: gate and up shapes differ");
     Tensor::from_dispatch(<Dispatch as BlockOps>::swiglu(
+        gate.into_dispatch(),
+        up.into_dispatch(),
+    ))
+}
+
+/// GeGLU's gate with GELU's tanh approximation, `gelu_tanh(gate) ∘ up` (Shazeer 2020; Gemma's
+/// `gelu_pytorch_tanh` MLP), element-wise.
+///
+/// Differentiable in both inputs.
+///
+/// # Panics
+/// If the shapes differ.
+pub fn geglu_tanh<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    assert_eq!(
+        gate.dims(),
+        up.dims(),
+        "geglu_tanh: gate and up shapes differ"
+    );
+    Tensor::from_dispatch(<Dispatch as BlockOps>::geglu_tanh(
         gate.into_dispatch(),
         up.into_dispatch(),
     ))

@@ -6,7 +6,8 @@ mod block;
 mod cross_entropy;
 
 pub use attention::{CausalAttentionOps, causal_attention, causal_attention_windowed};
-pub use block::{BlockOps, rms_norm, rope, swiglu};
+pub use block::{BlockOps, geglu_tanh, rms_norm, rope, swiglu};
+pub(crate) use block::{GELU_BETA, GELU_KAPPA};
 pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
 
 pub(crate) use attention::dims as attention_dims;

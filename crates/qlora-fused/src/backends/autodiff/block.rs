@@ -50,6 +50,23 @@ impl<B: BlockOps> Backward<B, 2> for SwigluBackward {
 }
 
 #[derive(Debug)]
+struct GegluTanhBackward;
+
+impl<B: BlockOps> Backward<B, 2> for GegluTanhBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ck: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        let (gate, up) = ops.state;
+        let [gate, up] = [gate, up].map(|id| ck.retrieve_node_output::<FloatTensor<B>>(id));
+        let (dgate, dup) = B::geglu_tanh_backward(gate, up, g);
+        let [pg, pu] = ops.parents.map(|p| p.map(|n| n.id));
+        register::<B>(grads, pg, dgate);
+        register::<B>(grads, pu, dup);
+    }
+}
+
+#[derive(Debug)]
 struct RopeBackward;
 
 impl<B: BlockOps> Backward<B, 1> for RopeBackward {
@@ -126,6 +143,39 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
         dy: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (dgate, dup) = B::swiglu_backward(
+            gate.into_primitive(),
+            up.into_primitive(),
+            dy.into_primitive(),
+        );
+        (
+            <Self as AutodiffBackend>::from_inner(dgate),
+            <Self as AutodiffBackend>::from_inner(dup),
+        )
+    }
+
+    fn geglu_tanh(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GegluTanhBackward
+            .prepare::<C>([gate.node(), up.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&gate), prep.checkpoint(&up));
+                let y = B::geglu_tanh(gate.into_primitive(), up.into_primitive());
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::geglu_tanh(gate.into_primitive(), up.into_primitive()))
+            }
+        }
+    }
+
+    fn geglu_tanh_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dgate, dup) = B::geglu_tanh_backward(
             gate.into_primitive(),
             up.into_primitive(),
             dy.into_primitive(),

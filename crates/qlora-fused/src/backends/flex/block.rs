@@ -42,6 +42,23 @@ impl BlockOps for Flex {
         (tensor(dg, shape.clone(), dtype), tensor(du, shape, dtype))
     }
 
+    fn geglu_tanh(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (shape, dtype) = (dims(&gate), gate.dtype());
+        let (g, u) = (f32s(gate), f32s(up));
+        tensor(block::geglu_tanh(slice(&g), slice(&u)), shape, dtype)
+    }
+
+    fn geglu_tanh_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (shape, dtype) = (dims(&gate), gate.dtype());
+        let (g, u, d) = (f32s(gate), f32s(up), f32s(dy));
+        let (dg, du) = block::geglu_tanh_backward(slice(&g), slice(&u), slice(&d));
+        (tensor(dg, shape.clone(), dtype), tensor(du, shape, dtype))
+    }
+
     fn rope(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
