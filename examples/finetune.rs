@@ -11,7 +11,8 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, GradientCheckpointingStrategy};
 use burn_qlora::llama::{
-    ChatMessage, GenerationConfig, LlamaForCausalLM, LlamaTokenizer, Sampling, TokenizerFiles,
+    ChatMessage, GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
+    TokenizerFiles,
 };
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
@@ -59,9 +60,14 @@ struct Args {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1, value_parser = common::args::at_least_1)]
     grad_accum: usize,
-    /// Longest sample in tokens (at least 2).
-    #[arg(long, default_value_t = 256, value_parser = common::args::seq_len)]
-    seq_len: usize,
+    /// The chat template for chat data and prompts: `chatml`, or a Jinja template file
+    /// (default: the model's own; a model without one refuses chat data, as transformers does).
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// Longest sample in tokens (at least 2, at most the model's context,
+    /// `max_position_embeddings`) [default: 256, or the model's context if shorter].
+    #[arg(long, value_parser = common::args::seq_len)]
+    seq_len: Option<usize>,
     /// Stop with an error on a sample longer than --seq-len (by default it is cut to
     /// --seq-len tokens, and the count of cut samples is printed).
     #[arg(long)]
@@ -179,10 +185,13 @@ fn sample_answer(
     question: &str,
 ) -> Result<String, Box<dyn std::error::Error>> {
     let valid = model.valid();
-    let prompt = tok
-        .apply_chat_template(&[ChatMessage::new("user", question)], true)
-        .unwrap_or_else(|_| question.to_string());
-    let ids = tok.encode(&prompt, true)?;
+    // A chat prompt as transformers' `apply_chat_template(tokenize=True)` makes it (the template
+    // writes its own bos); a model without a template gets the plain question with the
+    // tokenizer's special tokens.
+    let ids = match tok.apply_chat_template(&[ChatMessage::new("user", question)], true) {
+        Ok(prompt) => tok.encode(&prompt, false)?,
+        Err(_) => tok.encode(question, true)?,
+    };
     if ids.is_empty() {
         return Ok(String::new());
     }
@@ -320,10 +329,23 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     ad.seed(args.seed);
 
-    let tok = LlamaTokenizer::load(&model_path)?;
+    let context = LlamaConfig::of_model(&model_path)?.max_position_embeddings;
+    let seq_len = match args.seq_len {
+        Some(n) if n > context => {
+            return Err(format!(
+                "--seq-len {n} is past the model's context: {} gives max_position_embeddings {context}",
+                model_path.display()
+            )
+            .into());
+        }
+        Some(n) => n,
+        None => 256.min(context),
+    };
+    let mut tok = LlamaTokenizer::load(&model_path)?;
+    common::apply_chat_template_option(&mut tok, &args.chat_template)?;
     let opts = DataOptions {
         format: args.format,
-        max_len: args.seq_len,
+        max_len: seq_len,
         overflow: if args.strict_length {
             Overflow::Error
         } else {
@@ -337,7 +359,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut train = pick(&train_idx);
     let eval = pick(&eval_idx);
     if args.packing {
-        train = pack(train, args.seq_len);
+        train = pack(train, seq_len);
     }
     let lengths: Vec<usize> = samples.iter().map(|s| s.input_ids.len()).collect();
     println!(

@@ -47,6 +47,10 @@ struct Args {
     /// A system message (with --chat).
     #[arg(long)]
     system: Option<String>,
+    /// The chat template for chat data and prompts: `chatml`, or a Jinja template file
+    /// (default: the model's own; a model without one refuses chat data, as transformers does).
+    #[arg(long)]
+    chat_template: Option<String>,
     /// Most tokens to generate (at least 1).
     #[arg(long, default_value_t = 128, value_parser = common::args::at_least_1)]
     max_new_tokens: usize,
@@ -105,6 +109,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Some(LlamaTokenizer::load(&model_path)?)
     };
+    let mut tok = tok;
+    if let Some(t) = tok.as_mut() {
+        common::apply_chat_template_option(t, &args.chat_template)?;
+    }
     let prompt = match &args.prompt_ids {
         Some(ids) => ids.clone(),
         None => text_prompt(&args, tok.as_ref().expect("loaded for a text prompt"))?,
@@ -171,15 +179,16 @@ fn text_prompt(args: &Args, tok: &LlamaTokenizer) -> Result<Vec<u32>, Box<dyn st
         .prompt
         .clone()
         .unwrap_or_else(|| "What is the capital of France?".into());
-    let text = if chat {
+    if chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
             messages.push(ChatMessage::new("system", s));
         }
         messages.push(ChatMessage::new("user", &user));
-        tok.apply_chat_template(&messages, true)?
-    } else {
-        user
-    };
-    Ok(tok.encode(&text, true)?)
+        // As transformers' `apply_chat_template(tokenize=True)`: the template writes its own
+        // bos, so no special token is added.
+        return Ok(tok.encode(&tok.apply_chat_template(&messages, true)?, false)?);
+    }
+    // As transformers' `tokenizer(text)`: the tokenizer's special tokens (Llama 3's bos).
+    Ok(tok.encode(&user, true)?)
 }

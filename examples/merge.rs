@@ -2,14 +2,16 @@
 //!
 //! `cargo run --release --example merge -- --adapter runs/finetune/adapter` merges the adapter
 //! `finetune` wrote into SmolLM2-135M-Instruct (the default model) and writes
-//! `runs/merged/` (`config.json`, `model.safetensors`, and the tokenizer files when the base is
-//! a HF folder). The base is loaded in f32, so the merge itself adds no rounding; with
+//! `runs/merged/` (`config.json`, `model.safetensors`, and the tokenizer: a HF base's files,
+//! `chat_template.jinja` included, or a GGUF base's vocabulary written as `tokenizer.json` +
+//! `tokenizer_config.json` + `chat_template.jinja`, so that transformers and `generate` read the
+//! merged folder with the base's tokens and template). The base is loaded in f32, so the merge itself adds no rounding; with
 //! `--format bnb-nf4` the merged weights are quantized to NF4 + double quantization afterwards.
 //! `--help` lists every option.
 
 use std::path::{Path, PathBuf};
 
-use burn_qlora::llama::{LlamaForCausalLM, SaveFormat};
+use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer, SaveFormat, TokenizerFiles};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraModel, PeftAdapter};
 use clap::{Parser, ValueEnum};
@@ -48,9 +50,12 @@ fn main() {
     common::exit_on_error(run(Args::parse()));
 }
 
-/// Copies the tokenizer files of a HF base folder next to the merged weights.
+/// Copies the tokenizer files of a HF base folder next to the merged weights, or writes a GGUF
+/// base's tokenizer as HF files.
 fn copy_tokenizer(model: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if !model.is_dir() {
+        let tok = LlamaTokenizer::load(model)?;
+        tok.save_dir(out)?;
         return Ok(());
     }
     for name in [
@@ -58,6 +63,7 @@ fn copy_tokenizer(model: &Path, out: &Path) -> Result<(), Box<dyn std::error::Er
         "tokenizer_config.json",
         "special_tokens_map.json",
         "generation_config.json",
+        "chat_template.jinja",
     ] {
         let src = model.join(name);
         if src.is_file() {
@@ -73,6 +79,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let model_path = common::model_path(&args.model)?;
     common::check_exists(&args.adapter, "--adapter")?;
     let adapter = PeftAdapter::load(&args.adapter, &device)?;
+    if !model_path.is_dir() {
+        // A GGUF base's vocabulary is checked before any work: one that cannot be written as
+        // tokenizer.json (SentencePiece) stops here, not after the merge.
+        let tok = LlamaTokenizer::load(&model_path)?;
+        let probe = std::env::temp_dir().join(format!("qlora-merge-tok-{}", std::process::id()));
+        let written = tok.save_dir(&probe);
+        let _ = std::fs::remove_dir_all(&probe);
+        written.map_err(|e| format!("{e} (merge a HF folder of the base instead)"))?;
+    }
     let mut model = LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(None, &device))?;
     model.load_adapter(&adapter, "default")?;
     let merged = model.merge_and_unload();

@@ -44,9 +44,10 @@ struct Args {
     /// 4-bit data type.
     #[arg(long, value_enum, default_value = "nf4")]
     quant_type: Kind,
-    /// Elements per absmax block (a power of two from 32 to 4096).
-    #[arg(long, default_value_t = 64)]
-    blocksize: usize,
+    /// Elements per absmax block (a power of two from 32 to 4096) [default: 64; a bnb-4bit
+    /// input keeps its own].
+    #[arg(long)]
+    blocksize: Option<usize>,
     /// Quantize the block scales to 8 bits (double quantization): true or false.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     double_quant: bool,
@@ -62,11 +63,39 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Kind::Nf4 => QuantType::Nf4,
             Kind::Fp4 => QuantType::Fp4,
         },
-        blocksize: Blocksize::new(args.blocksize, "--blocksize")?,
+        blocksize: Blocksize::new(args.blocksize.unwrap_or(64), "--blocksize")?,
         double_quant: args.double_quant,
     };
     let device = burn::tensor::Device::flex();
     let model_path = common::model_path(&args.model)?;
+    // A bnb-4bit input keeps its packed codes: asking for other settings would either be ignored
+    // (and the written quantization_config would lie) or re-quantize values already rounded to
+    // the 4-bit grid. Both are refused; quantize the float model instead.
+    if let Some((kind, dq)) = common::bnb_4bit_of(&model_path)? {
+        let refuse = |what: String| -> Result<(), Box<dyn std::error::Error>> {
+            Err(format!(
+                "{}: already a bnb-4bit folder ({kind}, double quant {dq}); {what}: its 4-bit \
+                 codes are kept as they are, so quantize the float model instead",
+                model_path.display()
+            )
+            .into())
+        };
+        if kind != config.quant_type.as_str() {
+            refuse(format!(
+                "--quant-type {} asks for another type",
+                config.quant_type.as_str()
+            ))?;
+        }
+        if dq != config.double_quant {
+            refuse(format!(
+                "--double-quant {} asks otherwise",
+                config.double_quant
+            ))?;
+        }
+        if let Some(b) = args.blocksize {
+            refuse(format!("--blocksize {b} cannot change its blocks"))?;
+        }
+    }
     let started = std::time::Instant::now();
     // Each linear is quantized as it is read; bnb-4bit inputs keep their own quantization.
     let model =

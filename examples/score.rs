@@ -11,7 +11,6 @@
 //! (`IGNORE_INDEX` labels left out), as transformers' causal-LM loss averages a batch; the
 //! perplexity is its `exp`. One line on stdout: `mean_loss L perplexity P tokens N`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
@@ -20,7 +19,7 @@ use burn_qlora::nf4::{QuantConfig, QuantType};
 use burn_qlora::nn::{IGNORE_INDEX, LoraApplier, LoraModel, PeftAdapter};
 use burn_qlora::train::{DataFormat, DataOptions, Overflow, load_dataset};
 use clap::{Parser, ValueEnum};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 
 #[allow(dead_code)]
 mod common;
@@ -32,7 +31,7 @@ enum Quantize {
     Nf4,
     /// FP4 + double quantization.
     Fp4,
-    /// The checkpoint's floats (a bnb-4bit folder stays 4-bit).
+    /// The checkpoint's weights as f32 (a bnb-4bit folder is dequantized to f32).
     None,
 }
 
@@ -52,7 +51,8 @@ struct Args {
     /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Base weights: nf4, fp4 or none (float).
+    /// Base weights: nf4, fp4 or none (f32; a bnb-4bit folder dequantized). A bnb-4bit folder
+    /// keeps its own codes under its own type; another type is refused.
     #[arg(long, value_enum, default_value = "none")]
     quantize: Quantize,
     /// Compute type: f32 (bf16 is not implemented yet: refused).
@@ -62,6 +62,10 @@ struct Args {
     /// bundled chitchat conversations).
     #[arg(long, conflicts_with = "ids")]
     data: Option<PathBuf>,
+    /// The chat template for chat data and prompts: `chatml`, or a Jinja template file
+    /// (default: the model's own; a model without one refuses chat data, as transformers does).
+    #[arg(long, conflicts_with = "ids")]
+    chat_template: Option<String>,
     /// Data form: auto, chat, alpaca, text (not with --ids).
     #[arg(long, default_value = "auto", conflicts_with = "ids")]
     format: DataFormat,
@@ -97,12 +101,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }),
         Quantize::None => None,
     };
+    if let (Some(q), Some((kind, _))) = (quant, common::bnb_4bit_of(&model_path)?)
+        && q.quant_type.as_str() != kind
+    {
+        return Err(format!(
+            "--quantize {}: {} is a bnb-4bit folder of type {kind}, whose codes are kept as they \
+             are (re-quantizing would round rounded values): use --quantize {kind}, or none for \
+             f32",
+            q.quant_type.as_str(),
+            model_path.display()
+        )
+        .into());
+    }
     // Read the inputs before the model: a bad file fails before minutes of loading.
     let batch = match &args.ids {
         Some(ids) => Batch::Ids(read_ids(ids)?),
         None => {
             let data = &common::data_path(&args.data)?;
-            let tok = LlamaTokenizer::load(&model_path)?;
+            let mut tok = LlamaTokenizer::load(&model_path)?;
+            common::apply_chat_template_option(&mut tok, &args.chat_template)?;
             let opts = DataOptions {
                 format: args.format,
                 max_len: args.seq_len,
@@ -138,17 +155,26 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let flat: Vec<u32> = ids.values.iter().map(|&t| t as u32).collect();
             model.check_token_ids(&flat, "`input_ids`")?;
             let [b, t] = ids.shape;
-            let input =
-                Tensor::<2, Int>::from_data(TensorData::new(ids.values.clone(), [b, t]), &device);
-            let logits = model.forward(input, None);
-            let v = logits.dims()[2];
-            let values = host(logits);
+            let v = model.config.vocab_size;
+            // Row by row: one row's logits `[T, V]` in memory at a time (a 2048-token row of a
+            // 150k vocabulary is 1.2 GB), written to --logits as they come.
+            let mut out = match &args.logits {
+                Some(path) => Some(LogitsWriter::create(path, [b, t, v])?),
+                None => None,
+            };
             for row in 0..b {
                 let labels = &ids.values[row * t..][..t];
-                total.add(&values[row * t * v..][..t * v], labels, v);
+                let input =
+                    Tensor::<2, Int>::from_data(TensorData::new(labels.to_vec(), [1, t]), &device);
+                let values = host(model.forward(input, None));
+                assert_eq!(values.len(), t * v, "logits of one row are [T, vocab_size]");
+                total.add(&values, labels, v);
+                if let Some(w) = out.as_mut() {
+                    w.write_row(&values)?;
+                }
             }
-            if let Some(out) = &args.logits {
-                write_logits(out, &values, [b, t, v])?;
+            if let Some(w) = out {
+                w.finish()?;
             }
         }
         Batch::Samples(samples) => {
@@ -266,10 +292,50 @@ impl Total {
 }
 
 /// `logits` `[b, t, v]` as the f32 tensor `logits` of a safetensors file.
-fn write_logits(path: &Path, values: &[f32], shape: [usize; 3]) -> Result<(), String> {
-    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::F32, shape.to_vec(), &bytes).expect("shape and bytes agree");
-    let data = safetensors::serialize([("logits", view)], None::<HashMap<String, String>>)
-        .expect("serializing one tensor");
-    std::fs::write(path, data).map_err(|e| format!("--logits {}: {e}", path.display()))
+/// A safetensors file holding one f32 tensor `logits` `[B, T, V]`, written one row at a time
+/// (the header first: its size is known from the shape).
+struct LogitsWriter {
+    file: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+}
+
+impl LogitsWriter {
+    fn create(path: &Path, shape: [usize; 3]) -> Result<Self, String> {
+        use std::io::Write;
+        let bad = |e: std::io::Error| format!("--logits {}: {e}", path.display());
+        let bytes = shape.iter().product::<usize>() * 4;
+        let mut header = serde_json::json!({
+            "logits": {"dtype": "F32", "shape": shape, "data_offsets": [0, bytes]}
+        })
+        .to_string();
+        // safetensors pads the header with spaces to a multiple of 8 bytes.
+        while !header.len().is_multiple_of(8) {
+            header.push(' ');
+        }
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(bad)?);
+        file.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(bad)?;
+        file.write_all(header.as_bytes()).map_err(bad)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write_row(&mut self, values: &[f32]) -> Result<(), String> {
+        use std::io::Write;
+        for x in values {
+            self.file
+                .write_all(&x.to_le_bytes())
+                .map_err(|e| format!("--logits {}: {e}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), String> {
+        use std::io::Write;
+        self.file
+            .flush()
+            .map_err(|e| format!("--logits {}: {e}", self.path.display()))
+    }
 }

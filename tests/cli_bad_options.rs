@@ -109,6 +109,20 @@ fn finetune_refuses_options_that_cannot_work() {
         ),
         (&["--resume"], &["--resume", "no checkpoint"]),
         (&["--devices", "tpu"], &["unknown device `tpu`"]),
+        // A device this machine does not have fails here, not at its first use.
+        (
+            &["--devices", "flex,wgpu:virtual:7"],
+            &["wgpu:virtual:7", "does not exist"],
+        ),
+        // The tiny model's context is 128 positions.
+        (
+            &["--seq-len", "4096"],
+            &["--seq-len 4096", "max_position_embeddings 128"],
+        ),
+        (
+            &["--chat-template", "/nonexistent/template.jinja"],
+            &["--chat-template", "/nonexistent/template.jinja"],
+        ),
         // An adapter's own config sets its shape: options that would change it are refused.
         (
             &["--adapter", ADAPTER, "--rank", "4"],
@@ -132,6 +146,14 @@ fn finetune_refuses_options_that_cannot_work() {
             "{extra:?} wrote a checkpoint"
         );
     }
+    let no_device = [&base[..6], &["--no-samples"][..]].concat();
+    refused(
+        "finetune",
+        &[&no_device[..], &["--device", "wgpu:discrete:9"]].concat(),
+        &["wgpu:discrete:9", "does not exist"],
+        &[&model, &work],
+    );
+    assert!(!out.join("checkpoint").exists());
     // Files that do not exist are named as such.
     let missing = work.join("no-such-model");
     let args = [
@@ -307,4 +329,78 @@ fn generate_refuses_options_it_would_not_use() {
         refused("generate", &args, words, &[&model]);
     }
     let _ = std::fs::remove_dir_all(&model);
+}
+
+/// A model without a chat template refuses chat data, as transformers refuses to render one,
+/// until `--chat-template` picks one; and 4-bit folders refuse settings that would not be kept.
+#[test]
+fn a_missing_template_and_4bit_folders_are_named_errors() {
+    let tiny = cli::TinyRun::new("no-template");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
+    let config = model.join("tokenizer_config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&config, c.to_string()).unwrap();
+    let out = work.join("run");
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--no-samples",
+        "--steps",
+        "1",
+    ];
+    refused(
+        "finetune",
+        &args,
+        &["chat.jsonl", "no chat template"],
+        &[&model, &work],
+    );
+    assert!(!out.join("checkpoint").exists());
+    // Chosen explicitly, ChatML trains.
+    let text = cli::ok(
+        "finetune",
+        &[&args[..], &["--chat-template", "chatml"]].concat(),
+    );
+    assert!(text.contains("step 1/1"), "{text}");
+
+    let nf4 = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/golden/tiny-llama-nf4"
+    );
+    let ids = work.join("ids.safetensors");
+    refused(
+        "score",
+        &[
+            "--model",
+            nf4,
+            "--quantize",
+            "fp4",
+            "--ids",
+            ids.to_str().unwrap(),
+        ],
+        &["--quantize fp4", "tiny-llama-nf4", "bnb-4bit", "nf4"],
+        &[Path::new(nf4)],
+    );
+    let q = work.join("q");
+    for (extra, word) in [
+        (&["--quant-type", "fp4"][..], "--quant-type fp4"),
+        (&["--double-quant", "false"][..], "--double-quant false"),
+        (&["--blocksize", "128"][..], "--blocksize 128"),
+    ] {
+        let args = [&["--model", nf4, "--out", q.to_str().unwrap()][..], extra].concat();
+        refused(
+            "quantize",
+            &args,
+            &["already a bnb-4bit folder", word],
+            &[Path::new(nf4)],
+        );
+        assert!(!q.exists(), "{extra:?} wrote {}", q.display());
+    }
 }

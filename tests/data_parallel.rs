@@ -150,10 +150,8 @@ fn two_devices_equal_one_device_with_the_same_global_batch() {
     let mut worst = 0f32;
     let mut moved = 0f32;
     for ((name, x), (_, y)) in wa.iter().zip(&wb) {
-        for (p, q) in x.iter().zip(y) {
-            worst = worst.max((p - q).abs());
-            moved = moved.max(p.abs());
-        }
+        worst = worst.max(qlora_testenv::compare::max_abs_diff(y, x, name));
+        moved = moved.max(qlora_testenv::compare::max_abs(x, name));
         assert!(worst <= 1e-5, "{name}: adapters differ by {worst}");
     }
     assert!(moved > 1e-3, "the adapters trained (largest value {moved})");

@@ -33,10 +33,7 @@ fn logits(model: &LlamaForCausalLM, device: &Device) -> Vec<f32> {
 }
 
 fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    qlora_testenv::compare::rel_err(a, b, "logits")
 }
 
 #[test]

@@ -113,10 +113,8 @@ fn a_peft_made_adapter_of_a_custom_model_gives_peft_outputs() {
     let (x, y) = (&io[0], &io[1]);
     let x = Tensor::<2>::from_data(TensorData::new(x.2.clone(), x.1.clone()), &device);
     let ours = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
-    let scale = y.2.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in ours.iter().zip(&y.2).enumerate() {
-        assert!((a - b).abs() <= 1e-5 * scale, "y[{i}]: {a} vs PEFT's {b}");
-    }
+    qlora_testenv::compare::assert_close(&ours, &y.2, 1e-5, "y vs PEFT's");
+    let scale = qlora_testenv::compare::max_abs(&y.2, "PEFT's y");
     // The adapter changes the output: without it the model is the base.
     model.set_adapters_disabled(true);
     let x = Tensor::<2>::from_data(TensorData::new(io[0].2.clone(), io[0].1.clone()), &device);

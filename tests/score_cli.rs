@@ -135,12 +135,7 @@ fn score_ids_gives_the_loss_of_transformers_logits_and_writes_them() {
             (Dtype::F32, &[shape[0], shape[1], v][..])
         );
         let got = f32s(&got, "logits");
-        let scale = want_logits.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = got
-            .iter()
-            .zip(&want_logits)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-            / scale;
+        let err = qlora_testenv::compare::rel_err(&got, &want_logits, name);
         assert!(err < 1e-4, "{name}: logits relative error {err}");
     }
     std::fs::remove_dir_all(work).unwrap();

@@ -24,11 +24,13 @@ pub fn device(name: &str) -> Result<Device, String> {
         ["flex"] | ["cpu"] => Ok(Device::flex()),
         ["wgpu"] | ["wgpu", "default"] => Ok(Device::wgpu(DeviceKind::DefaultDevice)),
         ["wgpu", "cpu"] => Ok(Device::wgpu(DeviceKind::Cpu)),
-        ["wgpu", "discrete", i] => Ok(Device::wgpu(DeviceKind::DiscreteGpu(index(i)?))),
-        ["wgpu", "integrated", i] => Ok(Device::wgpu(DeviceKind::IntegratedGpu(index(i)?))),
-        ["wgpu", "virtual", i] => Ok(Device::wgpu(DeviceKind::VirtualGpu(index(i)?))),
-        ["cuda"] => cuda(0),
-        ["cuda", i] => cuda(index(i)?),
+        ["wgpu", "discrete", i] => listed(name, Device::wgpu(DeviceKind::DiscreteGpu(index(i)?))),
+        ["wgpu", "integrated", i] => {
+            listed(name, Device::wgpu(DeviceKind::IntegratedGpu(index(i)?)))
+        }
+        ["wgpu", "virtual", i] => listed(name, Device::wgpu(DeviceKind::VirtualGpu(index(i)?))),
+        ["cuda"] => cuda(0, name),
+        ["cuda", i] => cuda(index(i)?, name),
         _ => Err(format!(
             "unknown device `{name}` (auto, flex, cpu, wgpu, wgpu:default, wgpu:cpu, \
              wgpu:discrete:N, wgpu:integrated:N, wgpu:virtual:N, cuda, cuda:N)"
@@ -48,13 +50,39 @@ fn auto_device() -> Device {
     }
 }
 
+/// `device` if wgpu lists it (an adapter named by kind and index that this machine lacks would
+/// fail at its first use, deep in a run): a named error otherwise.
+fn listed(name: &str, device: Device) -> Result<Device, String> {
+    let found = Device::enumerate(burn::tensor::DeviceType::Wgpu);
+    if found.contains(&device) {
+        return Ok(device);
+    }
+    Err(format!(
+        "device `{name}` does not exist on this machine (wgpu lists {}: {})",
+        found.len(),
+        found
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 #[cfg(feature = "cuda")]
-fn cuda(index: usize) -> Result<Device, String> {
-    Ok(Device::cuda(index))
+fn cuda(index: usize, name: &str) -> Result<Device, String> {
+    let found = Device::enumerate(burn::tensor::DeviceType::Cuda);
+    if index < found.len() {
+        Ok(Device::cuda(index))
+    } else {
+        Err(format!(
+            "device `{name}` does not exist on this machine ({} CUDA device(s))",
+            found.len()
+        ))
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_index: usize) -> Result<Device, String> {
+fn cuda(_index: usize, _name: &str) -> Result<Device, String> {
     Err("this build has no CUDA backend: build with `--features cuda`".into())
 }
 
@@ -106,4 +134,55 @@ pub fn check_exists(path: &Path, what: &str) -> Result<(), String> {
     } else {
         Err(format!("{what} {}: no such file or folder", path.display()))
     }
+}
+
+/// Applies `--chat-template`: `chatml` (ChatML) or a Jinja template file replaces the model's
+/// template; without the option the model's own is kept (and a model without one refuses chat
+/// data and chat prompts by name, as transformers does).
+pub fn apply_chat_template_option(
+    tok: &mut burn_qlora::llama::LlamaTokenizer,
+    choice: &Option<String>,
+) -> Result<(), String> {
+    use burn_qlora::llama::ChatTemplate;
+    match choice.as_deref() {
+        None => {}
+        Some("chatml") => tok.set_chat_template(ChatTemplate::chatml()),
+        Some(file) => {
+            let path = Path::new(file);
+            if !path.is_file() {
+                return Err(format!(
+                    "--chat-template {file}: neither `chatml` nor a template file"
+                ));
+            }
+            let t = ChatTemplate::from_file(path).map_err(|e| format!("--chat-template: {e}"))?;
+            tok.set_chat_template(t);
+        }
+    }
+    Ok(())
+}
+
+/// The 4-bit settings of a bnb-4bit folder (`quantization_config` of its `config.json`):
+/// `(bnb_4bit_quant_type, bnb_4bit_use_double_quant)`; `None` for a float folder or a file.
+pub fn bnb_4bit_of(model: &Path) -> Result<Option<(String, bool)>, String> {
+    let config = model.join("config.json");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not valid JSON: {e}", config.display()))?;
+    let Some(q) = v.get("quantization_config").filter(|q| !q.is_null()) else {
+        return Ok(None);
+    };
+    let kind = q
+        .get("bnb_4bit_quant_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("fp4")
+        .to_string();
+    let dq = q
+        .get("bnb_4bit_use_double_quant")
+        .and_then(|d| d.as_bool())
+        .unwrap_or(false);
+    Ok(Some((kind, dq)))
 }

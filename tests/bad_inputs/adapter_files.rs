@@ -173,5 +173,37 @@ pub fn cases() -> Vec<Case> {
                 onto_model(d)
             },
         ),
+        // PEFT's `load_adapter` raises on a name in use; a second load under one name must not
+        // panic or replace the first.
+        Case::new("ad-duplicate-name", &["`default`", "already loaded"], |d| {
+            copy_fixture("tiny-llama-lora", d);
+            let device = Device::flex();
+            let adapter = PeftAdapter::load(d, &device).map_err(|e| e.to_string())?;
+            let mut model = LlamaForCausalLM::load(
+                crate::fixture("tiny-llama"),
+                &LoraApplier::base_only(None, &device),
+            )
+            .map_err(|e| e.to_string())?;
+            model.load_adapter(&adapter, "default").unwrap();
+            model
+                .load_adapter(&adapter, "default")
+                .map_err(|e| e.to_string())
+        }),
+        // PEFT raises when the targets match nothing in the model.
+        Case::new(
+            "ad-targets-match-nothing",
+            &[CONFIG, "target_modules", "match no linear"],
+            |d| {
+                copy_fixture("tiny-llama-lora", d);
+                edit_config(d, set("target_modules", json!(["query_key_value"])));
+                let empty = safetensors::serialize(
+                    Vec::<(&str, safetensors::tensor::TensorView<'_>)>::new(),
+                    None,
+                )
+                .unwrap();
+                std::fs::write(d.join(WEIGHTS), empty).unwrap();
+                onto_model(d)
+            },
+        ),
     ]
 }

@@ -66,6 +66,70 @@ pub fn cases() -> Vec<Case> {
             m.remove("hidden_size");
         }),
         config_case(
+            "cfg-gptq-quantization",
+            &["quantization_config", "gptq", "not supported"],
+            set(
+                "quantization_config",
+                json!({"quant_method": "gptq", "bits": 4, "group_size": 128}),
+            ),
+        ),
+        config_case(
+            "cfg-bnb-8bit",
+            &["quantization_config", "8-bit"],
+            set(
+                "quantization_config",
+                json!({"quant_method": "bitsandbytes", "load_in_8bit": true, "load_in_4bit": false}),
+            ),
+        ),
+        config_case(
+            "cfg-attention-dropout",
+            &["attention_dropout", "dropout"],
+            set("attention_dropout", json!(0.1)),
+        ),
+        config_case(
+            "cfg-resid-pdrop",
+            &["resid_pdrop", "dropout"],
+            set("resid_pdrop", json!(0.05)),
+        ),
+        config_case(
+            "cfg-embd-pdrop",
+            &["embd_pdrop", "dropout"],
+            set("embd_pdrop", json!(0.1)),
+        ),
+        config_case(
+            "cfg-llama-layer-types-sliding",
+            &["layer_types", "full_attention"],
+            set(
+                "layer_types",
+                json!(["sliding_attention", "full_attention"]),
+            ),
+        ),
+        config_case(
+            "cfg-rope-scaling-disagrees",
+            &["rope_scaling", "disagrees", "rope_parameters"],
+            |m| {
+                m.insert(
+                    "rope_parameters".into(),
+                    json!({"rope_type": "default", "rope_theta": 10000.0}),
+                );
+                m.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": "linear", "factor": 2.0}),
+                );
+            },
+        ),
+        config_case(
+            "cfg-rope-theta-disagrees",
+            &["rope_theta", "disagrees"],
+            |m| {
+                m.insert(
+                    "rope_parameters".into(),
+                    json!({"rope_type": "default", "rope_theta": 10000.0}),
+                );
+                m.insert("rope_theta".into(), json!(500000.0));
+            },
+        ),
+        config_case(
             "cfg-zero-heads",
             &["num_attention_heads"],
             set("num_attention_heads", json!(0)),

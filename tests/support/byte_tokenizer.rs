@@ -63,7 +63,11 @@ pub fn write(dir: &Path) {
     std::fs::write(dir.join("tokenizer.json"), spec.to_string()).unwrap();
     std::fs::write(
         dir.join("tokenizer_config.json"),
-        json!({"eos_token": "<|im_end|>", "bos_token": null}).to_string(),
+        // ChatML, as SmolLM2 (the default model) ships it.
+        json!({"eos_token": "<|im_end|>", "bos_token": null, "chat_template": CHATML}).to_string(),
     )
     .unwrap();
 }
+
+/// ChatML, written out (not the library's constant: the fixture is a model's own file).
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";

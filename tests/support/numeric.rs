@@ -22,11 +22,6 @@ pub fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
-/// Every `|ours − want|` within `rel` times the largest `|want|`.
-pub fn assert_close(ours: &[f32], want: &[f32], rel: f32, what: &str) {
-    assert_eq!(ours.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= rel * scale, "{what}[{i}]: {a} vs {b}");
-    }
-}
+/// Every `|ours − want|` within `rel` times the largest `|want|`; fails on a non-finite value.
+#[allow(unused_imports)]
+pub use qlora_testenv::compare::assert_close;

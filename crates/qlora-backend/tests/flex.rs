@@ -36,16 +36,7 @@ fn ref_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
         .collect()
 }
 
-fn assert_close(ours: &[f32], want: &[f64], rel: f64, what: &str) {
-    assert_eq!(ours.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
-        assert!(
-            ((*a as f64) - b).abs() <= rel * scale,
-            "{what}[{i}]: {a} vs {b} (scale {scale})"
-        );
-    }
-}
+use qlora_testenv::compare::assert_close_f64 as assert_close;
 
 fn weight(rows: usize, cols: usize, cfg: QuantConfig, seed: u64) -> (QuantizedTensor, Vec<f32>) {
     let w = randn(rows * cols, seed);

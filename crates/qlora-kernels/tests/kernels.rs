@@ -398,27 +398,16 @@ pub fn half_matmuls_within_1e2(client: &Client, half: Half) {
                 );
                 let bytes = client.read_one_unchecked(y);
                 let ours: Vec<f32> = u16::from_bytes(&bytes).iter().map(|&b| from(b)).collect();
-                let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
-                for (j, (a, b)) in ours.iter().zip(&want).enumerate() {
-                    assert!(
-                        ((*a as f64) - b).abs() <= 1e-2 * scale,
-                        "{name} {kernel} {m}x{n}x{k} [{j}]: {a} vs {b}"
-                    );
-                }
+                assert_close_f64(&ours, &want, 1e-2, &format!("{name} {kernel} {m}x{n}x{k}"));
             }
         }
     }
 }
 
+use qlora_testenv::compare::assert_close_f64;
+
 fn assert_close(ours: &[f32], want: &[f64], what: &str) {
-    assert_eq!(ours.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
-        assert!(
-            ((*a as f64) - b).abs() <= 1e-5 * scale,
-            "{what}[{i}]: {a} vs {b}"
-        );
-    }
+    assert_close_f64(ours, want, 1e-5, what);
 }
 
 mod wgpu {

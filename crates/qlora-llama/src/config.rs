@@ -237,6 +237,7 @@ impl LlamaConfig {
         if matches!(model_type, ModelType::Qwen2 | ModelType::Qwen3) {
             refuse_sliding_windows(&f)?;
         }
+        refuse_unmodelled(&f, model_type)?;
         match map.get("hidden_act").and_then(Value::as_str) {
             None | Some("silu") => {}
             Some(a) => {
@@ -375,7 +376,9 @@ impl LlamaConfig {
         self.attention_bias
     }
 
-    /// The config as HF `config.json` text (transformers 5 form, `rope_parameters`).
+    /// The config as HF `config.json` text, in the fields transformers 5 reads
+    /// (`rope_parameters`, `dtype`) and, beside them, those transformers 4 reads (`rope_theta`,
+    /// `rope_scaling`, `torch_dtype`), so that both versions load the same model.
     pub fn to_hf_json(&self) -> String {
         let rope = self
             .rope
@@ -390,6 +393,7 @@ impl LlamaConfig {
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
             "dtype": "float32",
+            "torch_dtype": "float32",
             "eos_token_id": eos,
             "head_dim": self.head_dim,
             "hidden_act": "silu",
@@ -403,6 +407,8 @@ impl LlamaConfig {
             "pad_token_id": self.pad_token_id,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_parameters": rope,
+            "rope_scaling": self.rope.to_hf_scaling_value(),
+            "rope_theta": self.rope.theta,
             "tie_word_embeddings": self.tie_word_embeddings,
             "use_cache": true,
             "vocab_size": self.vocab_size,
@@ -442,6 +448,89 @@ impl LlamaConfig {
     pub fn kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+}
+
+/// Settings this crate does not compute, each a named error rather than a model that runs
+/// differently from transformers' with no word: dropout in the base model (transformers applies
+/// it while training), `layer_types` other than one attention kind in every layer (Qwen's are
+/// checked by [`refuse_sliding_windows`]), and a `quantization_config` that is not
+/// bitsandbytes 4-bit (GPTQ, AWQ, FP8, LLM.int8 weights need kernels this crate lacks).
+fn refuse_unmodelled(f: &Fields<'_>, model_type: ModelType) -> Result<(), LlamaError> {
+    for key in [
+        "attention_dropout",
+        "resid_pdrop",
+        "embd_pdrop",
+        "hidden_dropout",
+    ] {
+        if f.f64_or(key, Some(0.0))? != 0.0 {
+            return Err(err(
+                f.path,
+                key,
+                format!(
+                    "{} is not supported: dropout in the base model is not applied here (set it                      to 0.0 to run without it; LoRA's own dropout is lora_dropout)",
+                    f.map[key]
+                ),
+            ));
+        }
+    }
+    if !matches!(model_type, ModelType::Qwen2 | ModelType::Qwen3)
+        && let Some(types) = f.map.get("layer_types").filter(|v| !v.is_null())
+    {
+        let windowed = f.map.get("sliding_window").is_some_and(|v| !v.is_null())
+            && matches!(model_type, ModelType::Mistral | ModelType::Phi3);
+        let every = if windowed {
+            "sliding_attention"
+        } else {
+            "full_attention"
+        };
+        let uniform = types
+            .as_array()
+            .is_some_and(|a| a.iter().all(|t| t.as_str() == Some(every)));
+        if !uniform {
+            return Err(err(
+                f.path,
+                "layer_types",
+                format!(
+                    "{types} is not supported for model_type `{}` (only `{every}` in every layer)",
+                    model_type.as_str()
+                ),
+            ));
+        }
+    }
+    if let Some(q) = f.map.get("quantization_config").filter(|v| !v.is_null()) {
+        let method = q.get("quant_method").and_then(Value::as_str);
+        let eight = q.get("load_in_8bit").and_then(Value::as_bool) == Some(true);
+        let four = q.get("load_in_4bit").and_then(Value::as_bool) != Some(false);
+        match method {
+            Some("bitsandbytes") if four && !eight => {}
+            Some("bitsandbytes") => {
+                return Err(err(
+                    f.path,
+                    "quantization_config",
+                    "bitsandbytes 8-bit (LLM.int8) weights are not supported: only 4-bit \
+                     (load_in_4bit, nf4 or fp4) folders load",
+                ));
+            }
+            Some(other) => {
+                return Err(err(
+                    f.path,
+                    "quantization_config",
+                    format!(
+                        "quant_method `{other}` is not supported: only bitsandbytes 4-bit \
+                         folders load (use the unquantized model; it is quantized to NF4 on load)"
+                    ),
+                ));
+            }
+            None => {
+                return Err(err(
+                    f.path,
+                    "quantization_config",
+                    "no quant_method: only bitsandbytes 4-bit folders load",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Qwen2's sliding-window attention (`use_sliding_window`, or `layer_types` naming

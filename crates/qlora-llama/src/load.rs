@@ -294,3 +294,22 @@ impl LlamaForCausalLM {
         }
     }
 }
+
+impl LlamaConfig {
+    /// The config of the model at `path` (a HF folder's `config.json`, or a `.gguf` file's
+    /// metadata) without reading its weights: what a command checks its options against before
+    /// any work.
+    pub fn of_model(path: impl AsRef<Path>) -> Result<Self, LlamaError> {
+        let path = path.as_ref();
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            Ok(GgufModel::open(path)?.config().clone())
+        } else if path.is_dir() {
+            Self::load(path.join("config.json"))
+        } else {
+            Err(LlamaError::format(
+                path,
+                "not a model: expected a HF folder (config.json + safetensors) or a .gguf file",
+            ))
+        }
+    }
+}

@@ -40,6 +40,19 @@ pub struct RopeConfig {
 }
 
 impl RopeConfig {
+    /// transformers 4's `rope_scaling`: `null` for plain RoPE, else the scaling's parameters
+    /// (the base is the top-level `rope_theta`).
+    pub fn to_hf_scaling_value(&self) -> Value {
+        if self.scaling == RopeScaling::Default {
+            return Value::Null;
+        }
+        let Value::Object(mut map) = self.to_hf_value(1.0) else {
+            unreachable!("an object")
+        };
+        map.remove("rope_theta");
+        Value::Object(map)
+    }
+
     /// `rope_parameters` (transformers 5 form), with `partial_rotary_factor` when below 1.
     pub fn to_hf_value(&self, partial_rotary_factor: f64) -> Value {
         let mut rope = Map::new();
@@ -117,37 +130,61 @@ pub(crate) fn rotary_dim(
     Ok(dim)
 }
 
-/// RoPE from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4).
+/// RoPE from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4). Where a
+/// config carries both forms (as the folders written here do, so that either version reads
+/// them), they must agree: transformers 4 reads one and 5 the other, so a difference would run
+/// the model with another RoPE depending on the reader, and is a named error.
 pub(crate) fn read_rope(map: &Map<String, Value>, path: &str) -> Result<RopeConfig, LlamaError> {
-    let params = match map.get("rope_parameters") {
-        Some(Value::Object(p)) => Some(("rope_parameters", p)),
-        None | Some(Value::Null) => match map.get("rope_scaling") {
-            Some(Value::Object(p)) => Some(("rope_scaling", p)),
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                return Err(err(
-                    path,
-                    "rope_scaling",
-                    format!("expected an object, found {v}"),
-                ));
-            }
-        },
-        Some(v) => {
-            return Err(err(
-                path,
-                "rope_parameters",
-                format!("expected an object, found {v}"),
-            ));
-        }
+    let object = |key: &'static str| match map.get(key) {
+        Some(Value::Object(p)) => Ok(Some((key, p))),
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Err(err(path, key, format!("expected an object, found {v}"))),
     };
+    let (v5, v4) = (object("rope_parameters")?, object("rope_scaling")?);
     let top = Fields { map, path };
     let theta_default = top.f64_or("rope_theta", Some(10000.0))?;
-    let Some((name, p)) = params else {
-        return Ok(RopeConfig {
+    let v4_rope = match v4 {
+        Some((name, p)) => read_rope_params(p, name, theta_default, path)?,
+        None => RopeConfig {
             theta: theta_default,
             scaling: RopeScaling::Default,
-        });
+        },
     };
+    let Some((name, p)) = v5 else {
+        return Ok(v4_rope);
+    };
+    let rope = read_rope_params(p, name, theta_default, path)?;
+    if map.get("rope_theta").is_some_and(|v| !v.is_null()) && v4_rope.theta != rope.theta {
+        return Err(err(
+            path,
+            "rope_theta",
+            format!(
+                "{} disagrees with rope_parameters.rope_theta {} (transformers 4 reads the first,                  5 the second)",
+                v4_rope.theta, rope.theta
+            ),
+        ));
+    }
+    if v4.is_some() && v4_rope.scaling != rope.scaling {
+        return Err(err(
+            path,
+            "rope_scaling",
+            format!(
+                "{:?} disagrees with rope_parameters' {:?} (transformers 4 reads the first, 5 the                  second)",
+                v4_rope.scaling, rope.scaling
+            ),
+        ));
+    }
+    Ok(rope)
+}
+
+/// RoPE from one parameter object (`rope_parameters`, `rope_scaling`, or one layer type's entry
+/// of Gemma 3's), named `name` in errors; `theta_default` where it gives no `rope_theta`.
+pub(crate) fn read_rope_params(
+    p: &Map<String, Value>,
+    name: &str,
+    theta_default: f64,
+    path: &str,
+) -> Result<RopeConfig, LlamaError> {
     let f = Fields { map: p, path };
     let field = |k: &str| format!("{name}.{k}");
     let theta = match p.get("rope_theta") {

@@ -176,7 +176,10 @@ impl LlamaForCausalLM {
         let mut config: Value =
             serde_json::from_str(&self.config.to_hf_json()).expect("config JSON");
         match format {
-            SaveFormat::BF16 => config["dtype"] = json!("bfloat16"),
+            SaveFormat::BF16 => {
+                config["dtype"] = json!("bfloat16");
+                config["torch_dtype"] = json!("bfloat16");
+            }
             SaveFormat::F32 => {}
             SaveFormat::Bnb4(q) => {
                 config["quantization_config"] = json!({

@@ -104,8 +104,8 @@ fn checkpointing_changes_what_the_graph_holds_and_not_the_gradients() {
         "checkpointed graph holds {ckpt} B, plain {plain} B: is the flag reaching the graph?"
     );
     for (a, b) in g_plain.iter().zip(&g_ckpt) {
-        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let scale = qlora_testenv::compare::max_abs(a, "plain gradient");
+        let err = qlora_testenv::compare::max_abs_diff(b, a, "checkpointed gradient");
         assert!(
             err <= 1e-5 * scale,
             "gradient differs by {err} (scale {scale})"

@@ -219,12 +219,7 @@ fn half_precision_checkpoints_load() {
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
-        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = got
-            .iter()
-            .zip(&reference)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-            / scale;
+        let err = qlora_testenv::compare::rel_err(&got, &reference, &format!("{dtype:?}"));
         assert!(err < 0.05, "{dtype:?}: relative error {err}");
         assert!(err > 0.0, "{dtype:?}: rounding must show");
         let _ = std::fs::remove_dir_all(dir);

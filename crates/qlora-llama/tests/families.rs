@@ -252,10 +252,13 @@ fn qwen2_family_matches_transformers() {
     matches_transformers("qwen2", ModelType::Qwen2);
 }
 
-/// QLoRA on the family's bnb-4bit folder with its adapter: the fused loss (head inside the
-/// cross-entropy, the fused block ops' backward passes) equals the loss on the logits and their
-/// gradients agree, and AdamW steps lower it. The logits themselves are transformers' (above);
-/// no PEFT step reference exists yet for the families other than `golden_train_step`'s llama.
+/// QLoRA on the family's bnb-4bit folder with its adapter: the loss and the gradient of every
+/// LoRA A and B equal PEFT + bitsandbytes' for the same step
+/// (`tests/fixtures/family-steps/<family>.safetensors`, made by
+/// `tests/fixtures/scripts/make_family_steps.py`); the fused loss (head inside the
+/// cross-entropy) equals the loss on the logits with the same gradients (both paths share the
+/// block ops, so that part checks the head's fusion only: the PEFT reference checks the rest);
+/// and AdamW steps lower it.
 fn qlora_steps_train(name: &str) {
     let device = Device::flex().autodiff();
     let r = Reference::open(name);
@@ -272,16 +275,49 @@ fn qlora_steps_train(name: &str) {
         (lf - lp).abs() <= 1e-5 * lp.abs(),
         "{name}: fused loss {lf} vs {lp}"
     );
+    let steps = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/family-steps")
+            .join(format!("{name}.safetensors")),
+    )
+    .unwrap();
+    let peft = SafeTensors::deserialize(&steps).unwrap();
+    let peft_f32s = |key: &str| -> Vec<f32> {
+        peft.tensor(key)
+            .unwrap_or_else(|_| panic!("{name}: PEFT step has no {key}"))
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let peft_loss = peft_f32s("loss")[0];
+    assert!(
+        (lp - peft_loss).abs() <= 1e-5 * peft_loss.abs(),
+        "{name}: loss {lp} vs PEFT's {peft_loss}"
+    );
     let (gf, gp) = (fused.backward(), plain.backward());
-    let mut worst = 0f32;
+    let (mut worst, mut worst_peft, mut compared) = (0f32, 0f32, 0);
     for (path, layer) in model.linears() {
         let a = layer.adapter("default").unwrap();
-        for p in [&a.lora_a, &a.lora_b] {
+        for (p, which) in [(&a.lora_a, "lora_A"), (&a.lora_b, "lora_B")] {
             let (x, y) = (p.val().grad(&gf), p.val().grad(&gp));
             let (x, y) = (values(x.expect(&path)), values(y.expect(&path)));
             worst = worst.max(rel_err(&x, &y));
+            let want = peft_f32s(&format!("grad.{path}.{which}.weight"));
+            worst_peft = worst_peft.max(rel_err(&y, &want));
+            compared += 1;
         }
     }
+    assert_eq!(
+        compared,
+        peft.len() - 1,
+        "{name}: every PEFT gradient compared"
+    );
+    eprintln!("{name}: gradients within {worst_peft:e} of PEFT's");
+    assert!(
+        worst_peft < 1e-4,
+        "{name}: gradients differ from PEFT's by {worst_peft:e}"
+    );
     assert!(
         worst < 1e-4,
         "{name}: fused vs plain gradients differ by {worst:e}"

@@ -313,10 +313,7 @@ fn block_formats_decode_as_specified() {
         (GgmlType::Q4_1, 2.0 / 15.0),
     ] {
         let back = ggml_dequantize(ty, &quantize_ggml(ty, &x));
-        let err = x
-            .iter()
-            .zip(&back)
-            .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+        let err = qlora_testenv::compare::max_abs_diff(&back, &x, &format!("{ty:?} round trip"));
         assert!(err <= tol * 0.51 + 1e-3, "{ty:?}: {err}");
     }
 }
@@ -378,14 +375,36 @@ fn embedded_tokenizer_round_trips() {
     let the = tok.token_id("Ġthe").unwrap();
     assert!(tok.encode("in the", false).unwrap().contains(&the));
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));
-    // ChatML by default.
-    let chat = tok
-        .apply_chat_template(&[qlora_llama::ChatMessage::new("user", "hi")], true)
-        .unwrap();
+    // The file has no chat template: rendering refuses by name (as transformers does) until
+    // one is chosen.
+    let hi = [qlora_llama::ChatMessage::new("user", "hi")];
+    let e = tok.apply_chat_template(&hi, true).unwrap_err().to_string();
+    assert!(
+        e.contains("model.gguf") && e.contains("no chat template"),
+        "{e}"
+    );
+    let mut tok = tok;
+    tok.set_chat_template(qlora_llama::ChatTemplate::chatml());
+    let chat = tok.apply_chat_template(&hi, true).unwrap();
     assert_eq!(
         chat,
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     );
+    // Written as HF files (what `merge` does with a GGUF base), it reads back with the same ids,
+    // special tokens and template.
+    tok.save_dir(dir.join("hf-tok")).unwrap();
+    let back = LlamaTokenizer::from_dir(dir.join("hf-tok")).unwrap();
+    for text in ["the quick brown fox", "<|im_start|>user\nhi<|im_end|>"] {
+        for special in [false, true] {
+            assert_eq!(
+                back.encode(text, special).unwrap(),
+                tok.encode(text, special).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+    assert_eq!((back.bos_id(), back.eos_id()), (Some(1), Some(2)));
+    assert_eq!(back.apply_chat_template(&hi, true).unwrap(), chat);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -32,8 +32,7 @@ fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    qlora_testenv::compare::rel_err(a, b, "golden step")
 }
 
 fn run(base: &str, quantize: bool, file: &str, fused: bool) {
@@ -110,11 +109,11 @@ fn run(base: &str, quantize: bool, file: &str, fused: bool) {
         for (suffix, p) in [("lora_A", &a.lora_a), ("lora_B", &a.lora_b)] {
             let want = f32s(&g, &format!("param_after_adamw.{path}.{suffix}.weight"));
             let got = vals(p.val());
-            worst = worst.max(
-                got.iter()
-                    .zip(&want)
-                    .fold(0f32, |m, (x, y)| m.max((x - y).abs())),
-            );
+            worst = worst.max(qlora_testenv::compare::max_abs_diff(
+                &got,
+                &want,
+                "parameter after AdamW",
+            ));
         }
     }
     assert!(worst < 1e-5, "{file}: parameter after AdamW off by {worst}");

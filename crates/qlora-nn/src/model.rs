@@ -107,6 +107,13 @@ pub trait LoraModel: Module {
             .into_iter()
             .map(|(p, l)| (p, l.clone()))
             .collect();
+        // PEFT's `load_adapter` raises on a name in use; so does this, before anything changes.
+        if let Some((path, _)) = known.iter().find(|(_, l)| l.adapter(name).is_some()) {
+            return Err(in_adapter(
+                path,
+                format!("an adapter named `{name}` is already loaded: choose another name"),
+            ));
+        }
         if let Some(unknown) = adapter.modules.keys().find(|m| !known.contains_key(*m)) {
             return Err(in_adapter(
                 unknown,
@@ -115,6 +122,21 @@ pub trait LoraModel: Module {
         }
         let matcher = LoraMatcher::new(&adapter.config)
             .map_err(|(field, problem)| in_adapter(field, problem))?;
+        // PEFT raises when an adapter's targets match no module of the model ("Target modules
+        // ... not found in the base model"): such an adapter would change nothing.
+        if adapter.modules.is_empty()
+            && adapter.saved.is_empty()
+            && !known
+                .keys()
+                .any(|p| matcher.is_target(p, ModuleKind::Linear))
+        {
+            return Err(in_adapter(
+                "target_modules",
+                "adapter_config.json's target_modules match no linear of this model (and the \
+                 adapter has no weights): it would change nothing"
+                    .into(),
+            ));
+        }
         if let Some(missing) = known.keys().find(|p| {
             matcher.is_target(p, ModuleKind::Linear)
                 && !matcher.is_module_to_save(p)

@@ -57,13 +57,7 @@ fn merging_the_golden_adapter_gives_peft_merged_weights() {
             ours.into_data().try_to_vec::<f32>().unwrap(),
             want.into_data().try_to_vec::<f32>().unwrap(),
         );
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-6 * scale,
-                "{path}[{i}]: {a} vs PEFT {b}"
-            );
-        }
+        qlora_testenv::compare::assert_close(&ours, &want, 1e-6, &format!("{path} vs PEFT"));
     }
 }
 

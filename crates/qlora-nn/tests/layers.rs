@@ -10,12 +10,7 @@ fn vec2(t: Tensor<2>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
-fn assert_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= rel * scale, "{what}[{i}]: {x} vs {y}");
-    }
-}
+use qlora_testenv::compare::{assert_close, max_abs, max_abs_diff};
 
 #[test]
 fn lora_forward_is_base_plus_scaled_update() {
@@ -112,12 +107,8 @@ fn merge_matches_the_unmerged_layer() {
             .unwrap()
             .forward(x),
     );
-    let err = requant
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let scale = before.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&requant, &before, "re-quantized merge");
+    let scale = max_abs(&before, "before");
     assert!(
         err > 0.0 && err < 0.2 * scale,
         "re-quantized merge error {err} (scale {scale})"
@@ -166,13 +157,8 @@ fn merge_in_place_and_unmerge() {
     let mut q = QLoraLinear::quantize("proj", base, QuantConfig::qlora()).unwrap();
     q.lora.add("default", adapter());
     let before = vec2(q.forward(x.clone()));
-    let scale = before.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_err = |a: &[f32]| {
-        a.iter()
-            .zip(&before)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max)
-    };
+    let scale = max_abs(&before, "before");
+    let max_err = |a: &[f32]| max_abs_diff(a, &before, "NF4 merge");
     q.merge("proj").unwrap();
     assert!(q.lora.is_merged("default"));
     let merged = vec2(q.forward(x.clone()));

@@ -14,6 +14,8 @@
 //! - `qlora_no_default_model`: the default model is not in the cache and `QLORA_FETCH_MODEL` is
 //!   not set (with it, the tests fetch the model first).
 
+pub mod compare;
+
 use std::path::{Path, PathBuf};
 
 /// The cfg names this crate may set, for `cargo::rustc-check-cfg`.

@@ -14,7 +14,7 @@ mod spm;
 mod tokenizer;
 mod vocab;
 
-pub use chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
+pub use chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, RenderedChat};
 pub use error::TokenizerError;
 pub use tokenizer::Tokenizer;
 pub use vocab::GgufVocab;

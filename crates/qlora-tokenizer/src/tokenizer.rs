@@ -21,9 +21,17 @@ pub struct Tokenizer {
     pub eos_token: Option<String>,
     /// Padding token (as text), if the model names one.
     pub pad_token: Option<String>,
-    /// Whether `encode(.., true)` prepends the bos token.
+    /// Whether `encode(.., true)` prepends the bos token (where [`Tokenizer::post_processor`]
+    /// is false).
     pub add_bos: bool,
-    /// The chat template (ChatML when the model names none).
+    /// Whether `encode(.., true)` appends the eos token (where [`Tokenizer::post_processor`] is
+    /// false).
+    pub add_eos: bool,
+    /// Whether `encode(.., true)` runs `tokenizer.json`'s own post-processor, as transformers 5
+    /// does (a `tokenizer.json` folder), instead of `[bos] text [eos]` as `add_bos`/`add_eos`
+    /// say (a GGUF vocabulary, as llama.cpp does).
+    pub post_processor: bool,
+    /// The chat template (unusable, with an error naming the file, where the model has none).
     pub chat_template: ChatTemplate,
     source: String,
 }
@@ -152,13 +160,16 @@ impl Tokenizer {
             eos_token: tok_text(vocab.eos_token_id, spm.then_some(2)),
             pad_token: tok_text(vocab.padding_token_id, None),
             add_bos: vocab.add_bos_token.unwrap_or(spm),
+            add_eos: false,
+            post_processor: false,
             chat_template: ChatTemplate::new(vocab.chat_template.as_deref(), &path)?,
             source: path,
         })
     }
 
-    /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` (chat template, bos/eos,
-    /// `add_bos_token`) and `chat_template.jinja` when present.
+    /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` (chat template, bos/eos/pad)
+    /// and `chat_template.jinja` when present. The special tokens `encode(.., true)` adds are
+    /// the `tokenizer.json` post-processor's, as in transformers 5.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let file = dir.join("tokenizer.json");
@@ -193,43 +204,165 @@ impl Tokenizer {
             Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(str::to_string),
             _ => None,
         };
+        // transformers 5 (measured on 5.25.0, every tokenizer class of the six families): the
+        // special tokens `tokenizer(text)` adds are the `tokenizer.json` post-processor's alone
+        // (Llama 3's and Mistral's add the bos, Qwen's nothing); `add_bos_token` /
+        // `add_eos_token` in `tokenizer_config.json` change nothing, with a post-processor or
+        // without one.
         Ok(Self {
             inner: Inner::Hf(Box::new(inner)),
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
             pad_token: token("pad_token"),
-            add_bos: cfg
-                .get("add_bos_token")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            add_bos: false,
+            add_eos: false,
+            post_processor: true,
             chat_template,
             source: path,
         })
     }
 
     /// Token ids of `text`; special-token texts in it (`<|im_start|>`) become their ids. With
-    /// `add_bos` and a tokenizer that adds one, the bos id comes first.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
-        let mut ids = Vec::new();
-        if add_bos
-            && self.add_bos
-            && let Some(b) = self.bos_id()
+    /// `add_special_tokens`, the special tokens transformers' `tokenizer(text)` adds: the
+    /// `tokenizer.json` post-processor's, or for a GGUF vocabulary bos as its
+    /// `add_bos_token` says (see [`Tokenizer::post_processor`]); a rendered chat is encoded
+    /// without them, as `apply_chat_template(tokenize=True)` does (its template writes its own).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self.encode_with_offsets(text, add_special_tokens)?.0)
+    }
+
+    /// [`Tokenizer::encode`] with each token's byte range in `text` (empty for a token the
+    /// post-processor added). A SentencePiece vocabulary from a GGUF file has none: `None`.
+    #[allow(clippy::type_complexity)]
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<(Vec<u32>, Option<Vec<(usize, usize)>>), TokenizerError> {
+        let err = |e: String| self.err(format!("encoding: {e}"));
+        if let Inner::Hf(t) = &self.inner
+            && add_special_tokens
+            && self.post_processor
         {
+            let enc = t.encode(text, true).map_err(|e| err(e.to_string()))?;
+            let offsets = enc.get_offsets().to_vec();
+            return Ok((enc.get_ids().to_vec(), Some(offsets)));
+        }
+        let (mut ids, mut offsets) = (Vec::new(), Some(Vec::new()));
+        let bos = add_special_tokens && self.add_bos;
+        if bos && let Some(b) = self.bos_id() {
             ids.push(b);
+            offsets.as_mut().map(|o| o.push((0, 0)));
         }
         match &self.inner {
             Inner::Hf(t) => {
-                let enc = t
-                    .encode(text, false)
-                    .map_err(|e| self.err(format!("encoding: {e}")))?;
+                let enc = t.encode(text, false).map_err(|e| err(e.to_string()))?;
                 ids.extend_from_slice(enc.get_ids());
+                if let Some(o) = offsets.as_mut() {
+                    o.extend_from_slice(enc.get_offsets());
+                }
             }
-            Inner::Spm(t) => ids.extend(
-                t.encode(text)
-                    .map_err(|e| self.err(format!("encoding: {e}")))?,
-            ),
+            Inner::Spm(t) => {
+                ids.extend(t.encode(text).map_err(err)?);
+                offsets = None;
+            }
         }
-        Ok(ids)
+        if add_special_tokens
+            && self.add_eos
+            && let Some(e) = self.eos_id()
+        {
+            ids.push(e);
+            offsets.as_mut().map(|o| o.push((text.len(), text.len())));
+        }
+        Ok((ids, offsets))
+    }
+
+    /// Writes the tokenizer as a HF folder transformers reads: `tokenizer.json` (with a
+    /// post-processor that adds what [`Tokenizer::encode`] adds, since transformers 5 reads only
+    /// that), `tokenizer_config.json` (bos/eos/pad) and `chat_template.jinja` where the model
+    /// has a template. A SentencePiece vocabulary from a GGUF file has no `tokenizer.json`
+    /// form here: an error naming its file.
+    pub fn save_dir(&self, dir: impl AsRef<Path>) -> Result<(), TokenizerError> {
+        let dir = dir.as_ref();
+        let Inner::Hf(t) = &self.inner else {
+            return Err(self.err(
+                "a SentencePiece vocabulary read from a GGUF file cannot be written as \
+                 tokenizer.json"
+                    .into(),
+            ));
+        };
+        let mut spec: Value = serde_json::from_str(
+            &t.to_string(false)
+                .map_err(|e| self.err(format!("serializing: {e}")))?,
+        )
+        .map_err(|e| self.err(format!("serializing: {e}")))?;
+        if !self.post_processor {
+            let special = |tok: &Option<String>, on: bool| {
+                tok.as_ref()
+                    .filter(|_| on)
+                    .and_then(|s| self.token_id(s).map(|id| (s.clone(), id)))
+            };
+            let (bos, eos) = (
+                special(&self.bos_token, self.add_bos),
+                special(&self.eos_token, self.add_eos),
+            );
+            let mut single = Vec::new();
+            let mut tokens = serde_json::Map::new();
+            if let Some((b, id)) = &bos {
+                single.push(json!({"SpecialToken": {"id": b, "type_id": 0}}));
+                tokens.insert(b.clone(), json!({"id": b, "ids": [id], "tokens": [b]}));
+            }
+            single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+            if let Some((e, id)) = &eos {
+                single.push(json!({"SpecialToken": {"id": e, "type_id": 0}}));
+                tokens.insert(e.clone(), json!({"id": e, "ids": [id], "tokens": [e]}));
+            }
+            let mut pair = single.clone();
+            pair.extend(single.iter().map(|p| {
+                let mut p = p.clone();
+                if let Some(s) = p.get_mut("Sequence") {
+                    s["id"] = json!("B");
+                }
+                p
+            }));
+            spec["post_processor"] = if bos.is_none() && eos.is_none() {
+                Value::Null
+            } else {
+                json!({"type": "TemplateProcessing", "single": single, "pair": pair,
+                    "special_tokens": tokens})
+            };
+        }
+        std::fs::create_dir_all(dir).map_err(|e| TokenizerError::io(dir, e))?;
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).map_err(|e| TokenizerError::io(&p, e))
+        };
+        write("tokenizer.json", spec.to_string())?;
+        let config = json!({
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+            "add_bos_token": self.add_bos,
+            "add_eos_token": self.add_eos,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        });
+        write(
+            "tokenizer_config.json",
+            serde_json::to_string_pretty(&config).expect("JSON") + "\n",
+        )?;
+        if self.chat_template.is_usable() {
+            write(
+                "chat_template.jinja",
+                self.chat_template.source().to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the chat template (the user's choice, for a model without one or instead of its
+    /// own).
+    pub fn set_chat_template(&mut self, template: ChatTemplate) {
+        self.chat_template = template;
     }
 
     /// The text of `ids`; with `skip_special`, special tokens are left out.
@@ -287,6 +420,21 @@ impl Tokenizer {
             Inner::Hf(t) => t.get_vocab_size(true),
             Inner::Spm(t) => t.len(),
         }
+    }
+
+    /// Renders `messages` with the chat template, with the byte ranges of its
+    /// `{% generation %}` blocks (see [`ChatTemplate::render_spans`]).
+    pub fn apply_chat_template_spans(
+        &self,
+        messages: &[crate::ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<crate::RenderedChat, TokenizerError> {
+        self.chat_template.render_spans(
+            messages,
+            add_generation_prompt,
+            self.bos_token.as_deref().unwrap_or(""),
+            self.eos_token.as_deref().unwrap_or(""),
+        )
     }
 
     /// Renders `messages` with the chat template (see [`ChatTemplate::render`]).

@@ -2,11 +2,19 @@
 //! labels mask everything but the response.
 //!
 //! - chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`,
-//!   rendered with the model's chat template; loss on the assistant turns only;
+//!   rendered with the model's chat template and tokenized whole without added special tokens,
+//!   as transformers' `apply_chat_template(tokenize=True)` and TRL do (the template writes its
+//!   own bos); loss on the assistant turns only (TRL's `assistant_only_loss`): the template's
+//!   `{% generation %}` blocks where it has them, exactly as TRL masks them; otherwise each
+//!   reply's text through its end-of-turn marker (what follows the reply both where the
+//!   conversation goes on and where it ends, such as `<|im_end|>\n` or `<|eot_id|>`), found
+//!   in the rendered text, so templates that render earlier turns differently (Qwen3's
+//!   reasoning) train as they render;
 //! - alpaca: `{"instruction", "input" (optional), "output"}`, rendered as a user turn
 //!   (instruction, then the input after a blank line) and an assistant turn; loss on the output;
 //! - text: `{"text": "..."}` per line, or a `.txt` file cut into windows of `max_len` tokens;
-//!   loss on every token.
+//!   as TRL does, the eos token is appended and the text is tokenized with the special tokens
+//!   transformers' `tokenizer(text)` adds (Llama 3's bos); loss on every token.
 
 use std::path::Path;
 
@@ -97,24 +105,186 @@ pub struct LoadReport {
     pub truncated: usize,
 }
 
-/// Tokenizes text pieces, each trained on or not, into one sample.
-fn tokenize(
-    tok: &Tokenizer,
-    pieces: &[(String, bool)],
-) -> Result<Sample, qlora_tokenizer::TokenizerError> {
-    let mut s = Sample {
-        input_ids: Vec::new(),
-        labels: Vec::new(),
-    };
-    for (i, (text, trained)) in pieces.iter().enumerate() {
-        let ids = tok.encode(text, i == 0)?;
-        s.labels.extend(
-            ids.iter()
-                .map(|&t| if *trained { t as i64 } else { IGNORE_INDEX }),
-        );
-        s.input_ids.extend(ids);
+/// `text` with the eos token appended (unless it already ends with it), as TRL prepares
+/// language-modelling text.
+fn with_eos(tok: &Tokenizer, text: &str) -> String {
+    match tok.eos_token.as_deref() {
+        Some(eos) if !text.ends_with(eos) => format!("{text}{eos}"),
+        _ => text.to_string(),
     }
-    Ok(s)
+}
+
+/// A text sample: TRL's eos appended, the tokenizer's special tokens added, every token
+/// trained.
+fn text_sample(tok: &Tokenizer, text: &str) -> Result<Sample, qlora_tokenizer::TokenizerError> {
+    let ids = tok.encode(&with_eos(tok, text), true)?;
+    Ok(Sample {
+        labels: ids.iter().map(|&t| t as i64).collect(),
+        input_ids: ids,
+    })
+}
+
+/// The index of the token holding byte `pos` (transformers' `char_to_token`).
+fn token_at(offsets: &[(usize, usize)], pos: usize) -> Option<usize> {
+    offsets.iter().position(|&(s, e)| s <= pos && pos < e)
+}
+
+/// Which tokens `spans` (byte ranges of the text) cover, as transformers'
+/// `return_assistant_tokens_mask` computes them: from the token holding a span's first byte
+/// to the one holding its last (to the end where no token holds it); a span whose first byte
+/// no token holds ends the marking.
+fn span_mask(offsets: &[(usize, usize)], spans: &[std::ops::Range<usize>]) -> Vec<bool> {
+    let mut mask = vec![false; offsets.len()];
+    for span in spans {
+        let Some(first) = token_at(offsets, span.start) else {
+            break;
+        };
+        let last = token_at(offsets, span.end - 1).unwrap_or(offsets.len() - 1);
+        for m in &mut mask[first..=last.max(first)] {
+            *m = true;
+        }
+    }
+    mask
+}
+
+/// A conversation's sample: the rendered chat tokenized whole (no added special tokens), the
+/// replies' tokens trained (see the module docs).
+fn chat_sample(tok: &Tokenizer, msgs: &[ChatMessage]) -> Result<Sample, String> {
+    let rendered = tok
+        .apply_chat_template_spans(msgs, false)
+        .map_err(|e| e.to_string())?;
+    let spans = if tok.chat_template.has_generation_blocks() {
+        rendered.generation.clone()
+    } else {
+        reply_spans(tok, msgs, &rendered.text)?
+    };
+    if spans.is_empty() {
+        return Err("the chat template marks no assistant text to train on".into());
+    }
+    let text = &rendered.text;
+    let (ids, offsets) = tok
+        .encode_with_offsets(text, false)
+        .map_err(|e| e.to_string())?;
+    let labels = match offsets {
+        Some(offsets) => span_mask(&offsets, &spans)
+            .iter()
+            .zip(&ids)
+            .map(|(&m, &t)| if m { t as i64 } else { IGNORE_INDEX })
+            .collect(),
+        None => {
+            // A GGUF SentencePiece vocabulary has no offsets: the text between span edges is
+            // tokenized piece by piece (the pieces start at special tokens in the templates
+            // of these models, where SentencePiece starts a new fragment anyway).
+            let (mut ids, mut labels) = (Vec::new(), Vec::new());
+            let mut edges: Vec<(usize, bool)> = vec![(0, false)];
+            for s in &spans {
+                edges.push((s.start, true));
+                edges.push((s.end, false));
+            }
+            edges.push((text.len(), false));
+            for w in edges.windows(2) {
+                let ((a, trained), (b, _)) = (w[0], w[1]);
+                if a >= b {
+                    continue;
+                }
+                let piece = tok.encode(&text[a..b], false).map_err(|e| e.to_string())?;
+                labels.extend(
+                    piece
+                        .iter()
+                        .map(|&t| if trained { t as i64 } else { IGNORE_INDEX }),
+                );
+                ids.extend(piece);
+            }
+            return Ok(Sample {
+                input_ids: ids,
+                labels,
+            });
+        }
+    };
+    Ok(Sample {
+        input_ids: ids,
+        labels,
+    })
+}
+
+/// The byte length of the longest common prefix of `a` and `b`, at a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
+}
+
+/// The byte length of the longest run of whole tokens that `a` and `b` start with (two turn
+/// ends such as `<|end|>\n<|user|>` and `<|end|>\n<|endoftext|>` share the text `<|end|>\n<|`
+/// but the tokens `<|end|>\n`); by characters where the tokenizer gives no offsets.
+fn common_tokens(tok: &Tokenizer, a: &str, b: &str) -> usize {
+    let chars = common_prefix(a, b);
+    match (
+        tok.encode_with_offsets(a, false),
+        tok.encode_with_offsets(b, false),
+    ) {
+        (Ok((ia, Some(oa))), Ok((ib, _))) => {
+            let n = ia.iter().zip(&ib).take_while(|(x, y)| x == y).count();
+            if n == 0 { 0 } else { oa[n - 1].1.min(chars) }
+        }
+        _ => chars,
+    }
+}
+
+/// The byte ranges of `text` (the whole conversation rendered) that each assistant turn's
+/// generated part occupies: what the model writes after the prompt that asks for it (the
+/// messages before it rendered with the generation prompt, where `text` starts with that
+/// prompt; else the reply itself), through the reply and its end-of-turn marker. The reply is
+/// found (as written, or trimmed as templates print it) after the previous one and after that
+/// prompt; its end-of-turn is what follows it both in `text` and in the conversation rendered
+/// up to that reply alone. So Qwen3's empty `<think></think>` before a reply is trained, as
+/// TRL's training template trains it.
+fn reply_spans(
+    tok: &Tokenizer,
+    msgs: &[ChatMessage],
+    text: &str,
+) -> Result<Vec<std::ops::Range<usize>>, String> {
+    let mut spans = Vec::new();
+    let mut cursor = 0;
+    for (k, m) in msgs.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let prompt = tok.apply_chat_template(&msgs[..k], true).ok();
+        let from = match &prompt {
+            Some(p) => cursor.max(common_prefix(text, p)),
+            None => cursor,
+        };
+        // Where the prompt that asks for this turn is a prefix of the text, the turn starts
+        // where it ends.
+        let prompt_end = prompt
+            .filter(|p| text.starts_with(p.as_str()) && p.len() >= cursor)
+            .map(|p| p.len());
+        let found = [m.content.as_str(), m.content.trim()]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .find_map(|c| text[from..].find(c).map(|at| (from + at, c)));
+        let Some((start, content)) = found else {
+            return Err(format!(
+                "the chat template does not print the assistant reply of message {} as written, \
+                 so it cannot be told from the prompt (give the template {{% generation %}} blocks)",
+                k + 1
+            ));
+        };
+        let end = start + content.len();
+        let alone = tok
+            .apply_chat_template(&msgs[..=k], false)
+            .map_err(|e| e.to_string())?;
+        let tail = alone
+            .rfind(content)
+            .map_or("", |at| &alone[at + content.len()..]);
+        let end_of_turn = common_tokens(tok, &text[end..], tail);
+        let start = prompt_end.filter(|&p| p <= start).unwrap_or(start);
+        spans.push(start..end + end_of_turn);
+        cursor = end + end_of_turn;
+    }
+    Ok(spans)
 }
 
 fn string_field<'a>(v: &'a Value, key: &str, required: bool) -> Result<Option<&'a str>, String> {
@@ -159,40 +329,8 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, String> {
     Ok(out)
 }
 
-/// Pieces of a conversation: everything up to each assistant reply (not trained), the reply
-/// with its end-of-turn marker (trained).
-fn chat_pieces(tok: &Tokenizer, msgs: &[ChatMessage]) -> Result<Vec<(String, bool)>, String> {
-    let render = |m: &[ChatMessage], gen_prompt| {
-        tok.apply_chat_template(m, gen_prompt)
-            .map_err(|e| e.to_string())
-    };
-    let mut pieces = Vec::new();
-    let mut done = String::new();
-    for (k, m) in msgs.iter().enumerate() {
-        if m.role != "assistant" {
-            continue;
-        }
-        let prefix = render(&msgs[..k], true)?;
-        let full = render(&msgs[..=k], false)?;
-        let (Some(context), Some(reply)) = (
-            prefix.strip_prefix(done.as_str()),
-            full.strip_prefix(prefix.as_str()),
-        ) else {
-            return Err("the chat template does not render conversations as growing prefixes, so replies cannot be told from prompts".into());
-        };
-        pieces.push((context.to_string(), false));
-        pieces.push((reply.to_string(), true));
-        done = full;
-    }
-    Ok(pieces)
-}
-
-/// The pieces of one JSON record.
-fn record_pieces(
-    tok: &Tokenizer,
-    v: &Value,
-    format: DataFormat,
-) -> Result<Vec<(String, bool)>, String> {
+/// The sample of one JSON record.
+fn record_sample(tok: &Tokenizer, v: &Value, format: DataFormat) -> Result<Sample, String> {
     if !v.is_object() {
         return Err(format!("expected a JSON object, found {v}"));
     }
@@ -206,7 +344,7 @@ fn record_pieces(
         f => f,
     };
     match format {
-        DataFormat::Chat => chat_pieces(tok, &messages(v)?),
+        DataFormat::Chat => chat_sample(tok, &messages(v)?),
         DataFormat::Alpaca => {
             let instruction = string_field(v, "instruction", true)?.expect("required");
             let input = string_field(v, "input", false)?.filter(|s| !s.trim().is_empty());
@@ -215,7 +353,7 @@ fn record_pieces(
                 Some(i) => format!("{instruction}\n\n{i}"),
                 None => instruction.to_string(),
             };
-            chat_pieces(
+            chat_sample(
                 tok,
                 &[
                     ChatMessage::new("user", &user),
@@ -223,12 +361,8 @@ fn record_pieces(
                 ],
             )
         }
-        DataFormat::Text => Ok(vec![(
-            string_field(v, "text", true)?
-                .expect("required")
-                .to_string(),
-            true,
-        )]),
+        DataFormat::Text => text_sample(tok, string_field(v, "text", true)?.expect("required"))
+            .map_err(|e| e.to_string()),
         DataFormat::Auto => unreachable!("resolved above"),
     }
 }
@@ -265,7 +399,7 @@ pub fn load_dataset(
     let mut samples = Vec::new();
     let is_txt = path.extension().is_some_and(|e| e == "txt");
     if is_txt || (opts.format == DataFormat::Text && !text.trim_start().starts_with('{')) {
-        let ids = tok.encode(&text, true)?;
+        let ids = tok.encode(&with_eos(tok, &text), true)?;
         for w in ids.chunks(opts.max_len) {
             if w.len() >= 2 {
                 samples.push(Sample {
@@ -308,8 +442,7 @@ pub fn load_dataset(
         for (line, v) in records {
             report.records += 1;
             let result = v.and_then(|v| {
-                let pieces = record_pieces(tok, &v, opts.format)?;
-                let mut s = tokenize(tok, &pieces).map_err(|e| e.to_string())?;
+                let mut s = record_sample(tok, &v, opts.format)?;
                 if s.input_ids.len() > opts.max_len {
                     match opts.overflow {
                         Overflow::Error => {

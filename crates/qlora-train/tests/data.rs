@@ -98,13 +98,14 @@ fn alpaca_and_text_records() {
             .contains("Add\n\n2 and 3")
     );
     assert_eq!(trained(1), "hi<|im_end|>\n");
-    assert_eq!(trained(2), "plain text is trained everywhere");
-    // A .txt file is cut into windows of max_len tokens, all trained.
+    // Text is trained everywhere, with the eos token TRL appends so the model learns to stop.
+    assert_eq!(trained(2), "plain text is trained everywhere<|im_end|>");
+    // A .txt file (and its eos) is cut into windows of max_len tokens, all trained.
     let t = write("plain.txt", &"abcdefghij".repeat(10));
     let (w, _) = load_dataset(&t, &tok, &opts(DataFormat::Auto, 32)).unwrap();
     assert_eq!(
         w.iter().map(|s| s.input_ids.len()).collect::<Vec<_>>(),
-        [32, 32, 32, 4]
+        [32, 32, 32, 5]
     );
     // Packing joins short samples up to max_len.
     let packed = pack(s.clone(), 10_000);

@@ -274,11 +274,8 @@ fn modules_to_save_train_checkpoint_and_resume_exactly() {
         got.into_data().try_to_vec::<f32>().unwrap(),
         want.into_data().try_to_vec::<f32>().unwrap(),
     );
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let scale = qlora_testenv::compare::max_abs(&b, "adapter on a fresh base");
+    let err = qlora_testenv::compare::max_abs_diff(&a, &b, "adapter on a fresh base");
     assert!(
         err < 1e-5 * scale,
         "adapter on a fresh base: error {err} (scale {scale})"

@@ -8,16 +8,15 @@ pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
-/// max |a - b| / max |b|: relative to the tensor's scale (logits cross zero everywhere).
+/// max |a - b| / max |b|: relative to the tensor's scale (logits cross zero everywhere); panics
+/// on a non-finite value (`qlora_testenv::compare`).
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    qlora_testenv::compare::rel_err(a, b, "logits")
 }
 
-/// Asserts `rel_err(got, want) <= tol`, printing the error.
+/// Asserts `rel_err(got, want) <= tol`, printing the error; fails on a non-finite value.
 pub fn check(name: &str, got: Vec<f32>, want: &[f32], tol: f32) {
-    let e = rel_err(&got, want);
+    let e = qlora_testenv::compare::rel_err(&got, want, name);
     eprintln!("{name}: relative error {e:e}");
     assert!(e <= tol, "{name}: relative error {e:e} > {tol:e}");
 }
