@@ -313,3 +313,53 @@ fn bad_score_options_and_files_are_named_errors() {
     }
     std::fs::remove_dir_all(work).unwrap();
 }
+
+/// `score --data` on models with Llama-3.1-style and Phi-3-style tokenizers gives transformers'
+/// mean loss on TRL's tokenization (`tests/fixtures/score-models`, made by
+/// `tests/fixtures/scripts/make_score_models.py`): chat data with TRL's training template
+/// (`assistant_only_loss` masks) and text data (eos appended), the same target count.
+#[test]
+fn score_data_gives_transformers_loss_on_trls_tokens() {
+    for family in ["llama3", "phi3"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/score-models")
+            .join(family);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let template = dir.join("trl_training.jinja");
+        for (data, extra, key) in [
+            (
+                "chat.jsonl",
+                vec!["--chat-template", template.to_str().unwrap()],
+                "chat",
+            ),
+            ("text.jsonl", vec![], "text"),
+        ] {
+            let data = dir.join(data);
+            let args = [
+                &[
+                    "--model",
+                    dir.to_str().unwrap(),
+                    "--data",
+                    data.to_str().unwrap(),
+                    "--device",
+                    "flex",
+                ][..],
+                &extra[..],
+            ]
+            .concat();
+            let (loss, _, tokens) = scores(&cli::ok("score", &args));
+            let want = r[format!("{key}_loss")].as_f64().unwrap();
+            assert_eq!(
+                tokens as u64,
+                r[format!("{key}_tokens")].as_u64().unwrap(),
+                "{family} {key}: targets"
+            );
+            assert!(
+                (loss - want).abs() <= 1e-4 * want,
+                "{family} {key}: mean loss {loss} vs transformers' {want}"
+            );
+        }
+    }
+}

@@ -252,7 +252,9 @@ impl Tokenizer {
         let bos = add_special_tokens && self.add_bos;
         if bos && let Some(b) = self.bos_id() {
             ids.push(b);
-            offsets.as_mut().map(|o| o.push((0, 0)));
+            if let Some(o) = offsets.as_mut() {
+                o.push((0, 0));
+            }
         }
         match &self.inner {
             Inner::Hf(t) => {
@@ -272,7 +274,9 @@ impl Tokenizer {
             && let Some(e) = self.eos_id()
         {
             ids.push(e);
-            offsets.as_mut().map(|o| o.push((text.len(), text.len())));
+            if let Some(o) = offsets.as_mut() {
+                o.push((text.len(), text.len()));
+            }
         }
         Ok((ids, offsets))
     }
