@@ -74,3 +74,47 @@ fn sentencepiece_gguf_adds_bos_and_skips_it_when_decoding() {
     assert_eq!(tok.decode(&with, true).unwrap(), "Hello world");
     assert_eq!(tok.decode(&with, false).unwrap(), "<s> Hello world");
 }
+
+/// Each token's byte range in the text (what chat data's trained-token masks are found with):
+/// the ranges follow one another, cover the text, and hold the token's own text (`▁` a space,
+/// the dummy prefix of a fragment's first piece not in the text; byte tokens share the range of
+/// the piece they spell).
+#[test]
+fn sentencepiece_offsets_locate_every_token_in_the_text() {
+    let (tok, cases) = load();
+    let mut checked = 0;
+    for case in cases["plain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(cases["special"].as_array().unwrap())
+    {
+        let text = case["text"].as_str().unwrap();
+        let (ids, offsets) = tok.encode_with_offsets(text, false).unwrap();
+        assert_eq!(ids, tok.encode(text, false).unwrap(), "{text:?}");
+        assert_eq!(ids.len(), offsets.len());
+        let (mut start, mut end) = (0, 0);
+        for (&id, &(s, e)) in ids.iter().zip(&offsets) {
+            assert!(s <= e && e <= text.len(), "{text:?}: range {s}..{e}");
+            assert!(
+                s >= start,
+                "{text:?}: range {s}..{e} starts before the last one"
+            );
+            let piece = tok.token_text(id).unwrap();
+            if !piece.starts_with("<0x") {
+                let want = piece.replace('▁', " ");
+                let got = &text[s..e];
+                assert!(
+                    got == want || want.strip_prefix(' ') == Some(got),
+                    "{text:?}: token {piece:?} at {s}..{e} is {got:?}"
+                );
+            }
+            (start, end) = (s, e);
+            checked += 1;
+        }
+        if !text.is_empty() {
+            assert_eq!(end, text.len(), "{text:?}: the last token ends the text");
+        }
+    }
+    assert!(checked > 100, "{checked} tokens checked");
+}

@@ -137,27 +137,49 @@ impl SpmTokenizer {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
-    /// Token ids of `text` (no bos): special-token texts become their ids, the fragments
-    /// between them are merged by score.
-    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        let mut out = Vec::new();
+    /// Token ids of `text` (no bos), with each token's byte range in `text`: special-token
+    /// texts become their ids, the fragments between them are merged by score. The
+    /// dummy-prefix `▁` has no range of its own (it belongs to its piece's); byte tokens
+    /// spelling one piece share its range.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+        let (mut out, mut offsets) = (Vec::new(), Vec::new());
         for fragment in self.partition(text) {
             match fragment {
-                Fragment::Token(id) => out.push(id),
+                Fragment::Token(id, at) => {
+                    out.push(id);
+                    offsets.push((at, at + self.tokens[id as usize].len()));
+                }
                 Fragment::Text(t) => {
+                    let base = t.as_ptr() as usize - text.as_ptr() as usize;
                     let mut s = String::with_capacity(t.len() + 3);
+                    // `orig[i]`: where byte `i` of the escaped text comes from in `t`.
+                    let mut orig = Vec::with_capacity(t.len() + 4);
                     // Every text fragment follows the start or a special token.
                     if self.add_space_prefix {
                         s.push('▁');
+                        orig.extend([0; 3]);
                     }
-                    for c in t.chars() {
-                        s.push(if c == ' ' { '▁' } else { c });
+                    for (at, c) in t.char_indices() {
+                        let e = if c == ' ' { '▁' } else { c };
+                        s.push(e);
+                        orig.extend(std::iter::repeat_n(at, e.len_utf8()));
                     }
-                    self.merge(&s, &mut out)?;
+                    orig.push(t.len());
+                    let mut spans = Vec::new();
+                    self.merge(&s, &mut out, &mut spans)?;
+                    offsets.extend(
+                        spans
+                            .into_iter()
+                            .map(|(a, b)| (base + orig[a], base + orig[b])),
+                    );
                 }
             }
         }
-        Ok(out)
+        Ok((out, offsets))
     }
 
     /// Cuts `text` at special-token texts, longest token first (llama.cpp's
@@ -176,7 +198,9 @@ impl SpmTokenizer {
                     Fragment::Text(t) if t.contains(tok) => {
                         for (k, part) in t.split(tok).enumerate() {
                             if k > 0 {
-                                next.push(Fragment::Token(id));
+                                // The token ends where this part (a slice of `text`) starts.
+                                let at = part.as_ptr() as usize - text.as_ptr() as usize;
+                                next.push(Fragment::Token(id, at - tok.len()));
                             }
                             if !part.is_empty() {
                                 next.push(Fragment::Text(part));
@@ -191,8 +215,14 @@ impl SpmTokenizer {
         frags
     }
 
-    /// The score-ordered merges of one escaped fragment, appended to `out`.
-    fn merge(&self, text: &str, out: &mut Vec<u32>) -> Result<(), String> {
+    /// The score-ordered merges of one escaped fragment, appended to `out`, with each token's
+    /// byte range of `text` appended to `spans`.
+    fn merge(
+        &self,
+        text: &str,
+        out: &mut Vec<u32>,
+        spans: &mut Vec<(usize, usize)>,
+    ) -> Result<(), String> {
         let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
         for (k, (start, c)) in text.char_indices().enumerate() {
             symbols.push(Symbol {
@@ -241,7 +271,10 @@ impl SpmTokenizer {
             let s = symbols[i];
             let piece = &text[s.start..s.start + s.len];
             match self.token_id(piece) {
-                Some(id) => out.push(id),
+                Some(id) => {
+                    out.push(id);
+                    spans.push((s.start, s.start + s.len));
+                }
                 None => {
                     for b in piece.bytes() {
                         out.push(self.bytes[b as usize].ok_or_else(|| {
@@ -249,6 +282,7 @@ impl SpmTokenizer {
                                 "`{piece}` is not in the vocabulary and byte <0x{b:02X}> has no token"
                             )
                         })?);
+                        spans.push((s.start, s.start + s.len));
                     }
                 }
             }
@@ -301,6 +335,8 @@ impl SpmTokenizer {
 /// A piece of the text being tokenized: a special token matched whole, or text to merge.
 #[derive(Debug, Clone, Copy)]
 enum Fragment<'a> {
-    Token(u32),
+    /// A special token's id and where its text starts in the whole text.
+    Token(u32, usize),
+    /// A slice of the whole text.
     Text(&'a str),
 }

@@ -232,41 +232,39 @@ impl Tokenizer {
     }
 
     /// [`Tokenizer::encode`] with each token's byte range in `text` (empty for a token the
-    /// post-processor added). A SentencePiece vocabulary from a GGUF file has none: `None`.
+    /// post-processor added), as `return_offsets_mapping` gives them (in bytes).
     #[allow(clippy::type_complexity)]
     pub fn encode_with_offsets(
         &self,
         text: &str,
         add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Option<Vec<(usize, usize)>>), TokenizerError> {
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), TokenizerError> {
         let err = |e: String| self.err(format!("encoding: {e}"));
         if let Inner::Hf(t) = &self.inner
             && add_special_tokens
             && self.post_processor
         {
             let enc = t.encode(text, true).map_err(|e| err(e.to_string()))?;
-            let offsets = enc.get_offsets().to_vec();
-            return Ok((enc.get_ids().to_vec(), Some(offsets)));
+            return Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()));
         }
-        let (mut ids, mut offsets) = (Vec::new(), Some(Vec::new()));
-        let bos = add_special_tokens && self.add_bos;
-        if bos && let Some(b) = self.bos_id() {
+        let (mut ids, mut offsets) = (Vec::new(), Vec::new());
+        if add_special_tokens
+            && self.add_bos
+            && let Some(b) = self.bos_id()
+        {
             ids.push(b);
-            if let Some(o) = offsets.as_mut() {
-                o.push((0, 0));
-            }
+            offsets.push((0, 0));
         }
         match &self.inner {
             Inner::Hf(t) => {
                 let enc = t.encode(text, false).map_err(|e| err(e.to_string()))?;
                 ids.extend_from_slice(enc.get_ids());
-                if let Some(o) = offsets.as_mut() {
-                    o.extend_from_slice(enc.get_offsets());
-                }
+                offsets.extend_from_slice(enc.get_offsets());
             }
             Inner::Spm(t) => {
-                ids.extend(t.encode(text).map_err(err)?);
-                offsets = None;
+                let (i, o) = t.encode_with_offsets(text).map_err(err)?;
+                ids.extend(i);
+                offsets.extend(o);
             }
         }
         if add_special_tokens
@@ -274,9 +272,7 @@ impl Tokenizer {
             && let Some(e) = self.eos_id()
         {
             ids.push(e);
-            if let Some(o) = offsets.as_mut() {
-                o.push((text.len(), text.len()));
-            }
+            offsets.push((text.len(), text.len()));
         }
         Ok((ids, offsets))
     }

@@ -165,42 +165,11 @@ fn chat_sample(tok: &Tokenizer, msgs: &[ChatMessage]) -> Result<Sample, String> 
     let (ids, offsets) = tok
         .encode_with_offsets(text, false)
         .map_err(|e| e.to_string())?;
-    let labels = match offsets {
-        Some(offsets) => span_mask(&offsets, &spans)
-            .iter()
-            .zip(&ids)
-            .map(|(&m, &t)| if m { t as i64 } else { IGNORE_INDEX })
-            .collect(),
-        None => {
-            // A GGUF SentencePiece vocabulary has no offsets: the text between span edges is
-            // tokenized piece by piece (the pieces start at special tokens in the templates
-            // of these models, where SentencePiece starts a new fragment anyway).
-            let (mut ids, mut labels) = (Vec::new(), Vec::new());
-            let mut edges: Vec<(usize, bool)> = vec![(0, false)];
-            for s in &spans {
-                edges.push((s.start, true));
-                edges.push((s.end, false));
-            }
-            edges.push((text.len(), false));
-            for w in edges.windows(2) {
-                let ((a, trained), (b, _)) = (w[0], w[1]);
-                if a >= b {
-                    continue;
-                }
-                let piece = tok.encode(&text[a..b], false).map_err(|e| e.to_string())?;
-                labels.extend(
-                    piece
-                        .iter()
-                        .map(|&t| if trained { t as i64 } else { IGNORE_INDEX }),
-                );
-                ids.extend(piece);
-            }
-            return Ok(Sample {
-                input_ids: ids,
-                labels,
-            });
-        }
-    };
+    let labels = span_mask(&offsets, &spans)
+        .iter()
+        .zip(&ids)
+        .map(|(&m, &t)| if m { t as i64 } else { IGNORE_INDEX })
+        .collect();
     Ok(Sample {
         input_ids: ids,
         labels,
@@ -217,14 +186,14 @@ fn common_prefix(a: &str, b: &str) -> usize {
 
 /// The byte length of the longest run of whole tokens that `a` and `b` start with (two turn
 /// ends such as `<|end|>\n<|user|>` and `<|end|>\n<|endoftext|>` share the text `<|end|>\n<|`
-/// but the tokens `<|end|>\n`); by characters where the tokenizer gives no offsets.
+/// but the tokens `<|end|>\n`); by characters where either does not encode.
 fn common_tokens(tok: &Tokenizer, a: &str, b: &str) -> usize {
     let chars = common_prefix(a, b);
     match (
         tok.encode_with_offsets(a, false),
         tok.encode_with_offsets(b, false),
     ) {
-        (Ok((ia, Some(oa))), Ok((ib, _))) => {
+        (Ok((ia, oa)), Ok((ib, _))) => {
             let n = ia.iter().zip(&ib).take_while(|(x, y)| x == y).count();
             if n == 0 { 0 } else { oa[n - 1].1.min(chars) }
         }

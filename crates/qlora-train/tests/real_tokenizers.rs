@@ -302,3 +302,33 @@ fn a_model_without_a_template_refuses_chat_data_until_one_is_chosen() {
     assert!(text.starts_with("<|im_start|>user"), "{text}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A GGUF SentencePiece vocabulary (llama.cpp's tokenizer, with its own byte offsets) trains the
+/// same span of a chat as the HF tokenizers: each reply through its end-of-turn marker.
+#[test]
+fn a_gguf_sentencepiece_vocabulary_trains_the_replies() {
+    use qlora_llama::TokenizerFiles;
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../qlora-llama/tests/fixtures/spm/tiny-spm.gguf");
+    let mut tok: Tokenizer = TokenizerFiles::load(&gguf).unwrap();
+    tok.set_chat_template(ChatTemplate::chatml());
+    let record = json!({"messages": [
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "how are you"},
+        {"role": "user", "content": "fine thanks"},
+        {"role": "assistant", "content": "good to hear"}]});
+    let s = sample(&tok, record, "spm-chat");
+    let text = tok.decode(&s.input_ids, false).unwrap();
+    assert!(text.starts_with("<|im_start|>user"), "{text}");
+    let kept: Vec<u32> = s
+        .labels
+        .iter()
+        .filter(|&&l| l != IGNORE_INDEX)
+        .map(|&l| l as u32)
+        .collect();
+    let bare = |s: &str| s.split_whitespace().collect::<String>();
+    assert_eq!(
+        bare(&tok.decode(&kept, false).unwrap()),
+        bare("how are you<|im_end|>good to hear<|im_end|>")
+    );
+}
