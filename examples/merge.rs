@@ -3,9 +3,9 @@
 //! `cargo run --release --example merge -- --adapter runs/finetune/adapter` merges the adapter
 //! `finetune` wrote into SmolLM2-135M-Instruct (the default model) and writes
 //! `runs/merged/` (`config.json`, `model.safetensors`, and the tokenizer: a HF base's files,
-//! `chat_template.jinja` included, or a GGUF base's vocabulary written as `tokenizer.json` +
-//! `tokenizer_config.json` + `chat_template.jinja`, so that transformers and `generate` read the
-//! merged folder with the base's tokens and template). The base is loaded in f32, so the merge itself adds no rounding; with
+//! `chat_template.jinja` included, or a GGUF base's vocabulary, byte-level BPE or SentencePiece,
+//! written as `tokenizer.json` + `tokenizer_config.json` + `chat_template.jinja`, so that
+//! transformers and `generate` read the merged folder with the base's tokens and template). The base is loaded in f32, so the merge itself adds no rounding; with
 //! `--format bnb-nf4` the merged weights are quantized to NF4 + double quantization afterwards.
 //! `--help` lists every option.
 
@@ -80,13 +80,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     common::check_exists(&args.adapter, "--adapter")?;
     let adapter = PeftAdapter::load(&args.adapter, &device)?;
     if !model_path.is_dir() {
-        // A GGUF base's vocabulary is checked before any work: one that cannot be written as
-        // tokenizer.json (SentencePiece) stops here, not after the merge.
-        let tok = LlamaTokenizer::load(&model_path)?;
-        let probe = std::env::temp_dir().join(format!("qlora-merge-tok-{}", std::process::id()));
-        let written = tok.save_dir(&probe);
-        let _ = std::fs::remove_dir_all(&probe);
-        written.map_err(|e| format!("{e} (merge a HF folder of the base instead)"))?;
+        // A GGUF base's vocabulary is read before any work: a bad one stops here, not after
+        // the merge.
+        LlamaTokenizer::load(&model_path)?;
     }
     let mut model = LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(None, &device))?;
     model.load_adapter(&adapter, "default")?;

@@ -118,3 +118,40 @@ fn sentencepiece_offsets_locate_every_token_in_the_text() {
     }
     assert!(checked > 100, "{checked} tokens checked");
 }
+
+/// Written as HF files (what `merge` does with a GGUF base), the SentencePiece vocabulary
+/// becomes a `tokenizer.json` BPE with byte fallback that gives sentencepiece's ids, special
+/// tokens matched whole, and the bos the GGUF adds.
+#[test]
+fn sentencepiece_gguf_written_as_tokenizer_json_gives_the_same_ids() {
+    let (tok, cases) = load();
+    let dir = std::env::temp_dir().join(format!("qlora-spm-hf-{}", std::process::id()));
+    tok.save_dir(&dir).unwrap();
+    let back = LlamaTokenizer::from_dir(&dir).unwrap();
+    let mut checked = 0;
+    for case in cases["plain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(cases["special"].as_array().unwrap())
+    {
+        let text = case["text"].as_str().unwrap();
+        for special in [false, true] {
+            assert_eq!(
+                back.encode(text, special).unwrap(),
+                tok.encode(text, special).unwrap(),
+                "{text:?} (special tokens {special})"
+            );
+        }
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(
+            back.decode(&ids, true).unwrap(),
+            tok.decode(&ids, true).unwrap(),
+            "decoding {text:?}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 15);
+    assert_eq!((back.bos_id(), back.eos_id()), (tok.bos_id(), tok.eos_id()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

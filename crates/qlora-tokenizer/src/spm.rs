@@ -122,6 +122,74 @@ impl SpmTokenizer {
         })
     }
 
+    /// The vocabulary as an HF `tokenizer.json` (no post-processor), as transformers'
+    /// `LlamaConverter` writes a SentencePiece BPE model: a BPE with byte fallback whose merges
+    /// are every split of a token into two tokens, ranked by the merged token's score (highest
+    /// first; within one token by the ids of its halves), spaces as `▁` with a `▁` prepended to
+    /// each text fragment where the vocabulary adds a space prefix (the normalizer runs per
+    /// fragment between special tokens, as llama.cpp prefixes each), control, user-defined and
+    /// unknown tokens as special added tokens.
+    pub(crate) fn to_hf_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let normal = |i: usize| !matches!(self.types[i], UNKNOWN | CONTROL | USER_DEFINED | BYTE);
+        let mut vocab = serde_json::Map::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            vocab.insert(t.clone(), json!(i));
+        }
+        let mut merges: Vec<(f32, &str, &str)> = Vec::new();
+        let mut order: Vec<usize> = (0..self.tokens.len()).filter(|&i| normal(i)).collect();
+        // Stable, as Python's `sorted`: ties keep vocabulary order.
+        order.sort_by(|&a, &b| self.scores[b].total_cmp(&self.scores[a]));
+        for i in order {
+            let t = self.tokens[i].as_str();
+            let mut local: Vec<(u32, u32, &str, &str)> = t
+                .char_indices()
+                .skip(1)
+                .filter_map(|(k, _)| {
+                    let (l, r) = t.split_at(k);
+                    Some((self.token_id(l)?, self.token_id(r)?, l, r))
+                })
+                .collect();
+            local.sort_by_key(|&(a, b, _, _)| (a, b));
+            merges.extend(local.into_iter().map(|(_, _, l, r)| (self.scores[i], l, r)));
+        }
+        let merges: Vec<serde_json::Value> = merges.iter().map(|(_, l, r)| json!([l, r])).collect();
+        let unk = (0..self.tokens.len())
+            .find(|&i| self.types[i] == UNKNOWN)
+            .map(|i| self.tokens[i].clone());
+        let added: Vec<serde_json::Value> = self
+            .specials
+            .iter()
+            .map(|&id| {
+                json!({"id": id, "content": self.tokens[id as usize], "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false,
+                    "special": self.types[id as usize] != USER_DEFINED})
+            })
+            .collect();
+        let space = json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"});
+        let normalizer = if self.add_space_prefix {
+            json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, space]})
+        } else {
+            space
+        };
+        let mut decoders = vec![
+            json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+            json!({"type": "ByteFallback"}),
+            json!({"type": "Fuse"}),
+        ];
+        if self.add_space_prefix {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": normalizer, "pre_tokenizer": null, "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
+        })
+    }
+
     /// Number of tokens.
     pub(crate) fn len(&self) -> usize {
         self.tokens.len()

@@ -280,22 +280,18 @@ impl Tokenizer {
     /// Writes the tokenizer as a HF folder transformers reads: `tokenizer.json` (with a
     /// post-processor that adds what [`Tokenizer::encode`] adds, since transformers 5 reads only
     /// that), `tokenizer_config.json` (bos/eos/pad) and `chat_template.jinja` where the model
-    /// has a template. A SentencePiece vocabulary from a GGUF file has no `tokenizer.json`
-    /// form here: an error naming its file.
+    /// has a template. A GGUF SentencePiece vocabulary is written as transformers' converter
+    /// writes one (a BPE whose merges come from the scores, with byte fallback).
     pub fn save_dir(&self, dir: impl AsRef<Path>) -> Result<(), TokenizerError> {
         let dir = dir.as_ref();
-        let Inner::Hf(t) = &self.inner else {
-            return Err(self.err(
-                "a SentencePiece vocabulary read from a GGUF file cannot be written as \
-                 tokenizer.json"
-                    .into(),
-            ));
+        let mut spec: Value = match &self.inner {
+            Inner::Hf(t) => serde_json::from_str(
+                &t.to_string(false)
+                    .map_err(|e| self.err(format!("serializing: {e}")))?,
+            )
+            .map_err(|e| self.err(format!("serializing: {e}")))?,
+            Inner::Spm(t) => t.to_hf_json(),
         };
-        let mut spec: Value = serde_json::from_str(
-            &t.to_string(false)
-                .map_err(|e| self.err(format!("serializing: {e}")))?,
-        )
-        .map_err(|e| self.err(format!("serializing: {e}")))?;
         if !self.post_processor {
             let special = |tok: &Option<String>, on: bool| {
                 tok.as_ref()
