@@ -96,7 +96,7 @@ struct Args {
     /// Continue training a PEFT adapter folder (f32, f16 or bf16) instead of a fresh one: its
     /// adapter_config.json gives rank, alpha, dropout, targets and modules_to_save, so the
     /// options that set those are refused with it.
-    #[arg(long, conflicts_with_all = ["rank", "alpha", "dropout", "targets", "modules_to_save", "rslora"])]
+    #[arg(long, conflicts_with_all = ["rank", "alpha", "dropout", "targets", "exclude_modules", "modules_to_save", "rslora"])]
     adapter: Option<PathBuf>,
     /// Precision of the saved adapter: f32, f16 or bf16 (default: that of --adapter, else
     /// f32). Checkpoints are always f32, so that a resume is exact.
@@ -114,6 +114,11 @@ struct Args {
     /// Adapted modules: comma-separated names, or all-linear.
     #[arg(long, default_value = "all-linear")]
     targets: String,
+    /// Modules left out of --targets (PEFT's exclude_modules), comma separated names matched as
+    /// target_modules are (the name or a dotted suffix): for example down_proj, or
+    /// layers.0.self_attn.q_proj.
+    #[arg(long, value_delimiter = ',')]
+    exclude_modules: Vec<String>,
     /// Modules trained in full and saved with the adapter (PEFT's modules_to_save), comma
     /// separated: for example lm_head,embed_tokens.
     #[arg(long, value_delimiter = ',')]
@@ -248,6 +253,8 @@ fn fresh_lora(args: &Args, model_path: &std::path::Path) -> LoraConfig {
         lora_alpha: args.alpha,
         lora_dropout: args.dropout,
         target_modules: Some(targets),
+        exclude_modules: (!args.exclude_modules.is_empty())
+            .then(|| ModuleSelector::List(args.exclude_modules.clone())),
         use_rslora: args.rslora,
         modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
         init_lora_weights: InitLoraWeights::Default,

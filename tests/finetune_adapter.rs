@@ -223,3 +223,53 @@ fn a_resumed_run_on_a_bf16_adapter_is_the_uninterrupted_run() {
             .all(|d| *d == safetensors::Dtype::F32)
     );
 }
+
+/// `--exclude-modules` (PEFT's `exclude_modules`) leaves the named modules out of the targets:
+/// the saved adapter has no weights for them, and its config says so, as PEFT writes it.
+#[test]
+fn exclude_modules_leaves_modules_out_and_is_saved() {
+    let s = Setup::new("exclude");
+    let out = s.work.join("run");
+    let o = out.to_str().unwrap();
+    ok(
+        "finetune",
+        &s.args(
+            o,
+            &[
+                "--steps",
+                "1",
+                "--exclude-modules",
+                "down_proj,layers.0.self_attn.q_proj",
+            ],
+        ),
+    );
+    let dir = out.join("adapter");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["exclude_modules"],
+        serde_json::json!(["down_proj", "layers.0.self_attn.q_proj"]),
+        "{config}"
+    );
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    assert!(!names.iter().any(|n| n.contains("down_proj")), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("layers.0.self_attn.q_proj")),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.contains("layers.1.self_attn.q_proj")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n.contains("up_proj")), "{names:?}");
+    // PEFT's loader reads it back onto the model with the same exclusions.
+    let adapter = PeftAdapter::load(&dir, &Device::flex()).unwrap();
+    assert!(adapter.modules.keys().all(|m| !m.ends_with("down_proj")));
+}
