@@ -13,7 +13,7 @@ use safetensors::SafeTensors;
 
 #[path = "support/logits.rs"]
 mod logits;
-use logits::{check, values};
+use logits::{check, st_f32s, st_i64s, values};
 
 fn fixture(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,13 +26,8 @@ fn bnb_folders_of_blocksize_32_and_128_load_with_their_blocksize() {
     let device = Device::flex();
     let bytes = std::fs::read(fixture("logits.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("input_ids").unwrap();
-    let ids: Vec<i64> = t
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 12]), &device);
+    let (ids, shape) = st_i64s(&st, "input_ids");
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &device);
     for blocksize in [32usize, 128] {
         // The applier asks for blocksize 64 (the QLoRA default): a 4-bit folder keeps its own.
         let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), &device);
@@ -50,13 +45,7 @@ fn bnb_folders_of_blocksize_32_and_128_load_with_their_blocksize() {
             quantized += 1;
         }
         assert_eq!(quantized, 14, "every decoder linear stays 4-bit");
-        let want: Vec<f32> = st
-            .tensor(&format!("logits_nf4_b{blocksize}"))
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let want = st_f32s(&st, &format!("logits_nf4_b{blocksize}"));
         check(
             &format!("blocksize {blocksize} logits"),
             values(model.forward(input.clone(), None)),

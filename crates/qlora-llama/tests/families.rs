@@ -65,7 +65,7 @@ impl Reference {
 
 #[path = "support/logits.rs"]
 mod logits;
-use logits::{check, rel_err, values};
+use logits::{check, rel_err, st_f32s, values};
 
 fn load(dir: PathBuf, quant: Option<QuantConfig>, device: &Device) -> LlamaForCausalLM {
     LlamaForCausalLM::load_hf(&dir, &LoraApplier::base_only(quant, device))
@@ -282,14 +282,7 @@ fn qlora_steps_train(name: &str) {
     )
     .unwrap();
     let peft = SafeTensors::deserialize(&steps).unwrap();
-    let peft_f32s = |key: &str| -> Vec<f32> {
-        peft.tensor(key)
-            .unwrap_or_else(|_| panic!("{name}: PEFT step has no {key}"))
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
+    let peft_f32s = |key: &str| st_f32s(&peft, key);
     let peft_loss = peft_f32s("loss")[0];
     assert!(
         (lp - peft_loss).abs() <= 1e-5 * peft_loss.abs(),

@@ -19,6 +19,15 @@ fn load() -> (LlamaTokenizer, Value) {
     (tok, serde_json::from_str(&text).unwrap())
 }
 
+/// The plain and the special-token cases of the reference.
+fn every_case(cases: &Value) -> impl Iterator<Item = &Value> {
+    cases["plain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(cases["special"].as_array().unwrap())
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -83,12 +92,7 @@ fn sentencepiece_gguf_adds_bos_and_skips_it_when_decoding() {
 fn sentencepiece_offsets_locate_every_token_in_the_text() {
     let (tok, cases) = load();
     let mut checked = 0;
-    for case in cases["plain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(cases["special"].as_array().unwrap())
-    {
+    for case in every_case(&cases) {
         let text = case["text"].as_str().unwrap();
         let (ids, offsets) = tok.encode_with_offsets(text, false).unwrap();
         assert_eq!(ids, tok.encode(text, false).unwrap(), "{text:?}");
@@ -129,12 +133,7 @@ fn sentencepiece_gguf_written_as_tokenizer_json_gives_the_same_ids() {
     tok.save_dir(&dir).unwrap();
     let back = LlamaTokenizer::from_dir(&dir).unwrap();
     let mut checked = 0;
-    for case in cases["plain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(cases["special"].as_array().unwrap())
-    {
+    for case in every_case(&cases) {
         let text = case["text"].as_str().unwrap();
         for special in [false, true] {
             assert_eq!(

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use tokenizers::Tokenizer as HfTokenizer;
+use tokenizers::processors::template::TemplateProcessing;
 
 use crate::spm::SpmTokenizer;
 use crate::{ChatTemplate, GgufVocab, TokenizerError};
@@ -302,30 +303,28 @@ impl Tokenizer {
                 special(&self.bos_token, self.add_bos),
                 special(&self.eos_token, self.add_eos),
             );
-            let mut single = Vec::new();
-            let mut tokens = serde_json::Map::new();
-            if let Some((b, id)) = &bos {
-                single.push(json!({"SpecialToken": {"id": b, "type_id": 0}}));
-                tokens.insert(b.clone(), json!({"id": b, "ids": [id], "tokens": [b]}));
-            }
-            single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
-            if let Some((e, id)) = &eos {
-                single.push(json!({"SpecialToken": {"id": e, "type_id": 0}}));
-                tokens.insert(e.clone(), json!({"id": e, "ids": [id], "tokens": [e]}));
-            }
-            let mut pair = single.clone();
-            pair.extend(single.iter().map(|p| {
-                let mut p = p.clone();
-                if let Some(s) = p.get_mut("Sequence") {
-                    s["id"] = json!("B");
-                }
-                p
-            }));
-            spec["post_processor"] = if bos.is_none() && eos.is_none() {
+            let specials: Vec<(String, u32)> = bos.iter().chain(&eos).cloned().collect();
+            spec["post_processor"] = if specials.is_empty() {
                 Value::Null
             } else {
-                json!({"type": "TemplateProcessing", "single": single, "pair": pair,
-                    "special_tokens": tokens})
+                // `[bos] $A [eos]`, as transformers' `update_post_processor` writes it.
+                let one = |seq: &str, type_id: u32| {
+                    let mut parts: Vec<String> = Vec::new();
+                    parts.extend(bos.iter().map(|(b, _)| format!("{b}:{type_id}")));
+                    parts.push(format!("{seq}:{type_id}"));
+                    parts.extend(eos.iter().map(|(e, _)| format!("{e}:{type_id}")));
+                    parts.join(" ")
+                };
+                let bad = |e: String| self.err(format!("post-processor: {e}"));
+                let template = TemplateProcessing::builder()
+                    .try_single(one("$A", 0))
+                    .map_err(bad)?
+                    .try_pair(format!("{} {}", one("$A", 0), one("$B", 1)))
+                    .map_err(bad)?
+                    .special_tokens(specials)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                serde_json::to_value(template).map_err(|e| bad(e.to_string()))?
             };
         }
         std::fs::create_dir_all(dir).map_err(|e| TokenizerError::io(dir, e))?;

@@ -28,6 +28,21 @@ fn reference(family: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The family's reference `texts` or `chats`.
+fn cases(family: &str, key: &str) -> Vec<Value> {
+    reference(family)[key].as_array().unwrap().clone()
+}
+
+/// TRL's assistant mask of a chat case.
+fn trl_mask(case: &Value) -> Vec<bool> {
+    case["trl_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_u64() == Some(1))
+        .collect()
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -64,12 +79,7 @@ fn trained(s: &Sample) -> Vec<bool> {
 fn text_ids_equal_transformers_and_trl() {
     for family in FAMILIES {
         let tok = Tokenizer::from_dir(dir(family)).unwrap();
-        for (k, case) in reference(family)["texts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
+        for (k, case) in cases(family, "texts").iter().enumerate() {
             let text = case["text"].as_str().unwrap();
             assert_eq!(
                 tok.encode(text, true).unwrap(),
@@ -94,12 +104,7 @@ fn text_ids_equal_transformers_and_trl() {
 fn chat_ids_equal_apply_chat_template_with_one_bos() {
     for family in FAMILIES {
         let tok = Tokenizer::from_dir(dir(family)).unwrap();
-        for (k, case) in reference(family)["chats"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
+        for (k, case) in cases(family, "chats").iter().enumerate() {
             let msgs = messages(&case["messages"]);
             assert_eq!(
                 tok.apply_chat_template(&msgs, false).unwrap(),
@@ -139,12 +144,7 @@ fn generation_blocks_give_trls_assistant_only_masks() {
         let mut tok = Tokenizer::from_dir(dir(family)).unwrap();
         tok.set_chat_template(ChatTemplate::from_file(&training).unwrap());
         assert!(tok.chat_template.has_generation_blocks());
-        for (k, case) in reference(family)["chats"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
+        for (k, case) in cases(family, "chats").iter().enumerate() {
             let s = sample(
                 &tok,
                 json!({ "messages": case["messages"] }),
@@ -155,12 +155,7 @@ fn generation_blocks_give_trls_assistant_only_masks() {
                 ids(&case["trl_ids"]),
                 "{family} chat {k}: TRL's ids"
             );
-            let want: Vec<bool> = case["trl_mask"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_u64() == Some(1))
-                .collect();
+            let want: Vec<bool> = trl_mask(case);
             assert_eq!(trained(&s), want, "{family} chat {k}: TRL's assistant mask");
             checked += 1;
         }
@@ -178,12 +173,7 @@ fn model_templates_train_each_reply_through_its_end_of_turn() {
         let tok = Tokenizer::from_dir(dir(family)).unwrap();
         assert!(!tok.chat_template.has_generation_blocks());
         let eos = tok.eos_token.clone().unwrap();
-        for (k, case) in reference(family)["chats"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
+        for (k, case) in cases(family, "chats").iter().enumerate() {
             let msgs = messages(&case["messages"]);
             let s = sample(
                 &tok,
@@ -236,12 +226,7 @@ fn model_templates_train_each_reply_through_its_end_of_turn() {
             // Qwen3's keeps earlier turns' reasoning in multi-turn chats: other ids, nothing to
             // compare; its one-turn chat is compared, the empty `<think></think>` trained).
             if case.get("trl_ids") == Some(&case["chat_ids"]) {
-                let want: Vec<bool> = case["trl_mask"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|m| m.as_u64() == Some(1))
-                    .collect();
+                let want: Vec<bool> = trl_mask(case);
                 let ours = trained(&s);
                 if family == "qwen2_5" {
                     for (i, (&o, &w)) in ours.iter().zip(&want).enumerate() {

@@ -76,25 +76,31 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// SwiGLU's gate (Shazeer 2020): `silu(g) ∘ u`, `silu(g) = g · σ(g)`.
-pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
-    assert_eq!(g.len(), u.len(), "swiglu: gate and up lengths");
+/// `f(g, u)` element by element, in parallel chunks: the forward pass of a gated unit.
+fn gated(g: &[f32], u: &[f32], what: &str, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    assert_eq!(g.len(), u.len(), "{what}: gate and up lengths");
     let mut y = vec![0f32; g.len()];
     y.par_chunks_mut(16_384)
         .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
         .for_each(|(ys, (gs, us))| {
             for ((o, &gv), &uv) in ys.iter_mut().zip(gs).zip(us) {
-                *o = gv * sigmoid(gv) * uv;
+                *o = f(gv, uv);
             }
         });
     y
 }
 
-/// Gradients of [`swiglu`]: `dg = dy ∘ u ∘ σ(g)(1 + g(1 − σ(g)))`, `du = dy ∘ silu(g)`;
-/// returns `(dg, du)`.
-pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(g.len(), u.len(), "swiglu: gate and up lengths");
-    assert_eq!(g.len(), dy.len(), "swiglu: upstream gradient length");
+/// `(dg, du) = f(g, u, dy)` element by element, in parallel chunks: the backward pass of a
+/// gated unit.
+fn gated_backward(
+    g: &[f32],
+    u: &[f32],
+    dy: &[f32],
+    what: &str,
+    f: impl Fn(f32, f32, f32) -> (f32, f32) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(g.len(), u.len(), "{what}: gate and up lengths");
+    assert_eq!(g.len(), dy.len(), "{what}: upstream gradient length");
     let n = g.len();
     let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
     dg.par_chunks_mut(16_384)
@@ -106,13 +112,24 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>)
         )
         .for_each(|((dgs, dus), ((gs, us), dys))| {
             for i in 0..gs.len() {
-                let (gv, uv, d) = (gs[i], us[i], dys[i]);
-                let s = sigmoid(gv);
-                dgs[i] = d * uv * s * (1.0 + gv * (1.0 - s));
-                dus[i] = d * gv * s;
+                (dgs[i], dus[i]) = f(gs[i], us[i], dys[i]);
             }
         });
     (dg, du)
+}
+
+/// SwiGLU's gate (Shazeer 2020): `silu(g) ∘ u`, `silu(g) = g · σ(g)`.
+pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+    gated(g, u, "swiglu", |gv, uv| gv * sigmoid(gv) * uv)
+}
+
+/// Gradients of [`swiglu`]: `dg = dy ∘ u ∘ σ(g)(1 + g(1 − σ(g)))`, `du = dy ∘ silu(g)`;
+/// returns `(dg, du)`.
+pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    gated_backward(g, u, dy, "swiglu", |gv, uv, d| {
+        let s = sigmoid(gv);
+        (d * uv * s * (1.0 + gv * (1.0 - s)), d * gv * s)
+    })
 }
 
 /// `(gelu_tanh(g), gelu_tanh'(g))`, in f32 as PyTorch's `gelu(approximate="tanh")`:
@@ -128,40 +145,16 @@ fn gelu_tanh(g: f32) -> (f32, f32) {
 
 /// GeGLU's gate with GELU's tanh approximation (Gemma's MLP): `gelu_tanh(g) ∘ u`.
 pub fn geglu_tanh(g: &[f32], u: &[f32]) -> Vec<f32> {
-    assert_eq!(g.len(), u.len(), "geglu_tanh: gate and up lengths");
-    let mut y = vec![0f32; g.len()];
-    y.par_chunks_mut(16_384)
-        .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
-        .for_each(|(ys, (gs, us))| {
-            for ((o, &gv), &uv) in ys.iter_mut().zip(gs).zip(us) {
-                *o = gelu_tanh(gv).0 * uv;
-            }
-        });
-    y
+    gated(g, u, "geglu_tanh", |gv, uv| gelu_tanh(gv).0 * uv)
 }
 
 /// Gradients of [`geglu_tanh`]: `dg = dy ∘ u ∘ gelu_tanh'(g)`, `du = dy ∘ gelu_tanh(g)`;
 /// returns `(dg, du)`.
 pub fn geglu_tanh_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(g.len(), u.len(), "geglu_tanh: gate and up lengths");
-    assert_eq!(g.len(), dy.len(), "geglu_tanh: upstream gradient length");
-    let n = g.len();
-    let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
-    dg.par_chunks_mut(16_384)
-        .zip(du.par_chunks_mut(16_384))
-        .zip(
-            g.par_chunks(16_384)
-                .zip(u.par_chunks(16_384))
-                .zip(dy.par_chunks(16_384)),
-        )
-        .for_each(|((dgs, dus), ((gs, us), dys))| {
-            for i in 0..gs.len() {
-                let (y, slope) = gelu_tanh(gs[i]);
-                dgs[i] = dys[i] * us[i] * slope;
-                dus[i] = dys[i] * y;
-            }
-        });
-    (dg, du)
+    gated_backward(g, u, dy, "geglu_tanh", |gv, uv, d| {
+        let (y, slope) = gelu_tanh(gv);
+        (d * uv * slope, d * y)
+    })
 }
 
 /// Rotary embedding in HF LLaMA's `rotate_half` form on the leading `w` of rows of width `d`

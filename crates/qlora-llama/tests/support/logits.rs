@@ -20,3 +20,24 @@ pub fn check(name: &str, got: Vec<f32>, want: &[f32], tol: f32) {
     eprintln!("{name}: relative error {e:e}");
     assert!(e <= tol, "{name}: relative error {e:e} > {tol:e}");
 }
+
+/// The f32 values of tensor `key` of a safetensors file.
+pub fn st_f32s(st: &safetensors::SafeTensors<'_>, key: &str) -> Vec<f32> {
+    st.tensor(key)
+        .unwrap_or_else(|_| panic!("no tensor {key}"))
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// The int64 values and shape of tensor `key` of a safetensors file.
+pub fn st_i64s(st: &safetensors::SafeTensors<'_>, key: &str) -> (Vec<i64>, Vec<usize>) {
+    let t = st.tensor(key).unwrap_or_else(|_| panic!("no tensor {key}"));
+    let v = t
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (v, t.shape().to_vec())
+}

@@ -26,9 +26,7 @@ impl BlockOps for Flex {
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (shape, dtype) = (dims(&gate), gate.dtype());
-        let (g, u) = (f32s(gate), f32s(up));
-        tensor(block::swiglu(slice(&g), slice(&u)), shape, dtype)
+        gated(gate, up, block::swiglu)
     }
 
     fn swiglu_backward(
@@ -36,16 +34,11 @@ impl BlockOps for Flex {
         up: FloatTensor<Self>,
         dy: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (shape, dtype) = (dims(&gate), gate.dtype());
-        let (g, u, d) = (f32s(gate), f32s(up), f32s(dy));
-        let (dg, du) = block::swiglu_backward(slice(&g), slice(&u), slice(&d));
-        (tensor(dg, shape.clone(), dtype), tensor(du, shape, dtype))
+        gated_backward(gate, up, dy, block::swiglu_backward)
     }
 
     fn geglu_tanh(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (shape, dtype) = (dims(&gate), gate.dtype());
-        let (g, u) = (f32s(gate), f32s(up));
-        tensor(block::geglu_tanh(slice(&g), slice(&u)), shape, dtype)
+        gated(gate, up, block::geglu_tanh)
     }
 
     fn geglu_tanh_backward(
@@ -53,10 +46,7 @@ impl BlockOps for Flex {
         up: FloatTensor<Self>,
         dy: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (shape, dtype) = (dims(&gate), gate.dtype());
-        let (g, u, d) = (f32s(gate), f32s(up), f32s(dy));
-        let (dg, du) = block::geglu_tanh_backward(slice(&g), slice(&u), slice(&d));
-        (tensor(dg, shape.clone(), dtype), tensor(du, shape, dtype))
+        gated_backward(gate, up, dy, block::geglu_tanh_backward)
     }
 
     fn rope(
@@ -72,4 +62,29 @@ impl BlockOps for Flex {
         let y = block::rope(slice(&xf), slice(&c), slice(&s), d, w, transpose);
         tensor(y, shape, dtype)
     }
+}
+
+/// A gated unit's forward host kernel on Flex tensors of one shape.
+fn gated(
+    gate: FloatTensor<Flex>,
+    up: FloatTensor<Flex>,
+    kernel: fn(&[f32], &[f32]) -> Vec<f32>,
+) -> FloatTensor<Flex> {
+    let (shape, dtype) = (dims(&gate), gate.dtype());
+    let (g, u) = (f32s(gate), f32s(up));
+    tensor(kernel(slice(&g), slice(&u)), shape, dtype)
+}
+
+/// A gated unit's backward host kernel on Flex tensors of one shape: `(dgate, dup)`.
+#[allow(clippy::type_complexity)]
+fn gated_backward(
+    gate: FloatTensor<Flex>,
+    up: FloatTensor<Flex>,
+    dy: FloatTensor<Flex>,
+    kernel: fn(&[f32], &[f32], &[f32]) -> (Vec<f32>, Vec<f32>),
+) -> (FloatTensor<Flex>, FloatTensor<Flex>) {
+    let (shape, dtype) = (dims(&gate), gate.dtype());
+    let (g, u, d) = (f32s(gate), f32s(up), f32s(dy));
+    let (dg, du) = kernel(slice(&g), slice(&u), slice(&d));
+    (tensor(dg, shape.clone(), dtype), tensor(du, shape, dtype))
 }
