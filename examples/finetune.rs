@@ -17,7 +17,7 @@ use burn_qlora::llama::{
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
     AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
-    ParameterCount, PeftAdapter,
+    ParameterCount, PeftAdapter, TrainableTokenIndices,
 };
 use burn_qlora::train::{
     DataFormat, DataOptions, FitEvent, FitOptions, OptimizerKind, Overflow, Schedule, TrainConfig,
@@ -72,9 +72,17 @@ struct Args {
     /// --seq-len tokens, and the count of cut samples is printed).
     #[arg(long)]
     strict_length: bool,
-    /// Join short samples into sequences of --seq-len tokens.
+    /// Pack samples into rows of --seq-len tokens, Best-Fit-Decreasing (TRL's bfd): with
+    /// padding-free batches the packed samples stay apart (the same loss per sample); with
+    /// --padding-free false they see each other, as plain packing does.
     #[arg(long)]
     packing: bool,
+    /// Padding-free batches (TRL's padding_free): the samples of a micro-batch concatenated
+    /// with no padding, positions restarting per sample and attention kept inside each, the
+    /// same loss per sample as padding (true, the default); false pads every micro-batch to
+    /// its longest sample.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    padding_free: bool,
     /// Skip malformed records (counted) instead of stopping at the first.
     #[arg(long)]
     skip_invalid: bool,
@@ -96,7 +104,7 @@ struct Args {
     /// Continue training a PEFT adapter folder (f32, f16 or bf16) instead of a fresh one: its
     /// adapter_config.json gives rank, alpha, dropout, targets and modules_to_save, so the
     /// options that set those are refused with it.
-    #[arg(long, conflicts_with_all = ["rank", "alpha", "dropout", "targets", "exclude_modules", "modules_to_save", "rslora"])]
+    #[arg(long, conflicts_with_all = ["rank", "alpha", "dropout", "targets", "exclude_modules", "modules_to_save", "rslora", "trainable_tokens", "ensure_weight_tying"])]
     adapter: Option<PathBuf>,
     /// Precision of the saved adapter: f32, f16 or bf16 (default: that of --adapter, else
     /// f32). Checkpoints are always f32, so that a resume is exact.
@@ -123,6 +131,16 @@ struct Args {
     /// separated: for example lm_head,embed_tokens.
     #[arg(long, value_delimiter = ',')]
     modules_to_save: Vec<String>,
+    /// Tokens whose embedding rows train (PEFT's trainable_token_indices), comma separated,
+    /// each a token as the tokenizer spells it or an id: for example "<|im_end|>" when the base
+    /// model never saw its chat tokens, so that the tuned model learns to stop. On a model
+    /// whose head is tied to its embedding the head uses the trained rows too.
+    #[arg(long, value_delimiter = ',')]
+    trainable_tokens: Vec<String>,
+    /// PEFT's ensure_weight_tying: on a tied model, a table named in --modules-to-save stays
+    /// the one table of embedding and head (without it the other keeps the base's weights).
+    #[arg(long)]
+    ensure_weight_tying: bool,
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     rslora: bool,
@@ -236,8 +254,43 @@ const MEMORY_ADVICE: &str = "to use less memory, lower --batch-size (and raise -
     keep the effective batch) or --seq-len, or use --optimizer paged-adamw with a \
     --paged-budget; then rerun with --resume";
 
+/// The ids of `--trainable-tokens`: each a token of the tokenizer or an id below its size.
+fn trainable_token_ids(
+    tokens: &[String],
+    tok: &burn_qlora::llama::LlamaTokenizer,
+) -> Result<Option<TrainableTokenIndices>, String> {
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let mut ids = Vec::new();
+    for t in tokens {
+        let id = match (tok.token_id(t), t.parse::<usize>()) {
+            (Some(id), _) => id as usize,
+            (None, Ok(id)) if id < tok.vocab_size() => id,
+            _ => {
+                return Err(format!(
+                    "--trainable-tokens: `{t}` is neither a token of the tokenizer nor an id \
+                     below its {} tokens",
+                    tok.vocab_size()
+                ));
+            }
+        };
+        if ids.contains(&id) {
+            return Err(format!(
+                "--trainable-tokens: `{t}` (id {id}) is given twice"
+            ));
+        }
+        ids.push(id);
+    }
+    Ok(Some(TrainableTokenIndices::List(ids)))
+}
+
 /// The LoRA config of a fresh adapter, from the command line.
-fn fresh_lora(args: &Args, model_path: &std::path::Path) -> LoraConfig {
+fn fresh_lora(
+    args: &Args,
+    model_path: &std::path::Path,
+    trainable_token_indices: Option<TrainableTokenIndices>,
+) -> LoraConfig {
     let targets = if args.targets == "all-linear" {
         ModuleSelector::Pattern("all-linear".into())
     } else {
@@ -257,6 +310,8 @@ fn fresh_lora(args: &Args, model_path: &std::path::Path) -> LoraConfig {
             .then(|| ModuleSelector::List(args.exclude_modules.clone())),
         use_rslora: args.rslora,
         modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
+        trainable_token_indices,
+        ensure_weight_tying: args.ensure_weight_tying,
         init_lora_weights: InitLoraWeights::Default,
         base_model_name_or_path: Some(model_path.display().to_string()),
         task_type: Some("CAUSAL_LM".into()),
@@ -388,7 +443,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (model, lora, Some(dtype))
         }
         None => {
-            let lora = fresh_lora(&args, &model_path);
+            let tokens = trainable_token_ids(&args.trainable_tokens, &tok)?;
+            let lora = fresh_lora(&args, &model_path, tokens);
             let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &ad)?;
             (LlamaForCausalLM::load(&model_path, &applier)?, lora, None)
         }
@@ -415,6 +471,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Some(GradientCheckpointingStrategy::Balanced) =>
                 "on (Burn's balanced strategy: memory-bound ops recomputed in the backward pass)",
             _ => "off",
+        }
+    );
+    println!(
+        "batches: {}",
+        if args.padding_free {
+            "padding-free (samples concatenated, positions and attention per sample)"
+        } else {
+            "padded to each micro-batch's longest sample"
         }
     );
     // Ids from a tokenizer of another model (or with tokens added beyond vocab_size) would
@@ -457,6 +521,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             o => o,
         },
         seed: args.seed,
+        padding_free: args.padding_free,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(model, lora, "default", train, eval, pad, config)?;

@@ -273,3 +273,102 @@ fn exclude_modules_leaves_modules_out_and_is_saved() {
     let adapter = PeftAdapter::load(&dir, &Device::flex()).unwrap();
     assert!(adapter.modules.keys().all(|m| !m.ends_with("down_proj")));
 }
+
+/// `--trainable-tokens` (PEFT's `trainable_token_indices`): the rows train and are saved under
+/// PEFT's key with the ids in the config; a run cut short and resumed is the same run (the rows
+/// come back from the checkpoint); a token the tokenizer does not have is a named error.
+#[test]
+fn trainable_tokens_train_are_saved_as_peft_does_and_resume() {
+    let s = Setup::new("trainable-tokens");
+    let (whole, cut) = (s.work.join("whole"), s.work.join("cut"));
+    let (w, c) = (whole.to_str().unwrap(), cut.to_str().unwrap());
+    // The tiny model's chat tokens, by name; its tokenizer gives them ids 2 and 1.
+    let tokens = ["--trainable-tokens", "<|im_end|>,<|im_start|>"];
+    ok(
+        "finetune",
+        &s.args(w, &[&["--steps", "4"][..], &tokens].concat()),
+    );
+    ok(
+        "finetune",
+        &s.args(c, &[&["--steps", "2"][..], &tokens].concat()),
+    );
+    let text = ok(
+        "finetune",
+        &s.args(c, &[&["--steps", "4", "--resume"][..], &tokens].concat()),
+    );
+    assert!(text.contains("resumed from"), "{text}");
+    let (a, _) = metrics(&whole);
+    let (b, _) = metrics(&cut);
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "resumed losses differ from the uninterrupted run's");
+
+    let dir = whole.join("adapter");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["trainable_token_indices"], serde_json::json!([2, 1]));
+    let adapter = PeftAdapter::load(&dir, &Device::flex()).unwrap();
+    let rows = &adapter.tokens["model.embed_tokens"];
+    assert_eq!(rows.shape()[0], 2);
+    // Trained: the rows moved off the base embedding's.
+    let bytes = std::fs::read(s.model.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let embed = st.tensor("model.embed_tokens.weight").unwrap();
+    let hidden = embed.shape()[1];
+    let floats: Vec<f32> = embed
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let base: Vec<f32> = [2, 1]
+        .iter()
+        .flat_map(|&r| floats[r * hidden..(r + 1) * hidden].to_vec())
+        .collect();
+    let trained = rows.clone().convert::<f32>().try_to_vec::<f32>().unwrap();
+    assert_eq!(base.len(), trained.len());
+    assert!(base.iter().zip(&trained).any(|(x, y)| x != y));
+
+    let bad = s.work.join("bad");
+    let out = cli::run(
+        "finetune",
+        &s.args(
+            bad.to_str().unwrap(),
+            &["--steps", "1", "--trainable-tokens", "<|nope|>"],
+        ),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--trainable-tokens") && err.contains("<|nope|>"),
+        "{err}"
+    );
+}
+
+/// Padding-free batches (the default) train the same run as padded ones: every step's loss
+/// and the held-out losses agree to f32 rounding (the samples' lengths differ, so every
+/// micro-batch is ragged), and the header says which batching ran.
+#[test]
+fn padding_free_batches_give_the_losses_of_padded_ones() {
+    let s = Setup::new("padding-free");
+    let (free, padded) = (s.work.join("free"), s.work.join("padded"));
+    let (f, p) = (free.to_str().unwrap(), padded.to_str().unwrap());
+    let text = ok("finetune", &s.args(f, &["--steps", "4"]));
+    assert!(text.contains("batches: padding-free"), "{text}");
+    let text = ok(
+        "finetune",
+        &s.args(p, &["--steps", "4", "--padding-free", "false"]),
+    );
+    assert!(text.contains("batches: padded"), "{text}");
+    let ((a, a0), (b, b0)) = (metrics(&free), metrics(&padded));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a.len(), b.len());
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 * y.abs();
+    assert!(close(a0, b0), "held-out loss {a0} vs padded {b0}");
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!(
+            la.is_finite() && close(*la, *lb),
+            "step {sa}: {la} vs padded {lb}"
+        );
+    }
+}

@@ -205,5 +205,24 @@ pub fn cases() -> Vec<Case> {
                 onto_model(d)
             },
         ),
+        // PEFT's trainable_token_indices: rows past the vocabulary, rows without their values.
+        Case::new(
+            "ad-token-index-past-vocab",
+            &["trainable_token_indices", "past the table"],
+            |d| {
+                copy_fixture("tiny-llama-lora", d);
+                edit_config(d, set("trainable_token_indices", json!([5, 100000])));
+                onto_model(d)
+            },
+        ),
+        Case::new(
+            "ad-token-rows-missing",
+            &["model.embed_tokens", "trainable_tokens_delta"],
+            |d| {
+                copy_fixture("tiny-llama-lora", d);
+                edit_config(d, set("trainable_token_indices", json!([5])));
+                onto_model(d)
+            },
+        ),
     ]
 }

@@ -169,10 +169,7 @@ pub fn cases() -> Vec<Case> {
                     LoraApplier::new(lora.clone(), None, &device).map_err(|e| e.to_string())?;
                 let model = LlamaForCausalLM::load(crate::fixture("tiny-llama"), &applier)
                     .map_err(|e| e.to_string())?;
-                let sample = Sample {
-                    input_ids: vec![5, 600, 7],
-                    labels: vec![-100, 600, 7],
-                };
+                let sample = Sample::new(vec![5, 600, 7], vec![-100, 600, 7]);
                 Trainer::new(
                     model,
                     lora,

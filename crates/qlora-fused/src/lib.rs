@@ -25,5 +25,6 @@ pub mod ops;
 
 pub use ops::{
     BlockOps, CausalAttentionOps, LinearCrossEntropyOps, causal_attention,
-    causal_attention_windowed, geglu_tanh, linear_cross_entropy, rms_norm, rope, swiglu,
+    causal_attention_segmented, causal_attention_windowed, geglu_tanh, linear_cross_entropy,
+    rms_norm, rope, swiglu,
 };

@@ -2,8 +2,8 @@
 //! [`qlora_fused::causal_attention`].
 
 use burn::module::Module;
-use burn::tensor::Tensor;
-use qlora_fused::{causal_attention, causal_attention_windowed};
+use burn::tensor::{Int, Tensor};
+use qlora_fused::{causal_attention, causal_attention_segmented, causal_attention_windowed};
 use qlora_nn::AdaptedLinear;
 
 use crate::{KvCache, RmsNorm, Rope};
@@ -76,6 +76,7 @@ impl LlamaAttention {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: Option<(&mut KvCache, usize)>,
+        segments: Option<&Tensor<2, Int>>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -120,9 +121,12 @@ impl LlamaAttention {
         // head serves its group of query heads (no repeat_kv copy); the backward pass keeps
         // no scores.
         let scale = (1.0 / (d as f64).sqrt()) as f32;
-        let out = match self.sliding_window {
-            Some(w) => causal_attention_windowed(q, k, v, scale, w),
-            None => causal_attention(q, k, v, scale),
+        let out = match (segments, self.sliding_window) {
+            (Some(starts), window) => {
+                causal_attention_segmented(q, k, v, starts.clone(), scale, window)
+            }
+            (None, Some(w)) => causal_attention_windowed(q, k, v, scale, w),
+            (None, None) => causal_attention(q, k, v, scale),
         };
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
         self.o_proj.forward(out)

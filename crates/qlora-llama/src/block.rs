@@ -1,7 +1,7 @@
 //! One pre-norm decoder layer: `h = x + attn(norm₁(x))`, `y = h + mlp(norm₂(h))`.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::{KvCache, LlamaAttention, LlamaMlp, RmsNorm};
 
@@ -20,6 +20,8 @@ pub struct LlamaDecoderLayer {
 
 impl LlamaDecoderLayer {
     /// - `x`: `[batch, len, hidden]`; `cos`/`sin`: RoPE tables `[len, head_dim]`
+    /// - `segments`: for a padding-free batch, `[batch, len]` the row position of each
+    ///   token's sample start (attention stays inside samples); `None` otherwise
     /// - returns `[batch, len, hidden]`
     pub fn forward(
         &self,
@@ -27,11 +29,12 @@ impl LlamaDecoderLayer {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: Option<(&mut KvCache, usize)>,
+        segments: Option<&Tensor<2, Int>>,
     ) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, cache);
+                .forward(self.input_layernorm.forward(x), cos, sin, cache, segments);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }

@@ -224,24 +224,30 @@ impl LlamaForCausalLM {
             norm: norm(src, "model.norm.weight", c, device)?,
         };
         let save_head = applier.is_module_to_save("lm_head");
-        let mut config = c.clone();
-        let lm_head = if c.tie_word_embeddings && !save_head {
+        let save_embed = applier.is_module_to_save("model.embed_tokens");
+        let lm_head = if c.tie_word_embeddings {
             None
-        } else if c.tie_word_embeddings {
-            // PEFT trains a copy of a tied head in `modules_to_save`: the head is untied.
-            config.tie_word_embeddings = false;
-            Some(model.embed_tokens.weight.val())
         } else {
             let w = float(src, "lm_head.weight", &[v, h])?;
             Some(upload(w, [v, h], device))
         };
-        let mut model = Self::from_parts(config, model, lm_head);
-        if applier.is_module_to_save("model.embed_tokens") {
+        let mut model = Self::from_parts(c.clone(), model, lm_head);
+        let ensure_tied = applier.config().is_some_and(|c| c.ensure_weight_tying);
+        if model.lm_head.is_none() && (save_head || save_embed) && !ensure_tied {
+            // PEFT trains a copy of the tied table `modules_to_save` names; the other side
+            // keeps the base's weights: the head is untied.
+            model.untie_head();
+        }
+        let tied = model.lm_head.is_none();
+        if save_embed || (tied && save_head) {
             model.model.embed_tokens.weight =
                 model.model.embed_tokens.weight.set_require_grad(true);
         }
         if save_head && let Some(w) = model.lm_head.take() {
             model.lm_head = Some(w.set_require_grad(true));
+        }
+        if let Some(config) = applier.config() {
+            model.add_trainable_tokens(config, applier.adapter_name())?;
         }
         if let Some(config) = applier.config()
             && model

@@ -4,6 +4,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor};
+use qlora_nn::{PaddingFreeBatch, TokenAdapters};
 
 use crate::{KvCache, LlamaConfig, LlamaDecoderLayer, RmsNorm, Rope};
 
@@ -28,6 +29,11 @@ pub struct LlamaForCausalLM {
     /// `lm_head.weight` `[vocab, hidden]` (PyTorch layout, frozen); `None` when tied to the
     /// embedding.
     pub lm_head: Option<Param<Tensor<2>>>,
+    /// Trained rows of `model.embed_tokens` (PEFT's `trainable_token_indices`); on a tied
+    /// model the head uses them too unless it has rows of its own.
+    pub embed_tokens_rows: TokenAdapters,
+    /// Trained rows of the head, apart from the embedding's (PEFT's `{"lm_head": [..]}`).
+    pub lm_head_rows: TokenAdapters,
     /// The hyper-parameters.
     #[module(skip)]
     pub config: LlamaConfig,
@@ -54,6 +60,8 @@ impl LlamaForCausalLM {
         Self {
             model,
             lm_head: lm_head.map(|w| Param::from_tensor(w).set_require_grad(false)),
+            embed_tokens_rows: TokenAdapters::default(),
+            lm_head_rows: TokenAdapters::default(),
             config,
             rope,
         }
@@ -84,12 +92,15 @@ impl LlamaForCausalLM {
     /// The head: `[batch, len, hidden]` → `[batch, len, vocab]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, t, h] = hidden.dims();
-        let w = self.head_weight();
+        let w = self.head_base();
         let vocab = w.dims()[0];
-        hidden
-            .reshape([b * t, h])
-            .matmul(w.transpose())
-            .reshape([b, t, vocab])
+        let rows = hidden.reshape([b * t, h]);
+        let logits = rows.clone().matmul(w.transpose());
+        let logits = match self.head_rows() {
+            Some(tokens) => tokens.logits(logits, rows),
+            None => logits,
+        };
+        logits.reshape([b, t, vocab])
     }
 
     /// The training loss of `input_ids` against `labels` ([`crate::causal_lm_loss_fused`]: the
@@ -102,11 +113,43 @@ impl LlamaForCausalLM {
         crate::causal_lm_loss_fused(hidden, self.head_weight(), labels)
     }
 
-    /// The head weight `[vocab, hidden]` (the embedding when tied).
+    /// The head weight `[vocab, hidden]` (the embedding when tied), with its trained rows in
+    /// place.
     pub fn head_weight(&self) -> Tensor<2> {
+        let w = self.head_base();
+        match self.head_rows() {
+            Some(tokens) => tokens.apply_table(w),
+            None => w,
+        }
+    }
+
+    /// The head's own weight, without trained rows.
+    fn head_base(&self) -> Tensor<2> {
         match &self.lm_head {
             Some(w) => w.val(),
             None => self.model.embed_tokens.weight.val(),
+        }
+    }
+
+    /// The trained rows the head uses: its own, or on a tied model the embedding's.
+    fn head_rows(&self) -> Option<&TokenAdapters> {
+        if self.lm_head_rows.any_active() {
+            Some(&self.lm_head_rows)
+        } else if self.lm_head.is_none() && self.embed_tokens_rows.any_active() {
+            Some(&self.embed_tokens_rows)
+        } else {
+            None
+        }
+    }
+
+    /// The input embedding of `input_ids` (`[batch, len]` → `[batch, len, hidden]`), with
+    /// trained rows in place.
+    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        if self.embed_tokens_rows.any_active() {
+            let w = self.model.embed_tokens.weight.val();
+            self.embed_tokens_rows.embed(w, input_ids)
+        } else {
+            self.model.embed_tokens.forward(input_ids)
         }
     }
 
@@ -123,19 +166,41 @@ impl LlamaForCausalLM {
         let start = cache.as_ref().map_or(0, |c| c.len());
         let device = input_ids.device();
         let (cos, sin) = self.rope.tables(start, t, &device);
-        let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut x = self.embed(input_ids);
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
             if all {
                 out.push(x.clone());
             }
-            x = layer.forward(x, &cos, &sin, cache.as_deref_mut().map(|c| (c, i)));
+            x = layer.forward(x, &cos, &sin, cache.as_deref_mut().map(|c| (c, i)), None);
         }
         if let Some(c) = cache {
             c.advance(t);
         }
         out.push(self.model.norm.forward(x));
         out
+    }
+
+    /// The final norm's output of a padding-free batch: its samples concatenated in one row,
+    /// each with RoPE positions from 0 and attention inside it, as if each were alone.
+    ///
+    /// - `batch`: see [`PaddingFreeBatch`]
+    /// - returns `[1, total, hidden]`
+    pub fn forward_hidden_padding_free(&self, batch: &PaddingFreeBatch) -> Tensor<3> {
+        let device = batch.input_ids.device();
+        let (cos, sin) = self.rope.tables_at(&batch.position_ids, &device);
+        let mut x = self.embed(batch.input_ids.clone());
+        for layer in &self.model.layers {
+            x = layer.forward(x, &cos, &sin, None, Some(&batch.seq_starts));
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// [`LlamaForCausalLM::loss`] of a padding-free batch: the same mean over the same
+    /// targets as the samples padded, with no padding computed.
+    pub fn loss_padding_free(&self, batch: &PaddingFreeBatch) -> Tensor<1> {
+        let hidden = self.forward_hidden_padding_free(batch);
+        crate::causal_lm_loss_fused(hidden, self.head_weight(), batch.labels.clone())
     }
 
     /// A new, empty cache for this model.

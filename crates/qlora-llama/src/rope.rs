@@ -62,10 +62,18 @@ impl Rope {
     /// `cos` and `sin` of positions `start..start + len`, each `[len, head_dim]` (the angle
     /// table repeated for both halves).
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let positions: Vec<usize> = (start..start + len).collect();
+        self.tables_at(&positions, device)
+    }
+
+    /// `cos` and `sin` of the given positions, each `[positions.len(), head_dim]`: a
+    /// padding-free row's positions restart at every sample.
+    pub fn tables_at(&self, positions: &[usize], device: &Device) -> (Tensor<2>, Tensor<2>) {
         let half = self.inv_freq.len();
+        let len = positions.len();
         let mut cos = Vec::with_capacity(len * 2 * half);
         let mut sin = Vec::with_capacity(len * 2 * half);
-        for p in start..start + len {
+        for &p in positions {
             let row: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
             for _ in 0..2 {
                 cos.extend(row.iter().map(|a| a.cos()));

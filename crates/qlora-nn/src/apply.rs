@@ -297,6 +297,11 @@ impl LoraApplier {
         self
     }
 
+    /// The name of the adapters this applier adds (`default` unless given).
+    pub fn adapter_name(&self) -> &str {
+        &self.adapter_name
+    }
+
     /// The config (`None` for [`LoraApplier::base_only`]).
     pub fn config(&self) -> Option<&LoraConfig> {
         self.config.as_ref()

@@ -79,6 +79,30 @@ impl Serialize for InitLoraWeights {
     }
 }
 
+/// `trainable_token_indices`: token ids whose rows of the input embedding train (a list), or
+/// per table by module name (`{"embed_tokens": [..], "lm_head": [..]}`), PEFT's
+/// `TrainableTokensLayer` ([`crate::TrainableTokens`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainableTokenIndices {
+    /// Rows of the model's input embedding.
+    List(Vec<usize>),
+    /// Rows per table, by module name (exact or dotted-suffix match), in file order.
+    ByModule(Vec<(String, Vec<usize>)>),
+}
+
+impl TrainableTokenIndices {
+    fn to_value(&self) -> Value {
+        match self {
+            Self::List(v) => serde_json::to_value(v).expect("serialisable"),
+            Self::ByModule(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), serde_json::to_value(v).expect("serialisable")))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// PEFT's `LoraConfig` (the fields burn-qlora acts on; see the module docs for the rest).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
@@ -108,6 +132,13 @@ pub struct LoraConfig {
     pub init_lora_weights: InitLoraWeights,
     /// Modules trained in full and saved with the adapter.
     pub modules_to_save: Option<Vec<String>>,
+    /// Token ids whose embedding (and head) rows train (PEFT's `trainable_token_indices`).
+    pub trainable_token_indices: Option<TrainableTokenIndices>,
+    /// PEFT's `ensure_weight_tying`: on a model whose head is tied to its embedding, a table
+    /// trained through `modules_to_save` or trainable tokens stays one table for both (without
+    /// it PEFT trains a copy for one side and the other keeps the base's weights, and trainable
+    /// tokens with different rows per table train apart).
+    pub ensure_weight_tying: bool,
     /// The base model the adapter belongs to.
     pub base_model_name_or_path: Option<String>,
     /// PEFT task type (`"CAUSAL_LM"` for the examples).
@@ -135,6 +166,8 @@ impl Default for LoraConfig {
             bias: LoraBias::None,
             init_lora_weights: InitLoraWeights::Default,
             modules_to_save: None,
+            trainable_token_indices: None,
+            ensure_weight_tying: false,
             base_model_name_or_path: None,
             task_type: Some("CAUSAL_LM".into()),
             inference_mode: false,
@@ -227,6 +260,19 @@ impl LoraConfig {
                 }
             },
             modules_to_save: typed(get("modules_to_save")?, "modules_to_save", path)?,
+            trainable_token_indices: match field("trainable_token_indices") {
+                None => None,
+                Some(Value::Object(_)) => Some(TrainableTokenIndices::ByModule(ordered_map(
+                    field("trainable_token_indices"),
+                    "trainable_token_indices",
+                    path,
+                )?)),
+                Some(v) => Some(TrainableTokenIndices::List(
+                    typed(Some(v.clone()), "trainable_token_indices", path)?.expect("present"),
+                )),
+            },
+            ensure_weight_tying: typed(get("ensure_weight_tying")?, "ensure_weight_tying", path)?
+                .unwrap_or(false),
             base_model_name_or_path: typed(
                 get("base_model_name_or_path")?,
                 "base_model_name_or_path",
@@ -275,6 +321,35 @@ impl LoraConfig {
         if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| *r == 0) {
             return Err(bad("rank_pattern", format!("rank 0 for `{k}`")));
         }
+        if let Some(tokens) = &self.trainable_token_indices {
+            let tables: Vec<(&str, &Vec<usize>)> = match tokens {
+                TrainableTokenIndices::List(v) => vec![("embed_tokens", v)],
+                TrainableTokenIndices::ByModule(m) => {
+                    m.iter().map(|(k, v)| (k.as_str(), v)).collect()
+                }
+            };
+            if tables.is_empty() {
+                return Err(bad("trainable_token_indices", "names no table".into()));
+            }
+            for (table, rows) in tables {
+                if rows.is_empty() {
+                    return Err(bad(
+                        "trainable_token_indices",
+                        format!("no token indices for `{table}`"),
+                    ));
+                }
+                // PEFT: "The embedding layer is already marked to be trained fully".
+                if self.modules_to_save.iter().flatten().any(|m| m == table) {
+                    return Err(bad(
+                        "trainable_token_indices",
+                        format!(
+                            "`{table}` is in modules_to_save too: train the whole table or \
+                             chosen rows of it, not both"
+                        ),
+                    ));
+                }
+            }
+        }
         crate::LoraMatcher::new(self).map_err(|(field, problem)| bad(field, problem))?;
         Ok(())
     }
@@ -286,11 +361,7 @@ impl LoraConfig {
         for (field, _) in NEUTRAL_ONLY {
             let neutral = match *field {
                 "loftq_config" => Value::Object(Map::new()),
-                "use_dora"
-                | "fan_in_fan_out"
-                | "use_qalora"
-                | "lora_bias"
-                | "ensure_weight_tying" => Value::Bool(false),
+                "use_dora" | "fan_in_fan_out" | "use_qalora" | "lora_bias" => Value::Bool(false),
                 _ => Value::Null,
             };
             if *field != "runtime_config" {
@@ -351,6 +422,13 @@ impl LoraConfig {
             "modules_to_save",
             serde_json::to_value(&self.modules_to_save).expect("serialisable"),
         );
+        m.insert(
+            "trainable_token_indices",
+            self.trainable_token_indices
+                .as_ref()
+                .map_or(Value::Null, TrainableTokenIndices::to_value),
+        );
+        m.insert("ensure_weight_tying", self.ensure_weight_tying.into());
         m.insert(
             "base_model_name_or_path",
             serde_json::to_value(&self.base_model_name_or_path).expect("serialisable"),

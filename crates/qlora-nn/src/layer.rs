@@ -87,7 +87,8 @@ impl LoraLinear {
             .fold(self.base.weight.val(), |w, (_, a)| {
                 w + a.delta_weight().transpose()
             });
-        self.base.weight = Param::from_tensor(w).set_require_grad(false);
+        // Detached: merging on an autodiff device must not leave a graph behind the weight.
+        self.base.weight = Param::from_tensor(w.detach()).set_require_grad(false);
         self.lora.set_merged(&names, true);
     }
 
@@ -101,7 +102,7 @@ impl LoraLinear {
             .fold(self.base.weight.val(), |w, (_, a)| {
                 w - a.delta_weight().transpose()
             });
-        self.base.weight = Param::from_tensor(w).set_require_grad(false);
+        self.base.weight = Param::from_tensor(w.detach()).set_require_grad(false);
         self.lora.set_merged(&names, false);
     }
 

@@ -17,12 +17,14 @@ mod matching;
 mod model;
 mod peft_fields;
 mod peft_io;
+mod tokens;
 
 pub use adapter::{LoraAdapter, LoraAdapters};
 pub use apply::{AdaptedLinear, LoraApplier};
-pub use causal_lm::{CausalLm, IGNORE_INDEX};
+pub use causal_lm::{CausalLm, IGNORE_INDEX, PaddingFreeBatch};
 pub use config::{
     InitLoraWeights, LayerIndices, LayersPattern, LoraBias, LoraConfig, ModuleSelector,
+    TrainableTokenIndices,
 };
 pub use count::ParameterCount;
 pub use error::LoraError;
@@ -31,3 +33,4 @@ pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
 pub use matching::{LoraMatcher, ModuleKind};
 pub use model::{LoraModel, put_into_tables};
 pub use peft_io::{AdapterDtype, AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};
+pub use tokens::{TokenAdapters, TrainableTokens};

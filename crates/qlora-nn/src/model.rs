@@ -13,7 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::{AdaptedLinear, LoraConfig, LoraError, LoraMatcher, ModuleKind, PeftAdapter};
+use crate::{
+    AdaptedLinear, LoraConfig, LoraError, LoraMatcher, ModuleKind, PeftAdapter, TokenAdapters,
+    TrainableTokenIndices, TrainableTokens,
+};
 
 /// The default body of [`LoraModel::put_table`], for an override to fall back on: `value` into
 /// the table at `path` of [`LoraModel::tables_mut`], which must have its shape, trainable.
@@ -80,11 +83,164 @@ pub trait LoraModel: Module {
     }
 
     /// Puts trained values `value` into the table at `path`, trainable. By default the table
-    /// must be one of [`LoraModel::tables_mut`] with the same shape; a model whose table can be
-    /// created on demand (a tied head untied by a saved `lm_head`) overrides it. The error says
-    /// what is wrong (the caller adds the adapter and path).
-    fn put_table(&mut self, path: &str, value: Tensor<2>) -> Result<(), String> {
+    /// must be one of [`LoraModel::tables_mut`] with the same shape; a model whose head is tied
+    /// to its embedding overrides it: with `tied` (PEFT's `ensure_weight_tying`) the value is
+    /// for the one table both use, without it for `path` alone (the other keeps the base's
+    /// weights, as PEFT's `modules_to_save` copy does). The error says what is wrong (the
+    /// caller adds the adapter and path).
+    fn put_table(&mut self, path: &str, value: Tensor<2>, tied: bool) -> Result<(), String> {
+        let _ = tied;
         put_into_tables(self, path, value)
+    }
+
+    /// The parameter paths of the input embedding and of the head (`model.embed_tokens.weight`,
+    /// `lm_head.weight`) when the head is tied to the embedding (one parameter); `None` (the
+    /// default) otherwise.
+    fn tied_tables(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// The tables that may carry trainable tokens (PEFT's `trainable_token_indices`), by
+    /// module path (`model.embed_tokens`, `lm_head`), the input embedding first, each with the
+    /// base table `[vocab, hidden]` its rows come from. None by default.
+    fn token_tables(&self) -> Vec<(String, Tensor<2>, &TokenAdapters)> {
+        Vec::new()
+    }
+
+    /// [`LoraModel::token_tables`], mutably, in the same order.
+    fn token_tables_mut(&mut self) -> Vec<(String, Tensor<2>, &mut TokenAdapters)> {
+        Vec::new()
+    }
+
+    /// Which token table gets which rows under `config`'s `trainable_token_indices`, as PEFT
+    /// resolves them: a list is for the input embedding; a dict names tables by module name
+    /// (exact or dotted-suffix match). On a tied model, a head given the embedding's rows is
+    /// left out (it uses the embedding's trained rows); different rows are refused with
+    /// `ensure_weight_tying`, trained apart without it.
+    fn token_plan(&self, config: &LoraConfig) -> Result<Vec<(String, Vec<usize>)>, LoraError> {
+        let bad = |problem: String| LoraError::Config {
+            field: "trainable_token_indices".into(),
+            problem,
+        };
+        let Some(tokens) = &config.trainable_token_indices else {
+            return Ok(Vec::new());
+        };
+        let tables: Vec<(String, usize)> = self
+            .token_tables()
+            .into_iter()
+            .map(|(p, base, _)| (p, base.dims()[0]))
+            .collect();
+        let Some((embedding, _)) = tables.first() else {
+            return Err(bad(
+                "this model has no table that can train chosen rows".into()
+            ));
+        };
+        let mut plan: Vec<(String, Vec<usize>)> = match tokens {
+            TrainableTokenIndices::List(rows) => vec![(embedding.clone(), rows.clone())],
+            TrainableTokenIndices::ByModule(by) => {
+                let mut plan = Vec::new();
+                for (name, rows) in by {
+                    let Some((path, _)) = tables
+                        .iter()
+                        .find(|(p, _)| p == name || p.ends_with(&format!(".{name}")))
+                    else {
+                        let names: Vec<&str> = tables.iter().map(|(p, _)| p.as_str()).collect();
+                        return Err(bad(format!(
+                            "`{name}` is not a table of this model (it has `{}`)",
+                            names.join("`, `")
+                        )));
+                    };
+                    plan.push((path.clone(), rows.clone()));
+                }
+                plan
+            }
+        };
+        for (path, rows) in &plan {
+            let vocab = tables
+                .iter()
+                .find(|(p, _)| p == path)
+                .map_or(0, |(_, v)| *v);
+            crate::tokens::check_indices(rows, vocab).map_err(|e| bad(format!("`{path}`: {e}")))?;
+        }
+        if let Some((e, h)) = self.tied_tables() {
+            let module = |p: &str| p.strip_suffix(".weight").unwrap_or(p).to_string();
+            let (e, h) = (module(&e), module(&h));
+            let rows = |p: &str| plan.iter().find(|(q, _)| q == p).map(|(_, r)| r.clone());
+            if let (Some(er), Some(hr)) = (rows(&e), rows(&h)) {
+                if er == hr {
+                    plan.retain(|(p, _)| *p != h);
+                } else if config.ensure_weight_tying {
+                    return Err(bad(format!(
+                        "ensure_weight_tying is set, but the tied tables `{e}` and `{h}` are \
+                         given different rows ({er:?} and {hr:?})"
+                    )));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Adds new trainable tokens under adapter `name` as `config` asks, each starting at its
+    /// base row (PEFT's default). Nothing changes on an error.
+    fn add_trainable_tokens(&mut self, config: &LoraConfig, name: &str) -> Result<(), LoraError> {
+        let plan = self.token_plan(config)?;
+        let mut made = Vec::new();
+        for (path, rows) in plan {
+            let (_, base, _) = self
+                .token_tables()
+                .into_iter()
+                .find(|(p, ..)| *p == path)
+                .expect("planned from token_tables");
+            made.push((path, TrainableTokens::new(&base, rows)?));
+        }
+        self.put_tokens(made, name)
+    }
+
+    /// Puts `tokens` (by table path) under adapter `name`, checking every name first.
+    #[doc(hidden)]
+    fn put_tokens(
+        &mut self,
+        tokens: Vec<(String, TrainableTokens)>,
+        name: &str,
+    ) -> Result<(), LoraError> {
+        for (path, _, t) in self.token_tables() {
+            if tokens.iter().any(|(p, _)| *p == path) && t.get(name).is_some() {
+                return Err(LoraError::Layer {
+                    problem: format!("`{path}` already has trainable tokens of adapter `{name}`"),
+                });
+            }
+        }
+        for (path, t) in tokens {
+            let mut tables = self.token_tables_mut();
+            let (_, _, slot) = tables
+                .iter_mut()
+                .find(|(p, ..)| *p == path)
+                .expect("a table of this model");
+            slot.add(name, t)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the active trainable tokens into their tables and drops every token adapter
+    /// (part of [`LoraModel::merge_and_unload`]). The head is merged first, alone (so that a
+    /// tied head with rows of its own becomes a table of its own, from the base embedding);
+    /// the input embedding then keeps a tied head tied.
+    fn merge_tokens(&mut self) -> Result<(), LoraError> {
+        let merged: Vec<(usize, String, Tensor<2>)> = self
+            .token_tables()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (.., t))| t.any_active())
+            .map(|(i, (p, base, t))| (i, p, t.apply_table(base).detach()))
+            .collect();
+        for (i, path, value) in merged.into_iter().rev() {
+            self.put_table(&format!("{path}.weight"), value, i == 0)
+                .map_err(|problem| LoraError::Layer { problem })?;
+        }
+        for (_, _, t) in self.token_tables_mut() {
+            t.clear();
+        }
+        Ok(())
     }
 
     /// Adds `adapter` under `name` to the linears it names (by module path, with the scaling
@@ -126,6 +282,7 @@ pub trait LoraModel: Module {
         // ... not found in the base model"): such an adapter would change nothing.
         if adapter.modules.is_empty()
             && adapter.saved.is_empty()
+            && adapter.tokens.is_empty()
             && !known
                 .keys()
                 .any(|p| matcher.is_target(p, ModuleKind::Linear))
@@ -198,8 +355,48 @@ pub trait LoraModel: Module {
                 .map_err(|e| in_adapter("modules_to_save", e.to_string()))?;
             updated.insert(module.to_string(), layer);
         }
+        // Trainable tokens: the rows the config gives each table, the values the file holds.
+        let plan = self
+            .token_plan(&adapter.config)
+            .map_err(|e| in_adapter("trainable_token_indices", e.to_string()))?;
+        if let Some(extra) = adapter
+            .tokens
+            .keys()
+            .find(|k| !plan.iter().any(|(p, _)| p == *k))
+        {
+            return Err(in_adapter(
+                extra,
+                "the file has trainable tokens for it, but adapter_config.json's \
+                 trainable_token_indices gives it none"
+                    .into(),
+            ));
+        }
+        let mut tokens = Vec::new();
+        for (path, rows) in plan {
+            let Some(data) = adapter.tokens.get(&path) else {
+                return Err(in_adapter(
+                    &path,
+                    "adapter_config.json's trainable_token_indices gives it rows, but \
+                     adapter_model.safetensors has no token_adapter.trainable_tokens_delta for it"
+                        .into(),
+                ));
+            };
+            let (_, base, _) = self
+                .token_tables()
+                .into_iter()
+                .find(|(p, ..)| *p == path)
+                .expect("planned from token_tables");
+            let values = Tensor::<2>::from_data(data.clone().convert::<f32>(), &base.device());
+            let t = TrainableTokens::from_values(values, rows, base.dims())
+                .map_err(|e| in_adapter(&path, e.to_string()))?;
+            tokens.push((path, t));
+        }
         // Tables go into a copy, so that one that does not fit leaves this model unchanged.
         let mut staged = self.clone();
+        staged
+            .put_tokens(tokens, name)
+            .map_err(|e| in_adapter("trainable_token_indices", e.to_string()))?;
+        let tied = adapter.config.ensure_weight_tying;
         let device = known
             .values()
             .next()
@@ -211,7 +408,7 @@ pub trait LoraModel: Module {
             };
             let value = Tensor::<2>::from_data(data.clone().convert::<f32>(), device);
             staged
-                .put_table(param, value)
+                .put_table(param, value, tied)
                 .map_err(|p| in_adapter(param, p))?;
         }
         for (path, slot) in staged.linears_mut() {
@@ -242,6 +439,18 @@ pub trait LoraModel: Module {
                 adapter.saved.insert(path, t.val().into_data());
             }
         }
+        // PEFT with `ensure_weight_tying` saves a tied table under both names.
+        if adapter.config.ensure_weight_tying
+            && let Some((e, h)) = self.tied_tables()
+            && let Some(v) = adapter.saved.get(&e).cloned()
+        {
+            adapter.saved.insert(h, v);
+        }
+        for (path, _, t) in self.token_tables() {
+            if let Some(t) = t.get(name) {
+                adapter.tokens.insert(path, t.delta.val().into_data());
+            }
+        }
         adapter
     }
 
@@ -252,6 +461,9 @@ pub trait LoraModel: Module {
                 a.set_active(names);
             }
         }
+        for (_, _, t) in self.token_tables_mut() {
+            t.set_active(names);
+        }
     }
 
     /// Turns all adapters off (`true`) or back on (PEFT's `disable_adapter` context).
@@ -260,6 +472,9 @@ pub trait LoraModel: Module {
             if let Some(a) = l.adapters_mut() {
                 a.set_disabled(disabled);
             }
+        }
+        for (_, _, t) in self.token_tables_mut() {
+            t.set_disabled(disabled);
         }
     }
 
@@ -288,6 +503,8 @@ pub trait LoraModel: Module {
     where
         Self: Sized,
     {
+        self.merge_tokens()
+            .expect("merged rows have their table's shape");
         for (_, slot) in self.linears_mut() {
             *slot = slot.clone().merge_and_unload();
         }
@@ -321,6 +538,14 @@ pub trait LoraModel: Module {
                 stable(t, &path);
             }
         }
+        for (path, _, t) in self.token_tables_mut() {
+            if let Some(t) = t.get_mut(name) {
+                stable(
+                    &mut t.delta,
+                    &format!("{path}.token_adapter.trainable_tokens_delta"),
+                );
+            }
+        }
     }
 
     /// The ids of every trained parameter (adapter `name` and the modules trained in full),
@@ -339,6 +564,11 @@ pub trait LoraModel: Module {
         for (_, t) in self.tables() {
             if t.is_require_grad() {
                 ids.push((t.id, 2));
+            }
+        }
+        for (_, _, t) in self.token_tables() {
+            if let Some(t) = t.get(name) {
+                ids.push((t.delta.id, 2));
             }
         }
         ids

@@ -16,10 +16,6 @@ pub(crate) const NEUTRAL_ONLY: &[(&str, &str)] = &[
         "target_parameters",
         "adapting nn.Parameter targets is not implemented",
     ),
-    (
-        "trainable_token_indices",
-        "trainable token indices are not implemented",
-    ),
     ("use_qalora", "QA-LoRA is not implemented"),
     ("lora_bias", "a bias on lora_B is not implemented"),
     (
@@ -41,7 +37,6 @@ pub(crate) const NEUTRAL_ONLY: &[(&str, &str)] = &[
         "Megatron parallel layers are not supported",
     ),
     ("use_bdlora", "BD-LoRA is not implemented"),
-    ("ensure_weight_tying", "tied adapters are not implemented"),
     ("runtime_config", "runtime configs are not implemented"),
 ];
 
@@ -69,6 +64,8 @@ pub(crate) const OWN: &[&str] = &[
     "bias",
     "init_lora_weights",
     "modules_to_save",
+    "trainable_token_indices",
+    "ensure_weight_tying",
     "base_model_name_or_path",
     "task_type",
     "inference_mode",

@@ -123,6 +123,10 @@ pub struct PeftAdapter {
     /// saves them under `base_model.model.<path>` (its `modules_to_save.<adapter>` wrapper
     /// segment removed); a key that still has the segment is read too.
     pub saved: BTreeMap<String, TensorData>,
+    /// Table module path (`model.embed_tokens`, `lm_head`) → the trained rows of its trainable
+    /// tokens, `[n, hidden]` (PEFT's `<path>.token_adapter.trainable_tokens_delta`; the row ids
+    /// are the config's `trainable_token_indices`).
+    pub tokens: BTreeMap<String, TensorData>,
     /// The precision [`PeftAdapter::save`] writes: the file's, for an adapter read from a folder
     /// (the widest of its tensors), else F32.
     pub dtype: AdapterDtype,
@@ -159,6 +163,7 @@ impl PeftAdapter {
         let matcher = LoraMatcher::new(&config).map_err(|(f, p)| bad(&file, f, p))?;
         let mut halves: BTreeMap<String, [Option<Tensor<2>>; 2]> = BTreeMap::new();
         let mut saved = BTreeMap::new();
+        let mut tokens = BTreeMap::new();
         let mut widest: Option<AdapterDtype> = None;
         for (name, view) in st.tensors() {
             let key = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name);
@@ -166,7 +171,28 @@ impl PeftAdapter {
                 (m, 0)
             } else if let Some(m) = key.strip_suffix(".lora_B.weight") {
                 (m, 1)
-            } else if let Some(param) = saved_module_param(key, &matcher) {
+            } else if let Some(table) = key.strip_suffix(TOKENS_SUFFIX) {
+                let (Some(dtype), 2) = (AdapterDtype::of(view.dtype()), view.shape().len()) else {
+                    return Err(bad(
+                        &file,
+                        &name,
+                        format!(
+                            "expected a 2-D F32, F16 or BF16 tensor, found {:?} {:?}",
+                            view.dtype(),
+                            view.shape()
+                        ),
+                    ));
+                };
+                widest = widen(widest, dtype);
+                let values = dtype.decode(view.data());
+                tokens.insert(
+                    table.to_string(),
+                    TensorData::new(values, view.shape().to_vec()),
+                );
+                continue;
+            } else if let Some(param) =
+                saved_module_param(key, &matcher).or_else(|| tied_param(key, &config))
+            {
                 let Some(dtype) = AdapterDtype::of(view.dtype()) else {
                     return Err(bad(
                         &file,
@@ -234,6 +260,7 @@ impl PeftAdapter {
             config,
             modules,
             saved,
+            tokens,
             dtype: widest.unwrap_or_default(),
             source: Some(dir.to_path_buf()),
         })
@@ -260,6 +287,7 @@ impl PeftAdapter {
             config,
             modules,
             saved: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             dtype: AdapterDtype::F32,
             source: None,
         }
@@ -306,6 +334,15 @@ impl PeftAdapter {
                     .encode(data.as_slice::<f32>().expect("f32 values")),
             ));
         }
+        for (table, data) in &self.tokens {
+            let data = data.clone().convert::<f32>();
+            tensors.push((
+                format!("{PEFT_PREFIX}{table}{TOKENS_SUFFIX}"),
+                data.shape().to_vec(),
+                self.dtype
+                    .encode(data.as_slice::<f32>().expect("f32 values")),
+            ));
+        }
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
             .iter()
             .map(|(k, s, b)| {
@@ -337,6 +374,17 @@ fn saved_module_param(key: &str, matcher: &LoraMatcher) -> Option<String> {
     };
     let (module, _param) = key.rsplit_once('.')?;
     matcher.is_module_to_save(module).then_some(key)
+}
+
+/// The key suffix of a table's trainable tokens (PEFT's `TrainableTokensWrapper`).
+const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";
+
+/// A weight PEFT saves for the tied partner of a `modules_to_save` table under
+/// `ensure_weight_tying` (it writes both `model.embed_tokens.weight` and `lm_head.weight`,
+/// though its config names only one of them): kept, for the model to put into its tied table.
+fn tied_param(key: &str, config: &LoraConfig) -> Option<String> {
+    (config.ensure_weight_tying && key.ends_with(".weight") && !key.contains(".lora_"))
+        .then(|| key.to_string())
 }
 
 /// Writes `bytes` to `path` via a temporary file in the same folder and a rename.

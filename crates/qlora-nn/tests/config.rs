@@ -223,3 +223,60 @@ fn rank_and_alpha_patterns_and_rslora() {
     );
     assert_eq!(m.scaling("model.layers.0.self_attn.q_proj"), 32.0 / 2.0);
 }
+
+/// PEFT's `trainable_token_indices` (a list, or a dict by table in file order) and
+/// `ensure_weight_tying`, as PEFT 0.21.2 wrote them (`tests/fixtures/trainable-tokens`): read,
+/// written back with the same values, and read again equal.
+#[test]
+fn trainable_token_indices_and_ensure_weight_tying_round_trip() {
+    use qlora_nn::TrainableTokenIndices;
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/trainable-tokens");
+    let cases = [
+        (
+            "llama-list",
+            TrainableTokenIndices::List(vec![5, 17, 300]),
+            false,
+        ),
+        (
+            "llama-dict",
+            TrainableTokenIndices::ByModule(vec![
+                ("embed_tokens".into(), vec![5, 17]),
+                ("lm_head".into(), vec![17, 300, 301]),
+            ]),
+            false,
+        ),
+        (
+            "qwen2-dict-tied",
+            TrainableTokenIndices::ByModule(vec![
+                ("embed_tokens".into(), vec![5, 17, 300]),
+                ("lm_head".into(), vec![5, 17, 300]),
+            ]),
+            true,
+        ),
+    ];
+    for (case, tokens, ensure) in cases {
+        let path = dir.join(case).join("adapter/adapter_config.json");
+        let c = LoraConfig::load(&path).unwrap();
+        assert_eq!(c.trainable_token_indices, Some(tokens), "{case}");
+        assert_eq!(c.ensure_weight_tying, ensure, "{case}");
+        let peft: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let ours: serde_json::Value = serde_json::from_str(&c.to_peft_json()).unwrap();
+        for k in ["trainable_token_indices", "ensure_weight_tying"] {
+            assert_eq!(ours[k], peft[k], "{case}: {k}");
+        }
+        assert_eq!(
+            LoraConfig::from_json_bytes(c.to_peft_json().as_bytes(), "<written>").unwrap(),
+            c
+        );
+    }
+    let bad = r#"{"r": 4, "target_modules": ["q_proj"], "trainable_token_indices": "embed"}"#;
+    let e = LoraConfig::from_json_bytes(bad.as_bytes(), "cfg.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cfg.json") && e.contains("trainable_token_indices"),
+        "{e}"
+    );
+}

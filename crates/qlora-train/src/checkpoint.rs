@@ -201,7 +201,7 @@ impl<M: CausalLm> Trainer<M> {
             a.lora_b =
                 burn::module::Param::initialized(a.lora_b.id, w.lora_b.clone().require_grad());
         }
-        restore_saved(&mut model, &adapter, &fail)?;
+        restore_saved(&mut model, &adapter, &name, &fail)?;
         self.model = model;
         self.optim = optim;
         self.state = file.state;
@@ -209,11 +209,13 @@ impl<M: CausalLm> Trainer<M> {
     }
 }
 
-/// Puts the checkpoint's `modules_to_save` parameters into `model` in place (same ids, so the
-/// optimizer state found under them still applies).
+/// Puts the checkpoint's `modules_to_save` parameters and the trained rows of adapter `name`'s
+/// trainable tokens into `model` in place (same ids, so the optimizer state found under them
+/// still applies).
 fn restore_saved<M: LoraModel>(
     model: &mut M,
     adapter: &PeftAdapter,
+    adapter_name: &str,
     fail: &dyn Fn(String) -> TrainError,
 ) -> Result<(), TrainError> {
     fn put<const D: usize>(
@@ -254,7 +256,24 @@ fn restore_saved<M: LoraModel>(
              (modules_to_save): a resume would train it from the base weights"
         )));
     }
+    for (path, _, t) in model.token_tables_mut() {
+        let Some(t) = t.get_mut(adapter_name) else {
+            continue;
+        };
+        let Some(data) = adapter.tokens.get(&path) else {
+            return Err(fail(format!(
+                "adapter_model.safetensors has no trainable tokens for `{path}`, which this \
+                 model trains: a resume would train them from the base's rows"
+            )));
+        };
+        put(&mut t.delta, data, &path, fail)?;
+    }
+    let tied_copy = model.tied_tables().map(|(_, head)| head);
     for (name, data) in &adapter.saved {
+        // The copy PEFT's ensure_weight_tying writes of a tied table: the embedding's values.
+        if tied_copy.as_ref() == Some(name) {
+            continue;
+        }
         if let Some((_, t)) = model.tables_mut().into_iter().find(|(p, _)| p == name) {
             put(t, data, name, fail)?;
             continue;

@@ -81,16 +81,50 @@ pub struct Sample {
     pub input_ids: Vec<u32>,
     /// Labels, same length.
     pub labels: Vec<i64>,
+    /// For a sample [`pack`] made of several, their lengths in order (they sum to the
+    /// length); empty for one sample.
+    pub seq_lengths: Vec<usize>,
 }
 
 impl Sample {
-    /// Tokens the loss counts (excluding the first position, which predicts nothing).
-    pub fn trained_tokens(&self) -> usize {
-        self.labels
+    /// One sample of `input_ids` and their `labels`.
+    pub fn new(input_ids: Vec<u32>, labels: Vec<i64>) -> Self {
+        Self {
+            input_ids,
+            labels,
+            seq_lengths: Vec::new(),
+        }
+    }
+
+    /// The samples this one holds, each `(ids, labels)`: itself, or those [`pack`] joined.
+    pub fn sequences(&self) -> Vec<(&[u32], &[i64])> {
+        if self.seq_lengths.is_empty() {
+            return vec![(&self.input_ids, &self.labels)];
+        }
+        let mut at = 0;
+        self.seq_lengths
             .iter()
-            .skip(1)
-            .filter(|&&l| l != IGNORE_INDEX)
-            .count()
+            .map(|&n| {
+                let s = (&self.input_ids[at..at + n], &self.labels[at..at + n]);
+                at += n;
+                s
+            })
+            .collect()
+    }
+
+    /// Tokens the loss counts (excluding the first position of each sample it holds, which
+    /// predicts nothing).
+    pub fn trained_tokens(&self) -> usize {
+        self.sequences()
+            .iter()
+            .map(|(_, labels)| {
+                labels
+                    .iter()
+                    .skip(1)
+                    .filter(|&&l| l != IGNORE_INDEX)
+                    .count()
+            })
+            .sum()
     }
 }
 
@@ -118,10 +152,10 @@ fn with_eos(tok: &Tokenizer, text: &str) -> String {
 /// trained.
 fn text_sample(tok: &Tokenizer, text: &str) -> Result<Sample, qlora_tokenizer::TokenizerError> {
     let ids = tok.encode(&with_eos(tok, text), true)?;
-    Ok(Sample {
-        labels: ids.iter().map(|&t| t as i64).collect(),
-        input_ids: ids,
-    })
+    Ok(Sample::new(
+        ids.clone(),
+        ids.iter().map(|&t| t as i64).collect(),
+    ))
 }
 
 /// The index of the token holding byte `pos` (transformers' `char_to_token`).
@@ -170,10 +204,7 @@ fn chat_sample(tok: &Tokenizer, msgs: &[ChatMessage]) -> Result<Sample, String> 
         .zip(&ids)
         .map(|(&m, &t)| if m { t as i64 } else { IGNORE_INDEX })
         .collect();
-    Ok(Sample {
-        input_ids: ids,
-        labels,
-    })
+    Ok(Sample::new(ids, labels))
 }
 
 /// The byte length of the longest common prefix of `a` and `b`, at a character boundary.
@@ -371,10 +402,10 @@ pub fn load_dataset(
         let ids = tok.encode(&with_eos(tok, &text), true)?;
         for w in ids.chunks(opts.max_len) {
             if w.len() >= 2 {
-                samples.push(Sample {
-                    input_ids: w.to_vec(),
-                    labels: w.iter().map(|&t| t as i64).collect(),
-                });
+                samples.push(Sample::new(
+                    w.to_vec(),
+                    w.iter().map(|&t| t as i64).collect(),
+                ));
             }
         }
         report.records = 1;
@@ -458,18 +489,62 @@ pub fn load_dataset(
     Ok((samples, report))
 }
 
-/// Greedy packing: consecutive samples joined into sequences of at most `max_len` tokens
-/// (attention is not masked between the joined samples, as in the usual packing).
+/// Best-Fit-Decreasing packing (TRL's `packing_strategy="bfd"`): samples, longest first, each
+/// into the bin of `max_len` tokens it fills best (the fullest one it fits in), a new bin when
+/// none has room. Each bin is one [`Sample`] that keeps its samples' lengths
+/// ([`Sample::seq_lengths`]), so that padding-free batches keep them apart (positions restart,
+/// attention stays inside each, the first token of each is not predicted from the one before):
+/// the same loss per sample as unpacked, in fewer, fuller rows. Bins are in the order they
+/// were opened; a sample longer than `max_len` is a bin of its own.
 pub fn pack(samples: Vec<Sample>, max_len: usize) -> Vec<Sample> {
-    let mut out: Vec<Sample> = Vec::new();
-    for s in samples {
-        match out.last_mut() {
-            Some(last) if last.input_ids.len() + s.input_ids.len() <= max_len => {
-                last.input_ids.extend(s.input_ids);
-                last.labels.extend(s.labels);
+    let mut order: Vec<Sample> = samples
+        .into_iter()
+        .flat_map(|s| {
+            s.sequences()
+                .into_iter()
+                .map(|(i, l)| Sample::new(i.to_vec(), l.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Stable: equal lengths keep their order, so packing is deterministic.
+    order.sort_by_key(|s| std::cmp::Reverse(s.input_ids.len()));
+    let mut bins: Vec<Sample> = Vec::new();
+    // Free room → bins with that room, for the best fit in O(log n).
+    let mut by_room: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for s in order {
+        let n = s.input_ids.len();
+        let best = by_room.range(n..).next().map(|(&room, _)| room);
+        let bin = match best {
+            Some(room) => {
+                let list = by_room.get_mut(&room).expect("listed");
+                let b = list.remove(0);
+                if list.is_empty() {
+                    by_room.remove(&room);
+                }
+                b
             }
-            _ => out.push(s),
+            None => {
+                bins.push(Sample {
+                    input_ids: Vec::new(),
+                    labels: Vec::new(),
+                    seq_lengths: Vec::new(),
+                });
+                bins.len() - 1
+            }
+        };
+        let b = &mut bins[bin];
+        b.input_ids.extend(&s.input_ids);
+        b.labels.extend(&s.labels);
+        b.seq_lengths.push(n);
+        let room = max_len.saturating_sub(b.input_ids.len());
+        if room > 0 {
+            by_room.entry(room).or_default().push(bin);
         }
     }
-    out
+    for b in &mut bins {
+        if b.seq_lengths.len() == 1 {
+            b.seq_lengths.clear();
+        }
+    }
+    bins
 }

@@ -23,5 +23,5 @@ pub use order::{DataPosition, permutation, split, splitmix};
 pub use parallel::{Replicas, Transfer};
 pub use schedule::Schedule;
 pub use trainer::{
-    OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, collate, held_out_loss,
+    OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, batch_loss, collate, held_out_loss,
 };

@@ -20,7 +20,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use qlora_nn::CausalLm;
 
-use crate::trainer::{collate, scalar};
+use crate::trainer::{batch_loss, scalar};
 use crate::{Sample, TrainError};
 
 /// Bytes moved between devices in one optimizer step.
@@ -114,12 +114,11 @@ pub(crate) fn shard_step<M: CausalLm>(
     model: &M,
     batch: &[&Sample],
     pad: u32,
+    padding_free: bool,
     weight: f64,
     grad_accum: usize,
 ) -> (f64, GradientsParams) {
-    let device = model.device();
-    let (ids, labels, _) = collate(batch, pad, &device);
-    let mut loss = model.loss(ids, labels);
+    let mut loss = batch_loss(model, batch, pad, padding_free);
     if weight != 1.0 {
         loss = loss.mul_scalar(weight);
     }
@@ -146,7 +145,7 @@ impl<M: CausalLm> Replicas<M> {
         &self,
         main: &M,
         batch: &[&Sample],
-        pad: u32,
+        (pad, padding_free): (u32, bool),
         grad_accum: usize,
         ids: &[(ParamId, usize)],
     ) -> (f64, Vec<GradientsParams>, u64) {
@@ -168,7 +167,9 @@ impl<M: CausalLm> Replicas<M> {
                     let (samples, weight) = share(part);
                     (weight > 0.0).then(|| {
                         let replica = replica.clone();
-                        scope.spawn(move || shard_step(&replica, &samples, pad, weight, grad_accum))
+                        scope.spawn(move || {
+                            shard_step(&replica, &samples, pad, padding_free, weight, grad_accum)
+                        })
                     })
                 })
                 .collect();
@@ -176,7 +177,7 @@ impl<M: CausalLm> Replicas<M> {
             let mut loss = 0.0;
             let mut grads = Vec::with_capacity(self.len());
             if weight > 0.0 {
-                let (l, g) = shard_step(main, &samples, pad, weight, grad_accum);
+                let (l, g) = shard_step(main, &samples, pad, padding_free, weight, grad_accum);
                 loss += l;
                 grads.push(g);
             }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::module::ParamId;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use qlora_nn::{CausalLm, IGNORE_INDEX, LoraConfig};
+use qlora_nn::{CausalLm, IGNORE_INDEX, LoraConfig, PaddingFreeBatch};
 use qlora_optim::{AdamW8bitConfig, PagedConfig};
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +87,12 @@ pub struct TrainConfig {
     /// Seed of data order and dropout.
     #[config(default = 42)]
     pub seed: u64,
+    /// Padding-free batches (TRL's `padding_free`): a micro-batch whose samples differ in
+    /// length is computed as their concatenation, with no padding, positions restarting per
+    /// sample and attention kept inside each ([`PaddingFreeBatch`]), where the model can
+    /// ([`CausalLm::loss_padding_free`]); the same mean loss over the same targets as padding.
+    #[config(default = true)]
+    pub padding_free: bool,
 }
 
 impl Default for TrainConfig {
@@ -181,17 +187,41 @@ pub fn collate(
     )
 }
 
-/// Mean loss per trained token of `model` over `samples` (`batch` at a time, padded with
-/// `pad`), with dropout off and no gradients: the held-out loss the trainer reports.
+/// The mean loss of `samples` on `model`: padding-free ([`PaddingFreeBatch`], the samples
+/// [`crate::pack`] joined kept apart) when `padding_free` is set, the samples differ in length
+/// or are packed, and the model can; otherwise padded to the longest with `pad` ([`collate`]),
+/// packed samples then seeing each other, as plain packing does.
+pub fn batch_loss<M: CausalLm>(
+    model: &M,
+    samples: &[&Sample],
+    pad: u32,
+    padding_free: bool,
+) -> Tensor<1> {
+    let device = model.device();
+    let ragged = samples
+        .windows(2)
+        .any(|w| w[0].input_ids.len() != w[1].input_ids.len());
+    let packed = samples.iter().any(|s| !s.seq_lengths.is_empty());
+    if padding_free && (ragged || packed) {
+        let parts: Vec<(&[u32], &[i64])> = samples.iter().flat_map(|s| s.sequences()).collect();
+        if let Some(loss) = model.loss_padding_free(&PaddingFreeBatch::new(&parts, &device)) {
+            return loss;
+        }
+    }
+    let (ids, labels, _) = collate(samples, pad, &device);
+    model.loss(ids, labels)
+}
+
+/// Mean loss per trained token of `model` over `samples` (`batch` at a time, padding-free where
+/// the model can, else padded with `pad`), with dropout off and no gradients: the held-out loss
+/// the trainer reports.
 pub fn held_out_loss<M: CausalLm>(model: &M, samples: &[Sample], pad: u32, batch: usize) -> f64 {
     let model = model.valid();
-    let device = model.device();
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in samples.chunks(batch.max(1)) {
         let refs: Vec<&Sample> = chunk.iter().collect();
         let n: usize = chunk.iter().map(Sample::trained_tokens).sum();
-        let (ids, labels, _) = collate(&refs, pad, &device);
-        total += scalar(model.loss(ids, labels)) * n as f64;
+        total += scalar(batch_loss(&model, &refs, pad, true)) * n as f64;
         count += n;
     }
     total / count.max(1) as f64
@@ -377,14 +407,25 @@ impl<M: CausalLm> Trainer<M> {
             tokens += batch.iter().map(|s| s.input_ids.len()).sum::<usize>();
             match &self.replicas {
                 None => {
-                    let (loss, grads) =
-                        shard_step(&self.model, &batch, self.pad_id, 1.0, c.grad_accum);
+                    let (loss, grads) = shard_step(
+                        &self.model,
+                        &batch,
+                        self.pad_id,
+                        c.padding_free,
+                        1.0,
+                        c.grad_accum,
+                    );
                     loss_sum += loss;
                     acc.accumulate(&self.model, grads);
                 }
                 Some(r) => {
-                    let (loss, grads, bytes) =
-                        r.micro_batch(&self.model, &batch, self.pad_id, c.grad_accum, &ids);
+                    let (loss, grads, bytes) = r.micro_batch(
+                        &self.model,
+                        &batch,
+                        (self.pad_id, c.padding_free),
+                        c.grad_accum,
+                        &ids,
+                    );
                     loss_sum += loss;
                     transfer.gradient_bytes += bytes;
                     for g in grads {

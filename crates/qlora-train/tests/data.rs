@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use qlora_nn::IGNORE_INDEX;
 use qlora_tokenizer::Tokenizer;
-use qlora_train::{DataFormat, DataOptions, Overflow, load_dataset, pack, split};
+use qlora_train::{DataFormat, DataOptions, Overflow, Sample, load_dataset, pack, split};
 use serde_json::json;
 
 #[path = "../../../tests/support/byte_tokenizer.rs"]
@@ -107,13 +107,14 @@ fn alpaca_and_text_records() {
         w.iter().map(|s| s.input_ids.len()).collect::<Vec<_>>(),
         [32, 32, 32, 5]
     );
-    // Packing joins short samples up to max_len.
+    // Packing joins short samples up to max_len, keeping their lengths.
     let packed = pack(s.clone(), 10_000);
     assert_eq!(packed.len(), 1);
     assert_eq!(
         packed[0].input_ids.len(),
         s.iter().map(|x| x.input_ids.len()).sum::<usize>()
     );
+    assert_eq!(packed[0].seq_lengths.len(), s.len());
     // A split is deterministic and disjoint.
     let (a, b) = split(10, 0.2, 5);
     assert_eq!((a.len(), b.len()), (8, 2));
@@ -223,4 +224,47 @@ fn malformed_records_name_the_file_and_line() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("/nonexistent/x.jsonl"), "{e}");
+}
+
+/// Best-Fit-Decreasing packing (TRL's `bfd`): longest first, each sample into the fullest bin
+/// it fits; the packed samples come back whole, with their labels, and count the same trained
+/// tokens.
+#[test]
+fn bfd_packing_fills_the_fullest_bin_and_keeps_samples_whole() {
+    let lengths = [5, 9, 3, 7, 2, 6];
+    let samples: Vec<Sample> = lengths
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            let ids: Vec<u32> = (0..n as u32).map(|i| 100 * k as u32 + i).collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if i % 2 == 0 { IGNORE_INDEX } else { t as i64 })
+                .collect();
+            Sample::new(ids, labels)
+        })
+        .collect();
+    let bins = pack(samples.clone(), 10);
+    // 9 | 7 + 3 | 6 + 2 | 5, in the order the bins were opened.
+    let shape: Vec<Vec<usize>> = bins
+        .iter()
+        .map(|b| b.sequences().iter().map(|(i, _)| i.len()).collect())
+        .collect();
+    assert_eq!(shape, [vec![9], vec![7, 3], vec![6, 2], vec![5]]);
+    assert!(
+        bins[0].seq_lengths.is_empty(),
+        "a bin of one sample is a plain sample"
+    );
+    let mut back: Vec<Sample> = bins
+        .iter()
+        .flat_map(|b| b.sequences())
+        .map(|(i, l)| Sample::new(i.to_vec(), l.to_vec()))
+        .collect();
+    back.sort_by_key(|s| s.input_ids[0]);
+    assert_eq!(back, samples);
+    let count = |v: &[Sample]| v.iter().map(Sample::trained_tokens).sum::<usize>();
+    assert_eq!(count(&bins), count(&samples));
+    // Packing packed samples again repacks their samples.
+    assert_eq!(pack(bins.clone(), 10), bins);
 }

@@ -38,10 +38,7 @@ fn samples(n: usize, seed: u64) -> Vec<Sample> {
                 .enumerate()
                 .map(|(i, &t)| if i < len / 2 { -100 } else { t as i64 })
                 .collect();
-            Sample {
-                input_ids: ids,
-                labels,
-            }
+            Sample::new(ids, labels)
         })
         .collect()
 }

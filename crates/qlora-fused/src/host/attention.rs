@@ -102,14 +102,42 @@ unsafe fn mm(
     }
 }
 
-/// Rows `r0 .. r0 + rows` of `P = softmax(scale · Q·Kᵀ)` (masked) into `p` `[rows, keys]`,
-/// `keys = visible(r0 + rows − 1)`; entries outside a row's visible keys are 0.
-fn probabilities(s: &AttnShape, q: &[f32], k: &[f32], r0: usize, rows: usize, p: &mut [f32]) {
-    let keys = s.visible(r0 + rows - 1);
+/// The first key query row `i` sees: [`AttnShape::first`], and with segment `starts` (the
+/// first key of each query's sample, padding-free batches) not before its sample's start.
+fn first_key(s: &AttnShape, starts: Option<&[i64]>, i: usize) -> usize {
+    let own = starts.map_or(0, |st| st[i].max(0) as usize);
+    s.first(i).max(own).min(s.visible(i))
+}
+
+/// The keys `lo .. hi` that some row of the block `r0 .. r0 + rows` sees (the first keys grow
+/// with the row, windows and segments alike).
+fn key_span(s: &AttnShape, starts: Option<&[i64]>, r0: usize, rows: usize) -> (usize, usize) {
+    let hi = s.visible(r0 + rows - 1);
+    let lo = (r0..r0 + rows)
+        .map(|i| first_key(s, starts, i))
+        .min()
+        .unwrap_or(0)
+        .min(hi);
+    (lo, hi)
+}
+
+/// Rows `r0 .. r0 + rows` of `P = softmax(scale · Q·Kᵀ)` (masked) into `p` `[rows, hi − lo]`
+/// for the block's keys `lo .. hi` ([`key_span`]); entries outside a row's visible keys are 0.
+fn probabilities(
+    s: &AttnShape,
+    starts: Option<&[i64]>,
+    q: &[f32],
+    k: &[f32],
+    r0: usize,
+    rows: usize,
+    p: &mut [f32],
+) {
+    let (lo, hi) = key_span(s, starts, r0, rows);
+    let keys = hi - lo;
     if keys == 0 {
         return;
     }
-    // SAFETY: q holds rows r0.. of d values, k holds `keys` rows of d values, p holds
+    // SAFETY: q holds rows r0.. of d values, k holds rows lo..hi of d values, p holds
     // rows × keys.
     unsafe {
         mm(
@@ -118,12 +146,12 @@ fn probabilities(s: &AttnShape, q: &[f32], k: &[f32], r0: usize, rows: usize, p:
             keys,
             false,
             (q[r0 * s.d..].as_ptr(), s.d, 1),
-            (k.as_ptr(), 1, s.d),
+            (k[lo * s.d..].as_ptr(), 1, s.d),
             s.scale,
         );
     }
     for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
-        let (first, seen) = (s.first(r0 + i), s.visible(r0 + i));
+        let (first, seen) = (first_key(s, starts, r0 + i) - lo, s.visible(r0 + i) - lo);
         let (live, masked) = row.split_at_mut(seen);
         masked.fill(0.0);
         let (before, live) = live.split_at_mut(first);
@@ -144,7 +172,23 @@ fn probabilities(s: &AttnShape, q: &[f32], k: &[f32], r0: usize, rows: usize, p:
 /// # Panics
 /// If a slice's length disagrees with the shape.
 pub fn attention_forward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    attention_forward_segmented(s, None, q, k, v)
+}
+
+/// [`attention_forward`] where query `i` of batch row `b` sees no key before
+/// `starts[b, i]` (`[b, tq]`: the first position of its sample in a padding-free row).
+///
+/// # Panics
+/// If a slice's length disagrees with the shape.
+pub fn attention_forward_segmented(
+    s: &AttnShape,
+    starts: Option<&[i64]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Vec<f32> {
     check(s, q, k, v);
+    check_starts(s, starts);
     let (qs, ks, vs, os) = (s.tq * s.d, s.tk * s.d, s.tk * s.dv, s.tq * s.dv);
     let mut out = vec![0f32; s.b * s.h * os];
     let group = s.h / s.kvh;
@@ -159,11 +203,13 @@ pub fn attention_forward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<
                 &k[kv * ks..][..ks],
                 &v[kv * vs..][..vs],
             );
+            let starts = starts.map(|st| &st[bi * s.tq..][..s.tq]);
             for r0 in (0..s.tq).step_by(ROWS) {
                 let rows = ROWS.min(s.tq - r0);
-                let keys = s.visible(r0 + rows - 1);
-                probabilities(s, q, k, r0, rows, p);
-                // SAFETY: p is rows × keys, v holds `keys` rows of dv, o rows r0.. of dv.
+                let (lo, hi) = key_span(s, starts, r0, rows);
+                let keys = hi - lo;
+                probabilities(s, starts, q, k, r0, rows, p);
+                // SAFETY: p is rows × keys, v holds rows lo..hi of dv, o rows r0.. of dv.
                 unsafe {
                     mm(
                         (rows, s.dv, keys),
@@ -171,7 +217,7 @@ pub fn attention_forward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<
                         s.dv,
                         false,
                         (p.as_ptr(), keys, 1),
-                        (v.as_ptr(), s.dv, 1),
+                        (v[lo * s.dv..].as_ptr(), s.dv, 1),
                         1.0,
                     );
                 }
@@ -193,7 +239,23 @@ pub fn attention_backward(
     v: &[f32],
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    attention_backward_segmented(s, None, q, k, v, dout)
+}
+
+/// The gradients of [`attention_forward_segmented`] (as [`attention_backward`]).
+///
+/// # Panics
+/// If a slice's length disagrees with the shape.
+pub fn attention_backward_segmented(
+    s: &AttnShape,
+    starts: Option<&[i64]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     check(s, q, k, v);
+    check_starts(s, starts);
     let (qs, ks, vs, os) = (s.tq * s.d, s.tk * s.d, s.tk * s.dv, s.tq * s.dv);
     assert_eq!(
         dout.len(),
@@ -211,18 +273,26 @@ pub fn attention_backward(
             || (vec![0f32; ROWS * s.tk], vec![0f32; ROWS * s.tk]),
             |(p, dp), (kv, (dq, (dk, dv)))| {
                 let (k, v) = (&k[kv * ks..][..ks], &v[kv * vs..][..vs]);
+                let starts = starts.map(|st| &st[(kv / s.kvh) * s.tq..][..s.tq]);
                 for g in 0..group {
                     let bh = kv * group + g;
                     let (q, dout) = (&q[bh * qs..][..qs], &dout[bh * os..][..os]);
                     let dq = &mut dq[g * qs..][..qs];
                     for r0 in (0..s.tq).step_by(ROWS) {
                         let rows = ROWS.min(s.tq - r0);
-                        let keys = s.visible(r0 + rows - 1);
-                        if keys == 0 {
+                        let (lo, hi) = key_span(s, starts, r0, rows);
+                        if hi == lo {
                             continue;
                         }
-                        probabilities(s, q, k, r0, rows, p);
-                        block_backward(s, (q, k, v, dout), (dq, dk, dv), (r0, rows, keys), p, dp);
+                        probabilities(s, starts, q, k, r0, rows, p);
+                        block_backward(
+                            s,
+                            (q, &k[lo * s.d..], &v[lo * s.dv..], dout),
+                            (dq, &mut dk[lo * s.d..], &mut dv[lo * s.dv..]),
+                            (r0, rows, hi - lo),
+                            p,
+                            dp,
+                        );
                     }
                 }
             },
@@ -300,6 +370,12 @@ fn block_backward(
     }
 }
 
+fn check_starts(s: &AttnShape, starts: Option<&[i64]>) {
+    if let Some(st) = starts {
+        assert_eq!(st.len(), s.b * s.tq, "attention: segment starts length");
+    }
+}
+
 fn check(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) {
     assert!(
         s.kvh > 0 && s.h.is_multiple_of(s.kvh),
@@ -322,13 +398,26 @@ mod tests {
 
     /// The definition, in f64: scores, mask, softmax, weighted sum.
     fn reference(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
+        reference_segmented(s, None, q, k, v)
+    }
+
+    /// [`reference`] with each query's keys cut at its segment start.
+    fn reference_segmented(
+        s: &AttnShape,
+        starts: Option<&[i64]>,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Vec<f64> {
         let mut out = vec![0f64; s.b * s.h * s.tq * s.dv];
         for bi in 0..s.b {
             for hi in 0..s.h {
                 let kv = bi * s.kvh + hi / (s.h / s.kvh);
                 for i in 0..s.tq {
                     let qi = &q[((bi * s.h + hi) * s.tq + i) * s.d..][..s.d];
-                    let (first, seen) = (s.first(i), s.visible(i));
+                    let seen = s.visible(i);
+                    let own = starts.map_or(0, |st| st[bi * s.tq + i] as usize);
+                    let first = s.first(i).max(own).min(seen);
                     let sc: Vec<f64> = (first..seen)
                         .map(|j| {
                             let kj = &k[(kv * s.tk + j) * s.d..][..s.d];
@@ -403,6 +492,65 @@ mod tests {
         }
     }
 
+    /// Segment starts `[b, len]` of samples with these lengths, one row per batch entry.
+    fn starts_of(rows: &[&[usize]]) -> Vec<i64> {
+        let mut out = Vec::new();
+        for lens in rows {
+            let mut at = 0;
+            for &n in *lens {
+                out.extend(std::iter::repeat_n(at as i64, n));
+                at += n;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn segmented_forward_matches_the_definition() {
+        // Samples across block edges, a one-token sample, and a window inside samples.
+        let starts = starts_of(&[&[40, 1, 59, 30], &[77, 53]]);
+        for (h, kvh, window) in [(6, 2, None), (4, 4, Some(17)), (2, 1, Some(100))] {
+            let s = AttnShape {
+                b: 2,
+                h,
+                kvh,
+                tq: 130,
+                tk: 130,
+                d: 8,
+                dv: 5,
+                scale: 0.35,
+                window,
+            };
+            let q = data(s.b * h * s.tq * s.d, 1);
+            let k = data(s.b * kvh * s.tk * s.d, 2);
+            let v = data(s.b * kvh * s.tk * s.dv, 3);
+            let got = attention_forward_segmented(&s, Some(&starts), &q, &k, &v);
+            let want = reference_segmented(&s, Some(&starts), &q, &k, &v);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{window:?}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn segmented_backward_matches_central_differences() {
+        let starts = starts_of(&[&[25, 1, 44]]);
+        for window in [None, Some(9)] {
+            let s = AttnShape {
+                b: 1,
+                h: 4,
+                kvh: 2,
+                tq: 70,
+                tk: 70,
+                d: 6,
+                dv: 4,
+                scale: 0.4,
+                window,
+            };
+            backward_case_with(s, Some(&starts));
+        }
+    }
+
     #[test]
     fn backward_matches_central_differences() {
         for window in [None, Some(9)] {
@@ -421,15 +569,19 @@ mod tests {
     }
 
     fn backward_case(s: AttnShape) {
+        backward_case_with(s, None)
+    }
+
+    fn backward_case_with(s: AttnShape, starts: Option<&[i64]>) {
         let q = data(s.h * s.tq * s.d, 4);
         let k = data(s.kvh * s.tk * s.d, 5);
         let v = data(s.kvh * s.tk * s.dv, 6);
         let g = data(s.h * s.tq * s.dv, 7);
         let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
-            let o = reference(&s, q, k, v);
+            let o = reference_segmented(&s, starts, q, k, v);
             o.iter().zip(&g).map(|(a, b)| a * *b as f64).sum()
         };
-        let (dq, dk, dv) = attention_backward(&s, &q, &k, &v, &g);
+        let (dq, dk, dv) = attention_backward_segmented(&s, starts, &q, &k, &v, &g);
         let eps = 1e-2f32;
         let probe = |which: usize, idx: usize| -> f64 {
             let mut t = [q.clone(), k.clone(), v.clone()];

@@ -16,9 +16,9 @@
 use burn::backend::{
     Backend, Dispatch, Shape, TensorMetadata, backend_extension, get_or_init_device_settings,
     ops::AttentionModuleOptions,
-    tensor::{BoolTensor, FloatTensor},
+    tensor::{BoolTensor, FloatTensor, IntTensor},
 };
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::host::attention::AttnShape;
 
@@ -41,7 +41,7 @@ pub trait CausalAttentionOps: Backend {
         if window.is_some() {
             // Burn's `attention` has no window: the definition, with the explicit mask.
             let (k, v) = (repeat_kv::<Self>(k, group), repeat_kv::<Self>(v, group));
-            let p = probabilities::<Self>(&s, q, k);
+            let p = probabilities::<Self>(&s, q, k, None);
             return Self::float_matmul(p, v);
         }
         let options = AttentionModuleOptions {
@@ -70,7 +70,40 @@ pub trait CausalAttentionOps: Backend {
         scale: f32,
         window: Option<usize>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed_backward::<Self>(q, k, v, dout, scale, window)
+        composed_backward::<Self>(q, k, v, dout, scale, window, None)
+    }
+
+    /// [`CausalAttentionOps::causal_attention`] over a padding-free batch: query `i` of batch
+    /// row `b` sees no key before `starts[b, i]` (`[b, tq]` ints, the first position of its
+    /// sample in the row), so the samples concatenated in a row do not see each other.
+    #[fusion(default)]
+    fn causal_attention_segmented(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        starts: IntTensor<Self>,
+        scale: f32,
+        window: Option<usize>,
+    ) -> FloatTensor<Self> {
+        let s = dims(&q, &k, &v, scale, window);
+        let group = s.h / s.kvh;
+        let (k, v) = (repeat_kv::<Self>(k, group), repeat_kv::<Self>(v, group));
+        let p = probabilities::<Self>(&s, q, k, Some(starts));
+        Self::float_matmul(p, v)
+    }
+
+    /// The gradients `(dq, dk, dv)` of [`CausalAttentionOps::causal_attention_segmented`].
+    #[fusion(default)]
+    fn causal_attention_segmented_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        starts: IntTensor<Self>,
+        dout: FloatTensor<Self>,
+        scale: f32,
+        window: Option<usize>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed_backward::<Self>(q, k, v, dout, scale, window, Some(starts))
     }
 }
 
@@ -156,8 +189,12 @@ fn sum_groups<B: Backend>(x: FloatTensor<B>, groups: usize) -> FloatTensor<B> {
 }
 
 /// `true` where query `i` must not see key `j` (`j > p` or, with a window, `j ≤ p − W`, for
-/// `p = i + tk − tq`), `[b, h, tq, tk]`.
-fn hidden_mask<B: Backend>(scores: &FloatTensor<B>, window: Option<usize>) -> BoolTensor<B> {
+/// `p = i + tk − tq`; with segment `starts` `[b, tq]`, `j < starts[b, i]`), `[b, h, tq, tk]`.
+fn hidden_mask<B: Backend>(
+    scores: &FloatTensor<B>,
+    window: Option<usize>,
+    starts: Option<IntTensor<B>>,
+) -> BoolTensor<B> {
     let device = scores.device();
     let [b, h, tq, tk] = dims4(scores, "scores");
     let settings = get_or_init_device_settings::<B>(&device);
@@ -179,11 +216,22 @@ fn hidden_mask<B: Backend>(scores: &FloatTensor<B>, window: Option<usize>) -> Bo
     if let Some(w) = window {
         // j < p − W + 1
         let start = B::int_add_scalar(rows, (1 - w as i64).into());
-        let before = B::int_lower(cols, start, settings.bool_dtype);
+        let before = B::int_lower(cols.clone(), start, settings.bool_dtype);
         mask = B::bool_or(mask, before);
     }
     let mask = B::bool_reshape(mask, Shape::new([1, 1, tq, tk]));
-    B::bool_expand(mask, Shape::new([b, h, tq, tk]))
+    let mask = B::bool_expand(mask, Shape::new([b, h, tq, tk]));
+    let Some(starts) = starts else {
+        return mask;
+    };
+    // j < starts[b, i]
+    let full = Shape::new([b, h, tq, tk]);
+    let starts = B::int_expand(
+        B::int_reshape(starts, Shape::new([b, 1, tq, 1])),
+        full.clone(),
+    );
+    let cols = B::int_expand(B::int_reshape(cols, Shape::new([1, 1, tq, tk])), full);
+    B::bool_or(mask, B::int_lower(cols, starts, settings.bool_dtype))
 }
 
 /// `P = softmax(scale · Q·Kᵀ)` over the keys each query sees, `[b, h, tq, tk]` (`k` with its
@@ -192,9 +240,10 @@ fn probabilities<B: Backend>(
     s: &AttnShape,
     q: FloatTensor<B>,
     k: FloatTensor<B>,
+    starts: Option<IntTensor<B>>,
 ) -> FloatTensor<B> {
     let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), s.scale.into());
-    let mask = hidden_mask::<B>(&scores, s.window);
+    let mask = hidden_mask::<B>(&scores, s.window, starts);
     let scores = B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into());
     let wide = |t: FloatTensor<B>| B::float_expand(t, Shape::new([s.b, s.h, s.tq, s.tk]));
     let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
@@ -211,11 +260,12 @@ fn composed_backward<B: Backend>(
     dout: FloatTensor<B>,
     scale: f32,
     window: Option<usize>,
+    starts: Option<IntTensor<B>>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let s = dims(&q, &k, &v, scale, window);
     let group = s.h / s.kvh;
     let (k, v) = (repeat_kv::<B>(k, group), repeat_kv::<B>(v, group));
-    let p = probabilities::<B>(&s, q.clone(), k.clone());
+    let p = probabilities::<B>(&s, q.clone(), k.clone(), starts);
     let wide = |t: FloatTensor<B>| B::float_expand(t, Shape::new([s.b, s.h, s.tq, s.tk]));
     let dv = B::float_matmul(B::float_transpose(p.clone()), dout.clone());
     let dp = B::float_matmul(dout, B::float_transpose(v));
@@ -275,4 +325,47 @@ fn attention_with(
         scale,
         window,
     ))
+}
+
+/// [`causal_attention`] (or [`causal_attention_windowed`] with a `window`) over a padding-free
+/// batch, the samples of each row kept apart: query `i` of row `b` sees keys
+/// `starts[b, i] ..= i` only (TRL's `padding_free`, FlashAttention's `cu_seqlens`).
+///
+/// - `q`, `k`, `v`: as [`causal_attention`], with `tq = tk` (training; no cache)
+/// - `starts`: `[batch, len]`, the position in the row of the first token of each token's
+///   sample (`0, 0, 0, 3, 3, 5, ..` for samples of lengths 3, 2, ..)
+/// - returns `[batch, heads, len, dv]`
+///
+/// Differentiable in `q`, `k` and `v` on an autodiff device, keeping no scores.
+///
+/// # Panics
+/// If the shapes do not fit together, `starts` is not `[batch, len]`, or `tq ≠ tk`.
+pub fn causal_attention_segmented(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    starts: Tensor<2, Int>,
+    scale: f32,
+    window: Option<usize>,
+) -> Tensor<4> {
+    let s = fit(q.dims(), k.dims(), v.dims(), scale, window);
+    assert_eq!(
+        s.tq, s.tk,
+        "causal_attention_segmented: queries and keys must be one row"
+    );
+    assert_eq!(
+        starts.dims(),
+        [s.b, s.tq],
+        "causal_attention_segmented: starts must be [batch, len]"
+    );
+    Tensor::from_dispatch(
+        <Dispatch as CausalAttentionOps>::causal_attention_segmented(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            starts.into_dispatch(),
+            scale,
+            window,
+        ),
+    )
 }

@@ -5,7 +5,9 @@ mod attention;
 mod block;
 mod cross_entropy;
 
-pub use attention::{CausalAttentionOps, causal_attention, causal_attention_windowed};
+pub use attention::{
+    CausalAttentionOps, causal_attention, causal_attention_segmented, causal_attention_windowed,
+};
 pub use block::{BlockOps, geglu_tanh, rms_norm, rope, swiglu};
 pub(crate) use block::{GELU_BETA, GELU_KAPPA};
 pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
