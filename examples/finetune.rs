@@ -72,11 +72,13 @@ struct Args {
     /// --seq-len tokens, and the count of cut samples is printed).
     #[arg(long)]
     strict_length: bool,
-    /// Pack samples into rows of --seq-len tokens, Best-Fit-Decreasing (TRL's bfd): with
-    /// padding-free batches the packed samples stay apart (the same loss per sample); with
-    /// --padding-free false they see each other, as plain packing does.
-    #[arg(long)]
-    packing: bool,
+    /// Pack samples into rows of --seq-len tokens, Best-Fit-Decreasing (TRL's bfd): fewer,
+    /// fuller micro-batches of --batch-size rows. With padding-free batches the packed samples
+    /// stay apart (the same loss per sample as unpacked), so it is on by default with them;
+    /// with --padding-free false it is off by default, and `--packing true` then lets the
+    /// joined samples see each other, as plain packing does.
+    #[arg(long, action = clap::ArgAction::Set)]
+    packing: Option<bool>,
     /// Padding-free batches (TRL's padding_free): the samples of a micro-batch concatenated
     /// with no padding, positions restarting per sample and attention kept inside each, the
     /// same loss per sample as padding (true, the default); false pads every micro-batch to
@@ -420,7 +422,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let pick = |idx: &[usize]| idx.iter().map(|&i| samples[i].clone()).collect::<Vec<_>>();
     let mut train = pick(&train_idx);
     let eval = pick(&eval_idx);
-    if args.packing {
+    let packing = args.packing.unwrap_or(args.padding_free);
+    if packing {
         train = pack(train, seq_len);
     }
     let lengths: Vec<usize> = samples.iter().map(|s| s.input_ids.len()).collect();
@@ -431,11 +434,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         report.records,
         report.skipped,
         report.truncated,
-        train.len(),
+        train_idx.len(),
         eval.len(),
         lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64,
         lengths.iter().max().unwrap_or(&0)
     );
+    if packing {
+        println!(
+            "packing: {} train samples in {} rows of up to {seq_len} tokens (Best-Fit-Decreasing)",
+            train_idx.len(),
+            train.len()
+        );
+    }
 
     let (model, lora, resumed_dtype) = match &args.adapter {
         Some(dir) => {
