@@ -55,9 +55,13 @@ struct Args {
     /// Number of decoder layers (default: the shape's).
     #[arg(long)]
     layers: Option<usize>,
-    /// Folder with the peer's `full.json`, `lora.json`, `qlora.json`.
+    /// Folder with the peer's `full.json`, `lora.json`, `qlora.json` (and `<mode>-bf16.json`
+    /// for its bf16-autocast runs, each a row of its own).
     #[arg(long)]
     peer: Option<PathBuf>,
+    /// With `--mode all`: the modes to run, comma separated.
+    #[arg(long, default_value = "full,lora,qlora", value_delimiter = ',')]
+    modes: Vec<String>,
     /// Write this mode's result as JSON here (used by `--mode all`).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -240,7 +244,11 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let exe = std::env::current_exe().expect("own path");
     let mut rows = Vec::new();
-    for mode in ["full", "lora", "qlora"] {
+    for mode in args.modes.iter().map(String::as_str) {
+        assert!(
+            ["full", "lora", "qlora"].contains(&mode),
+            "--modes: `{mode}` is not full, lora or qlora"
+        );
         let out = dir.join(format!("{mode}.json"));
         let status = Command::new(&exe)
             .args(["--mode", mode, "--json"])
@@ -274,8 +282,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
-        "\ntrain step, batch {} x {} tokens, vocab {}, {threads} threads, median of {} after {} warm-up",
-        args.batch, args.seq, args.vocab, args.steps, args.warmup
+        "\ntrain step, shape {}, batch {} x {} tokens, vocab {}, {threads} threads, median of {} after {} warm-up",
+        args.shape, args.batch, args.seq, args.vocab, args.steps, args.warmup
     );
     println!(
         "| mode | ours ms | ours tokens/s | ours peak RSS MiB | peer tokens/s | peer peak RSS MiB | tokens/s ratio | RSS ratio |"
@@ -284,19 +292,34 @@ fn main() {
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     for (mode, r) in &rows {
         let (tps, rss) = (f(r, "tokens_per_s_median"), f(r, "peak_rss_process_mib"));
-        let (ptps, prss) = peer(&args, mode)
-            .map(|p| (f(&p, "tokens_per_s_median"), f(&p, "peak_rss_process_mib")))
-            .unwrap_or((f64::NAN, f64::NAN));
-        println!(
-            "| {mode} | {:.0} | {tps:.0} | {rss:.0} | {ptps:.0} | {prss:.0} | {:.2} | {:.2} |",
-            1000.0 * f(r, "median_step_s"),
-            tps / ptps,
-            rss / prss
-        );
+        for (variant, label) in [
+            (mode.to_string(), ""),
+            (format!("{mode}-bf16"), " (peer bf16 autocast)"),
+        ] {
+            let Some(p) = peer(&args, &variant) else {
+                if label.is_empty() {
+                    println!(
+                        "| {mode} | {:.0} | {tps:.0} | {rss:.0} | | | | |",
+                        1000.0 * f(r, "median_step_s")
+                    );
+                }
+                continue;
+            };
+            let (ptps, prss) = (f(&p, "tokens_per_s_median"), f(&p, "peak_rss_process_mib"));
+            println!(
+                "| {mode}{label} | {:.0} | {tps:.0} | {rss:.0} | {ptps:.0} | {prss:.0} | {:.2} | {:.2} |",
+                1000.0 * f(r, "median_step_s"),
+                tps / ptps,
+                rss / prss
+            );
+        }
     }
-    let (l, q) = (&rows[1].1, &rows[2].1);
-    println!(
-        "\nQLoRA step / LoRA step: {:.2}",
-        f(q, "median_step_s") / f(l, "median_step_s")
-    );
+    let step = |m: &str| {
+        rows.iter()
+            .find(|(n, _)| *n == m)
+            .map(|(_, r)| f(r, "median_step_s"))
+    };
+    if let (Some(l), Some(q)) = (step("lora"), step("qlora")) {
+        println!("\nQLoRA step / LoRA step: {:.2}", q / l);
+    }
 }
