@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::InitLoraWeights;
 
@@ -94,7 +94,7 @@ impl LoraAdapter {
         let dims = x.dims();
         let (in_features, out_features) = (self.in_features(), self.out_features());
         let rows = dims[..D - 1].iter().product::<usize>();
-        let x2: Tensor<2> = self.dropout.forward(x).reshape([rows, in_features]);
+        let x2: Tensor<2> = self.dropped(x).reshape([rows, in_features]);
         // The scaling is applied to the rank-r intermediate, not to the [rows, out] update:
         // the same product, a pass over r columns instead of `out` (forward and backward).
         let h = x2
@@ -104,6 +104,28 @@ impl LoraAdapter {
         let mut out = dims;
         out[D - 1] = out_features;
         delta.reshape(out)
+    }
+
+    /// `dropout(x)` while training (an autodiff device, the layer not frozen), else `x`: as
+    /// Burn's `Dropout`, with a mask drawn from a seed the device's generator gives
+    /// ([`qlora_fused::seeded_dropout`]), so the backward pass draws it again instead of
+    /// keeping it, and a run seeded alike draws alike.
+    fn dropped<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let d = &self.dropout;
+        if !d.training.is_enabled() || !x.device().is_autodiff() || d.prob == 0.0 {
+            return x;
+        }
+        let halves = Tensor::<1, Int>::random(
+            [2],
+            Distribution::Uniform(0.0, 2_147_483_647.0),
+            &x.device(),
+        )
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("two seed halves");
+        let seed = ((halves[0] as u64) << 31) ^ halves[1] as u64;
+        qlora_fused::seeded_dropout(x, d.prob, seed)
     }
 
     /// `scaling · B · A`, `[out, in]`: what merging adds to the base weight.

@@ -4,7 +4,7 @@
 
 use burn_cubecl::CubeBackend;
 
-use crate::ops::{BlockOps, CausalAttentionOps, LinearCrossEntropyOps};
+use crate::ops::{BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps};
 
 /// The backend's own matmul, max/sum reductions and scatter: all logits are held.
 impl LinearCrossEntropyOps for CubeBackend {}
@@ -14,3 +14,6 @@ impl CausalAttentionOps for CubeBackend {}
 
 /// Element-wise ops that Fusion merges into few kernels.
 impl BlockOps for CubeBackend {}
+
+/// The backend's generator, reseeded with each call's seed, and its element-wise multiply.
+impl DropoutOps for CubeBackend {}

@@ -3,4 +3,5 @@
 pub(crate) mod attention;
 pub(crate) mod block;
 pub(crate) mod cross_entropy;
+pub(crate) mod dropout;
 mod softmax_row;

@@ -4,6 +4,7 @@
 mod attention;
 mod block;
 mod cross_entropy;
+mod dropout;
 
 pub use attention::{
     CausalAttentionOps, causal_attention, causal_attention_segmented, causal_attention_windowed,
@@ -11,6 +12,7 @@ pub use attention::{
 pub use block::{BlockOps, geglu_tanh, rms_norm, rope, swiglu};
 pub(crate) use block::{GELU_BETA, GELU_KAPPA};
 pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
+pub use dropout::{DropoutOps, seeded_dropout};
 
 pub(crate) use attention::dims as attention_dims;
 pub(crate) use cross_entropy::dims2;

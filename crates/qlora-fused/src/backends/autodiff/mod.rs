@@ -5,6 +5,7 @@
 mod attention;
 mod block;
 mod cross_entropy;
+mod dropout;
 
 use burn::backend::{
     Backend,

@@ -4,6 +4,7 @@
 mod attention;
 mod block;
 mod cross_entropy;
+mod dropout;
 
 use burn::backend::{
     DType, Flex, FloatDType, IntDType, TensorData, TensorMetadata,
