@@ -17,7 +17,7 @@ use burn_qlora::llama::{
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
     AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
-    ParameterCount, PeftAdapter, TrainableTokenIndices,
+    ParameterCount, TrainableTokenIndices,
 };
 use burn_qlora::train::{
     DataFormat, DataOptions, FitEvent, FitOptions, OptimizerKind, Overflow, Schedule, TrainConfig,
@@ -256,37 +256,6 @@ const MEMORY_ADVICE: &str = "to use less memory, lower --batch-size (and raise -
     keep the effective batch) or --seq-len, or use --optimizer paged-adamw with a \
     --paged-budget; then rerun with --resume";
 
-/// The ids of `--trainable-tokens`: each a token of the tokenizer or an id below its size.
-fn trainable_token_ids(
-    tokens: &[String],
-    tok: &burn_qlora::llama::LlamaTokenizer,
-) -> Result<Option<TrainableTokenIndices>, String> {
-    if tokens.is_empty() {
-        return Ok(None);
-    }
-    let mut ids = Vec::new();
-    for t in tokens {
-        let id = match (tok.token_id(t), t.parse::<usize>()) {
-            (Some(id), _) => id as usize,
-            (None, Ok(id)) if id < tok.vocab_size() => id,
-            _ => {
-                return Err(format!(
-                    "--trainable-tokens: `{t}` is neither a token of the tokenizer nor an id \
-                     below its {} tokens",
-                    tok.vocab_size()
-                ));
-            }
-        };
-        if ids.contains(&id) {
-            return Err(format!(
-                "--trainable-tokens: `{t}` (id {id}) is given twice"
-            ));
-        }
-        ids.push(id);
-    }
-    Ok(Some(TrainableTokenIndices::List(ids)))
-}
-
 /// The LoRA config of a fresh adapter, from the command line.
 fn fresh_lora(
     args: &Args,
@@ -319,41 +288,6 @@ fn fresh_lora(
         task_type: Some("CAUSAL_LM".into()),
         ..LoraConfig::default()
     }
-}
-
-/// The QLoRA model with the PEFT adapter in `dir` as its trainable adapter `default`, the
-/// adapter's config (set to training) and the precision its file was in. Errors name the
-/// folder: a module of the adapter that the model lacks, a shape that does not fit, or a
-/// module of `modules_to_save` whose trained weights the file does not hold (training would
-/// otherwise start it from the base weights, a run that is partly fresh).
-fn load_with_adapter(
-    model_path: &std::path::Path,
-    dir: &std::path::Path,
-    device: &burn::tensor::Device,
-) -> Result<(LlamaForCausalLM, LoraConfig, AdapterDtype), Box<dyn std::error::Error>> {
-    let peft = PeftAdapter::load(dir, device)?;
-    for m in peft.config.modules_to_save.iter().flatten() {
-        let held = peft.saved.keys().any(|k| {
-            k.rsplit_once('.')
-                .is_some_and(|(module, _)| module == m || module.ends_with(&format!(".{m}")))
-        });
-        if !held {
-            return Err(format!(
-                "--adapter {}: adapter_config.json lists `{m}` in modules_to_save, but \
-                 adapter_model.safetensors holds no trained weights for it",
-                dir.display()
-            )
-            .into());
-        }
-    }
-    let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), device);
-    let mut model = LlamaForCausalLM::load(model_path, &applier)?;
-    model.load_adapter(&peft, "default")?;
-    let lora = LoraConfig {
-        inference_mode: false,
-        ..peft.config.clone()
-    };
-    Ok((model, lora, peft.dtype))
 }
 
 fn main() {
@@ -449,11 +383,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let (model, lora, resumed_dtype) = match &args.adapter {
         Some(dir) => {
-            let (model, lora, dtype) = load_with_adapter(&model_path, dir, &ad)?;
+            let (model, lora, dtype) = common::adapter::load_with_adapter(&model_path, dir, &ad)?;
             (model, lora, Some(dtype))
         }
         None => {
-            let tokens = trainable_token_ids(&args.trainable_tokens, &tok)?;
+            let tokens = common::adapter::trainable_token_ids(&args.trainable_tokens, &tok)?;
             let lora = fresh_lora(&args, &model_path, tokens);
             let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &ad)?;
             (LlamaForCausalLM::load(&model_path, &applier)?, lora, None)

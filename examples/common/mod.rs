@@ -1,5 +1,6 @@
 //! What the example binaries share: the `--device` names, the default model, peak RSS.
 
+pub mod adapter;
 pub mod args;
 pub mod oom;
 

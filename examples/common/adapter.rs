@@ -1,0 +1,74 @@
+//! `finetune`'s adapter options: the ids `--trainable-tokens` names, and training on from a
+//! PEFT adapter folder (`--adapter`).
+
+use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer};
+use burn_qlora::nf4::QuantConfig;
+use burn_qlora::nn::{
+    AdapterDtype, LoraApplier, LoraConfig, LoraModel, PeftAdapter, TrainableTokenIndices,
+};
+
+/// The ids of `--trainable-tokens`: each a token of the tokenizer or an id below its size.
+pub fn trainable_token_ids(
+    tokens: &[String],
+    tok: &LlamaTokenizer,
+) -> Result<Option<TrainableTokenIndices>, String> {
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let mut ids = Vec::new();
+    for t in tokens {
+        let id = match (tok.token_id(t), t.parse::<usize>()) {
+            (Some(id), _) => id as usize,
+            (None, Ok(id)) if id < tok.vocab_size() => id,
+            _ => {
+                return Err(format!(
+                    "--trainable-tokens: `{t}` is neither a token of the tokenizer nor an id \
+                     below its {} tokens",
+                    tok.vocab_size()
+                ));
+            }
+        };
+        if ids.contains(&id) {
+            return Err(format!(
+                "--trainable-tokens: `{t}` (id {id}) is given twice"
+            ));
+        }
+        ids.push(id);
+    }
+    Ok(Some(TrainableTokenIndices::List(ids)))
+}
+
+/// The QLoRA model with the PEFT adapter in `dir` as its trainable adapter `default`, the
+/// adapter's config (set to training) and the precision its file was in. Errors name the
+/// folder: a module of the adapter that the model lacks, a shape that does not fit, or a
+/// module of `modules_to_save` whose trained weights the file does not hold (training would
+/// otherwise start it from the base weights, a run that is partly fresh).
+pub fn load_with_adapter(
+    model_path: &std::path::Path,
+    dir: &std::path::Path,
+    device: &burn::tensor::Device,
+) -> Result<(LlamaForCausalLM, LoraConfig, AdapterDtype), Box<dyn std::error::Error>> {
+    let peft = PeftAdapter::load(dir, device)?;
+    for m in peft.config.modules_to_save.iter().flatten() {
+        let held = peft.saved.keys().any(|k| {
+            k.rsplit_once('.')
+                .is_some_and(|(module, _)| module == m || module.ends_with(&format!(".{m}")))
+        });
+        if !held {
+            return Err(format!(
+                "--adapter {}: adapter_config.json lists `{m}` in modules_to_save, but \
+                 adapter_model.safetensors holds no trained weights for it",
+                dir.display()
+            )
+            .into());
+        }
+    }
+    let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), device);
+    let mut model = LlamaForCausalLM::load(model_path, &applier)?;
+    model.load_adapter(&peft, "default")?;
+    let lora = LoraConfig {
+        inference_mode: false,
+        ..peft.config.clone()
+    };
+    Ok((model, lora, peft.dtype))
+}
