@@ -68,6 +68,9 @@ struct Args {
     /// Also time the phases of each step (blocks, head, loss, backward, optimizer).
     #[arg(long)]
     breakdown: bool,
+    /// auto, f32 or bf16: how the CPU kernels multiply (as `finetune --compute-dtype`).
+    #[arg(long, value_enum, default_value = "f32")]
+    compute_dtype: common::compute::ComputeDtype,
     /// Compute the logits, then the loss (instead of the fused head + loss).
     #[arg(long)]
     unfused: bool,
@@ -119,6 +122,9 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         "<bench config>",
     )
     .expect("bench config");
+    let compute = common::compute::apply_compute_dtype(args.compute_dtype, &Device::flex())
+        .expect("--compute-dtype");
+    eprintln!("{mode}: {compute}");
     let device = Device::flex().autodiff();
     device.seed(0);
     let lora = LoraConfig {
@@ -221,7 +227,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": mode, "median_step_s": med, "best_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "tokens_per_s_median": tok / med, "step_s": times, "peak_rss_process_mib": common::peak_rss_mib(),
-        "rss_start_mib": rss_start, "rss_model_ready_mib": rss_ready, "layers": layers, "shape": args.shape, "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
+        "rss_start_mib": rss_start, "rss_model_ready_mib": rss_ready, "layers": layers, "shape": args.shape, "compute": compute, "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
     })
 }
 
@@ -272,6 +278,14 @@ fn main() {
                     .flat_map(|l| ["--layers".to_string(), l.to_string()]),
             )
             .args(args.unfused.then_some("--unfused"))
+            .args([
+                "--compute-dtype",
+                match args.compute_dtype {
+                    common::compute::ComputeDtype::Auto => "auto",
+                    common::compute::ComputeDtype::F32 => "f32",
+                    common::compute::ComputeDtype::Bf16 => "bf16",
+                },
+            ])
             .status()
             .expect("run a mode");
         assert!(status.success(), "mode {mode} failed");

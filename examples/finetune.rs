@@ -157,6 +157,12 @@ struct Args {
     /// (it does not lower the peak memory of this model today; see benches/README.md).
     #[arg(long)]
     grad_checkpointing: bool,
+    /// How the CPU multiplies: `bf16` rounds the NF4 linears' operands to bf16 and
+    /// accumulates in f32 on AMX (else AVX512-BF16); `auto` (the default) uses bf16 on Flex
+    /// where a start-up measurement finds it faster than f32 on this CPU, else f32. The
+    /// choice and the tier are printed. GPUs compute in f32 so far.
+    #[arg(long, value_enum, default_value = "auto")]
+    compute_dtype: common::compute::ComputeDtype,
     /// auto (CUDA or wgpu when built with that feature, else flex), flex (pure-Rust CPU),
     /// cpu (the same), wgpu, cuda.
     #[arg(long, default_value = "auto")]
@@ -320,6 +326,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(d) => d.clone(),
         None => common::device(&args.device)?,
     };
+    let compute = common::compute::apply_compute_dtype(args.compute_dtype, &base)?;
     let ad = if args.grad_checkpointing {
         base.clone().autodiff().gradient_checkpointing()
     } else {
@@ -409,6 +416,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .devices()
         .first()
         .and_then(Device::gradient_checkpointing_strategy);
+    println!("{compute}");
     println!(
         "gradient checkpointing: {}",
         match checkpointing {

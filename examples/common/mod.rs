@@ -2,6 +2,7 @@
 
 pub mod adapter;
 pub mod args;
+pub mod compute;
 pub mod oom;
 
 use std::path::{Path, PathBuf};

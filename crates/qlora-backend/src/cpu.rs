@@ -3,6 +3,7 @@
 //! it at a time (a chunk of the reduction dimension for many activation rows, a cache-sized
 //! tile of output rows per task for few).
 
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, matmul_tier};
 use rayon::prelude::*;
 
 use crate::Nf4Layout;
@@ -19,6 +20,11 @@ const LARGE_M: usize = 64;
 /// Width of a reduction chunk in the large-M path: about a GEMM's own depth blocking, so the
 /// extra passes over the output cost what a plain GEMM's passes cost.
 const REDUCTION_CHUNK: usize = 512;
+
+/// Width of a reduction chunk on the bf16 path (a multiple of 32, the tiles' depth): bounds
+/// the packed bf16 chunk of `W` to `BF16_CHUNK × max(rows, cols)` elements, 22 MiB for a
+/// LLaMA-7B MLP weight, rather than the whole weight.
+const BF16_CHUNK: usize = 1024;
 
 /// One NF4 weight on the host, its absmax decoded once.
 pub struct CpuNf4<'a> {
@@ -105,7 +111,10 @@ impl<'a> CpuNf4<'a> {
             return y;
         }
         if m >= LARGE_M {
-            return self.chunked_product(x, m, false);
+            return match matmul_tier() {
+                Tier::F32 => self.chunked_product(x, m, false),
+                tier => self.linear_bf16(x, m, tier),
+            };
         }
         let panel = panel_len(n, k, 8);
         let out = SharedOut(y.as_mut_ptr());
@@ -171,6 +180,39 @@ impl<'a> CpuNf4<'a> {
         out
     }
 
+    /// `y = x · Wᵀ` with bf16 operands and f32 accumulation on `tier` (QLoRA's
+    /// `bnb_4bit_compute_dtype=bfloat16`): each chunk of `W`'s columns is dequantized straight
+    /// into the packed bf16 layout, 16 rows of `W` per task, and multiplied into `y`.
+    fn linear_bf16(&self, x: &[f32], m: usize, tier: Tier) -> Vec<f32> {
+        let (n, k) = (self.layout.rows, self.layout.cols);
+        let mut y = vec![0f32; m * n];
+        for (i, c0) in (0..k).step_by(BF16_CHUNK).enumerate() {
+            let cw = BF16_CHUNK.min(k - c0);
+            let a = PackedA::from_f32(&x[c0..], m, cw, k);
+            let b = PackedB::from_columns(cw, n, |j0, cols| {
+                for (c, col) in cols.chunks_exact_mut(cw).enumerate() {
+                    self.dequant_range((j0 + c) * k + c0, col);
+                }
+            });
+            gemm_bf16(tier, &a, &b, &mut y, n, i > 0);
+        }
+        y
+    }
+
+    /// `dx = dy · W` with bf16 operands and f32 accumulation on `tier`, chunk by chunk of
+    /// `W`'s rows (the reduction), each dequantized straight into the packed layout.
+    fn linear_backward_input_bf16(&self, dy: &[f32], m: usize, tier: Tier) -> Vec<f32> {
+        let (n, k) = (self.layout.rows, self.layout.cols);
+        let mut dx = vec![0f32; m * k];
+        for (i, r0) in (0..n).step_by(BF16_CHUNK).enumerate() {
+            let rw = BF16_CHUNK.min(n - r0);
+            let a = PackedA::from_f32(&dy[r0..], m, rw, n);
+            let b = PackedB::from_rows(rw, k, |q0, rows| self.dequant_range((r0 + q0) * k, rows));
+            gemm_bf16(tier, &a, &b, &mut dx, k, i > 0);
+        }
+        dx
+    }
+
     /// `dx[m, cols] = dy[m, rows] · W`.
     ///
     /// # Panics
@@ -186,7 +228,10 @@ impl<'a> CpuNf4<'a> {
             return dx;
         }
         if m >= LARGE_M {
-            return self.chunked_product(dy, m, true);
+            return match matmul_tier() {
+                Tier::F32 => self.chunked_product(dy, m, true),
+                tier => self.linear_backward_input_bf16(dy, m, tier),
+            };
         }
         // Few rows: each task takes contiguous row panels of W, dequantizes them (one run per
         // panel) and accumulates dy[:, r0..r1] · W[r0..r1, :] into its own partial dx; the

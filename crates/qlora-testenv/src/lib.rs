@@ -13,13 +13,41 @@
 //!   at run time, saying so.
 //! - `qlora_no_default_model`: the default model is not in the cache and `QLORA_FETCH_MODEL` is
 //!   not set (with it, the tests fetch the model first).
+//! - `qlora_no_cpu_bf16`: the CPU has neither AVX512-BF16 nor AMX, so there is no bf16 kernel
+//!   to test. Its reason starts `not on this CPU:` (not `cannot run here:`): CI cannot install
+//!   hardware, and the f32 path those tests compare against is tested everywhere regardless.
 
 pub mod compare;
 
 use std::path::{Path, PathBuf};
 
 /// The cfg names this crate may set, for `cargo::rustc-check-cfg`.
-pub const CFGS: [&str; 2] = ["qlora_no_vulkan", "qlora_no_default_model"];
+pub const CFGS: [&str; 3] = [
+    "qlora_no_vulkan",
+    "qlora_no_default_model",
+    "qlora_no_cpu_bf16",
+];
+
+/// Whether this CPU has a bf16 product instruction: AVX512-BF16, or AMX-BF16 with tiles
+/// (CPUID leaf 7, EDX bits 22 and 24). Whether Linux grants the AMX tile state is checked at
+/// run time by `qlora-cpu-gemm`; a CPU with AMX has AVX512-BF16 too.
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            return true;
+        }
+        if std::arch::x86_64::__cpuid(0).eax >= 7 {
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            return edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+        }
+        false
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// The cache folder: `$QLORA_CACHE`, else `$HOME/.cache/burn-qlora`. The same rule as
 /// `qlora_llama::cache_dir` (its tests check that the two agree): a build script cannot depend
@@ -149,5 +177,8 @@ pub fn emit() {
     }
     if std::env::var_os("QLORA_FETCH_MODEL").is_none() && !model.is_file() {
         println!("cargo::rustc-cfg=qlora_no_default_model");
+    }
+    if !cpu_has_bf16() {
+        println!("cargo::rustc-cfg=qlora_no_cpu_bf16");
     }
 }

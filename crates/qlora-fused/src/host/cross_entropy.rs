@@ -3,13 +3,48 @@
 //! rows, each chunk's logits computed with the `gemm` crate into a per-task buffer, one
 //! vectorised pass per row for the log-sum-exp and the softmax gradient (one `exp` per logit),
 //! a second product for the input gradient. Chunks run on every core; a chunk's logits are the only large buffer.
+//!
+//! With a bf16 tier set (`qlora_cpu_gemm::set_matmul_tier`), the two products of the loss
+//! and its input gradient take bf16 operands with f32 accumulation: the head weight is packed
+//! once per call in both layouts; the log-sum-exp, the softmax and the loss stay f32.
 
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, matmul_tier};
 use rayon::prelude::*;
 
 use super::softmax_row::softmax_numerators;
 
 /// Logit elements per chunk buffer (16 MiB of f32).
 const CHUNK_LOGITS: usize = 1 << 22;
+
+/// From this many rows on, the bf16 products pay for packing the whole head weight (twice:
+/// `v × h` elements each) once per call; below it the f32 products run.
+const BF16_MIN_ROWS: usize = 256;
+
+/// The head weight packed for the bf16 products, once per call: `wt` for the logits
+/// (`x · Wᵀ`), `w` for the input gradient (`dlogits · W`).
+struct Bf16Head {
+    tier: Tier,
+    wt: PackedB,
+    w: Option<PackedB>,
+}
+
+/// The packed head when a bf16 tier is set and there are rows enough to pay for it.
+fn bf16_head(inp: &CeInputs<'_>, with_grad: bool) -> Option<Bf16Head> {
+    let tier = matmul_tier();
+    if tier == Tier::F32 || inp.targets.len() < BF16_MIN_ROWS {
+        return None;
+    }
+    let (h, v) = (inp.h, inp.v);
+    let wt = PackedB::from_columns(h, v, |j0, cols| {
+        cols.copy_from_slice(&inp.w[j0 * h..j0 * h + cols.len()])
+    });
+    let w = with_grad.then(|| {
+        PackedB::from_rows(v, h, |r0, rows| {
+            rows.copy_from_slice(&inp.w[r0 * h..r0 * h + rows.len()])
+        })
+    });
+    Some(Bf16Head { tier, wt, w })
+}
 
 /// Host rows for [`linear_cross_entropy`]: `x` `[n, h]`, `w` `[v, h]`, `targets` `[n]`,
 /// `weights` `[n]`, all row-major.
@@ -62,7 +97,7 @@ pub fn linear_cross_entropy_weight_grad(inp: &CeInputs<'_>) -> Vec<f32> {
     let (h, v) = (inp.h, inp.v);
     let n = inp.targets.len();
     let mut dw = vec![0f32; v * h];
-    let rows = rows_per_chunk(v);
+    let rows = rows_per_chunk(v, false);
     let mut logits = vec![0f32; rows.min(n.max(1)) * v];
     for r0 in (0..n).step_by(rows) {
         let m = rows.min(n - r0);
@@ -115,10 +150,11 @@ pub fn linear_cross_entropy_weight_grad(inp: &CeInputs<'_>) -> Vec<f32> {
 /// If a target of a weighted row is outside `0..v`.
 pub fn linear_cross_entropy(inp: &CeInputs<'_>) -> Vec<f32> {
     let mut loss = vec![0f32; inp.targets.len()];
-    let rows = rows_per_chunk(inp.v);
+    let bf16 = bf16_head(inp, false);
+    let rows = rows_per_chunk(inp.v, bf16.is_some());
     loss.par_chunks_mut(rows)
         .enumerate()
-        .for_each(|(c, loss)| chunk(inp, c * rows, loss, None));
+        .for_each(|(c, loss)| chunk(inp, c * rows, loss, None, bf16.as_ref()));
     loss
 }
 
@@ -129,24 +165,46 @@ pub fn linear_cross_entropy(inp: &CeInputs<'_>) -> Vec<f32> {
 pub fn linear_cross_entropy_with_grad(inp: &CeInputs<'_>) -> (Vec<f32>, Vec<f32>) {
     let (n, h) = (inp.targets.len(), inp.h);
     let (mut loss, mut dx) = (vec![0f32; n], vec![0f32; n * h]);
-    let rows = rows_per_chunk(inp.v);
+    let bf16 = bf16_head(inp, true);
+    let rows = rows_per_chunk(inp.v, bf16.is_some());
     loss.par_chunks_mut(rows)
         .zip(dx.par_chunks_mut(rows * h))
         .enumerate()
-        .for_each(|(c, (loss, dx))| chunk(inp, c * rows, loss, Some(dx)));
+        .for_each(|(c, (loss, dx))| chunk(inp, c * rows, loss, Some(dx), bf16.as_ref()));
     (loss, dx)
 }
 
-/// Rows per chunk of logits: at most [`CHUNK_LOGITS`] logits, at most 256 rows.
-fn rows_per_chunk(v: usize) -> usize {
-    (CHUNK_LOGITS / v.max(1)).clamp(1, 256)
+/// Rows per chunk of logits: at most [`CHUNK_LOGITS`] logits, at most 256 rows; for the bf16
+/// products a multiple of 32 (one block of the kernels' output).
+fn rows_per_chunk(v: usize, bf16: bool) -> usize {
+    let rows = (CHUNK_LOGITS / v.max(1)).clamp(1, 256);
+    if bf16 { (rows / 32 * 32).max(32) } else { rows }
 }
 
 /// The rows `r0 .. r0 + loss.len()`: their logits into a buffer of the task, then each row's
 /// loss into `loss` and, with `dx` (`[rows, h]`), the input gradient `dlogits · w`.
-fn chunk(inp: &CeInputs<'_>, r0: usize, loss: &mut [f32], dx: Option<&mut [f32]>) {
+fn chunk(
+    inp: &CeInputs<'_>,
+    r0: usize,
+    loss: &mut [f32],
+    dx: Option<&mut [f32]>,
+    bf16: Option<&Bf16Head>,
+) {
     let (h, v, m) = (inp.h, inp.v, loss.len());
     let mut logits = vec![0f32; m * v];
+    if let Some(b) = bf16 {
+        let a = PackedA::from_f32(&inp.x[r0 * h..], m, h, h);
+        gemm_bf16(b.tier, &a, &b.wt, &mut logits, v, false);
+        for (i, row) in logits.chunks_exact_mut(v).enumerate() {
+            loss[i] = softmax_grad_row(row, inp.targets[r0 + i], inp.weights[r0 + i]);
+        }
+        if let (Some(dx), Some(w)) = (dx, &b.w) {
+            assert_eq!(dx.len(), m * h, "linear_cross_entropy: gradient chunk");
+            let a = PackedA::from_f32(&logits, m, v, v);
+            gemm_bf16(b.tier, &a, w, dx, h, false);
+        }
+        return;
+    }
     // SAFETY: `logits` is [m, v]; x rows r0.. are [m, h]; wᵀ is read as [h, v] with column
     // stride h and row stride 1 within `w` ([v, h]).
     unsafe {

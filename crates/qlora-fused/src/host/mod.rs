@@ -3,5 +3,7 @@
 pub(crate) mod attention;
 pub(crate) mod block;
 pub(crate) mod cross_entropy;
+#[cfg(test)]
+mod cross_entropy_tests;
 pub(crate) mod dropout;
 mod softmax_row;

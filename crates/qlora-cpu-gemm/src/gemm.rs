@@ -1,0 +1,107 @@
+//! The product over every 32×32 block of the output, spread over the cores.
+
+use rayon::prelude::*;
+
+use crate::pack::{BLOCK, PackedA, PackedB};
+use crate::tier::Tier;
+
+/// A raw output pointer shared by tasks that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every task writes its own blocks of the output, which outlives the loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the output.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// `out[m, n] = (out if accumulate) + A · B`, with `A`, `B` rounded to bf16 when packed and
+/// every product accumulated in f32. `out` is row-major with row stride `out_rs`.
+///
+/// # Panics
+/// If `tier` is [`Tier::F32`] or not available here (API misuse: the caller chooses the f32
+/// path itself), if the depths of `A` and `B` differ, or if `out` is too short.
+pub fn gemm_bf16(
+    tier: Tier,
+    a: &PackedA,
+    b: &PackedB,
+    out: &mut [f32],
+    out_rs: usize,
+    accumulate: bool,
+) {
+    assert!(
+        tier != Tier::F32 && tier.available(),
+        "gemm_bf16: tier {tier} is not a bf16 kernel available on this machine"
+    );
+    assert_eq!(a.k, b.k, "gemm_bf16: depth of A and B");
+    let (m, n) = (a.m, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(out_rs >= n, "gemm_bf16: output row stride below its width");
+    assert!(
+        out.len() >= (m - 1) * out_rs + n,
+        "gemm_bf16: output too short"
+    );
+    let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
+    // Enough tasks to balance the cores; a task keeps one column block of B in cache and
+    // streams its row blocks of A past it.
+    let want = rayon::current_num_threads().max(1) * 4;
+    let chunks = want.div_ceil(col_blocks).clamp(1, row_blocks);
+    let rows_per_task = row_blocks.div_ceil(chunks);
+    let steps = a.k_pad / BLOCK;
+    let shared = SharedOut(out.as_mut_ptr());
+    let tasks = col_blocks * row_blocks.div_ceil(rows_per_task);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let (jb, chunk) = (t % col_blocks, t / col_blocks);
+        let ib0 = chunk * rows_per_task;
+        let ib1 = (ib0 + rows_per_task).min(row_blocks);
+        let run = || {
+            let mut c = [0f32; BLOCK * BLOCK];
+            for ib in ib0..ib1 {
+                let a_ptr = a.data[ib * BLOCK * a.k_pad..].as_ptr();
+                let (b0, b1) = (b.block_ptr(2 * jb), b.block_ptr(2 * jb + 1));
+                // SAFETY: the tier is available (asserted); A has 32 padded rows from block
+                // ib with `steps` tile columns, B has both 16-column blocks of jb, c is 32×32.
+                unsafe {
+                    match tier {
+                        #[cfg(target_arch = "x86_64")]
+                        Tier::Amx => {
+                            crate::amx::block(a_ptr, a.k_pad, b0, b1, steps, c.as_mut_ptr())
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        Tier::Avx512Bf16 => {
+                            crate::avx512::block(a_ptr, a.k_pad, b0, b1, steps, c.as_mut_ptr())
+                        }
+                        _ => unreachable!("asserted above"),
+                    }
+                }
+                let (i0, j0) = (ib * BLOCK, jb * BLOCK);
+                let (rows, cols) = (BLOCK.min(m - i0), BLOCK.min(n - j0));
+                for r in 0..rows {
+                    let src = &c[r * BLOCK..r * BLOCK + cols];
+                    // SAFETY: block (ib, jb) of the output is this task's alone, in bounds.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(shared.at((i0 + r) * out_rs + j0), cols)
+                    };
+                    if accumulate {
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d += s;
+                        }
+                    } else {
+                        dst.copy_from_slice(src);
+                    }
+                }
+            }
+        };
+        match tier {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AMX is available (asserted above).
+            Tier::Amx => unsafe { crate::amx::with_tiles(run) },
+            _ => run(),
+        }
+    });
+}

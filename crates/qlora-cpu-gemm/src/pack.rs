@@ -1,0 +1,222 @@
+//! The operands in the layouts the bf16 instructions read, rounded to bf16 once.
+//!
+//! Both `TDPBF16PS` (AMX) and `VDPBF16PS` (AVX512-BF16) multiply pairs of bf16 along the
+//! reduction dimension and add both products into one f32 lane. So `B` is stored as pairs:
+//! for each block of 16 columns, row `p` holds `(B[2p, j], B[2p + 1, j])` for its 16 `j`
+//! (64 bytes: one AMX tile row, one AVX-512 register). `A` stays row-major, each row's pairs
+//! contiguous. Both are zero-padded: rows of `A` and columns of `B` to 32 (one output block),
+//! the reduction to 32 (one AMX tile depth), so the kernels never test an edge.
+
+use rayon::prelude::*;
+
+/// Rows and columns of one output block, and the reduction step of the kernels.
+pub(crate) const BLOCK: usize = 32;
+/// Columns in one packed column block (one tile row / register of pairs).
+pub(crate) const COLS: usize = 16;
+
+/// `x` rounded to the nearest bf16 (ties to even), as bits. NaN stays NaN (quietened).
+#[inline(always)]
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), back in f32: the value the kernels use.
+pub fn round_bf16(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
+/// The left operand `A [m, k]` in bf16, row-major, padded with zeros to multiples of 32.
+pub struct PackedA {
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+    /// Padded row length (the row stride, in elements).
+    pub(crate) k_pad: usize,
+    pub(crate) data: Vec<u16>,
+}
+
+impl PackedA {
+    /// Packs `A[i, kk] = src[i * row_stride + kk]` for `i < m`, `kk < k`.
+    ///
+    /// # Panics
+    /// If `src` is too short for those extents.
+    pub fn from_f32(src: &[f32], m: usize, k: usize, row_stride: usize) -> Self {
+        if m > 0 && k > 0 {
+            assert!(
+                src.len() >= (m - 1) * row_stride + k,
+                "PackedA: source too short"
+            );
+        }
+        let k_pad = k.next_multiple_of(BLOCK).max(BLOCK);
+        let m_pad = m.next_multiple_of(BLOCK).max(BLOCK);
+        let mut data = vec![0u16; m_pad * k_pad];
+        data.par_chunks_mut(k_pad)
+            .take(m)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let s = &src[i * row_stride..i * row_stride + k];
+                for (d, &x) in row.iter_mut().zip(s) {
+                    *d = bf16_bits(x);
+                }
+            });
+        Self { m, k, k_pad, data }
+    }
+
+    /// Rows of `A`.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// The reduction length.
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+}
+
+/// The right operand `B [k, n]` in bf16 pairs (see the module docs), padded with zeros.
+pub struct PackedB {
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    /// Padded reduction length (a multiple of 32).
+    pub(crate) k_pad: usize,
+    /// `[n_pad / 16][k_pad / 2][16]` pairs, the lower half the even `k`.
+    pub(crate) data: Vec<u32>,
+}
+
+/// A raw pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct Shared(*mut u32);
+// SAFETY: the tasks below write disjoint elements, and the buffer outlives them.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+impl Shared {
+    fn at(self, i: usize) -> *mut u32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// The pair `(lo, hi)` rounded to bf16, `lo` in the lower half.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) as u32 | (bf16_bits(hi) as u32) << 16
+}
+
+impl PackedB {
+    fn zeros(k: usize, n: usize) -> Self {
+        let k_pad = k.next_multiple_of(BLOCK).max(BLOCK);
+        let n_pad = n.next_multiple_of(BLOCK).max(BLOCK);
+        Self {
+            k,
+            n,
+            k_pad,
+            data: vec![0u32; n_pad * k_pad / 2],
+        }
+    }
+
+    /// Packs `B` given by its columns: `fill(j0, cols)` writes columns `j0 .. j0 + count` into
+    /// `cols` as `[count, k]` rows (column `j` of `B` contiguous). This is the layout of a
+    /// linear layer's weight `W [n, k]` for `x · Wᵀ`, so a 4-bit weight can be dequantized
+    /// straight into it, 16 rows at a time, on every core.
+    pub fn from_columns(k: usize, n: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        let mut b = Self::zeros(k, n);
+        if k == 0 || n == 0 {
+            return b;
+        }
+        let pairs = b.k_pad / 2;
+        b.data
+            .par_chunks_mut(pairs * COLS)
+            .enumerate()
+            .filter(|(jb, _)| jb * COLS < n)
+            .for_each_init(Vec::new, |buf: &mut Vec<f32>, (jb, block)| {
+                let j0 = jb * COLS;
+                let count = COLS.min(n - j0);
+                buf.resize(count * k, 0.0);
+                fill(j0, &mut buf[..count * k]);
+                for (c, col) in buf.chunks_exact(k).enumerate() {
+                    let (even, odd) = col.split_at(k / 2 * 2);
+                    for (p, two) in even.chunks_exact(2).enumerate() {
+                        block[p * COLS + c] = pair(two[0], two[1]);
+                    }
+                    if let [last] = odd {
+                        block[k / 2 * COLS + c] = pair(*last, 0.0);
+                    }
+                }
+            });
+        b
+    }
+
+    /// Packs `B` given by its rows: `fill(r0, rows)` writes rows `r0 .. r0 + count` into
+    /// `rows` as `[count, n]` (row-major `B`, as `W [n, k]` is for `dy · W`).
+    pub fn from_rows(k: usize, n: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        let mut b = Self::zeros(k, n);
+        if k == 0 || n == 0 {
+            return b;
+        }
+        const ROWS: usize = 32;
+        let out = Shared(b.data.as_mut_ptr());
+        let pairs = b.k_pad / 2;
+        (0..k.div_ceil(ROWS))
+            .into_par_iter()
+            .for_each_init(Vec::new, |buf: &mut Vec<f32>, t| {
+                let r0 = t * ROWS;
+                let count = ROWS.min(k - r0);
+                buf.resize(count.next_multiple_of(2) * n, 0.0);
+                buf[count * n..].fill(0.0);
+                fill(r0, &mut buf[..count * n]);
+                for (q, two) in buf.chunks_exact(2 * n).enumerate() {
+                    let (lo, hi) = two.split_at(n);
+                    let p = r0 / 2 + q;
+                    for (jb, (lo, hi)) in lo.chunks(COLS).zip(hi.chunks(COLS)).enumerate() {
+                        let at = (jb * pairs + p) * COLS;
+                        // SAFETY: pair row p of every column block is this task's alone
+                        // (rows r0.. of B), and inside the buffer.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), lo.len()) };
+                        for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+                            *d = pair(l, h);
+                        }
+                    }
+                }
+            });
+        b
+    }
+
+    /// Packs `B[kk, j] = src[kk * row_stride + j * col_stride]`.
+    ///
+    /// # Panics
+    /// If `src` is too short for those extents.
+    pub fn from_f32(src: &[f32], k: usize, n: usize, row_stride: usize, col_stride: usize) -> Self {
+        if k > 0 && n > 0 {
+            assert!(
+                src.len() > (k - 1) * row_stride + (n - 1) * col_stride,
+                "PackedB: source too short"
+            );
+        }
+        Self::from_rows(k, n, |r0, rows| {
+            for (r, row) in rows.chunks_exact_mut(n.max(1)).enumerate() {
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = src[(r0 + r) * row_stride + j * col_stride];
+                }
+            }
+        })
+    }
+
+    /// The reduction length.
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of `B`.
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// Pointer to column block `jb` (16 columns), pair row 0.
+    pub(crate) fn block_ptr(&self, jb: usize) -> *const u16 {
+        self.data[jb * (self.k_pad / 2) * COLS..].as_ptr() as *const u16
+    }
+}

@@ -1,0 +1,81 @@
+//! `--compute-dtype`: how the CPU's kernels multiply (issue #38).
+//!
+//! On Flex, `bf16` rounds the operands of the NF4 linears' products to bf16 and accumulates in
+//! f32 on the CPU's bf16 hardware (AMX, else AVX512-BF16), as `bnb_4bit_compute_dtype=bfloat16`
+//! does; activations between ops, norms, softmax and the loss stay f32. `auto` measures one
+//! product per tier at start-up and keeps bf16 only where it beats f32 on this machine.
+
+use burn::tensor::{Device, DeviceType};
+use burn_qlora::cpu_gemm::{Tier, fastest_tier, set_matmul_tier};
+
+/// `--compute-dtype`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ComputeDtype {
+    /// bf16 on Flex where this CPU's bf16 hardware measures faster than f32, else f32.
+    Auto,
+    /// f32 products everywhere.
+    F32,
+    /// bf16 operands, f32 accumulation (Flex: AMX or AVX512-BF16; an error without either).
+    Bf16,
+}
+
+/// Sets the process-wide tier for `choice` on `device` and returns the line to print.
+///
+/// `QLORA_CPU_GEMM_TIER=amx|avx512bf16` picks the tier of an explicit `bf16` (to compare
+/// tiers on one machine).
+pub fn apply_compute_dtype(choice: ComputeDtype, device: &Device) -> Result<String, String> {
+    let flex = Device::enumerate(DeviceType::Flex).contains(device);
+    if !flex {
+        return match choice {
+            ComputeDtype::Bf16 => Err(
+                "--compute-dtype bf16: only the CPU (flex) kernels compute in bf16 so far; \
+                 the GPU path is f32 (issue #22)"
+                    .into(),
+            ),
+            _ => Ok("compute: f32 (the GPU path has no bf16 compute yet)".into()),
+        };
+    }
+    let flags = Tier::cpu_flags().join(" ");
+    let tier = match choice {
+        ComputeDtype::F32 => Tier::F32,
+        ComputeDtype::Auto => fastest_tier(),
+        ComputeDtype::Bf16 => match std::env::var("QLORA_CPU_GEMM_TIER") {
+            Ok(name) => {
+                let t = Tier::from_name(&name)
+                    .filter(|t| *t != Tier::F32)
+                    .ok_or_else(|| format!("QLORA_CPU_GEMM_TIER={name}: not amx or avx512bf16"))?;
+                if !t.available() {
+                    return Err(format!(
+                        "QLORA_CPU_GEMM_TIER={name}: this CPU does not have it (flags: {flags})"
+                    ));
+                }
+                t
+            }
+            Err(_) => match Tier::detect() {
+                Tier::F32 => {
+                    return Err(format!(
+                        "--compute-dtype bf16: this CPU has neither AMX nor AVX512-BF16 \
+                         (flags: {flags}); bf16 would be emulated and slower than f32: \
+                         use --compute-dtype f32"
+                    ));
+                }
+                t => t,
+            },
+        },
+    };
+    set_matmul_tier(tier);
+    Ok(match tier {
+        Tier::F32 if choice == ComputeDtype::Auto => {
+            format!("compute: f32 (auto: no bf16 tier measured faster on this CPU; flags: {flags})")
+        }
+        Tier::F32 => "compute: f32".into(),
+        t => format!(
+            "compute: bf16 operands, f32 accumulation, on {t} ({}; CPU flags: {flags})",
+            if choice == ComputeDtype::Auto {
+                "auto: measured faster than f32 here"
+            } else {
+                "chosen"
+            }
+        ),
+    })
+}
