@@ -14,7 +14,6 @@ use burn_qlora::llama::{
     ChatMessage, GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
     TokenizerFiles,
 };
-use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
     AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
     ParameterCount, TrainableTokenIndices,
@@ -157,6 +156,16 @@ struct Args {
     /// (it does not lower the peak memory of this model today; see benches/README.md).
     #[arg(long)]
     grad_checkpointing: bool,
+    /// The frozen base's 4-bit type (bnb_4bit_quant_type): nf4, fp4, or none (a float base:
+    /// plain LoRA). A bnb-4bit folder keeps its own codes; other settings are refused.
+    #[arg(long, value_enum, default_value = "nf4")]
+    quant_type: common::quant::QuantKind,
+    /// Quantize the 4-bit blocks' scales to 8 bits (bnb_4bit_use_double_quant): true or false.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    double_quant: bool,
+    /// Elements per 4-bit block (a power of two from 32 to 4096) [default: 64].
+    #[arg(long)]
+    blocksize: Option<usize>,
     /// How the CPU multiplies: `bf16` rounds the NF4 linears' operands to bf16 and
     /// accumulates in f32 on AMX (else AVX512-BF16); `auto` (the default) uses bf16 on Flex
     /// where a start-up measurement finds it faster than f32 on this CPU, else f32. The
@@ -327,6 +336,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => common::device(&args.device)?,
     };
     let compute = common::compute::apply_compute_dtype(args.compute_dtype, &base)?;
+    let quant = common::quant::quant_config(
+        args.quant_type,
+        args.double_quant,
+        args.blocksize,
+        &model_path,
+    )?;
     let ad = if args.grad_checkpointing {
         base.clone().autodiff().gradient_checkpointing()
     } else {
@@ -390,13 +405,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let (model, lora, resumed_dtype) = match &args.adapter {
         Some(dir) => {
-            let (model, lora, dtype) = common::adapter::load_with_adapter(&model_path, dir, &ad)?;
+            let (model, lora, dtype) =
+                common::adapter::load_with_adapter(&model_path, dir, quant, &ad)?;
             (model, lora, Some(dtype))
         }
         None => {
             let tokens = common::adapter::trainable_token_ids(&args.trainable_tokens, &tok)?;
             let lora = fresh_lora(&args, &model_path, tokens);
-            let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &ad)?;
+            let applier = LoraApplier::new(lora.clone(), quant, &ad)?;
             (LlamaForCausalLM::load(&model_path, &applier)?, lora, None)
         }
     };
@@ -416,6 +432,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .devices()
         .first()
         .and_then(Device::gradient_checkpointing_strategy);
+    println!("base: {}", common::quant::describe(quant));
     println!("{compute}");
     println!(
         "gradient checkpointing: {}",

@@ -133,6 +133,14 @@ fn finetune_refuses_options_that_cannot_work() {
             &["--adapter", "--targets", "cannot be used with"],
         ),
         (&["--save-dtype", "f64"], &["--save-dtype", "f64"]),
+        (&["--blocksize", "63"], &["--blocksize", "63"]),
+        (&["--blocksize", "8192"], &["--blocksize", "8192"]),
+        (
+            &["--quant-type", "none", "--blocksize", "64"],
+            &["--blocksize 64", "--quant-type none"],
+        ),
+        (&["--quant-type", "int8"], &["--quant-type", "int8"]),
+        (&["--compute-dtype", "f64"], &["--compute-dtype", "f64"]),
         (
             &["--adapter", "/nonexistent/adapter"],
             &["--adapter", "/nonexistent/adapter", "no such file"],
@@ -388,6 +396,36 @@ fn a_missing_template_and_4bit_folders_are_named_errors() {
         &["--quantize fp4", "tiny-llama-nf4", "bnb-4bit", "nf4"],
         &[Path::new(nf4)],
     );
+    // finetune on a bnb-4bit folder keeps its codes: other 4-bit settings are refused.
+    for (extra, word) in [
+        (&["--quant-type", "fp4"][..], "--quant-type fp4"),
+        (&["--double-quant", "false"][..], "--double-quant false"),
+        (&["--blocksize", "128"][..], "--blocksize 128"),
+    ] {
+        let run = work.join("bnb-run");
+        let args = [
+            &[
+                "--model",
+                nf4,
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+                "--device",
+                "flex",
+                "--no-samples",
+            ][..],
+            extra,
+        ]
+        .concat();
+        refused(
+            "finetune",
+            &args,
+            &["a bnb-4bit folder", word, "tiny-llama-nf4"],
+            &[Path::new(nf4)],
+        );
+        assert!(!run.join("checkpoint").exists(), "{extra:?} trained");
+    }
     let q = work.join("q");
     for (extra, word) in [
         (&["--quant-type", "fp4"][..], "--quant-type fp4"),

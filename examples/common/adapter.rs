@@ -38,7 +38,7 @@ pub fn trainable_token_ids(
     Ok(Some(TrainableTokenIndices::List(ids)))
 }
 
-/// The QLoRA model with the PEFT adapter in `dir` as its trainable adapter `default`, the
+/// The model (its base quantized by `quant`, or float) with the PEFT adapter in `dir` as its trainable adapter `default`, the
 /// adapter's config (set to training) and the precision its file was in. Errors name the
 /// folder: a module of the adapter that the model lacks, a shape that does not fit, or a
 /// module of `modules_to_save` whose trained weights the file does not hold (training would
@@ -46,6 +46,7 @@ pub fn trainable_token_ids(
 pub fn load_with_adapter(
     model_path: &std::path::Path,
     dir: &std::path::Path,
+    quant: Option<QuantConfig>,
     device: &burn::tensor::Device,
 ) -> Result<(LlamaForCausalLM, LoraConfig, AdapterDtype), Box<dyn std::error::Error>> {
     let peft = PeftAdapter::load(dir, device)?;
@@ -63,7 +64,7 @@ pub fn load_with_adapter(
             .into());
         }
     }
-    let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), device);
+    let applier = LoraApplier::base_only(quant, device);
     let mut model = LlamaForCausalLM::load(model_path, &applier)?;
     model.load_adapter(&peft, "default")?;
     let lora = LoraConfig {

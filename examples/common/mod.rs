@@ -4,6 +4,7 @@ pub mod adapter;
 pub mod args;
 pub mod compute;
 pub mod oom;
+pub mod quant;
 
 use std::path::{Path, PathBuf};
 
