@@ -8,7 +8,10 @@
 //! per mode), and prints a table: median step time after warm-up, tokens/s, peak RSS.
 //! `-- --shape llama7b --layers N --batch 1 --seq 512 --mode qlora` trains a LLaMA-7B-shaped
 //! stack of N layers instead (memory per layer: compare the peak RSS of two N);
-//! `-- --shape smollm2 --vocab 49152` the default model's shape (SmolLM2-135M).
+//! `-- --shape smollm2 --vocab 49152` the default model (SmolLM2-135M-Instruct) with its real
+//! weights when it is cached (its shape with random weights otherwise, or with
+//! `--random-weights`); `--model PATH` any model's real weights.
+//! `-- --compute-dtype auto|f32|bf16` as `finetune`'s (f32 by default here).
 //! `-- --peer DIR` adds the peer's figures from `DIR/{full,lora,qlora}.json` (written by
 //! `bench_train.py`) and the ratios; `benches/compare_peer.sh` runs both sides in one go.
 
@@ -19,7 +22,9 @@ use std::time::Instant;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_qlora::llama::{LlamaConfig, causal_lm_loss, causal_lm_loss_fused};
+use burn_qlora::llama::{
+    LlamaConfig, LlamaForCausalLM, causal_lm_loss, causal_lm_loss_fused, default_model_path,
+};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
 use clap::Parser;
@@ -52,6 +57,14 @@ struct Args {
     /// layers, tied head; with `--vocab 49152`).
     #[arg(long, default_value = "peer")]
     shape: String,
+    /// Real weights from this model (HF folder, bnb-4bit folder or .gguf); its config replaces
+    /// the shape's. With `--shape smollm2` the cached default model (SmolLM2-135M-Instruct) is
+    /// used when present, unless `--random-weights`.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Random weights of the shape even where the default model is cached.
+    #[arg(long)]
+    random_weights: bool,
     /// Number of decoder layers (default: the shape's).
     #[arg(long)]
     layers: Option<usize>,
@@ -109,6 +122,10 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         other => panic!("unknown --shape `{other}` (peer, llama7b, smollm2)"),
     };
     let layers = args.layers.unwrap_or(layers);
+    let weights = args.model.clone().or_else(|| {
+        let cached = default_model_path();
+        (args.shape == "smollm2" && !args.random_weights && cached.is_file()).then_some(cached)
+    });
     let rss_start = common::peak_rss_mib();
     let config = LlamaConfig::from_json_str(
         &serde_json::json!({
@@ -152,8 +169,15 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         "qlora" => LoraApplier::new(lora, Some(QuantConfig::qlora()), &device).expect("config"),
         other => panic!("unknown mode `{other}` (full, lora, qlora)"),
     };
-    // transformers' init statistics, the same weights in every run (seed 0).
-    let mut model = config.init(&applier, 0).expect("model");
+    // Real weights where given or cached; else transformers' init statistics, the same weights
+    // in every run (seed 0).
+    let (mut model, vocab) = match &weights {
+        Some(p) => {
+            let vocab = LlamaConfig::of_model(p).expect("--model config").vocab_size;
+            (LlamaForCausalLM::load(p, &applier).expect("--model"), vocab)
+        }
+        None => (config.init(&applier, 0).expect("model"), args.vocab),
+    };
     if mode == "full" {
         model = model.map(&mut TrainAll);
     }
@@ -163,7 +187,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         .init();
     let mut s = 0u64;
     let ids: Vec<i64> = (0..args.batch * args.seq)
-        .map(|_| (splitmix(&mut s) % args.vocab as u64) as i64)
+        .map(|_| (splitmix(&mut s) % vocab as u64) as i64)
         .collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq]), &device);
     let rss_ready = common::peak_rss_mib();
@@ -227,7 +251,8 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": mode, "median_step_s": med, "best_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "tokens_per_s_median": tok / med, "step_s": times, "peak_rss_process_mib": common::peak_rss_mib(),
-        "rss_start_mib": rss_start, "rss_model_ready_mib": rss_ready, "layers": layers, "shape": args.shape, "compute": compute, "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
+        "rss_start_mib": rss_start, "rss_model_ready_mib": rss_ready, "layers": layers, "shape": args.shape, "compute": compute,
+        "weights": weights.as_ref().map_or("random".to_string(), |p| p.display().to_string()), "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
     })
 }
 
@@ -278,6 +303,12 @@ fn main() {
                     .flat_map(|l| ["--layers".to_string(), l.to_string()]),
             )
             .args(args.unfused.then_some("--unfused"))
+            .args(args.random_weights.then_some("--random-weights"))
+            .args(
+                args.model
+                    .iter()
+                    .flat_map(|m| ["--model".to_string(), m.display().to_string()]),
+            )
             .args([
                 "--compute-dtype",
                 match args.compute_dtype {
@@ -299,6 +330,13 @@ fn main() {
         "\ntrain step, shape {}, batch {} x {} tokens, vocab {}, {threads} threads, median of {} after {} warm-up",
         args.shape, args.batch, args.seq, args.vocab, args.steps, args.warmup
     );
+    if let Some((_, r)) = rows.first() {
+        println!(
+            "weights: {}; {}",
+            r["weights"].as_str().unwrap_or("?"),
+            r["compute"].as_str().unwrap_or("?")
+        );
+    }
     println!(
         "| mode | ours ms | ours tokens/s | ours peak RSS MiB | peer tokens/s | peer peak RSS MiB | tokens/s ratio | RSS ratio |"
     );
