@@ -7,7 +7,7 @@
 
 use crate::pack::BLOCK;
 
-const _: () = assert!(BLOCK == 32, "the tile offsets below assume 32x32 blocks");
+const _: () = assert!(BLOCK == 32, "the kernel below computes 32x32 blocks");
 
 /// The tile configuration (palette 1): tiles 0–7 all 16 rows × 64 bytes.
 #[repr(C, align(64))]
@@ -43,12 +43,16 @@ pub(crate) unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// `c[32 × 32] = a[32 rows, steps × 32] · b` for two 16-column blocks `b0`, `b1` of packed pairs.
+/// `c[32 × 32] (+)= a · b` for two row tiles of `a` (`a` and `a + 16 × lda` elements, each
+/// `steps` contiguous 16 × 32 tiles) and two 16-column blocks `b0`, `b1` of packed pairs; `c`
+/// has row stride `ldc` f32 and is read first when `load_c` (accumulation), else overwritten.
 ///
 /// # Safety
-/// Inside [`with_tiles`]; `a` has 32 rows of stride `lda` elements and `32 × steps` columns;
-/// `b0`, `b1` have `16 × steps` pair rows of 32 elements; `c` holds 32 × 32 f32.
+/// Inside [`with_tiles`]; `a` holds two rows of `steps` tiles, `16 × lda` elements apart;
+/// `b0`, `b1` have `16 × steps` pair rows of 32 elements; `c` holds 32 rows of 32 f32 at
+/// stride `ldc`, written by no one else meanwhile.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn block(
     a: *const u16,
     lda: usize,
@@ -56,45 +60,58 @@ pub(crate) unsafe fn block(
     b1: *const u16,
     steps: usize,
     c: *mut f32,
+    ldc: usize,
+    load_c: bool,
 ) {
     debug_assert!(steps > 0);
-    let lda_bytes = lda * 2;
+    // Tiles are contiguous: rows 64 bytes apart, the next step's tile 1 KiB on.
     // SAFETY: the caller's contract; every load and store stays inside the operands' extents.
     unsafe {
         std::arch::asm!(
+            "test {load:e}, {load:e}",
+            "jz 3f",
+            "tileloadd tmm0, [{c} + {ldc}*1]",
+            "tileloadd tmm1, [{c} + {ldc}*1 + 64]",
+            "tileloadd tmm2, [{c2} + {ldc}*1]",
+            "tileloadd tmm3, [{c2} + {ldc}*1 + 64]",
+            "jmp 2f",
+            "3:",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
             "2:",
-            "tileloadd tmm4, [{a0} + {lda}*1]",
+            // Each product issues as soon as its operands are in, so that the loads of a
+            // step overlap the products of the step before (tiles are not renamed).
+            "tileloadd tmm4, [{a0} + {ldb}*1]",
             "tileloadd tmm6, [{b0} + {ldb}*1]",
-            "tileloadd tmm7, [{b1} + {ldb}*1]",
-            "tileloadd tmm5, [{a1} + {lda}*1]",
             "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {ldb}*1]",
             "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {ldb}*1]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
+            "add {a0}, 1024",
+            "add {a1}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
             "dec {steps}",
             "jnz 2b",
-            // c + 16 columns = 64 bytes; c + 16 rows = 16 × 128 bytes.
+            // 16 columns on = 64 bytes; 16 rows on = c2.
             "tilestored [{c} + {ldc}*1], tmm0",
             "tilestored [{c} + {ldc}*1 + 64], tmm1",
-            "tilestored [{c} + {ldc}*1 + 2048], tmm2",
-            "tilestored [{c} + {ldc}*1 + 2112], tmm3",
+            "tilestored [{c2} + {ldc}*1], tmm2",
+            "tilestored [{c2} + {ldc}*1 + 64], tmm3",
             a0 = inout(reg) a => _,
             a1 = inout(reg) a.add(16 * lda) => _,
             b0 = inout(reg) b0 => _,
             b1 = inout(reg) b1 => _,
             steps = inout(reg) steps => _,
-            lda = in(reg) lda_bytes,
+            load = in(reg) load_c as u32,
             ldb = in(reg) 64usize,
-            ldc = in(reg) BLOCK * 4,
+            ldc = in(reg) ldc * 4,
             c = in(reg) c,
+            c2 = in(reg) c.add(16 * ldc),
             options(nostack),
         );
     }

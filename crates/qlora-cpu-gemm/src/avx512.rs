@@ -21,24 +21,30 @@ pub(crate) unsafe fn block(
     c: *mut f32,
 ) {
     const ROWS: usize = 8;
-    let pairs = steps * BLOCK / 2;
+    // Row r of the block is row r % 16 of the tile row r / 16, whose tiles start 16 × lda
+    // elements apart; pair p of a row lies in step p / 16 (tiles 512 elements apart).
     for g in 0..BLOCK / ROWS {
         let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-        // SAFETY: row g*8 + r of `a` and pair row p of `b0`/`b1` are inside their extents.
+        // SAFETY: every address below is inside `a`'s two tile rows and `b0`/`b1`'s pairs.
         unsafe {
-            let rows: [*const u32; ROWS] =
-                std::array::from_fn(|r| a.add((g * ROWS + r) * lda) as *const u32);
-            for p in 0..pairs {
-                let w0: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(b0.add(p * 32) as *const __m512i));
-                let w1: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(b1.add(p * 32) as *const __m512i));
-                for r in 0..ROWS {
-                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(
-                        rows[r].add(p).read_unaligned() as i32,
-                    ));
-                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
-                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, w1);
+            let rows: [*const u32; ROWS] = std::array::from_fn(|r| {
+                let row = g * ROWS + r;
+                a.add((row / 16) * 16 * lda + (row % 16) * BLOCK) as *const u32
+            });
+            for s in 0..steps {
+                for q in 0..BLOCK / 2 {
+                    let p = s * BLOCK / 2 + q;
+                    let w0: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(b0.add(p * 32) as *const __m512i));
+                    let w1: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(b1.add(p * 32) as *const __m512i));
+                    for r in 0..ROWS {
+                        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                            rows[r].add(s * 256 + q).read_unaligned() as i32,
+                        ));
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
+                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, w1);
+                    }
                 }
             }
             for (r, row) in acc.iter().enumerate() {

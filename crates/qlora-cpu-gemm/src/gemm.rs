@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::pack::{BLOCK, PackedA, PackedB};
+
 use crate::tier::Tier;
 
 /// A raw output pointer shared by tasks that write disjoint blocks.
@@ -47,31 +48,56 @@ pub fn gemm_bf16(
         "gemm_bf16: output too short"
     );
     let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
-    // Enough tasks to balance the cores; a task keeps one column block of B in cache and
-    // streams its row blocks of A past it.
+    // Enough tasks to balance the cores. A task keeps one row block of A (32 rows, the whole
+    // depth) in L1 and streams its column blocks of B past it: each block of the output then
+    // reads only its B block from L2, not both operands.
     let want = rayon::current_num_threads().max(1) * 4;
-    let chunks = want.div_ceil(col_blocks).clamp(1, row_blocks);
-    let rows_per_task = row_blocks.div_ceil(chunks);
+    let chunks = want.div_ceil(row_blocks).clamp(1, col_blocks);
+    let cols_per_task = col_blocks.div_ceil(chunks);
     let steps = a.k_pad / BLOCK;
     let shared = SharedOut(out.as_mut_ptr());
-    let tasks = col_blocks * row_blocks.div_ceil(rows_per_task);
+    let tasks = row_blocks * col_blocks.div_ceil(cols_per_task);
     (0..tasks).into_par_iter().for_each(|t| {
-        let (jb, chunk) = (t % col_blocks, t / col_blocks);
-        let ib0 = chunk * rows_per_task;
-        let ib1 = (ib0 + rows_per_task).min(row_blocks);
+        let (ib, chunk) = (t % row_blocks, t / row_blocks);
+        let jb0 = chunk * cols_per_task;
+        let jb1 = (jb0 + cols_per_task).min(col_blocks);
         let run = || {
             let mut c = [0f32; BLOCK * BLOCK];
-            for ib in ib0..ib1 {
+            for jb in jb0..jb1 {
                 let a_ptr = a.data[ib * BLOCK * a.k_pad..].as_ptr();
                 let (b0, b1) = (b.block_ptr(2 * jb), b.block_ptr(2 * jb + 1));
+                let (i0, j0) = (ib * BLOCK, jb * BLOCK);
+                let (rows, cols) = (BLOCK.min(m - i0), BLOCK.min(n - j0));
+                // AMX stores a whole block straight into the output (and loads it first to
+                // accumulate); edge blocks and the AVX-512 kernel go through `c`.
+                let direct = tier == Tier::Amx && rows == BLOCK && cols == BLOCK;
                 // SAFETY: the tier is available (asserted); A has 32 padded rows from block
-                // ib with `steps` tile columns, B has both 16-column blocks of jb, c is 32×32.
+                // ib with `steps` tiles, B has both 16-column blocks of jb; the destination is
+                // either `c` (32 × 32) or block (ib, jb) of the output, this task's alone.
                 unsafe {
                     match tier {
                         #[cfg(target_arch = "x86_64")]
-                        Tier::Amx => {
-                            crate::amx::block(a_ptr, a.k_pad, b0, b1, steps, c.as_mut_ptr())
-                        }
+                        Tier::Amx if direct => crate::amx::block(
+                            a_ptr,
+                            a.k_pad,
+                            b0,
+                            b1,
+                            steps,
+                            shared.at(i0 * out_rs + j0),
+                            out_rs,
+                            accumulate,
+                        ),
+                        #[cfg(target_arch = "x86_64")]
+                        Tier::Amx => crate::amx::block(
+                            a_ptr,
+                            a.k_pad,
+                            b0,
+                            b1,
+                            steps,
+                            c.as_mut_ptr(),
+                            BLOCK,
+                            false,
+                        ),
                         #[cfg(target_arch = "x86_64")]
                         Tier::Avx512Bf16 => {
                             crate::avx512::block(a_ptr, a.k_pad, b0, b1, steps, c.as_mut_ptr())
@@ -79,8 +105,9 @@ pub fn gemm_bf16(
                         _ => unreachable!("asserted above"),
                     }
                 }
-                let (i0, j0) = (ib * BLOCK, jb * BLOCK);
-                let (rows, cols) = (BLOCK.min(m - i0), BLOCK.min(n - j0));
+                if direct {
+                    continue;
+                }
                 for r in 0..rows {
                     let src = &c[r * BLOCK..r * BLOCK + cols];
                     // SAFETY: block (ib, jb) of the output is this task's alone, in bounds.

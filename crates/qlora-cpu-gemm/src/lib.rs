@@ -8,10 +8,11 @@
 //! detected once per process ([`Tier::detect`]), and a machine with neither keeps the f32 path
 //! (the caller's own f32 GEMM): rounding to bf16 there would lose precision for no speed.
 //!
-//! The operands are packed once per product: [`PackedA`] (bf16 rows, zero-padded) and
+//! The operands are packed once per product: [`PackedA`] (bf16 in contiguous 16 × 32 tiles, zero-padded) and
 //! [`PackedB`] (bf16 in the VNNI pair layout both instructions read: for each block of 16
 //! columns, rows of 16 pairs of consecutive `k`). [`gemm_bf16`] then runs the tier's
-//! micro-kernel over 32×32 blocks of the output on every core.
+//! micro-kernel over 32×32 blocks of the output on every core, each task keeping one row
+//! block of `A` in L1 while column blocks of `B` stream past it.
 //!
 //! ARM has no tier yet: its BF16 `BFMMLA` and SME would be further [`Tier`] variants with
 //! their own packing, behind the same [`gemm_bf16`].

@@ -3,9 +3,10 @@
 //! Both `TDPBF16PS` (AMX) and `VDPBF16PS` (AVX512-BF16) multiply pairs of bf16 along the
 //! reduction dimension and add both products into one f32 lane. So `B` is stored as pairs:
 //! for each block of 16 columns, row `p` holds `(B[2p, j], B[2p + 1, j])` for its 16 `j`
-//! (64 bytes: one AMX tile row, one AVX-512 register). `A` stays row-major, each row's pairs
-//! contiguous. Both are zero-padded: rows of `A` and columns of `B` to 32 (one output block),
-//! the reduction to 32 (one AMX tile depth), so the kernels never test an edge.
+//! (64 bytes: one AMX tile row, one AVX-512 register). `A` is cut into 16 × 32 tiles, each
+//! contiguous (one AMX tile load without a stride), its rows' pairs in order. Both are
+//! zero-padded: rows of `A` and columns of `B` to 32 (one output block), the reduction to 32
+//! (one AMX tile depth), so the kernels never test an edge.
 
 use rayon::prelude::*;
 
@@ -13,6 +14,8 @@ use rayon::prelude::*;
 pub(crate) const BLOCK: usize = 32;
 /// Columns in one packed column block (one tile row / register of pairs).
 pub(crate) const COLS: usize = 16;
+/// Rows of one tile of `A`.
+pub(crate) const TILE_ROWS: usize = 16;
 
 /// `x` rounded to the nearest bf16 (ties to even), as bits. NaN stays NaN (quietened).
 #[inline(always)]
@@ -30,12 +33,15 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 
-/// The left operand `A [m, k]` in bf16, row-major, padded with zeros to multiples of 32.
+/// The left operand `A [m, k]` in bf16, in tiles: for each 16 rows, for each 32 columns, a
+/// contiguous 16 × 32 tile (1 KiB: one AMX tile load, no stride), zero-padded to multiples of
+/// 32 rows and columns.
 pub struct PackedA {
     pub(crate) m: usize,
     pub(crate) k: usize,
-    /// Padded row length (the row stride, in elements).
+    /// Padded depth (a multiple of 32).
     pub(crate) k_pad: usize,
+    /// `[m_pad / 16][k_pad / 32][16][32]`.
     pub(crate) data: Vec<u16>,
 }
 
@@ -53,15 +59,23 @@ impl PackedA {
         }
         let k_pad = k.next_multiple_of(BLOCK).max(BLOCK);
         let m_pad = m.next_multiple_of(BLOCK).max(BLOCK);
+        let steps = k_pad / BLOCK;
         let mut data = vec![0u16; m_pad * k_pad];
-        data.par_chunks_mut(k_pad)
-            .take(m)
+        data.par_chunks_mut(TILE_ROWS * k_pad)
             .enumerate()
-            .for_each(|(i, row)| {
-                let s = &src[i * row_stride..i * row_stride + k];
-                for (d, &x) in row.iter_mut().zip(s) {
-                    *d = bf16_bits(x);
+            .filter(|(t, _)| t * TILE_ROWS < m)
+            .for_each(|(t, tiles)| {
+                for r in 0..TILE_ROWS.min(m - t * TILE_ROWS) {
+                    let i = t * TILE_ROWS + r;
+                    let row = &src[i * row_stride..i * row_stride + k];
+                    for (s, chunk) in row.chunks(BLOCK).enumerate() {
+                        let at = (s * TILE_ROWS + r) * BLOCK;
+                        for (d, &x) in tiles[at..at + chunk.len()].iter_mut().zip(chunk) {
+                            *d = bf16_bits(x);
+                        }
+                    }
                 }
+                debug_assert_eq!(tiles.len(), steps * TILE_ROWS * BLOCK);
             });
         Self { m, k, k_pad, data }
     }
