@@ -3,7 +3,8 @@
 # transformers + PEFT + bitsandbytes) and ours (benches/train_step.rs) on the same machine in
 # the same run, 2 threads each, peer then ours, and prints our tables with the ratios:
 #   1. the default model's shape (SmolLM2-135M: 30 layers, hidden 576, vocab 49152, tied), QLoRA,
-#      batch 4 x 256, against the peer in fp32 and with bf16 autocast (its best CPU setting);
+#      batch 4 x 256, against the peer in fp32 and with bf16 autocast (its best CPU setting),
+#      ours in f32 and with --compute-dtype auto;
 #   2. the 19.5 M peer model, full / LoRA / QLoRA, against the peer in fp32.
 #
 #   benches/compare_peer.sh            # uses the peer venv at $PEER_VENV or $HOME/.cache/peer-bench/venv
@@ -36,8 +37,14 @@ mkdir -p "$out/smollm2"
 echo "== peer: qlora, SmolLM2-135M shape, fp32 then bf16 autocast"
 peer qlora "$out/smollm2/qlora.json" --shape smollm2 --vocab 49152
 peer qlora "$out/smollm2/qlora-bf16.json" --shape smollm2 --vocab 49152 --autocast bf16
-echo "== ours (RAYON_NUM_THREADS=2)"
-RAYON_NUM_THREADS=2 cargo bench -q --bench train_step -- --shape smollm2 --vocab 49152 --modes qlora --peer "$out/smollm2"
+# Ours in f32, then with --compute-dtype auto (bf16 products where this CPU's bf16 hardware
+# measures faster: AMX), each against both peer rows. With the default model cached, ours
+# trains its real weights (the peer: random weights of the same shape).
+for dtype in f32 auto; do
+  echo "== ours (RAYON_NUM_THREADS=2, --compute-dtype $dtype)"
+  RAYON_NUM_THREADS=2 cargo bench -q --bench train_step -- --shape smollm2 --vocab 49152 --modes qlora \
+    --compute-dtype "$dtype" --peer "$out/smollm2"
+done
 $only_smollm2 && exit 0
 
 mkdir -p "$out/peer"
