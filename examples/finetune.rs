@@ -166,10 +166,12 @@ struct Args {
     /// Elements per 4-bit block (a power of two from 32 to 4096) [default: 64].
     #[arg(long)]
     blocksize: Option<usize>,
-    /// How the CPU multiplies: `bf16` rounds the NF4 linears' operands to bf16 and
-    /// accumulates in f32 on AMX (else AVX512-BF16); `auto` (the default) uses bf16 on Flex
-    /// where a start-up measurement finds it faster than f32 on this CPU, else f32. The
-    /// choice and the tier are printed. GPUs compute in f32 so far.
+    /// How the CPU multiplies: `bf16` rounds the operands of the 4-bit linears' and the
+    /// fused head's products to bf16 and accumulates in f32 on AMX (else AVX512-BF16);
+    /// activations, norms, softmax and the loss stay f32. `auto` (the default) uses bf16 on
+    /// Flex where the CPU has AMX (3.3-4.5x our f32 GEMM, measured), else f32 (AVX512-BF16
+    /// alone measured slower than f32; AVX2-only machines have no bf16 products). The choice
+    /// and the tier are printed. GPUs compute in f32 so far.
     #[arg(long, value_enum, default_value = "auto")]
     compute_dtype: common::compute::ComputeDtype,
     /// auto (CUDA or wgpu when built with that feature, else flex), flex (pure-Rust CPU),

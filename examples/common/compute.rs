@@ -2,16 +2,19 @@
 //!
 //! On Flex, `bf16` rounds the operands of the NF4 linears' products to bf16 and accumulates in
 //! f32 on the CPU's bf16 hardware (AMX, else AVX512-BF16), as `bnb_4bit_compute_dtype=bfloat16`
-//! does; activations between ops, norms, softmax and the loss stay f32. `auto` measures one
-//! product per tier at start-up and keeps bf16 only where it beats f32 on this machine.
+//! does; activations between ops, norms, softmax and the loss stay f32. `auto` uses bf16 where
+//! the CPU has AMX, which measured 3.3–4.5× our f32 GEMM (benches/README.md); our AVX512-BF16
+//! kernel measured slower than f32 on those CPUs, so without AMX `auto` keeps f32. The rule is
+//! fixed per machine, not timed at start-up, so that every run of a job (and its resume)
+//! computes the same way.
 
 use burn::tensor::{Device, DeviceType};
-use burn_qlora::cpu_gemm::{Tier, fastest_tier, set_matmul_tier};
+use burn_qlora::cpu_gemm::{Tier, set_matmul_tier};
 
 /// `--compute-dtype`'s values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ComputeDtype {
-    /// bf16 on Flex where this CPU's bf16 hardware measures faster than f32, else f32.
+    /// bf16 on Flex where the CPU has AMX (measured faster than f32), else f32.
     Auto,
     /// f32 products everywhere.
     F32,
@@ -38,7 +41,8 @@ pub fn apply_compute_dtype(choice: ComputeDtype, device: &Device) -> Result<Stri
     let flags = Tier::cpu_flags().join(" ");
     let tier = match choice {
         ComputeDtype::F32 => Tier::F32,
-        ComputeDtype::Auto => fastest_tier(),
+        ComputeDtype::Auto if Tier::Amx.available() => Tier::Amx,
+        ComputeDtype::Auto => Tier::F32,
         ComputeDtype::Bf16 => match std::env::var("QLORA_CPU_GEMM_TIER") {
             Ok(name) => {
                 let t = Tier::from_name(&name)
@@ -72,7 +76,7 @@ pub fn apply_compute_dtype(choice: ComputeDtype, device: &Device) -> Result<Stri
         t => format!(
             "compute: bf16 operands, f32 accumulation, on {t} ({}; CPU flags: {flags})",
             if choice == ComputeDtype::Auto {
-                "auto: measured faster than f32 here"
+                "auto: AMX, measured faster than f32"
             } else {
                 "chosen"
             }

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16};
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, fastest_tier, gemm_bf16};
 
 fn values(len: usize) -> Vec<f32> {
     (0..len)
@@ -49,10 +49,11 @@ fn main() {
         .filter(|t| t.available())
         .collect();
     println!(
-        "threads {}, CPU flags {:?}, best tier {}",
+        "threads {}, CPU flags {:?}, best tier {}, fastest measured {}",
         rayon::current_num_threads(),
         Tier::cpu_flags(),
-        Tier::detect()
+        Tier::detect(),
+        fastest_tier()
     );
     print!("| M × N × K | what | f32 GFLOP/s |");
     for t in &tiers {

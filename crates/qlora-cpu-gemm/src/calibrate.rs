@@ -2,8 +2,11 @@
 //!
 //! AMX is 3× an f32 GEMM on the Xeons measured here; this crate's AVX512-BF16 kernel is
 //! slower than f32 on those same cores (`VDPBF16PS` issues on one port where FMA has two),
-//! and on AVX-512 cores that split 512-bit work (AMD Zen 4) the balance differs again. So the
-//! `auto` choice times one product of a training shape, packing included, per tier.
+//! and on AVX-512 cores that split 512-bit work (AMD Zen 4) the balance differs again.
+//! [`fastest_tier`] times one product of a training shape, packing included, per tier. Timing
+//! is noisy on a loaded machine, so a program that must compute the same way in every run (a
+//! trainer and its resume) should pick by rule (as `finetune --compute-dtype auto` does) or
+//! record the choice.
 
 use std::sync::OnceLock;
 use std::time::Instant;
