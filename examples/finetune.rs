@@ -156,16 +156,8 @@ struct Args {
     /// (it does not lower the peak memory of this model today; see benches/README.md).
     #[arg(long)]
     grad_checkpointing: bool,
-    /// The frozen base's 4-bit type (bnb_4bit_quant_type): nf4, fp4, or none (a float base:
-    /// plain LoRA). A bnb-4bit folder keeps its own codes; other settings are refused.
-    #[arg(long, value_enum, default_value = "nf4")]
-    quant_type: common::quant::QuantKind,
-    /// Quantize the 4-bit blocks' scales to 8 bits (bnb_4bit_use_double_quant): true or false.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    double_quant: bool,
-    /// Elements per 4-bit block (a power of two from 32 to 4096) [default: 64].
-    #[arg(long)]
-    blocksize: Option<usize>,
+    #[command(flatten)]
+    quant: common::quant::QuantArgs,
     /// How the CPU multiplies: `bf16` rounds the operands of the 4-bit linears' and the
     /// fused head's products to bf16 and accumulates in f32 on AMX (else AVX512-BF16);
     /// activations, norms, softmax and the loss stay f32. `auto` (the default) uses bf16 on
@@ -338,12 +330,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => common::device(&args.device)?,
     };
     let compute = common::compute::apply_compute_dtype(args.compute_dtype, &base)?;
-    let quant = common::quant::quant_config(
-        args.quant_type,
-        args.double_quant,
-        args.blocksize,
-        &model_path,
-    )?;
+    let quant = args.quant.config(&model_path)?;
     let ad = if args.grad_checkpointing {
         base.clone().autodiff().gradient_checkpointing()
     } else {

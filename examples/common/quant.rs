@@ -7,6 +7,28 @@ use std::path::Path;
 
 use burn_qlora::nf4::{Blocksize, QuantConfig, QuantType};
 
+/// The base's quantization options, flattened into a program's own (`#[command(flatten)]`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct QuantArgs {
+    /// The frozen base's 4-bit type (bnb_4bit_quant_type): nf4, fp4, or none (a float base:
+    /// plain LoRA). A bnb-4bit folder keeps its own codes; other settings are refused.
+    #[arg(long, value_enum, default_value = "nf4")]
+    pub quant_type: QuantKind,
+    /// Quantize the 4-bit blocks' scales to 8 bits (bnb_4bit_use_double_quant): true or false.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub double_quant: bool,
+    /// Elements per 4-bit block (a power of two from 32 to 4096) [default: 64].
+    #[arg(long)]
+    pub blocksize: Option<usize>,
+}
+
+impl QuantArgs {
+    /// The base's quantization for `model` (see [`quant_config`]).
+    pub fn config(&self, model: &Path) -> Result<Option<QuantConfig>, Box<dyn std::error::Error>> {
+        quant_config(self.quant_type, self.double_quant, self.blocksize, model)
+    }
+}
+
 /// `--quant-type`'s values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum QuantKind {

@@ -8,15 +8,11 @@ use qlora_backend::{Nf4Weight, nf4_linear, nf4_linear_backward_input};
 use qlora_cpu_gemm::{Tier, matmul_tier, round_bf16, set_matmul_tier};
 use qlora_nf4::{QuantConfig, QuantizedTensor};
 
+/// Deterministic values in [-2, 2).
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
-        })
+    qlora_testenv::random::uniform(len, seed)
+        .into_iter()
+        .map(|v| 2.0 * v)
         .collect()
 }
 
@@ -53,11 +49,8 @@ fn check(
 
 #[test]
 fn nf4_linear_with_bf16_compute_matches_the_rounded_reference_on_every_tier_here() {
-    let tiers: Vec<Tier> = [Tier::Amx, Tier::Avx512Bf16]
-        .into_iter()
-        .filter(|t| t.available())
-        .collect();
-    let absent: Vec<&str> = [Tier::Amx, Tier::Avx512Bf16]
+    let tiers: Vec<Tier> = Tier::BF16.into_iter().filter(|t| t.available()).collect();
+    let absent: Vec<&str> = Tier::BF16
         .into_iter()
         .filter(|t| !t.available())
         .map(Tier::name)

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use qlora_cpu_gemm::{PackedA, PackedB, Tier, fastest_tier, gemm_bf16};
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, fastest_tier, gemm_bf16, gemm_f32};
 
 fn values(len: usize) -> Vec<f32> {
     (0..len)
@@ -44,10 +44,7 @@ fn main() {
         (2048, 2048, 2048, "2048³"),
         (4096, 4096, 4096, "4096³"),
     ];
-    let tiers: Vec<Tier> = [Tier::Amx, Tier::Avx512Bf16]
-        .into_iter()
-        .filter(|t| t.available())
-        .collect();
+    let tiers: Vec<Tier> = Tier::BF16.into_iter().filter(|t| t.available()).collect();
     println!(
         "threads {}, CPU flags {:?}, best tier {}, fastest measured {}",
         rayon::current_num_threads(),
@@ -68,29 +65,7 @@ fn main() {
         let b = values(k * n);
         let flops = 2.0 * (m * n * k) as f64;
         let mut out = vec![0f32; m * n];
-        let f32_s = time(|| unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            )
-        });
+        let f32_s = time(|| gemm_f32(&a, &b, &mut out, (m, n, k)));
         print!("| {m} × {n} × {k} | {what} | {:.0} |", flops / f32_s / 1e9);
         for &t in &tiers {
             let pa = PackedA::from_f32(&a, m, k, k);

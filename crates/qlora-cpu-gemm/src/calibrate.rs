@@ -25,34 +25,9 @@ pub fn fastest_tier() -> Tier {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 97) as f32 / 97.0 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 89) as f32 / 89.0 - 0.5).collect();
         let mut out = vec![0f32; m * n];
-        let f32_time = best_of(3, || {
-            // SAFETY: out [m, n], a [m, k], b [k, n], all row-major and live.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    1,
-                    k as isize,
-                    b.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
-                )
-            }
-        });
+        let f32_time = best_of(3, || gemm_f32(&a, &b, &mut out, (m, n, k)));
         let mut best = (Tier::F32, f32_time);
-        for tier in [Tier::Amx, Tier::Avx512Bf16] {
+        for tier in Tier::BF16 {
             if !tier.available() {
                 continue;
             }
@@ -67,6 +42,42 @@ pub fn fastest_tier() -> Tier {
         }
         best.0
     })
+}
+
+/// `out[m, n] = a[m, k] · b[k, n]`, all row-major, in f32 on every core: the product the bf16
+/// tiers are measured against (the `gemm` crate, as Burn Flex and the NF4 host kernels run it).
+///
+/// # Panics
+/// If a slice is shorter than its extents.
+pub fn gemm_f32(a: &[f32], b: &[f32], out: &mut [f32], (m, n, k): (usize, usize, usize)) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && out.len() >= m * n,
+        "gemm_f32: operands shorter than their extents"
+    );
+    // SAFETY: the slices hold their extents (asserted), row-major, and `out` is exclusive.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
 }
 
 /// The best of `reps` timings of `f`, after one warm-up call.

@@ -25,7 +25,7 @@ mod pack;
 mod policy;
 mod tier;
 
-pub use calibrate::fastest_tier;
+pub use calibrate::{fastest_tier, gemm_f32};
 pub use gemm::gemm_bf16;
 pub use pack::{PackedA, PackedB, round_bf16};
 pub use policy::{matmul_tier, set_matmul_tier};

@@ -16,6 +16,8 @@ pub enum Tier {
 impl Tier {
     /// Every tier, best first.
     pub const ALL: [Tier; 3] = [Tier::Amx, Tier::Avx512Bf16, Tier::F32];
+    /// The tiers with a bf16 kernel, best first.
+    pub const BF16: [Tier; 2] = [Tier::Amx, Tier::Avx512Bf16];
 
     /// The name printed in logs and accepted by [`Tier::from_name`]: `amx`, `avx512bf16`, `f32`.
     pub fn name(self) -> &'static str {

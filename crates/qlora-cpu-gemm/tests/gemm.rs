@@ -3,30 +3,23 @@
 
 use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, round_bf16};
 
-/// Deterministic values in about [-2, 2], with a few larger and tiny ones.
+/// Deterministic values in [-2, 2), with a few larger and tiny ones.
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            let v = (u * 4.0 - 2.0) as f32;
-            match i % 97 {
-                0 => v * 50.0,
-                1 => v * 1e-3,
-                _ => v,
-            }
+    qlora_testenv::random::uniform(len, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match i % 97 {
+            0 => 100.0 * v,
+            1 => 2e-3 * v,
+            _ => 2.0 * v,
         })
         .collect()
 }
 
 /// The tiers of this machine with a bf16 kernel; prints which were and were not exercised.
 fn bf16_tiers(test: &str) -> Vec<Tier> {
-    let (here, absent): (Vec<Tier>, Vec<Tier>) = [Tier::Amx, Tier::Avx512Bf16]
-        .into_iter()
-        .partition(|t| t.available());
+    let (here, absent): (Vec<Tier>, Vec<Tier>) =
+        Tier::BF16.into_iter().partition(|t| t.available());
     eprintln!(
         "{test}: tiers exercised: [{}]; not on this machine (not tested): [{}]; CPU flags: {:?}",
         here.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),

@@ -5,38 +5,19 @@
 //! and the final loss must be within 1 % of f32's (the mixed-precision issue's bound), and
 //! differ from it (the bf16 path ran). One test: the tier is process-wide.
 
-use std::path::PathBuf;
-
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_cpu_gemm::{Tier, set_matmul_tier};
-use qlora_llama::{LlamaForCausalLM, LoraModel, causal_lm_loss};
-use qlora_nf4::QuantConfig;
-use qlora_nn::{LoraApplier, PeftAdapter};
-use safetensors::SafeTensors;
+use qlora_llama::causal_lm_loss;
 
-fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(p)
-}
-
-fn ints(st: &SafeTensors, key: &str) -> Vec<i64> {
-    st.tensor(key)
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
+#[path = "support/curve.rs"]
+mod curve;
 
 /// Trains 20 steps on `tier`; returns each step's loss and the mean loss of all 10 batches
 /// after training.
 fn train(tier: Tier) -> (Vec<f32>, f32) {
     set_matmul_tier(tier);
-    let bytes = std::fs::read(fixture("qlora_curve_30.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (ids, labels) = (ints(&st, "input_ids"), ints(&st, "labels"));
+    let (ids, labels, _) = curve::curve();
     // 30 × [2, 24] in the file: batch b is rows of steps 3b, 3b+1, 3b+2, as [6, 24].
     let per = 6 * 24;
     let device = Device::flex().autodiff();
@@ -46,14 +27,7 @@ fn train(tier: Tier) -> (Vec<f32>, f32) {
             &device,
         )
     };
-    let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), &device);
-    let mut model = LlamaForCausalLM::load(fixture("golden/tiny-llama-nf4"), &applier).unwrap();
-    let adapter = PeftAdapter::load(fixture("golden/tiny-llama-lora"), &device).unwrap();
-    model.load_adapter(&adapter, "default").unwrap();
-    let mut optim: ModuleOptimizer = AdamWConfig::new()
-        .with_weight_decay(0.0)
-        .with_epsilon(1e-8)
-        .init();
+    let (mut model, mut optim) = curve::start(&device);
     let mut losses = Vec::new();
     for step in 0..20 {
         let b = step % 10;

@@ -18,6 +18,7 @@
 //!   hardware, and the f32 path those tests compare against is tested everywhere regardless.
 
 pub mod compare;
+pub mod random;
 
 use std::path::{Path, PathBuf};
 

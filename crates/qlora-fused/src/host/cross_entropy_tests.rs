@@ -7,27 +7,16 @@ use qlora_cpu_gemm::{Tier, round_bf16, set_matmul_tier};
 use super::cross_entropy::{CeInputs, linear_cross_entropy, linear_cross_entropy_with_grad};
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
+    qlora_testenv::random::uniform(len, seed)
 }
 
 #[test]
 fn bf16_head_matches_the_rounded_reference_on_every_tier_here() {
-    let tiers: Vec<Tier> = [Tier::Amx, Tier::Avx512Bf16]
-        .into_iter()
-        .filter(|t| t.available())
-        .collect();
+    let tiers: Vec<Tier> = Tier::BF16.into_iter().filter(|t| t.available()).collect();
     eprintln!(
         "bf16 head: tiers exercised {:?}; not on this machine (not tested) {:?}",
         tiers.iter().map(|t| t.name()).collect::<Vec<_>>(),
-        [Tier::Amx, Tier::Avx512Bf16]
+        Tier::BF16
             .iter()
             .filter(|t| !t.available())
             .map(|t| t.name())
