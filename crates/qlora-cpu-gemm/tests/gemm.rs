@@ -30,6 +30,10 @@ fn bf16_tiers(test: &str) -> Vec<Tier> {
             .join(", "),
         Tier::cpu_flags()
     );
+    assert!(
+        !here.is_empty(),
+        "the CPU reports bf16 instructions, yet no bf16 tier is usable here (AMX refused by the OS and no AVX512-BF16?)"
+    );
     here
 }
 
@@ -64,6 +68,10 @@ fn check(
 }
 
 #[test]
+#[cfg_attr(
+    qlora_no_cpu_bf16,
+    ignore = "not on this CPU: no AVX512-BF16 or AMX, so no bf16 kernel to test"
+)]
 fn bf16_gemm_matches_an_exact_product_of_rounded_inputs_on_awkward_shapes() {
     let shapes = [
         (1, 1, 1),
@@ -101,6 +109,10 @@ fn bf16_gemm_matches_an_exact_product_of_rounded_inputs_on_awkward_shapes() {
 }
 
 #[test]
+#[cfg_attr(
+    qlora_no_cpu_bf16,
+    ignore = "not on this CPU: no AVX512-BF16 or AMX, so no bf16 kernel to test"
+)]
 fn packing_by_columns_rows_or_strides_gives_the_same_operand() {
     let tiers = bf16_tiers("packing");
     let (m, n, k) = (9, 40, 70);
