@@ -22,6 +22,14 @@ struct Net {
     head: AdaptedLinear,
 }
 
+/// Holds the device's random generator for one test: the tests of this file draw from the one
+/// generator of the process, so one test's draws between another's `seed` and its `init`
+/// would change what that test builds. Every test takes it first.
+fn generator() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn net(applier: &LoraApplier, device: &Device) -> Net {
     let lin = |i, o| LinearConfig::new(i, o).init(device);
     let blocks = (0..2)
@@ -70,6 +78,7 @@ fn config(targets: &[&str]) -> LoraConfig {
 
 #[test]
 fn qlora_model_trains_only_the_targeted_adapters() {
+    let _generator = generator();
     let device = Device::flex().autodiff();
     let applier =
         LoraApplier::new(config(&["q", "v"]), Some(QuantConfig::qlora()), &device).unwrap();
@@ -109,6 +118,7 @@ fn qlora_model_trains_only_the_targeted_adapters() {
 
 #[test]
 fn lora_without_quantization_and_trainable_biases() {
+    let _generator = generator();
     let device = Device::flex().autodiff();
     let mut cfg = config(&["q"]);
     cfg.bias = LoraBias::LoraOnly;
@@ -123,6 +133,7 @@ fn lora_without_quantization_and_trainable_biases() {
 
 #[test]
 fn all_linear_skips_the_head() {
+    let _generator = generator();
     let device = Device::flex();
     let mut cfg = config(&[]);
     cfg.target_modules = Some(ModuleSelector::Pattern("all-linear".into()));
@@ -133,6 +144,7 @@ fn all_linear_skips_the_head() {
 
 #[test]
 fn modules_to_save_train_in_full_and_round_trip_through_peft_files() {
+    let _generator = generator();
     let device = Device::flex().autodiff();
     let mut cfg = config(&["q"]);
     cfg.modules_to_save = Some(vec!["head".into()]);
@@ -223,6 +235,7 @@ fn modules_to_save_train_in_full_and_round_trip_through_peft_files() {
 
 #[test]
 fn parameter_counts_like_peft() {
+    let _generator = generator();
     let device = Device::flex().autodiff();
     let applier =
         LoraApplier::new(config(&["q", "v"]), Some(QuantConfig::qlora()), &device).unwrap();
@@ -263,6 +276,7 @@ fn parameter_counts_like_peft() {
 /// pass (another step after a resume) does not change the model.
 #[test]
 fn the_base_is_drawn_when_built_not_at_its_first_use() {
+    let _generator = generator();
     let device = Device::flex().autodiff();
     let config = LoraConfig {
         target_modules: Some(ModuleSelector::List(vec!["fc".into()])),
