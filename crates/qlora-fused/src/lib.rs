@@ -24,7 +24,7 @@ mod host;
 pub mod ops;
 
 pub use ops::{
-    BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps, causal_attention,
-    causal_attention_segmented, causal_attention_windowed, geglu_tanh, linear_cross_entropy,
-    rms_norm, rope, seeded_dropout, swiglu,
+    BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps, RecomputeBlock, Recomputed,
+    causal_attention, causal_attention_segmented, causal_attention_windowed, geglu_tanh,
+    linear_cross_entropy, recompute_in_backward, rms_norm, rope, seeded_dropout, swiglu,
 };

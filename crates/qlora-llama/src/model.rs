@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor};
-use qlora_nn::{PaddingFreeBatch, TokenAdapters};
+use qlora_nn::{GradientCheckpointing, PaddingFreeBatch, TokenAdapters};
 
 use crate::{KvCache, LlamaConfig, LlamaDecoderLayer, RmsNorm, Rope};
 
@@ -39,6 +39,10 @@ pub struct LlamaForCausalLM {
     pub config: LlamaConfig,
     #[module(skip)]
     rope: Rope,
+    /// Whether training recomputes each decoder layer in the backward pass
+    /// ([`LlamaForCausalLM::with_gradient_checkpointing`]).
+    #[module(skip)]
+    gradient_checkpointing: GradientCheckpointing,
 }
 
 impl LlamaForCausalLM {
@@ -64,7 +68,43 @@ impl LlamaForCausalLM {
             lm_head_rows: TokenAdapters::default(),
             config,
             rope,
+            gradient_checkpointing: GradientCheckpointing::Off,
         }
+    }
+
+    /// Block-level gradient checkpointing (`transformers`' `gradient_checkpointing_enable()`):
+    /// while training, each decoder layer keeps only its input (on its device, or in host
+    /// memory with [`GradientCheckpointing::Offload`]) and is recomputed in the backward pass
+    /// ([`qlora_nn::checkpoint_with`]); losses and gradients are unchanged, the activations of
+    /// all layers but one are not held. Off an autodiff device, and with a KV cache, it changes
+    /// nothing.
+    pub fn with_gradient_checkpointing(mut self, mode: GradientCheckpointing) -> Self {
+        self.gradient_checkpointing = mode;
+        self
+    }
+
+    /// The mode [`LlamaForCausalLM::with_gradient_checkpointing`] set.
+    pub fn gradient_checkpointing(&self) -> GradientCheckpointing {
+        self.gradient_checkpointing
+    }
+
+    /// One decoder layer while training: checkpointed when that is on.
+    fn layer_forward(
+        &self,
+        layer: &LlamaDecoderLayer,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        segments: Option<&Tensor<2, Int>>,
+    ) -> Tensor<3> {
+        let mode = self.gradient_checkpointing;
+        if !mode.is_on() || !x.is_autodiff() {
+            return layer.forward(x, cos, sin, None, segments);
+        }
+        let (cos, sin, segments) = (cos.clone(), sin.clone(), segments.cloned());
+        qlora_nn::checkpoint_with(mode, layer, x, move |layer: &LlamaDecoderLayer, x| {
+            layer.forward(x, &cos, &sin, None, segments.as_ref())
+        })
     }
 
     /// The output of the final norm (HF's last hidden state).
@@ -172,7 +212,10 @@ impl LlamaForCausalLM {
             if all {
                 out.push(x.clone());
             }
-            x = layer.forward(x, &cos, &sin, cache.as_deref_mut().map(|c| (c, i)), None);
+            x = match cache.as_deref_mut() {
+                Some(c) => layer.forward(x, &cos, &sin, Some((c, i)), None),
+                None => self.layer_forward(layer, x, &cos, &sin, None),
+            };
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -191,7 +234,7 @@ impl LlamaForCausalLM {
         let (cos, sin) = self.rope.tables_at(&batch.position_ids, &device);
         let mut x = self.embed(batch.input_ids.clone());
         for layer in &self.model.layers {
-            x = layer.forward(x, &cos, &sin, None, Some(&batch.seq_starts));
+            x = self.layer_forward(layer, x, &cos, &sin, Some(&batch.seq_starts));
         }
         self.model.norm.forward(x)
     }

@@ -1,16 +1,14 @@
-//! Gradient checkpointing reaches every op of a QLoRA step: after the forward pass of a QLoRA
-//! model (NF4 base, LoRA on every linear) on a checkpointing autodiff device, the autodiff graph
-//! holds a different number of heap bytes than on a plain one, and the gradients are the same. If
-//! `gradient_checkpointing()` were ignored anywhere on the path (the device, the model's fused
-//! ops), the two would hold the same bytes.
+//! Block-level gradient checkpointing frees memory: after the forward pass of a QLoRA model
+//! (NF4 base, LoRA on every linear) with `with_gradient_checkpointing(GradientCheckpointing::Block)`, the autodiff graph
+//! holds a small fraction of the heap bytes it holds without (each layer's input instead of its
+//! activations), the peak of the whole step is lower, and the gradients are the same bits.
 //!
-//! It does not hold *fewer*: Burn's op-level `Balanced` strategy keeps every matmul's output and
-//! adds the inputs of the element-wise chains it will recompute, so on this model the graph holds
-//! about 70% more (measured: 4.55 MB plain, 7.69 MB checkpointed). Block-level checkpointing, which
-//! frees memory, is issue #23; until it lands the out-of-memory advice does not name the option.
+//! (Burn's op-level `Balanced` strategy, which this replaced on the command line, held about 70%
+//! *more* on this model: it keeps every matmul's output and adds the inputs of the element-wise
+//! chains it recomputes.)
 //!
 //! Live bytes are counted by a global allocator (one test in this binary, so nothing else
-//! allocates meanwhile), after one warm-up step on each device: the first step also allocates
+//! allocates meanwhile), after one warm-up step of each kind: the first step also allocates
 //! what stays for the process (thread pools' buffers, about 2 MB), and whether those land inside
 //! the measured window depends on thread timing.
 
@@ -21,17 +19,19 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{LlamaForCausalLM, LoraModel};
 use qlora_nf4::QuantConfig;
-use qlora_nn::{LoraApplier, PeftAdapter};
+use qlora_nn::{GradientCheckpointing, LoraApplier, PeftAdapter};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
 
 // SAFETY: forwards to the system allocator and only adds bookkeeping.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            let live = LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            PEAK.fetch_max(live + layout.size() as isize, Ordering::Relaxed);
         }
         p
     }
@@ -50,10 +50,16 @@ fn golden(p: &str) -> PathBuf {
         .join(p)
 }
 
-/// Bytes the graph holds after the forward pass and loss, and the LoRA gradients.
-fn step(device: &Device) -> (isize, Vec<Vec<f32>>) {
+/// Bytes the graph holds after the forward pass and loss, the step's peak above what was live
+/// before it, and the LoRA gradients' bits.
+fn step(device: &Device, checkpointing: bool) -> (isize, isize, Vec<Vec<u32>>) {
     let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), device);
-    let mut model = LlamaForCausalLM::load_hf(golden("tiny-llama"), &applier).unwrap();
+    let model = LlamaForCausalLM::load_hf(golden("tiny-llama"), &applier).unwrap();
+    let mut model = model.with_gradient_checkpointing(if checkpointing {
+        GradientCheckpointing::Block
+    } else {
+        GradientCheckpointing::Off
+    });
     let adapter = PeftAdapter::load(golden("tiny-llama-lora"), device).unwrap();
     model.load_adapter(&adapter, "default").unwrap();
     let (b, t) = (4, 128);
@@ -61,9 +67,11 @@ fn step(device: &Device) -> (isize, Vec<Vec<f32>>) {
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), device);
     let labels = ids.clone();
     let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
     let loss = model.loss(ids, labels);
     let held = LIVE.load(Ordering::Relaxed) - before;
     let grads = loss.backward();
+    let peak = PEAK.load(Ordering::Relaxed) - before;
     let g = model
         .linears()
         .into_iter()
@@ -76,39 +84,43 @@ fn step(device: &Device) -> (isize, Vec<Vec<f32>>) {
                     .into_data()
                     .try_to_vec::<f32>()
                     .unwrap()
+                    .into_iter()
+                    .map(f32::to_bits)
+                    .collect()
             })
         })
         .collect();
-    (held, g)
+    (held, peak, g)
 }
 
 #[test]
-fn checkpointing_changes_what_the_graph_holds_and_not_the_gradients() {
-    let plain_device = Device::flex().autodiff();
-    let ckpt_device = Device::flex().autodiff().gradient_checkpointing();
+fn block_checkpointing_holds_a_fraction_of_the_graph_and_the_same_gradients() {
+    let device = Device::flex().autodiff();
     // The first step of each kind also allocates what stays for the process (2 MB of them).
-    step(&plain_device);
-    step(&ckpt_device);
-    let (plain, g_plain) = step(&plain_device);
-    let (plain_again, _) = step(&plain_device);
-    let (ckpt, g_ckpt) = step(&ckpt_device);
-    eprintln!("held after forward: plain {plain} B (again {plain_again} B), checkpointed {ckpt} B");
+    step(&device, false);
+    step(&device, true);
+    let (plain, plain_peak, g_plain) = step(&device, false);
+    let (plain_again, _, _) = step(&device, false);
+    let (ckpt, ckpt_peak, g_ckpt) = step(&device, true);
+    eprintln!(
+        "held after forward: plain {plain} B (again {plain_again} B), checkpointed {ckpt} B; \
+         step peak: plain {plain_peak} B, checkpointed {ckpt_peak} B"
+    );
     // The measurement is steady (a few kB of allocator bookkeeping)...
     assert!(
         (plain - plain_again).abs() as f64 <= 0.01 * plain as f64,
         "the same step held {plain} B, then {plain_again} B"
     );
-    // ...and the checkpointed graph differs from it by far more than that.
+    // ...and the checkpointed graph holds a fraction of it: two layer inputs and the head's
+    // input, `[4, 128, 64]` f32 each (128 KiB), against every activation of both layers.
     assert!(
-        (ckpt - plain).abs() as f64 >= 0.05 * plain as f64,
-        "checkpointed graph holds {ckpt} B, plain {plain} B: is the flag reaching the graph?"
+        (ckpt as f64) < 0.25 * plain as f64,
+        "checkpointed graph holds {ckpt} B, plain {plain} B"
     );
-    for (a, b) in g_plain.iter().zip(&g_ckpt) {
-        let scale = qlora_testenv::compare::max_abs(a, "plain gradient");
-        let err = qlora_testenv::compare::max_abs_diff(b, a, "checkpointed gradient");
-        assert!(
-            err <= 1e-5 * scale,
-            "gradient differs by {err} (scale {scale})"
-        );
-    }
+    assert!(
+        ckpt_peak < plain_peak,
+        "checkpointed step peaks at {ckpt_peak} B, plain at {plain_peak} B"
+    );
+    assert_eq!(g_plain.len(), g_ckpt.len());
+    assert!(g_plain == g_ckpt, "the gradients differ");
 }

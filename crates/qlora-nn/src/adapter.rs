@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::InitLoraWeights;
 
@@ -115,16 +115,7 @@ impl LoraAdapter {
         if !d.training.is_enabled() || !x.device().is_autodiff() || d.prob == 0.0 {
             return x;
         }
-        let halves = Tensor::<1, Int>::random(
-            [2],
-            Distribution::Uniform(0.0, 2_147_483_647.0),
-            &x.device(),
-        )
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .expect("two seed halves");
-        let seed = ((halves[0] as u64) << 31) ^ halves[1] as u64;
+        let seed = crate::dropout_seed(&x.device());
         qlora_fused::seeded_dropout(x, d.prob, seed)
     }
 

@@ -8,6 +8,7 @@
 mod adapter;
 mod apply;
 mod causal_lm;
+mod checkpoint;
 mod config;
 mod count;
 mod error;
@@ -17,11 +18,13 @@ mod matching;
 mod model;
 mod peft_fields;
 mod peft_io;
+mod seed;
 mod tokens;
 
 pub use adapter::{LoraAdapter, LoraAdapters};
 pub use apply::{AdaptedLinear, LoraApplier};
 pub use causal_lm::{CausalLm, IGNORE_INDEX, PaddingFreeBatch};
+pub use checkpoint::{GradientCheckpointing, checkpoint, checkpoint_with};
 pub use config::{
     InitLoraWeights, LayerIndices, LayersPattern, LoraBias, LoraConfig, ModuleSelector,
     TrainableTokenIndices,
@@ -33,4 +36,5 @@ pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
 pub use matching::{LoraMatcher, ModuleKind};
 pub use model::{LoraModel, put_into_tables};
 pub use peft_io::{AdapterDtype, AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};
+pub use seed::dropout_seed;
 pub use tokens::{TokenAdapters, TrainableTokens};

@@ -4,3 +4,5 @@ mod autodiff;
 #[cfg(feature = "cube")]
 mod cube;
 mod flex;
+
+pub(crate) use autodiff::{on_backend, recompute};

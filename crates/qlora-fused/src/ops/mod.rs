@@ -5,6 +5,7 @@ mod attention;
 mod block;
 mod cross_entropy;
 mod dropout;
+mod recompute;
 
 pub use attention::{
     CausalAttentionOps, causal_attention, causal_attention_segmented, causal_attention_windowed,
@@ -13,6 +14,8 @@ pub use block::{BlockOps, geglu_tanh, rms_norm, rope, swiglu};
 pub(crate) use block::{GELU_BETA, GELU_KAPPA};
 pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use dropout::{DropoutOps, seeded_dropout};
+pub(crate) use recompute::into_backend_float;
+pub use recompute::{RecomputeBlock, Recomputed, recompute_in_backward};
 
 pub(crate) use attention::dims as attention_dims;
 pub(crate) use cross_entropy::dims2;

@@ -6,6 +6,9 @@ mod attention;
 mod block;
 mod cross_entropy;
 mod dropout;
+mod recompute;
+
+pub(crate) use recompute::{on_backend, recompute};
 
 use burn::backend::{
     Backend,

@@ -1,0 +1,114 @@
+//! The seeds of seeded dropout, drawn from the device's generator, and the tape that lets a
+//! checkpointed block draw the same ones again when its backward pass recomputes it.
+//!
+//! [`seeded_dropout`](qlora_fused::seeded_dropout) needs one seed per call. During a
+//! checkpointed block's forward pass ([`crate::checkpoint`]) the seeds drawn are recorded; its
+//! recomputation replays them instead of drawing, so the masks are the same ones, and the
+//! device's generator has moved exactly as far as without checkpointing: a run is the same run
+//! with it or without it.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use burn::tensor::{Device, Distribution, Int, Tensor};
+
+/// What the current thread does with seeds: draw them, draw and record them, or replay them.
+enum Tape {
+    Record(Vec<u64>),
+    Replay(VecDeque<u64>),
+}
+
+thread_local! {
+    static TAPE: RefCell<Option<Tape>> = const { RefCell::new(None) };
+}
+
+/// A seed for [`qlora_fused::seeded_dropout`] on `device`: from the device's generator (so a
+/// run seeded alike draws alike), or, while a checkpointed block is recomputed, the one its
+/// forward pass drew at the same call.
+///
+/// # Panics
+///
+/// When a recomputation asks for more seeds than its forward pass drew (the block's forward
+/// pass is not a function of its input, parameters and seeds).
+pub fn dropout_seed(device: &Device) -> u64 {
+    let replayed = TAPE.with(|t| match &mut *t.borrow_mut() {
+        Some(Tape::Replay(seeds)) => Some(seeds.pop_front().expect(
+            "a checkpointed block drew more dropout seeds when recomputed than in its forward pass",
+        )),
+        _ => None,
+    });
+    if let Some(seed) = replayed {
+        return seed;
+    }
+    let seed = draw(device);
+    TAPE.with(|t| {
+        if let Some(Tape::Record(seeds)) = &mut *t.borrow_mut() {
+            seeds.push(seed);
+        }
+    });
+    seed
+}
+
+/// One seed from the device's generator: two 31-bit halves of a uniform draw.
+fn draw(device: &Device) -> u64 {
+    let halves = Tensor::<1, Int>::random([2], Distribution::Uniform(0.0, 2_147_483_647.0), device)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("two seed halves");
+    ((halves[0] as u64) << 31) ^ halves[1] as u64
+}
+
+/// Whether a checkpointed block is being run or recomputed on this thread.
+pub(crate) fn taping() -> bool {
+    TAPE.with(|t| t.borrow().is_some())
+}
+
+/// Runs `f`, recording the seeds it draws.
+pub(crate) fn recording<R>(f: impl FnOnce() -> R) -> (R, Vec<u64>) {
+    let _frame = Frame::push(Tape::Record(Vec::new()));
+    let out = f();
+    let Some(Tape::Record(seeds)) = TAPE.with(|t| t.borrow_mut().take()) else {
+        unreachable!("the recording frame is this call's")
+    };
+    (out, seeds)
+}
+
+/// Runs `f`, giving it `seeds` in order instead of drawing.
+///
+/// # Panics
+///
+/// When `f` draws fewer seeds than given (see [`dropout_seed`] for more).
+pub(crate) fn replaying<R>(seeds: &[u64], f: impl FnOnce() -> R) -> R {
+    let _frame = Frame::push(Tape::Replay(seeds.iter().copied().collect()));
+    let out = f();
+    let left = match TAPE.with(|t| t.borrow_mut().take()) {
+        Some(Tape::Replay(left)) => left.len(),
+        _ => unreachable!("the replaying frame is this call's"),
+    };
+    assert_eq!(
+        left, 0,
+        "a checkpointed block drew fewer dropout seeds when recomputed than in its forward pass"
+    );
+    out
+}
+
+/// The thread's tape while a frame lives (cleared on unwinding too).
+struct Frame;
+
+impl Frame {
+    fn push(tape: Tape) -> Self {
+        TAPE.with(|t| {
+            let mut t = t.borrow_mut();
+            assert!(t.is_none(), "checkpointed blocks do not nest");
+            *t = Some(tape);
+        });
+        Frame
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        TAPE.with(|t| t.borrow_mut().take());
+    }
+}
