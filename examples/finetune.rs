@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, GradientCheckpointingStrategy};
+use burn::tensor::Device;
 use burn_qlora::llama::{
     ChatMessage, GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
     TokenizerFiles,
 };
 use burn_qlora::nn::{
-    AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
-    ParameterCount, TrainableTokenIndices,
+    AdapterDtype, GradientCheckpointing, InitLoraWeights, LoraApplier, LoraConfig, LoraModel,
+    ModuleSelector, ParameterCount, TrainableTokenIndices,
 };
 use burn_qlora::train::{
     DataFormat, DataOptions, FitEvent, FitOptions, OptimizerKind, Overflow, Schedule, TrainConfig,
@@ -152,10 +152,19 @@ struct Args {
     /// with --optimizer paged-adamw.
     #[arg(long)]
     paged_budget: Option<usize>,
-    /// Burn's op-level checkpointing: element-wise chains recomputed in the backward pass
-    /// (it does not lower the peak memory of this model today; see benches/README.md).
-    #[arg(long)]
-    grad_checkpointing: bool,
+    /// Gradient checkpointing: `block` keeps only each decoder layer's input and recomputes
+    /// the layer in the backward pass (the same losses and adapter, bit for bit; one layer's
+    /// activations held instead of all; one more forward pass per step); `offload` keeps those
+    /// inputs in host memory (for a GPU; on the CPU it is `block`); `none` keeps every
+    /// activation. `--grad-checkpointing` alone is `block`.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "none",
+        num_args = 0..=1,
+        default_missing_value = "block"
+    )]
+    grad_checkpointing: Checkpointing,
     #[command(flatten)]
     quant: common::quant::QuantArgs,
     /// How the CPU multiplies: `bf16` rounds the operands of the 4-bit linears' and the
@@ -191,6 +200,24 @@ struct Args {
     /// No before/after sample answers.
     #[arg(long)]
     no_samples: bool,
+}
+
+/// `--grad-checkpointing`'s values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Checkpointing {
+    None,
+    Block,
+    Offload,
+}
+
+impl From<Checkpointing> for GradientCheckpointing {
+    fn from(c: Checkpointing) -> Self {
+        match c {
+            Checkpointing::None => GradientCheckpointing::Off,
+            Checkpointing::Block => GradientCheckpointing::Block,
+            Checkpointing::Offload => GradientCheckpointing::Offload,
+        }
+    }
 }
 
 /// `--save-dtype`'s values.
@@ -242,7 +269,7 @@ fn sample_answer(
 /// The message for a training step that failed on the device (out of memory, a lost device):
 /// what happened, which checkpoint is intact, and what to change (the memory advice only when
 /// memory ran out). Other errors pass through.
-fn step_failed(args: &Args, error: TrainError) -> Box<dyn std::error::Error> {
+fn step_failed(args: &Args, on_host: bool, error: TrainError) -> Box<dyn std::error::Error> {
     let (TrainError::Step { out_of_memory, .. } | TrainError::Eval { out_of_memory, .. }) = &error
     else {
         return error.into();
@@ -252,18 +279,34 @@ fn step_failed(args: &Args, error: TrainError) -> Box<dyn std::error::Error> {
         None => "no checkpoint had been written yet".to_string(),
     };
     let advice = if *out_of_memory {
-        MEMORY_ADVICE
+        memory_advice(args, on_host)
     } else {
-        "once the device works again, rerun with --resume"
+        "once the device works again, rerun with --resume".to_string()
     };
     format!("{error}\n{kept}; {advice}").into()
 }
 
-/// What to change when a step runs out of memory. (`--grad-checkpointing` is not named: Burn's
-/// op-level checkpointing does not lower this model's peak today, see benches/README.md.)
-const MEMORY_ADVICE: &str = "to use less memory, lower --batch-size (and raise --grad-accum to \
-    keep the effective batch) or --seq-len, or use --optimizer paged-adamw with a \
-    --paged-budget; then rerun with --resume";
+/// What to change when a step runs out of memory: gradient checkpointing first where the run
+/// does not use it (it frees the most, at one more forward pass), then the batch, then the
+/// optimizer state. `on_host`: the model trains in host memory (Flex), where offloading the
+/// layers' inputs changes nothing.
+fn memory_advice(args: &Args, on_host: bool) -> String {
+    let checkpointing = match args.grad_checkpointing {
+        Checkpointing::None => {
+            "use --grad-checkpointing block (each decoder layer recomputed in the backward \
+             pass instead of its activations kept), "
+        }
+        Checkpointing::Block if !on_host => {
+            "use --grad-checkpointing offload (the layers' inputs in host memory), "
+        }
+        _ => "",
+    };
+    format!(
+        "to use less memory, {checkpointing}lower --batch-size (and raise --grad-accum to keep \
+         the effective batch) or --seq-len, or use --optimizer paged-adamw with a \
+         --paged-budget; then rerun with --resume"
+    )
+}
 
 /// The LoRA config of a fresh adapter, from the command line.
 fn fresh_lora(
@@ -331,11 +374,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let compute = common::compute::apply_compute_dtype(args.compute_dtype, &base)?;
     let quant = args.quant.config(&model_path)?;
-    let ad = if args.grad_checkpointing {
-        base.clone().autodiff().gradient_checkpointing()
-    } else {
-        base.clone().autodiff()
-    };
+    let ad = base.clone().autodiff();
+    let on_host = devices.iter().chain([&base]).all(|d| *d == Device::flex());
     ad.seed(args.seed);
 
     let context = LlamaConfig::of_model(&model_path)?.max_position_embeddings;
@@ -405,6 +445,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (LlamaForCausalLM::load(&model_path, &applier)?, lora, None)
         }
     };
+    let model = model.with_gradient_checkpointing(args.grad_checkpointing.into());
     let save_dtype = args
         .save_dtype
         .map(AdapterDtype::from)
@@ -416,19 +457,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ParameterCount::of(&model)
     );
     println!("peak RSS after loading: {:.0} MiB", common::peak_rss_mib());
-    // Read off the device the model's tensors live on, so the line says what the step does.
-    let checkpointing = model
-        .devices()
-        .first()
-        .and_then(Device::gradient_checkpointing_strategy);
     println!("base: {}", common::quant::describe(quant));
     println!("{compute}");
+    // Read off the model, so the line says what the step does.
     println!(
         "gradient checkpointing: {}",
-        match checkpointing {
-            Some(GradientCheckpointingStrategy::Balanced) =>
-                "on (Burn's balanced strategy: memory-bound ops recomputed in the backward pass)",
-            _ => "off",
+        match model.gradient_checkpointing() {
+            GradientCheckpointing::Off => "off",
+            GradientCheckpointing::Block =>
+                "block (each decoder layer keeps its input and is recomputed in the backward pass)",
+            GradientCheckpointing::Offload =>
+                "offload (each decoder layer's input in host memory, the layer recomputed in the \
+                 backward pass)",
         }
     );
     println!(
@@ -504,8 +544,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     common::oom::set_advice(format!(
         "\nerror: out of host memory during training. Checkpoints in {} are written whole or \
-         not at all, so the last one (if any) is intact; {MEMORY_ADVICE}\n",
-        args.out.display()
+         not at all, so the last one (if any) is intact; {}\n",
+        args.out.display(),
+        memory_advice(&args, on_host)
     ));
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
@@ -547,7 +588,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .map_err(|e| {
             bar.abandon();
-            step_failed(&args, e)
+            step_failed(&args, on_host, e)
         })?;
     bar.finish();
 

@@ -1,7 +1,9 @@
 //! QLoRA on a model of your own (not LLaMA): its linears become frozen NF4 weights with
 //! trainable LoRA adapters in a handful of lines, a short `LoraModel` impl gives it PEFT's
 //! model-level operations, it trains a few steps, and the adapter is saved in PEFT's format
-//! (`adapter_config.json` + `adapter_model.safetensors`) with one call and loaded back.
+//! (`adapter_config.json` + `adapter_model.safetensors`) with one call and loaded back. Its
+//! hidden layers can be checkpointed as a block (`qlora_nn::checkpoint`: recomputed in the
+//! backward pass instead of their activations kept), with the same gradients.
 //!
 //! ```text
 //! cargo run --release --example own_model [OUTPUT_DIR]   # default: own_model_adapter
@@ -14,7 +16,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
     AdaptedLinear, LoraApplier, LoraConfig, LoraModel, ModuleKind, ModuleSelector, ParameterCount,
-    PeftAdapter,
+    PeftAdapter, checkpoint,
 };
 
 /// A small MLP, written as any Burn model, with `AdaptedLinear` where it had `Linear`.
@@ -48,9 +50,19 @@ impl LoraModel for Mlp {
 impl Mlp {
     /// `x`: `[batch, 32]` → `[batch, 8]`.
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.out.forward(Self::hidden(self, x))
+    }
+
+    /// The same, with the hidden layers a checkpointed block: while training, only their input
+    /// is kept, and they are run again in the backward pass.
+    fn forward_checkpointed(&self, x: Tensor<2>) -> Tensor<2> {
+        self.out.forward(checkpoint(self, x, Self::hidden))
+    }
+
+    /// `fc2(fc1(x))` with their activations: `[batch, 32]` → `[batch, 64]`.
+    fn hidden(&self, x: Tensor<2>) -> Tensor<2> {
         let h = self.fc1.forward(x).tanh();
-        let h = self.fc2.forward(h).tanh();
-        self.out.forward(h)
+        self.fc2.forward(h).tanh()
     }
 }
 
@@ -110,11 +122,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // 4. Save the adapter where PEFT can load it: one call.
+    // 4. Checkpointing the hidden layers changes the memory held, not the gradients.
+    let x = Tensor::<2>::random([64, 32], Distribution::Normal(0.0, 1.0), &device);
+    let grad_of = |forward: fn(&Mlp, Tensor<2>) -> Tensor<2>| {
+        let grads = forward(&model, x.clone()).powi_scalar(2).sum().backward();
+        let a = &model.fc1.adapter("default").expect("fc1 is adapted").lora_a;
+        a.val().grad(&grads).expect("a gradient").into_data()
+    };
+    let (plain, ckpt) = (grad_of(Mlp::forward), grad_of(Mlp::forward_checkpointed));
+    if plain != ckpt {
+        return Err("the checkpointed block gives other gradients".into());
+    }
+    println!("checkpointed hidden layers: the same fc1.lora_A gradient");
+
+    // 5. Save the adapter where PEFT can load it: one call.
     model.adapter("default", config.clone()).save(&out_dir)?;
     println!("adapter saved to {out_dir}/");
 
-    // 5. Load it onto the same base without adapters, as PEFT's `PeftModel.from_pretrained`
+    // 6. Load it onto the same base without adapters, as PEFT's `PeftModel.from_pretrained`
     // does: the outputs are the trained model's.
     let mut reloaded = build(&LoraApplier::base_only(Some(QuantConfig::qlora()), &device))?;
     reloaded.load_adapter(&PeftAdapter::load(&out_dir, &device)?, "default")?;

@@ -142,6 +142,10 @@ fn finetune_refuses_options_that_cannot_work() {
         (&["--quant-type", "int8"], &["--quant-type", "int8"]),
         (&["--compute-dtype", "f64"], &["--compute-dtype", "f64"]),
         (
+            &["--grad-checkpointing", "balanced"],
+            &["--grad-checkpointing", "balanced"],
+        ),
+        (
             &["--adapter", "/nonexistent/adapter"],
             &["--adapter", "/nonexistent/adapter", "no such file"],
         ),

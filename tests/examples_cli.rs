@@ -90,8 +90,8 @@ fn finetune_generate_merge_quantize() {
         "{metrics}"
     );
 
-    // With gradient checkpointing (activations recomputed in the backward pass) the run is
-    // the same run.
+    // With block gradient checkpointing (each decoder layer recomputed in the backward pass)
+    // the run is the same run, to the bit.
     let ckpt_out = work.join("run-ckpt");
     let mut with_ckpt = common.to_vec();
     let o = with_ckpt.iter().position(|a| *a == "--out").unwrap();
@@ -100,8 +100,11 @@ fn finetune_generate_merge_quantize() {
         "finetune",
         &[&with_ckpt[..], &["--steps", "6", "--grad-checkpointing"]].concat(),
     );
-    // The line is read off the device the model's tensors live on: the flag reached it.
-    assert!(printed.contains("gradient checkpointing: on"), "{printed}");
+    // The line is read off the model: the flag reached it.
+    assert!(
+        printed.contains("gradient checkpointing: block"),
+        "{printed}"
+    );
     let losses = |dir: &Path| -> Vec<f64> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
@@ -111,12 +114,12 @@ fn finetune_generate_merge_quantize() {
     };
     let (a, b) = (losses(&out), losses(&ckpt_out));
     assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert!(
-            (x - y).abs() <= 1e-5 * y.abs(),
-            "checkpointed loss {y} vs {x}"
-        );
-    }
+    assert_eq!(a, b, "checkpointed losses differ");
+    assert_eq!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(ckpt_out.join("adapter/adapter_model.safetensors")).unwrap(),
+        "the checkpointed run's adapter differs"
+    );
 
     // Resuming with another adapter shape is refused; the checkpoint stays as it was.
     let ckpt = |out: &Path| {
