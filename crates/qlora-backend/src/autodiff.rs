@@ -80,6 +80,10 @@ impl<B: Nf4Ops, C: CheckpointStrategy> Nf4Ops for Autodiff<B, C> {
         tracked::<B, C, false>(x, inner(w), B::nf4_linear)
     }
 
+    fn nf4_linear_output_unused(x: FloatTensor<Self>, w: Nf4Primitive<Self>) -> FloatTensor<Self> {
+        tracked::<B, C, false>(x, inner(w), B::nf4_linear_output_unused)
+    }
+
     fn nf4_linear_backward_input(
         dy: FloatTensor<Self>,
         w: Nf4Primitive<Self>,

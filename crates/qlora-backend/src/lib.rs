@@ -40,4 +40,6 @@ pub use primitive::Nf4Primitive;
 pub use qlora_nf4::{
     Nf4Error, Nf4Layout, QuantConfig, QuantType, QuantizedTensor, decode_words, encode_words,
 };
-pub use weight::{Nf4Weight, nf4_dequantize, nf4_linear, nf4_linear_backward_input};
+pub use weight::{
+    Nf4Weight, nf4_dequantize, nf4_linear, nf4_linear_backward_input, nf4_linear_output_unused,
+};

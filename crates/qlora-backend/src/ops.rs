@@ -25,6 +25,20 @@ pub trait Nf4Ops: Backend {
         #[extension_type] w: Nf4Primitive<Self>,
     ) -> FloatTensor<Self>;
 
+    /// [`Nf4Ops::nf4_linear`] where nothing reads the output's values, only its gradient: a
+    /// zero tensor of the output's shape whose backward pass is `nf4_linear`'s (`dx = dy · W`).
+    /// For the last product of a checkpointed block's recomputation, whose output is not read
+    /// (the first pass already gave it): the product is not computed a second time.
+    #[fusion(default)]
+    fn nf4_linear_output_unused(
+        x: FloatTensor<Self>,
+        #[extension_type] w: Nf4Primitive<Self>,
+    ) -> FloatTensor<Self> {
+        use burn::backend::TensorMetadata;
+        let shape = linear_out_shape(&x.shape(), w.layout.cols, w.layout.rows, "nf4_linear");
+        Self::float_zeros(shape, &x.device(), x.dtype().into())
+    }
+
     /// `dx = dy · W`: `dy` is `[..., rows]`, `dx` is `[..., cols]`; the input gradient of
     /// [`Nf4Ops::nf4_linear`].
     #[fusion(dtype = dy, shape = linear_out_shape(dy, w.layout.rows, w.layout.cols, "nf4_linear_backward_input"))]

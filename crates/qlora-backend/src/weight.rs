@@ -163,6 +163,22 @@ pub fn nf4_linear<const D: usize>(x: Tensor<D>, w: &Nf4Weight) -> Tensor<D> {
     ))
 }
 
+/// [`nf4_linear`] for a pass that reads only the output's gradient, never its values (the last
+/// product of a checkpointed block's recomputation): zeros of the output's shape, with
+/// `nf4_linear`'s backward (`dx = dy · W`); the product itself is not computed.
+///
+/// - `x`: `[..., in_features]`
+/// - returns `[..., out_features]`, zeros
+///
+/// # Panics
+/// If the last dimension of `x` is not `in_features`.
+pub fn nf4_linear_output_unused<const D: usize>(x: Tensor<D>, w: &Nf4Weight) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as Nf4Ops>::nf4_linear_output_unused(
+        x.into_dispatch(),
+        w.primitive(),
+    ))
+}
+
 /// `dx = dy · W`: the input gradient of [`nf4_linear`].
 ///
 /// - `dy`: `[..., out_features]`

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use qlora_backend::{Nf4Weight, nf4_dequantize, nf4_linear, nf4_linear_backward_input};
+use qlora_backend::{
+    Nf4Weight, nf4_dequantize, nf4_linear, nf4_linear_backward_input, nf4_linear_output_unused,
+};
 use qlora_nf4::{Blocksize, QuantConfig, QuantType, QuantizedTensor};
 use safetensors::SafeTensors;
 
@@ -177,6 +179,33 @@ fn autodiff_gradient_is_dy_times_w() {
         &dx2.iter().map(|v| *v as f64).collect::<Vec<_>>(),
         1e-5,
         "dx vs dense matmul",
+    );
+}
+
+#[test]
+fn output_unused_linear_is_zeros_with_the_linear_gradient() {
+    let device = Device::flex().autodiff();
+    let (m, n, k) = (6, 40, 72);
+    let (q, _) = weight(n, k, QuantConfig::qlora(), 11);
+    let w = Nf4Weight::from_quantized(&q, "w", &device).unwrap();
+    let g = Tensor::<2>::from_data(TensorData::new(randn(m * n, 13), [m, n]), &device);
+    let x = Tensor::<2>::from_data(TensorData::new(randn(m * k, 12), [m, k]), &device);
+    let grad = |f: fn(Tensor<2>, &Nf4Weight) -> Tensor<2>| {
+        let x = x.clone().require_grad();
+        let y = f(x.clone(), &w);
+        let grads = (y.clone() * g.clone()).sum().backward();
+        (to_vec(y), x.grad(&grads).expect("x has a gradient"))
+    };
+    let (y, dx) = grad(nf4_linear_output_unused);
+    let (_, dx_ref) = grad(nf4_linear);
+    assert_eq!(y.len(), m * n);
+    assert!(y.iter().all(|v| *v == 0.0), "the product was computed");
+    assert_eq!(
+        to_vec(dx).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        to_vec(dx_ref)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
     );
 }
 

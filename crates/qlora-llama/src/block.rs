@@ -37,4 +37,25 @@ impl LlamaDecoderLayer {
                 .forward(self.input_layernorm.forward(x), cos, sin, cache, segments);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
+
+    /// [`LlamaDecoderLayer::forward`] for a pass that reads only the output's gradient, never
+    /// its values (a checkpointed layer's recomputation, [`qlora_nn::recomputing`]): the MLP's
+    /// `down_proj` feeds the residual sum alone, so its NF4 product is not computed again
+    /// (about a quarter of the layer's products); every gradient is the same.
+    pub fn forward_output_unused(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        segments: Option<&Tensor<2, Int>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, None, segments);
+        h.clone()
+            + self
+                .mlp
+                .forward_output_unused(self.post_attention_layernorm.forward(h))
+    }
 }

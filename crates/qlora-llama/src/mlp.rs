@@ -50,6 +50,18 @@ impl LlamaMlp {
     /// - `x`: `[batch, len, hidden]`
     /// - returns `[batch, len, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj.forward(self.activation(x))
+    }
+
+    /// [`LlamaMlp::forward`] for a pass that reads only the output's gradient (a checkpointed
+    /// layer's recomputation): `down_proj`'s NF4 product is not computed
+    /// ([`AdaptedLinear::forward_output_unused`]).
+    pub fn forward_output_unused(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj.forward_output_unused(self.activation(x))
+    }
+
+    /// `silu(gate(x)) ⊙ up(x)`: `[batch, len, hidden]` → `[batch, len, intermediate]`.
+    fn activation(&self, x: Tensor<3>) -> Tensor<3> {
         let (gate, up) = match &self.gate_up_proj {
             Some(l) => {
                 let y = l.forward(x);
@@ -65,6 +77,6 @@ impl LlamaMlp {
                 (proj(&self.gate_proj), proj(&self.up_proj))
             }
         };
-        self.down_proj.forward(swiglu(gate, up))
+        swiglu(gate, up)
     }
 }

@@ -103,7 +103,12 @@ impl LlamaForCausalLM {
         }
         let (cos, sin, segments) = (cos.clone(), sin.clone(), segments.cloned());
         qlora_nn::checkpoint_with(mode, layer, x, move |layer: &LlamaDecoderLayer, x| {
-            layer.forward(x, &cos, &sin, None, segments.as_ref())
+            // The recomputation's output values are not read (only its gradient flows).
+            if qlora_nn::recomputing() {
+                layer.forward_output_unused(x, &cos, &sin, segments.as_ref())
+            } else {
+                layer.forward(x, &cos, &sin, None, segments.as_ref())
+            }
         })
     }
 

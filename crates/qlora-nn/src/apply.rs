@@ -46,6 +46,16 @@ impl AdaptedLinear {
         }
     }
 
+    /// [`AdaptedLinear::forward`] for a pass that reads only the output's gradient (the last
+    /// linear of a checkpointed block's recomputation): an NF4 base skips its product
+    /// ([`QLoraLinear::forward_output_unused`]); the other kinds run their forward pass.
+    pub fn forward_output_unused<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            AdaptedLinear::QLora(l) => l.forward_output_unused(x),
+            _ => self.forward(x),
+        }
+    }
+
     /// The adapter called `name`, if this layer has one.
     pub fn adapter(&self, name: &str) -> Option<&LoraAdapter> {
         self.adapters().and_then(|a| a.get(name))

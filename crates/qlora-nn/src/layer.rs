@@ -6,6 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 use qlora_backend::{
     Nf4Error, Nf4Weight, QuantConfig, QuantizedTensor, nf4_dequantize, nf4_linear,
+    nf4_linear_output_unused,
 };
 
 use crate::{LoraAdapter, LoraAdapters, LoraError};
@@ -179,6 +180,15 @@ impl QLoraLinear {
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze();
         }
+        self.lora.add_updates(y, x)
+    }
+
+    /// [`QLoraLinear::forward`] for a pass that reads only the output's gradient, never its
+    /// values (the last linear of a checkpointed block's recomputation,
+    /// [`crate::recomputing`]): the base's product is not computed (zeros with its backward,
+    /// [`qlora_backend::nf4_linear_output_unused`]); the adapters' updates are.
+    pub fn forward_output_unused<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = nf4_linear_output_unused(x.clone(), &self.base);
         self.lora.add_updates(y, x)
     }
 

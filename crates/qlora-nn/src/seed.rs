@@ -59,6 +59,13 @@ fn draw(device: &Device) -> u64 {
     ((halves[0] as u64) << 31) ^ halves[1] as u64
 }
 
+/// Whether a checkpointed block is being recomputed on this thread (its backward pass): the
+/// block's output values are then not read, only their gradient, so a block may skip what only
+/// its output's values need (see [`crate::QLoraLinear::forward_output_unused`]).
+pub fn recomputing() -> bool {
+    TAPE.with(|t| matches!(&*t.borrow(), Some(Tape::Replay(_))))
+}
+
 /// Whether a checkpointed block is being run or recomputed on this thread.
 pub(crate) fn taping() -> bool {
     TAPE.with(|t| t.borrow().is_some())
