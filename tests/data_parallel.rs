@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use burn::tensor::{Device, DeviceKind};
 use burn_qlora::llama::LlamaForCausalLM;
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector};
+use burn_qlora::nn::{
+    GradientCheckpointing, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
+};
 use burn_qlora::train::{OptimizerKind, Sample, Schedule, TrainConfig, Trainer, splitmix};
 
 #[path = "support/wgpu.rs"]
@@ -42,6 +44,13 @@ fn samples(n: usize, seed: u64) -> Vec<Sample> {
 }
 
 fn trainer(device: &Device) -> Trainer<LlamaForCausalLM> {
+    trainer_with(device, GradientCheckpointing::Off)
+}
+
+fn trainer_with(
+    device: &Device,
+    checkpointing: GradientCheckpointing,
+) -> Trainer<LlamaForCausalLM> {
     let ad = device.clone().autodiff();
     ad.seed(7);
     let lora = LoraConfig {
@@ -55,7 +64,9 @@ fn trainer(device: &Device) -> Trainer<LlamaForCausalLM> {
     };
     let applier = LoraApplier::new(lora.clone(), Some(QuantConfig::qlora()), &ad).unwrap();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/tiny-llama");
-    let model = LlamaForCausalLM::load(dir, &applier).unwrap();
+    let model = LlamaForCausalLM::load(dir, &applier)
+        .unwrap()
+        .with_gradient_checkpointing(checkpointing);
     let config = TrainConfig {
         steps: STEPS,
         batch_size: 4,
@@ -194,6 +205,49 @@ fn a_resumed_data_parallel_run_continues_exactly() {
     }
     assert_eq!(losses, all, "loss bits of the resumed run");
     assert_eq!(adapter_values(&resumed), adapter_values(&straight));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Data parallel with block checkpointing (each replica recomputes its layers; `Offload` keeps
+/// their inputs in host memory), checkpointed after 5 steps and resumed, trains as the plain
+/// data-parallel run: the same losses and adapters, up to the rounding of kernels that Fusion
+/// groups differently when the stream of ops differs.
+#[test]
+#[cfg_attr(qlora_no_vulkan, ignore = "cannot run here: no Vulkan driver")]
+fn a_checkpointed_data_parallel_run_and_its_resume_train_as_the_plain_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, b) = (wgpu(DeviceKind::Cpu), wgpu(DeviceKind::DefaultDevice));
+    let devices = [a.clone(), b];
+    let mut plain = trainer(&a);
+    plain.set_devices(&devices).unwrap();
+    let all: Vec<f64> = (0..STEPS)
+        .map(|_| plain.step().expect("step").loss)
+        .collect();
+
+    let dir = std::env::temp_dir().join(format!("qlora-dp-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut first = trainer_with(&a, GradientCheckpointing::Offload);
+    first.set_devices(&devices).unwrap();
+    let mut losses: Vec<f64> = (0..5).map(|_| first.step().expect("step").loss).collect();
+    let ckpt = first.save_checkpoint(&dir).unwrap();
+    drop(first);
+    let mut resumed = trainer_with(&a, GradientCheckpointing::Block);
+    resumed.set_devices(&devices).unwrap();
+    resumed.resume(&ckpt).unwrap();
+    while !resumed.is_done() {
+        losses.push(resumed.step().expect("step").loss);
+    }
+    for (s, (x, y)) in all.iter().zip(&losses).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            "step {}: loss {x} plain, {y} checkpointed",
+            s + 1
+        );
+    }
+    for ((name, x), (_, y)) in adapter_values(&plain).iter().zip(&adapter_values(&resumed)) {
+        let d = qlora_testenv::compare::max_abs_diff(y, x, name);
+        assert!(d <= 5e-5, "{name}: adapters differ by {d}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

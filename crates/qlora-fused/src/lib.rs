@@ -10,7 +10,10 @@
 //! - [`causal_attention`]: its backward pass keeps `Q`, `K`, `V` only and recomputes the
 //!   probabilities block by block (Dao et al. 2022, *FlashAttention*), in a sliding window
 //!   where the model has one ([`causal_attention_windowed`]);
-//! - [`rms_norm`], [`swiglu`], [`geglu_tanh`], [`rope`]: one pass forward and one backward each.
+//! - [`rms_norm`], [`swiglu`], [`geglu_tanh`], [`rope`]: one pass forward and one backward each;
+//! - [`recompute_in_backward`]: one node for a whole block whose backward pass runs the block
+//!   again from its kept input (block-level gradient checkpointing; the module-level API is
+//!   `qlora_nn::checkpoint`).
 //!
 //! Laid out as burn-vision is: [`ops`] holds the `#[backend_extension]` traits, whose default
 //! bodies are composed of the backend's own ops (what CubeCL runs, fused by Fusion); `host`
