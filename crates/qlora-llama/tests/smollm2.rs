@@ -75,3 +75,58 @@ fn smollm2_tokenizer_round_trips() {
 fn the_build_probe_looks_where_the_model_is_cached() {
     assert_eq!(qlora_testenv::default_model_path(), default_model_path());
 }
+
+/// Block gradient checkpointing on the default model (30 layers, NF4, LoRA r 8 with dropout on
+/// every linear): one training step's loss and every LoRA gradient are the same bits with it.
+#[test]
+#[cfg_attr(
+    qlora_no_default_model,
+    ignore = "cannot run here: the default model is not cached (QLORA_FETCH_MODEL=1 fetches it)"
+)]
+fn block_checkpointing_gives_the_same_step_bits() {
+    use burn::tensor::{Int, Tensor, TensorData};
+    use qlora_llama::LoraModel;
+    use qlora_nn::{GradientCheckpointing, LoraConfig, ModuleSelector};
+
+    let path = model_path();
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let lora = LoraConfig {
+        r: 8,
+        lora_alpha: 16.0,
+        lora_dropout: 0.1,
+        target_modules: Some(ModuleSelector::Pattern("all-linear".into())),
+        ..LoraConfig::default()
+    };
+    let applier = LoraApplier::new(lora, Some(QuantConfig::qlora()), &device).unwrap();
+    let model = LlamaForCausalLM::load(&path, &applier).unwrap();
+    let ids: Vec<i64> = (0..2 * 48).map(|i| (i * 7919 + 13) % 49152).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 48]), &device);
+    let bits = |t: Tensor<1>| -> Vec<u32> {
+        let v = t.into_data().try_to_vec::<f32>().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    };
+    let step = |mode| {
+        let model = model.clone().with_gradient_checkpointing(mode);
+        device.seed(9);
+        let loss = model.loss(ids.clone(), ids.clone());
+        let grads = loss.backward();
+        let mut out = vec![bits(loss)];
+        for (_, layer) in model.linears() {
+            let a = layer.adapter("default").unwrap();
+            for p in [&a.lora_a, &a.lora_b] {
+                let g = p.val().grad(&grads).expect("a LoRA gradient");
+                let n = g.shape().num_elements();
+                out.push(bits(g.reshape([n])));
+            }
+        }
+        out
+    };
+    let plain = step(GradientCheckpointing::Off);
+    let ckpt = step(GradientCheckpointing::Block);
+    assert_eq!(plain.len(), 1 + 2 * 7 * 30);
+    assert!(
+        plain == ckpt,
+        "a loss or gradient differs with block checkpointing"
+    );
+}
