@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use burn::backend::{DispatchTensor, Flex};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
 use qlora_fused::{RecomputeBlock, Recomputed};
 
 use crate::seed;
@@ -88,9 +88,17 @@ where
     M: Module + Sync + 'static,
     F: Fn(&M, Tensor<D>) -> Tensor<D> + Send + Sync + 'static,
 {
-    if !mode.is_on() || !x.is_autodiff() || seed::taping() {
+    if seed::taping() {
+        return seed::nested(|| forward(module, x));
+    }
+    if !mode.is_on() || !x.is_autodiff() {
         return forward(module, x);
     }
+    assert!(
+        x.gradient_checkpointing_strategy() != Some(GradientCheckpointingStrategy::Balanced),
+        "block checkpointing replaces Burn's op-level `Balanced` strategy: use a device \
+         without `gradient_checkpointing()`"
+    );
     let mut trained = Trained::default();
     module.visit(&mut trained);
     if trained.params.is_empty() && !x.is_tracked() {
@@ -122,9 +130,10 @@ fn offload<const D: usize>(x: &Tensor<D>) -> Option<(Tensor<D>, Device)> {
     Some((inner.to_device(&Device::flex()), device))
 }
 
-/// `x` outside the graph (Burn's `detach` keeps a leaf's `require_grad`; this does not).
+/// `x` outside the graph, a new untracked node (Burn's `detach` keeps a leaf's
+/// `require_grad`; this does not).
 fn untracked<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.detach().set_require_grad(false)
+    x.set_require_grad(false)
 }
 
 /// The trained parameters of a module, in visiting order.
@@ -136,6 +145,11 @@ struct Trained {
 impl ModuleVisitor for Trained {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
+        assert!(
+            t.is_require_grad() || !t.is_tracked(),
+            "checkpoint: a parameter of the block is tracked but not a leaf (computed from \
+             other tensors); a checkpointed block's parameters must be leaves"
+        );
         if t.is_require_grad() {
             self.params.push(t.into_dispatch());
         }
@@ -148,7 +162,7 @@ struct Detach;
 impl ModuleMapper for Detach {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if param.val().is_tracked() {
-            param.map(|t| t.detach().set_require_grad(false))
+            param.map(untracked)
         } else {
             param
         }
@@ -210,6 +224,7 @@ where
             (None, Some((host, device))) => host.clone().to_device(device),
             (None, None) => unreachable!("the node keeps the input unless it was offloaded"),
         };
+        let zeros = input_requires_grad.then(|| input.zeros_like());
         let mut leaves = Vec::new();
         let module = self.module.clone().map(&mut Refresh {
             leaves: &mut leaves,
@@ -224,7 +239,8 @@ where
         // The vector-Jacobian product: d(sum(y ∘ g))/dθ = gᵀ·∂y/∂θ.
         let grads = (y * output_grad.autodiff()).sum().backward();
         Recomputed {
-            input: input_requires_grad.then(|| x.grad(&grads)).flatten(),
+            // An output that does not depend on its input gives the input zeros.
+            input: zeros.map(|z| x.grad(&grads).unwrap_or(z)),
             params: leaves.iter().map(|leaf| leaf(&grads)).collect(),
         }
     }

@@ -188,7 +188,11 @@ impl QLoraLinear {
     /// [`crate::recomputing`]): the base's product is not computed (zeros with its backward,
     /// [`qlora_backend::nf4_linear_output_unused`]); the adapters' updates are.
     pub fn forward_output_unused<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = nf4_linear_output_unused(x.clone(), &self.base);
+        let mut y = nf4_linear_output_unused(x.clone(), &self.base);
+        // A trained bias (PEFT's `bias="all"`) gets its gradient through this sum.
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze();
+        }
         self.lora.add_updates(y, x)
     }
 

@@ -7,7 +7,7 @@
 //! device's generator has moved exactly as far as without checkpointing: a run is the same run
 //! with it or without it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
@@ -20,6 +20,9 @@ enum Tape {
 
 thread_local! {
     static TAPE: RefCell<Option<Tape>> = const { RefCell::new(None) };
+    /// How many checkpointed calls nested inside the current block are running: their output
+    /// is read (by the enclosing block), so [`recomputing`] is false inside them.
+    static NESTED: Cell<usize> = const { Cell::new(0) };
 }
 
 /// A seed for [`qlora_fused::seeded_dropout`] on `device`: from the device's generator (so a
@@ -59,11 +62,27 @@ fn draw(device: &Device) -> u64 {
     ((halves[0] as u64) << 31) ^ halves[1] as u64
 }
 
-/// Whether a checkpointed block is being recomputed on this thread (its backward pass): the
-/// block's output values are then not read, only their gradient, so a block may skip what only
-/// its output's values need (see [`crate::QLoraLinear::forward_output_unused`]).
+/// Whether a checkpointed block is being recomputed on this thread (its backward pass), and
+/// this is the block's own forward closure rather than a checkpointed call nested in it: the
+/// block's output values are then not read, only their gradient, so the block may skip what
+/// only its output's values need (see [`crate::QLoraLinear::forward_output_unused`]). Inside a
+/// nested call, whose output the block reads, it is false.
 pub fn recomputing() -> bool {
-    TAPE.with(|t| matches!(&*t.borrow(), Some(Tape::Replay(_))))
+    NESTED.with(Cell::get) == 0 && TAPE.with(|t| matches!(&*t.borrow(), Some(Tape::Replay(_))))
+}
+
+/// Runs `f`, a checkpointed call inside another checkpointed block (run directly: the
+/// enclosing block already recomputes it), with [`recomputing`] false: its output is read.
+pub(crate) fn nested<R>(f: impl FnOnce() -> R) -> R {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            NESTED.with(|n| n.set(n.get() - 1));
+        }
+    }
+    NESTED.with(|n| n.set(n.get() + 1));
+    let _depth = Depth;
+    f()
 }
 
 /// Whether a checkpointed block is being run or recomputed on this thread.

@@ -114,3 +114,74 @@ fn a_forward_pass_that_captures_a_tracked_tensor_is_refused() {
     let x = Tensor::<3>::ones([1, 2, 16], &device);
     let _ = checkpoint(&mlp, x, move |m: &Mlp, x| m.forward(x) * w.clone());
 }
+
+#[test]
+fn a_checkpoint_inside_a_checkpointed_block_reads_its_output() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static OUTER: AtomicU32 = AtomicU32::new(0);
+    static INNER: AtomicU32 = AtomicU32::new(0);
+    let _g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex().autodiff();
+    let mlp = Mlp::new(&device);
+    let x = Tensor::<3>::ones([1, 2, 16], &device).require_grad();
+    // Each closure counts the passes it runs in, and those in which it may skip its output.
+    let y = checkpoint(&mlp, x.clone(), |m: &Mlp, x| {
+        OUTER.fetch_add(1 + 10 * qlora_nn::recomputing() as u32, Ordering::SeqCst);
+        checkpoint(m, x, |m: &Mlp, x| {
+            INNER.fetch_add(1 + 10 * qlora_nn::recomputing() as u32, Ordering::SeqCst);
+            m.forward(x)
+        })
+    });
+    let grads = y.sum().backward();
+    assert!(x.grad(&grads).is_some());
+    // The outer block ran twice, recomputed once; the inner one twice, its output read both times.
+    assert_eq!(OUTER.load(Ordering::SeqCst), 12);
+    assert_eq!(INNER.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_block_whose_output_ignores_its_input_gives_the_input_zeros() {
+    let _g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex().autodiff();
+    let mlp = Mlp::new(&device);
+    let x = Tensor::<3>::ones([1, 2, 16], &device).require_grad();
+    let y = checkpoint(&mlp, x.clone(), |m: &Mlp, x| m.up.forward(x.zeros_like()));
+    let grads = y.sum().backward();
+    let g = x.grad(&grads).expect("the input's gradient");
+    assert!(bits(g).iter().all(|b| f32::from_bits(*b) == 0.0));
+}
+
+#[test]
+#[should_panic(expected = "Balanced")]
+fn block_checkpointing_on_a_balanced_device_is_refused() {
+    let _g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex().autodiff().gradient_checkpointing();
+    let mlp = Mlp::new(&device);
+    let x = Tensor::<3>::ones([1, 2, 16], &device);
+    let _ = checkpoint(&mlp, x, |m: &Mlp, x| m.forward(x));
+}
+
+#[test]
+fn a_trained_bias_gets_its_gradient_when_the_output_is_unused() {
+    let _g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex().autodiff();
+    let mut l = Mlp::new(&device).lora;
+    l.bias = l.bias.map(|b| b.set_require_grad(true));
+    let x = Tensor::<3>::ones([1, 2, 16], &device);
+    let g = Tensor::<3>::random([1, 2, 16], Distribution::Default, &device);
+    let grad_of_bias = |y: Tensor<3>| {
+        let grads = (y * g.clone()).sum().backward();
+        bits(
+            l.bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .grad(&grads)
+                .expect("a bias gradient"),
+        )
+    };
+    assert_eq!(
+        grad_of_bias(l.forward(x.clone())),
+        grad_of_bias(l.forward_output_unused(x))
+    );
+}

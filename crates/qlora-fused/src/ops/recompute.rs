@@ -60,8 +60,9 @@ pub struct Recomputed<const D: usize> {
 /// # Panics
 ///
 /// When `input` is not on an autodiff device, when `output` is tracked (the block's forward
-/// pass used a tracked tensor it was not given), or on a backend without this op (Flex, and
-/// CubeCL with the `cube` feature, have it).
+/// pass used a tracked tensor it was not given), on a device with Burn's `Balanced`
+/// checkpointing strategy, or on a backend without this op (Flex, and CubeCL with the `cube`
+/// feature, have it).
 pub fn recompute_in_backward<const D: usize>(
     input: Tensor<D>,
     params: Vec<DispatchTensor>,
@@ -80,14 +81,9 @@ pub fn recompute_in_backward<const D: usize>(
     );
     use crate::backends::{on_backend, recompute};
     use burn::backend::Flex;
-    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     if on_backend::<Flex, NoCheckpointing, D>(&input) {
         return recompute::<Flex, NoCheckpointing, D>(input, params, output, block, keep_input);
-    }
-    if on_backend::<Flex, BalancedCheckpointing, D>(&input) {
-        return recompute::<Flex, BalancedCheckpointing, D>(
-            input, params, output, block, keep_input,
-        );
     }
     #[cfg(feature = "cube")]
     {
@@ -95,15 +91,11 @@ pub fn recompute_in_backward<const D: usize>(
         if on_backend::<Cube, NoCheckpointing, D>(&input) {
             return recompute::<Cube, NoCheckpointing, D>(input, params, output, block, keep_input);
         }
-        if on_backend::<Cube, BalancedCheckpointing, D>(&input) {
-            return recompute::<Cube, BalancedCheckpointing, D>(
-                input, params, output, block, keep_input,
-            );
-        }
     }
     panic!(
         "block recomputation has no implementation for the device {:?} (Flex has one, and \
-         CubeCL with qlora-fused's `cube` feature)",
+         CubeCL with qlora-fused's `cube` feature; a device with Burn's `Balanced` strategy has \
+         none: the recomputation would mix strategies)",
         input.device()
     )
 }
