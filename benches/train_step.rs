@@ -26,7 +26,7 @@ use burn_qlora::llama::{
     LlamaConfig, LlamaForCausalLM, causal_lm_loss, causal_lm_loss_fused, default_model_path,
 };
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{GradientCheckpointing, LoraApplier, LoraConfig, ModuleSelector};
+use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
 use clap::Parser;
 
 #[allow(dead_code)]
@@ -89,8 +89,8 @@ struct Args {
     unfused: bool,
     /// none, block or offload: as `finetune --grad-checkpointing` (each decoder layer kept as
     /// its input and recomputed in the backward pass).
-    #[arg(long, default_value = "none")]
-    grad_checkpointing: String,
+    #[arg(long, value_enum, default_value = "none")]
+    grad_checkpointing: common::checkpointing::Checkpointing,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -185,13 +185,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     if mode == "full" {
         model = model.map(&mut TrainAll);
     }
-    let checkpointing = match args.grad_checkpointing.as_str() {
-        "none" => GradientCheckpointing::Off,
-        "block" => GradientCheckpointing::Block,
-        "offload" => GradientCheckpointing::Offload,
-        other => panic!("unknown --grad-checkpointing `{other}` (none, block, offload)"),
-    };
-    let mut model = model.with_gradient_checkpointing(checkpointing);
+    let mut model = model.with_gradient_checkpointing(args.grad_checkpointing.into());
     let mut optim: ModuleOptimizer = AdamWConfig::new()
         .with_weight_decay(0.0)
         .with_epsilon(1e-8)
@@ -262,7 +256,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": mode, "median_step_s": med, "best_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "tokens_per_s_median": tok / med, "step_s": times, "peak_rss_process_mib": common::peak_rss_mib(),
-        "rss_start_mib": rss_start, "rss_model_ready_mib": rss_ready, "layers": layers, "shape": args.shape, "compute": compute, "grad_checkpointing": args.grad_checkpointing,
+        "rss_start_mib": rss_start, "rss_model_ready_mib": rss_ready, "layers": layers, "shape": args.shape, "compute": compute, "grad_checkpointing": format!("{:?}", args.grad_checkpointing),
         "weights": weights.as_ref().map_or("random".to_string(), |p| p.display().to_string()), "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
     })
 }
@@ -314,7 +308,10 @@ fn main() {
                     .flat_map(|l| ["--layers".to_string(), l.to_string()]),
             )
             .args(args.unfused.then_some("--unfused"))
-            .args(["--grad-checkpointing", &args.grad_checkpointing])
+            .args([
+                "--grad-checkpointing",
+                &format!("{:?}", args.grad_checkpointing).to_lowercase(),
+            ])
             .args(args.random_weights.then_some("--random-weights"))
             .args(
                 args.model

@@ -15,14 +15,15 @@ use burn_qlora::llama::{
     TokenizerFiles,
 };
 use burn_qlora::nn::{
-    AdapterDtype, GradientCheckpointing, InitLoraWeights, LoraApplier, LoraConfig, LoraModel,
-    ModuleSelector, ParameterCount, TrainableTokenIndices,
+    AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
+    ParameterCount, TrainableTokenIndices,
 };
 use burn_qlora::train::{
     DataFormat, DataOptions, FitEvent, FitOptions, OptimizerKind, Overflow, Schedule, TrainConfig,
     TrainError, Trainer, find_checkpoint, load_dataset, pack, plot_losses, split, steps_for_epochs,
 };
 use clap::{Parser, ValueEnum};
+use common::checkpointing::{self, memory_advice};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[allow(dead_code)]
@@ -164,7 +165,7 @@ struct Args {
         num_args = 0..=1,
         default_missing_value = "block"
     )]
-    grad_checkpointing: Checkpointing,
+    grad_checkpointing: common::checkpointing::Checkpointing,
     #[command(flatten)]
     quant: common::quant::QuantArgs,
     /// How the CPU multiplies: `bf16` rounds the operands of the 4-bit linears' and the
@@ -200,24 +201,6 @@ struct Args {
     /// No before/after sample answers.
     #[arg(long)]
     no_samples: bool,
-}
-
-/// `--grad-checkpointing`'s values.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Checkpointing {
-    None,
-    Block,
-    Offload,
-}
-
-impl From<Checkpointing> for GradientCheckpointing {
-    fn from(c: Checkpointing) -> Self {
-        match c {
-            Checkpointing::None => GradientCheckpointing::Off,
-            Checkpointing::Block => GradientCheckpointing::Block,
-            Checkpointing::Offload => GradientCheckpointing::Offload,
-        }
-    }
 }
 
 /// `--save-dtype`'s values.
@@ -279,33 +262,11 @@ fn step_failed(args: &Args, on_host: bool, error: TrainError) -> Box<dyn std::er
         None => "no checkpoint had been written yet".to_string(),
     };
     let advice = if *out_of_memory {
-        memory_advice(args, on_host)
+        memory_advice(args.grad_checkpointing, on_host)
     } else {
         "once the device works again, rerun with --resume".to_string()
     };
     format!("{error}\n{kept}; {advice}").into()
-}
-
-/// What to change when a step runs out of memory: gradient checkpointing first where the run
-/// does not use it (it frees the most, at one more forward pass), then the batch, then the
-/// optimizer state. `on_host`: the model trains in host memory (Flex), where offloading the
-/// layers' inputs changes nothing.
-fn memory_advice(args: &Args, on_host: bool) -> String {
-    let checkpointing = match args.grad_checkpointing {
-        Checkpointing::None => {
-            "use --grad-checkpointing block (each decoder layer recomputed in the backward \
-             pass instead of its activations kept), "
-        }
-        Checkpointing::Block if !on_host => {
-            "use --grad-checkpointing offload (the layers' inputs in host memory), "
-        }
-        _ => "",
-    };
-    format!(
-        "to use less memory, {checkpointing}lower --batch-size (and raise --grad-accum to keep \
-         the effective batch) or --seq-len, or use --optimizer paged-adamw with a \
-         --paged-budget; then rerun with --resume"
-    )
 }
 
 /// The LoRA config of a fresh adapter, from the command line.
@@ -462,14 +423,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Read off the model, so the line says what the step does.
     println!(
         "gradient checkpointing: {}",
-        match model.gradient_checkpointing() {
-            GradientCheckpointing::Off => "off",
-            GradientCheckpointing::Block =>
-                "block (each decoder layer keeps its input and is recomputed in the backward pass)",
-            GradientCheckpointing::Offload =>
-                "offload (each decoder layer's input in host memory, the layer recomputed in the \
-                 backward pass)",
-        }
+        checkpointing::describe(model.gradient_checkpointing())
     );
     println!(
         "batches: {}",
@@ -546,7 +500,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "\nerror: out of host memory during training. Checkpoints in {} are written whole or \
          not at all, so the last one (if any) is intact; {}\n",
         args.out.display(),
-        memory_advice(&args, on_host)
+        memory_advice(args.grad_checkpointing, on_host)
     ));
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(

@@ -53,12 +53,11 @@ fn block_and_offload_checkpointing_on_wgpu_give_the_plain_step() {
         let ckpt = step(&device, mode);
         assert_eq!(plain.len(), ckpt.len());
         for (i, (a, b)) in plain.iter().zip(&ckpt).enumerate() {
-            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-            assert!(
-                scale.is_finite() && scale > 0.0,
-                "{mode:?}: tensor {i} is {scale}"
-            );
-            let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let what = format!("{mode:?}: tensor {i}");
+            // Both fail on a non-finite value.
+            let scale = qlora_testenv::compare::max_abs(a, &what);
+            let err = qlora_testenv::compare::max_abs_diff(b, a, &what);
+            assert!(scale > 0.0, "{what} is all zero");
             // The same kernels on the same values: equal, up to the order of a GPU reduction.
             assert!(
                 err <= 1e-5 * scale,

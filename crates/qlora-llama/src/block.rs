@@ -31,11 +31,23 @@ impl LlamaDecoderLayer {
         cache: Option<(&mut KvCache, usize)>,
         segments: Option<&Tensor<2, Int>>,
     ) -> Tensor<3> {
-        let h = x.clone()
+        let h = self.attention_residual(x, cos, sin, cache, segments);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+
+    /// `h = x + attn(norm₁(x))`, `[batch, len, hidden]`.
+    fn attention_residual(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: Option<(&mut KvCache, usize)>,
+        segments: Option<&Tensor<2, Int>>,
+    ) -> Tensor<3> {
+        x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, cache, segments);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+                .forward(self.input_layernorm.forward(x), cos, sin, cache, segments)
     }
 
     /// [`LlamaDecoderLayer::forward`] for a pass that reads only the output's gradient, never
@@ -49,10 +61,7 @@ impl LlamaDecoderLayer {
         sin: &Tensor<2>,
         segments: Option<&Tensor<2, Int>>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, None, segments);
+        let h = self.attention_residual(x, cos, sin, None, segments);
         h.clone()
             + self
                 .mlp

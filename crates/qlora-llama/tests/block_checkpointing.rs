@@ -79,6 +79,15 @@ fn step(
 }
 
 fn same(name: &str, plain: Step, ckpt: Step) {
+    // Equal bits would also pass on NaN: the plain step must be finite.
+    for (what, v) in
+        std::iter::once(("loss", &plain.0)).chain(plain.1.iter().map(|(p, g)| (p.as_str(), g)))
+    {
+        assert!(
+            v.iter().all(|b| f32::from_bits(*b).is_finite()),
+            "{name}: {what} is not finite"
+        );
+    }
     assert_eq!(plain.0, ckpt.0, "{name}: the loss differs");
     assert!(!plain.1.is_empty());
     for ((path, a), (_, b)) in plain.1.iter().zip(&ckpt.1) {

@@ -122,5 +122,12 @@ fn block_checkpointing_holds_a_fraction_of_the_graph_and_the_same_gradients() {
         "checkpointed step peaks at {ckpt_peak} B, plain at {plain_peak} B"
     );
     assert_eq!(g_plain.len(), g_ckpt.len());
+    // Equal bits would also pass on NaN.
+    assert!(
+        g_plain
+            .iter()
+            .flatten()
+            .all(|b| f32::from_bits(*b).is_finite())
+    );
     assert!(g_plain == g_ckpt, "the gradients differ");
 }

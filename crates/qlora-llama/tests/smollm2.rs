@@ -125,6 +125,13 @@ fn block_checkpointing_gives_the_same_step_bits() {
     let plain = step(GradientCheckpointing::Off);
     let ckpt = step(GradientCheckpointing::Block);
     assert_eq!(plain.len(), 1 + 2 * 7 * 30);
+    // Equal bits would also pass on NaN.
+    assert!(
+        plain
+            .iter()
+            .flatten()
+            .all(|b| f32::from_bits(*b).is_finite())
+    );
     assert!(
         plain == ckpt,
         "a loss or gradient differs with block checkpointing"

@@ -85,6 +85,13 @@ fn a_checkpointed_block_gives_the_same_bits_as_the_block() {
     // a first run does that, so that the runs compared draw the same numbers.
     run(&mlp, GradientCheckpointing::Off, &device);
     let plain = run(&mlp, GradientCheckpointing::Off, &device);
+    // Equal bits would also pass on NaN.
+    assert!(
+        plain
+            .iter()
+            .flatten()
+            .all(|b| f32::from_bits(*b).is_finite())
+    );
     for mode in [GradientCheckpointing::Block, GradientCheckpointing::Offload] {
         let ckpt = run(&mlp, mode, &device);
         for (i, (a, b)) in plain.iter().zip(&ckpt).enumerate() {
