@@ -72,6 +72,16 @@ impl<'a> CpuNf4<'a> {
         }
     }
 
+    /// The weight's `[out, in]` rows: the width of `linear`'s output.
+    pub fn out_features(&self) -> usize {
+        self.layout.rows
+    }
+
+    /// The weight's `[out, in]` columns: the width of `linear`'s input.
+    pub fn in_features(&self) -> usize {
+        self.layout.cols
+    }
+
     /// Dequantizes the elements `start .. start + out.len()` of the flat weight (sequential).
     fn dequant_range(&self, start: usize, out: &mut [f32]) {
         qlora_nf4::dequantize_4bit_seq(

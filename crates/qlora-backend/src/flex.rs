@@ -44,6 +44,13 @@ impl Nf4Ops for Flex {
     }
 }
 
+/// Runs `f` on the host view of a Flex NF4 weight (for host kernels of other crates, such as
+/// `qlora-fused`'s fused LoRA linear).
+pub fn with_host_nf4<T>(w: &Nf4Primitive<Flex>, f: impl FnOnce(&CpuNf4<'_>) -> T) -> T {
+    let (packed, scales) = (words(&w.packed, "packed"), words(&w.scales, "scales"));
+    f(&CpuNf4::new(w.layout, &packed, &scales))
+}
+
 /// The `u32` words of an int tensor (copied only if it is not a contiguous `U32` tensor).
 fn words<'a>(t: &'a FlexTensor, what: &str) -> std::borrow::Cow<'a, [u32]> {
     assert!(

@@ -34,6 +34,7 @@ mod weight;
 pub use cpu::CpuNf4;
 #[cfg(feature = "cube")]
 pub use cube_tune::{Nf4Kernel, force_nf4_kernel};
+pub use flex::with_host_nf4;
 pub use ops::{Nf4Ops, linear_out_shape};
 pub use primitive::Nf4Primitive;
 // The word layout of the two int tensors is a format fact of `qlora-nf4`.

@@ -11,6 +11,8 @@
 //!   probabilities block by block (Dao et al. 2022, *FlashAttention*), in a sliding window
 //!   where the model has one ([`causal_attention_windowed`]);
 //! - [`rms_norm`], [`swiglu`], [`geglu_tanh`], [`rope`]: one pass forward and one backward each;
+//! - [`nf4_lora_linear`]: the QLoRA linear (NF4 base plus one LoRA adapter) as one op, the
+//!   adapter's product accumulated into the base GEMM's output and input gradient;
 //! - [`recompute_in_backward`]: one node for a whole block whose backward pass runs the block
 //!   again from its kept input (block-level gradient checkpointing; the module-level API is
 //!   `qlora_nn::checkpoint`).
@@ -27,7 +29,8 @@ mod host;
 pub mod ops;
 
 pub use ops::{
-    BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps, RecomputeBlock, Recomputed,
-    causal_attention, causal_attention_segmented, causal_attention_windowed, geglu_tanh,
-    linear_cross_entropy, recompute_in_backward, rms_norm, rope, seeded_dropout, swiglu,
+    BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps, LoraFactors, LoraLinearOps,
+    RecomputeBlock, Recomputed, causal_attention, causal_attention_segmented,
+    causal_attention_windowed, geglu_tanh, linear_cross_entropy, nf4_lora_linear,
+    recompute_in_backward, rms_norm, rope, seeded_dropout, swiglu,
 };

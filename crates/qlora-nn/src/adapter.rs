@@ -106,6 +106,21 @@ impl LoraAdapter {
         delta.reshape(out)
     }
 
+    /// The adapter as [`qlora_fused::nf4_lora_linear`] takes it, for an input on `device`:
+    /// the dropout is on while training, as in [`LoraAdapter::forward`], with the seed drawn
+    /// now (so the fused and the composed forward draw the same seeds, in the same order).
+    pub fn factors(&self, device: &Device) -> qlora_fused::LoraFactors {
+        let d = &self.dropout;
+        let dropout = (d.training.is_enabled() && device.is_autodiff() && d.prob > 0.0)
+            .then(|| (d.prob, crate::dropout_seed(device)));
+        qlora_fused::LoraFactors {
+            lora_a: self.lora_a.val(),
+            lora_b: self.lora_b.val(),
+            scaling: self.scaling,
+            dropout,
+        }
+    }
+
     /// `dropout(x)` while training (an autodiff device, the layer not frozen), else `x`: as
     /// Burn's `Dropout`, with a mask drawn from a seed the device's generator gives
     /// ([`qlora_fused::seeded_dropout`]), so the backward pass draws it again instead of

@@ -8,6 +8,7 @@ use qlora_backend::{
     Nf4Error, Nf4Weight, QuantConfig, QuantizedTensor, nf4_dequantize, nf4_linear,
     nf4_linear_output_unused,
 };
+use qlora_fused::nf4_lora_linear;
 
 use crate::{LoraAdapter, LoraAdapters, LoraError};
 
@@ -171,16 +172,14 @@ impl QLoraLinear {
     }
 
     /// `y = x · dequant(W)ᵀ + b + Σ Δy`; the backward through the base keeps only the packed
-    /// weight.
+    /// weight. With one adapter in effect (the training case) the base and the adapter are one
+    /// op, [`qlora_fused::nf4_lora_linear`]: the adapter's product is accumulated into the
+    /// base's output, and its backward pass into the base's input gradient.
     ///
     /// - `x`: `[..., in_features]`
     /// - returns `[..., out_features]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mut y = nf4_linear(x.clone(), &self.base);
-        if let Some(b) = &self.bias {
-            y = y + b.val().unsqueeze();
-        }
-        self.lora.add_updates(y, x)
+        self.forward_base(x, true)
     }
 
     /// [`QLoraLinear::forward`] for a pass that reads only the output's gradient, never its
@@ -188,8 +187,26 @@ impl QLoraLinear {
     /// [`crate::recomputing`]): the base's product is not computed (zeros with its backward,
     /// [`qlora_backend::nf4_linear_output_unused`]); the adapters' updates are.
     pub fn forward_output_unused<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mut y = nf4_linear_output_unused(x.clone(), &self.base);
-        // A trained bias (PEFT's `bias="all"`) gets its gradient through this sum.
+        self.forward_base(x, false)
+    }
+
+    /// The forward pass, with the base's product computed (`base`) or only its backward.
+    fn forward_base<const D: usize>(&self, x: Tensor<D>, base: bool) -> Tensor<D> {
+        let mut in_effect = self.lora.unmerged_active();
+        if let (Some((_, adapter)), None) = (in_effect.next(), in_effect.next()) {
+            let lora = adapter.factors(&x.device());
+            let y = nf4_lora_linear(x, &self.base, lora, base);
+            // A trained bias (PEFT's `bias="all"`) gets its gradient through this sum.
+            return match &self.bias {
+                Some(b) => y + b.val().unsqueeze(),
+                None => y,
+            };
+        }
+        let mut y = if base {
+            nf4_linear(x.clone(), &self.base)
+        } else {
+            nf4_linear_output_unused(x.clone(), &self.base)
+        };
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze();
         }

@@ -4,7 +4,7 @@
 
 use burn_cubecl::CubeBackend;
 
-use crate::ops::{BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps};
+use crate::ops::{BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps, LoraLinearOps};
 
 /// The backend's own matmul, max/sum reductions and scatter: all logits are held.
 impl LinearCrossEntropyOps for CubeBackend {}
@@ -17,3 +17,6 @@ impl BlockOps for CubeBackend {}
 
 /// The backend's generator, reseeded with each call's seed, and its element-wise multiply.
 impl DropoutOps for CubeBackend {}
+
+/// The backend's NF4 linear and matmuls, composed; Fusion merges the element-wise parts.
+impl LoraLinearOps for CubeBackend {}

@@ -26,22 +26,44 @@ fn threshold(prob: f32) -> u64 {
 
 /// `x ∘ mask / (1 − prob)` (the same for the gradient: dropout is its own adjoint).
 pub fn seeded_dropout(x: &[f32], prob: f32, seed: u64) -> Vec<f32> {
-    let (t, scale) = (threshold(prob), 1.0 / (1.0 - prob));
     let mut out = vec![0f32; x.len()];
+    seeded_dropout_into(x, prob, seed, &mut out);
+    out
+}
+
+/// [`seeded_dropout`] into `out` (`out.len() == x.len()`).
+pub fn seeded_dropout_into(x: &[f32], prob: f32, seed: u64, out: &mut [f32]) {
+    apply(x, prob, seed, out, |o, v| *o = v);
+}
+
+/// `acc += x ∘ mask / (1 − prob)`: the masked value added where the element is kept, `acc`
+/// unchanged where it is dropped (the same sum as adding [`seeded_dropout`]'s output).
+pub fn seeded_dropout_add(x: &[f32], prob: f32, seed: u64, acc: &mut [f32]) {
+    apply(x, prob, seed, acc, |o, v| *o += v);
+}
+
+/// Runs `store(out_i, masked x_i)` for every element, in parallel chunks.
+fn apply(x: &[f32], prob: f32, seed: u64, out: &mut [f32], store: impl Fn(&mut f32, f32) + Sync) {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "seeded dropout: input and output lengths"
+    );
+    let (t, scale) = (threshold(prob), 1.0 / (1.0 - prob));
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .enumerate()
         .for_each(|(c, (o, x))| {
             let base = c * CHUNK;
             for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                *o = if kept(seed, base + j, t) {
+                let v = if kept(seed, base + j, t) {
                     x * scale
                 } else {
                     0.0
                 };
+                store(o, v);
             }
         });
-    out
 }
 
 #[cfg(test)]

@@ -6,4 +6,5 @@ pub(crate) mod cross_entropy;
 #[cfg(test)]
 mod cross_entropy_tests;
 pub(crate) mod dropout;
+pub(crate) mod lora_linear;
 mod softmax_row;

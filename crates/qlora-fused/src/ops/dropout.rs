@@ -34,7 +34,7 @@ pub trait DropoutOps: Backend {
 }
 
 /// `mask / (1 − prob)` in the shape of `like`, from the backend's generator seeded with `seed`.
-fn mask<B: Backend>(like: &FloatTensor<B>, prob: f32, seed: u64) -> FloatTensor<B> {
+pub(crate) fn mask<B: Backend>(like: &FloatTensor<B>, prob: f32, seed: u64) -> FloatTensor<B> {
     let device = like.device();
     B::seed(&device, seed);
     let keep = 1.0 - prob as f64;

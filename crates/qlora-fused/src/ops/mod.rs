@@ -5,6 +5,7 @@ mod attention;
 mod block;
 mod cross_entropy;
 mod dropout;
+mod lora_linear;
 mod recompute;
 
 pub use attention::{
@@ -14,6 +15,7 @@ pub use block::{BlockOps, geglu_tanh, rms_norm, rope, swiglu};
 pub(crate) use block::{GELU_BETA, GELU_KAPPA};
 pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use dropout::{DropoutOps, seeded_dropout};
+pub use lora_linear::{LoraFactors, LoraLinearOps, nf4_lora_linear};
 pub(crate) use recompute::into_backend_float;
 pub use recompute::{RecomputeBlock, Recomputed, recompute_in_backward};
 

@@ -6,6 +6,7 @@ mod attention;
 mod block;
 mod cross_entropy;
 mod dropout;
+mod lora_linear;
 mod recompute;
 
 pub(crate) use recompute::{on_backend, recompute};

@@ -5,6 +5,7 @@ mod attention;
 mod block;
 mod cross_entropy;
 mod dropout;
+mod lora_linear;
 
 use burn::backend::{
     DType, Flex, FloatDType, IntDType, TensorData, TensorMetadata,

@@ -1,0 +1,223 @@
+//! The fused QLoRA linear of [`crate::ops::LoraLinearOps`] on host memory: the base product
+//! from `qlora-backend`'s NF4 kernels, the adapter's thin products with the `gemm` crate
+//! written straight into (or accumulated onto) their destinations, and the dropped-out input
+//! in a per-thread scratch buffer that is reused from call to call (a fresh buffer per call
+//! would page-fault on first touch, which costs more than the rank-`r` products themselves).
+
+use std::cell::RefCell;
+
+use qlora_backend::CpuNf4;
+
+use super::dropout::{seeded_dropout_add, seeded_dropout_into};
+
+/// One adapter on host memory: `A` `[r, in]`, `B` `[out, r]`, row-major.
+pub(crate) struct HostLora<'a> {
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub r: usize,
+    pub scaling: f32,
+    pub dropout: f32,
+    pub seed: u64,
+}
+
+thread_local! {
+    /// The dropped-out input (forward) or the adapter's input gradient before its mask
+    /// (backward), kept per thread between calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` elements (contents unspecified).
+fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+/// A row-major or transposed view of a matrix for [`gemm`]: `(pointer, column stride, row
+/// stride)`.
+type View = (*const f32, isize, isize);
+
+/// `dst[m, n] = (dst if accumulate) + beta · lhs[m, k] · rhs[k, n]`, `dst` row-major.
+///
+/// # Safety
+/// Every pointer is valid for the extents its strides and sizes imply, and `dst` does not alias
+/// the operands.
+unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: forwarded from the caller; dst is [m, n] row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// `(y, h)`: `h = s · dropout(x) · Aᵀ` `[m, r]` and `y = x · Wᵀ (if base) + h · Bᵀ` `[m, out]`.
+pub(crate) fn forward(
+    w: &CpuNf4<'_>,
+    x: &[f32],
+    m: usize,
+    lora: &HostLora<'_>,
+    base: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let (n, k, r) = (w.out_features(), w.in_features(), lora.r);
+    assert_eq!(x.len(), m * k, "nf4_lora_linear: input length");
+    let mut y = if base {
+        w.linear(x, m)
+    } else {
+        vec![0f32; m * n]
+    };
+    let mut h = vec![0f32; m * r];
+    if m == 0 || r == 0 {
+        return (y, h);
+    }
+    let xa = |xd: &[f32], h: &mut [f32]| {
+        // SAFETY: xd is [m, k] row-major; Aᵀ(kk, j) = A[j·k + kk].
+        unsafe {
+            gemm(
+                (m, r, k),
+                h,
+                false,
+                (xd.as_ptr(), 1, k as isize),
+                (lora.a.as_ptr(), k as isize, 1),
+                lora.scaling,
+            )
+        }
+    };
+    if lora.dropout > 0.0 {
+        with_scratch(m * k, |xd| {
+            seeded_dropout_into(x, lora.dropout, lora.seed, xd);
+            xa(xd, &mut h);
+        });
+    } else {
+        xa(x, &mut h);
+    }
+    // SAFETY: h is [m, r]; Bᵀ(kk, j) = B[j·r + kk].
+    unsafe {
+        gemm(
+            (m, n, r),
+            &mut y,
+            true,
+            (h.as_ptr(), 1, r as isize),
+            (lora.b.as_ptr(), r as isize, 1),
+            1.0,
+        );
+    }
+    (y, h)
+}
+
+/// `(dx, dA, dB)` under `dy` `[m, out]` (see [`crate::ops::LoraLinearOps`]); `dx` is empty when
+/// `input_grad` is false.
+pub(crate) fn backward(
+    w: &CpuNf4<'_>,
+    dy: &[f32],
+    x: &[f32],
+    h: &[f32],
+    m: usize,
+    lora: &HostLora<'_>,
+    input_grad: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, k, r) = (w.out_features(), w.in_features(), lora.r);
+    assert_eq!(dy.len(), m * n, "nf4_lora_linear_backward: gradient length");
+    assert_eq!(x.len(), m * k, "nf4_lora_linear_backward: input length");
+    let mut dh = vec![0f32; m * r];
+    let mut db = vec![0f32; n * r];
+    let mut da = vec![0f32; r * k];
+    let mut dx = if input_grad {
+        w.linear_backward_input(dy, m)
+    } else {
+        Vec::new()
+    };
+    if m == 0 || r == 0 {
+        return (dx, da, db);
+    }
+    // SAFETY (all products below): every operand is a row-major buffer of the stated shape,
+    // viewed with the strides written next to it; destinations are distinct buffers.
+    unsafe {
+        // dh[m, r] = s · dy[m, n] · B[n, r]
+        gemm(
+            (m, r, n),
+            &mut dh,
+            false,
+            (dy.as_ptr(), 1, n as isize),
+            (lora.b.as_ptr(), 1, r as isize),
+            lora.scaling,
+        );
+        // dB[n, r] = dyᵀ[n, m] · h[m, r]
+        gemm(
+            (n, r, m),
+            &mut db,
+            false,
+            (dy.as_ptr(), n as isize, 1),
+            (h.as_ptr(), 1, r as isize),
+            1.0,
+        );
+    }
+    // dA[r, k] = dhᵀ[r, m] · dropout(x)[m, k]
+    let dhx = |xd: &[f32], da: &mut [f32]| unsafe {
+        gemm(
+            (r, k, m),
+            da,
+            false,
+            (dh.as_ptr(), r as isize, 1),
+            (xd.as_ptr(), 1, k as isize),
+            1.0,
+        )
+    };
+    // dh[m, r] · A[r, k], into `dst`
+    let dha = |dst: &mut [f32], accumulate: bool| unsafe {
+        gemm(
+            (m, k, r),
+            dst,
+            accumulate,
+            (dh.as_ptr(), 1, r as isize),
+            (lora.a.as_ptr(), 1, k as isize),
+            1.0,
+        )
+    };
+    if lora.dropout > 0.0 {
+        with_scratch(m * k, |s| {
+            seeded_dropout_into(x, lora.dropout, lora.seed, s);
+            dhx(s, &mut da);
+            if input_grad {
+                dha(s, false);
+                seeded_dropout_add(s, lora.dropout, lora.seed, &mut dx);
+            }
+        });
+    } else {
+        dhx(x, &mut da);
+        if input_grad {
+            dha(&mut dx, true);
+        }
+    }
+    (dx, da, db)
+}
