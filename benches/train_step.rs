@@ -143,6 +143,8 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         "<bench config>",
     )
     .expect("bench config");
+    // As `finetune` does: freed buffers stay in the process for the next step.
+    burn_qlora::backend::keep_freed_host_memory();
     let compute = common::compute::apply_compute_dtype(args.compute_dtype, &Device::flex())
         .expect("--compute-dtype");
     eprintln!("{mode}: {compute}");

@@ -309,6 +309,8 @@ fn main() {
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
+    // Each step's buffers reuse the last step's memory instead of fresh, kernel-zeroed pages.
+    burn_qlora::backend::keep_freed_host_memory();
     if args.paged_budget.is_some() && !matches!(args.optimizer, OptimizerKind::PagedAdamW { .. }) {
         return Err(format!(
             "--paged-budget applies to --optimizer paged-adamw only (this run uses {:?})",

@@ -116,15 +116,15 @@ impl<'a> CpuNf4<'a> {
     pub fn linear(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
         assert_eq!(x.len(), m * k, "nf4_linear: input length");
-        let mut y = vec![0f32; m * n];
-        if m == 0 || n == 0 {
-            return y;
-        }
-        if m >= LARGE_M {
+        if m >= LARGE_M && n > 0 {
             return match matmul_tier() {
                 Tier::F32 => self.chunked_product(x, m, false),
                 tier => self.linear_bf16(x, m, tier),
             };
+        }
+        let mut y = vec![0f32; m * n];
+        if m == 0 || n == 0 {
+            return y;
         }
         let panel = panel_len(n, k, 8);
         let out = SharedOut(y.as_mut_ptr());
@@ -230,18 +230,15 @@ impl<'a> CpuNf4<'a> {
     pub fn linear_backward_input(&self, dy: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
         assert_eq!(dy.len(), m * n, "nf4_linear_backward_input: input length");
-        let mut dx = vec![0f32; m * k];
-        if m == 0 || k == 0 {
-            return dx;
-        }
-        if n == 0 {
-            return dx;
-        }
-        if m >= LARGE_M {
+        if m >= LARGE_M && n > 0 && k > 0 {
             return match matmul_tier() {
                 Tier::F32 => self.chunked_product(dy, m, true),
                 tier => self.linear_backward_input_bf16(dy, m, tier),
             };
+        }
+        let mut dx = vec![0f32; m * k];
+        if m == 0 || k == 0 || n == 0 {
+            return dx;
         }
         // Few rows: each task takes contiguous row panels of W, dequantizes them (one run per
         // panel) and accumulates dy[:, r0..r1] · W[r0..r1, :] into its own partial dx; the

@@ -27,6 +27,7 @@ mod cube;
 #[cfg(feature = "cube")]
 mod cube_tune;
 mod flex;
+mod host_memory;
 mod ops;
 mod primitive;
 mod weight;
@@ -35,6 +36,7 @@ pub use cpu::CpuNf4;
 #[cfg(feature = "cube")]
 pub use cube_tune::{Nf4Kernel, force_nf4_kernel};
 pub use flex::with_host_nf4;
+pub use host_memory::keep_freed_host_memory;
 pub use ops::{Nf4Ops, linear_out_shape};
 pub use primitive::Nf4Primitive;
 // The word layout of the two int tensors is a format fact of `qlora-nf4`.
