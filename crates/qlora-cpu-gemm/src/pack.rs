@@ -21,16 +21,88 @@ pub(crate) const TILE_ROWS: usize = 16;
 #[inline(always)]
 pub(crate) fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
-    if x.is_nan() {
-        ((b >> 16) | 0x40) as u16
-    } else {
-        (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
-    }
+    // Both computed and one selected, so that loops over it vectorise.
+    let quiet_nan = (b >> 16) | 0x40;
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    (if x.is_nan() { quiet_nan } else { rounded }) as u16
 }
 
 /// `x` rounded to the nearest bf16 (ties to even), back in f32: the value the kernels use.
 pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
+/// Runs a packing loop compiled for AVX-512 (where LLVM vectorises the rounding: 16 lanes of
+/// the same integer steps as [`bf16_bits`], so the bits are the same) when the CPU has it, else
+/// the same loop for the baseline target. The packing of every operand of every product runs
+/// through these loops: in the default model's training step it was 7 % of the time scalar.
+macro_rules! wide {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: the CPU has AVX-512 F and BW (BW implies F), which the function
+                // is compiled for.
+                unsafe { avx512_loops::$f($($arg),*) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*)
+        }
+    }};
+}
+
+/// Rows `0..rows` of `src` (row stride `row_stride`, `k` columns) into a group of 16 × 32 tiles.
+#[inline(always)]
+fn pack_tile_rows(src: &[f32], rows: usize, k: usize, row_stride: usize, tiles: &mut [u16]) {
+    for r in 0..rows {
+        let row = &src[r * row_stride..r * row_stride + k];
+        for (s, chunk) in row.chunks(BLOCK).enumerate() {
+            let at = (s * TILE_ROWS + r) * BLOCK;
+            for (d, &x) in tiles[at..at + chunk.len()].iter_mut().zip(chunk) {
+                *d = bf16_bits(x);
+            }
+        }
+    }
+}
+
+/// `dst[j] = pair(lo[j], hi[j])`.
+#[inline(always)]
+fn pack_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+        *d = pair(l, h);
+    }
+}
+
+/// The packing loops compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+mod avx512_loops {
+    /// [`super::pack_tile_rows`] for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_tile_rows(
+        src: &[f32],
+        rows: usize,
+        k: usize,
+        row_stride: usize,
+        tiles: &mut [u16],
+    ) {
+        super::pack_tile_rows(src, rows, k, row_stride, tiles)
+    }
+
+    /// [`super::pack_pairs`] for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+        super::pack_pairs(lo, hi, dst)
+    }
 }
 
 /// The left operand `A [m, k]` in bf16, in tiles: for each 16 rows, for each 32 columns, a
@@ -65,16 +137,9 @@ impl PackedA {
             .enumerate()
             .filter(|(t, _)| t * TILE_ROWS < m)
             .for_each(|(t, tiles)| {
-                for r in 0..TILE_ROWS.min(m - t * TILE_ROWS) {
-                    let i = t * TILE_ROWS + r;
-                    let row = &src[i * row_stride..i * row_stride + k];
-                    for (s, chunk) in row.chunks(BLOCK).enumerate() {
-                        let at = (s * TILE_ROWS + r) * BLOCK;
-                        for (d, &x) in tiles[at..at + chunk.len()].iter_mut().zip(chunk) {
-                            *d = bf16_bits(x);
-                        }
-                    }
-                }
+                let rows = TILE_ROWS.min(m - t * TILE_ROWS);
+                let first = t * TILE_ROWS * row_stride;
+                wide!(pack_tile_rows(&src[first..], rows, k, row_stride, tiles));
                 debug_assert_eq!(tiles.len(), steps * TILE_ROWS * BLOCK);
             });
         Self { m, k, k_pad, data }
@@ -190,9 +255,7 @@ impl PackedB {
                         // SAFETY: pair row p of every column block is this task's alone
                         // (rows r0.. of B), and inside the buffer.
                         let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), lo.len()) };
-                        for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
-                            *d = pair(l, h);
-                        }
+                        wide!(pack_pairs(lo, hi, dst));
                     }
                 }
             });
@@ -232,5 +295,67 @@ impl PackedB {
     /// Pointer to column block `jb` (16 columns), pair row 0.
     pub(crate) fn block_ptr(&self, jb: usize) -> *const u16 {
         self.data[jb * (self.k_pad / 2) * COLS..].as_ptr() as *const u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values whose rounding is delicate: ties (to even, both ways), the largest finite values,
+    /// infinities, NaNs with payloads, subnormals and signed zeros, then ordinary numbers.
+    fn awkward(n: usize) -> Vec<f32> {
+        let special = [
+            f32::from_bits(0x3f80_8000), // tie, rounds down to even
+            f32::from_bits(0x3f81_8000), // tie, rounds up to even
+            f32::from_bits(0x3f80_8001),
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0x7f80_0001), // signalling NaN
+            f32::from_bits(0xffc1_2345),
+            f32::from_bits(0x0000_0001), // smallest subnormal
+            f32::from_bits(0x807f_ffff),
+            0.0,
+            -0.0,
+        ];
+        (0..n)
+            .map(|i| {
+                special
+                    .get(i)
+                    .copied()
+                    .unwrap_or((i as f32 * 0.7311).sin() * 1e3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packing_rounds_every_element_as_the_scalar_rounding() {
+        // Runs the AVX-512 loops on CPUs that have them, the baseline ones elsewhere.
+        let (m, k) = (19, 45);
+        let src = awkward(m * k);
+        let a = PackedA::from_f32(&src, m, k, k);
+        for i in 0..m {
+            for kk in 0..k {
+                let (t, s, r) = (i / TILE_ROWS, kk / BLOCK, i % TILE_ROWS);
+                let at = t * TILE_ROWS * a.k_pad + (s * TILE_ROWS + r) * BLOCK + kk % BLOCK;
+                assert_eq!(a.data[at], bf16_bits(src[i * k + kk]), "A[{i}, {kk}]");
+            }
+        }
+        let (k, n) = (45, 19);
+        let b = PackedB::from_f32(&src, k, n, n, 1);
+        for kk in 0..k {
+            for j in 0..n {
+                let word = b.data[((j / COLS) * (b.k_pad / 2) + kk / 2) * COLS + j % COLS];
+                let half = if kk % 2 == 0 {
+                    word as u16
+                } else {
+                    (word >> 16) as u16
+                };
+                assert_eq!(half, bf16_bits(src[kk * n + j]), "B[{kk}, {j}]");
+            }
+        }
     }
 }
