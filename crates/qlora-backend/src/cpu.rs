@@ -3,7 +3,7 @@
 //! it at a time (a chunk of the reduction dimension for many activation rows, a cache-sized
 //! tile of output rows per task for few).
 
-use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, matmul_tier};
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, gemm_bf16_uninit, matmul_tier};
 use rayon::prelude::*;
 
 use crate::Nf4Layout;
@@ -195,7 +195,10 @@ impl<'a> CpuNf4<'a> {
     /// into the packed bf16 layout, 16 rows of `W` per task, and multiplied into `y`.
     fn linear_bf16(&self, x: &[f32], m: usize, tier: Tier) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
-        let mut y = vec![0f32; m * n];
+        if k == 0 {
+            return vec![0f32; m * n];
+        }
+        let mut y = Vec::with_capacity(m * n);
         for (i, c0) in (0..k).step_by(BF16_CHUNK).enumerate() {
             let cw = BF16_CHUNK.min(k - c0);
             let a = PackedA::from_f32(&x[c0..], m, cw, k);
@@ -204,7 +207,7 @@ impl<'a> CpuNf4<'a> {
                     self.dequant_range((j0 + c) * k + c0, col);
                 }
             });
-            gemm_bf16(tier, &a, &b, &mut y, n, i > 0);
+            product_into(tier, &a, &b, &mut y, m * n, n, i);
         }
         y
     }
@@ -213,12 +216,15 @@ impl<'a> CpuNf4<'a> {
     /// `W`'s rows (the reduction), each dequantized straight into the packed layout.
     fn linear_backward_input_bf16(&self, dy: &[f32], m: usize, tier: Tier) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
-        let mut dx = vec![0f32; m * k];
+        if n == 0 {
+            return vec![0f32; m * k];
+        }
+        let mut dx = Vec::with_capacity(m * k);
         for (i, r0) in (0..n).step_by(BF16_CHUNK).enumerate() {
             let rw = BF16_CHUNK.min(n - r0);
             let a = PackedA::from_f32(&dy[r0..], m, rw, n);
             let b = PackedB::from_rows(rw, k, |q0, rows| self.dequant_range((r0 + q0) * k, rows));
-            gemm_bf16(tier, &a, &b, &mut dx, k, i > 0);
+            product_into(tier, &a, &b, &mut dx, m * k, k, i);
         }
         dx
     }
@@ -277,6 +283,27 @@ impl<'a> CpuNf4<'a> {
             dx = p;
         }
         dx
+    }
+}
+
+/// Chunk `i` of a product chunked along its reduction into `out` (`len` elements, row stride
+/// `rs`): the first chunk writes the fresh, uninitialised buffer without zeroing it first
+/// (every element is written), the others accumulate.
+fn product_into(
+    tier: Tier,
+    a: &PackedA,
+    b: &PackedB,
+    out: &mut Vec<f32>,
+    len: usize,
+    rs: usize,
+    i: usize,
+) {
+    if i == 0 {
+        gemm_bf16_uninit(tier, a, b, &mut out.spare_capacity_mut()[..len], rs);
+        // SAFETY: `gemm_bf16_uninit` wrote all `len` elements (`[m, rs]`, contiguous).
+        unsafe { out.set_len(len) };
+    } else {
+        gemm_bf16(tier, a, b, out, rs, true);
     }
 }
 

@@ -33,6 +33,59 @@ pub fn gemm_bf16(
     out_rs: usize,
     accumulate: bool,
 ) {
+    // SAFETY: `out` is initialised and valid for its length.
+    unsafe {
+        gemm_bf16_raw(
+            tier,
+            a,
+            b,
+            (out.as_mut_ptr(), out.len()),
+            out_rs,
+            accumulate,
+        )
+    }
+}
+
+/// [`gemm_bf16`] without accumulation into an output that need not be initialised: every
+/// element of the `[m, n]` region (row stride `out_rs`) is written, so a caller that fills a
+/// fresh buffer saves zeroing it first (a `memset` of every product's output otherwise, once
+/// freed memory is reused).
+///
+/// # Panics
+/// As [`gemm_bf16`].
+pub fn gemm_bf16_uninit(
+    tier: Tier,
+    a: &PackedA,
+    b: &PackedB,
+    out: &mut [std::mem::MaybeUninit<f32>],
+    out_rs: usize,
+) {
+    // SAFETY: valid for its length; without accumulation nothing is read from it, and
+    // elements are written through raw pointers only.
+    unsafe {
+        gemm_bf16_raw(
+            tier,
+            a,
+            b,
+            (out.as_mut_ptr().cast(), out.len()),
+            out_rs,
+            false,
+        )
+    }
+}
+
+/// The product into `out` (pointer, length): read only when `accumulate`.
+///
+/// # Safety
+/// `out` is valid for writes of its length, and initialised when `accumulate`.
+unsafe fn gemm_bf16_raw(
+    tier: Tier,
+    a: &PackedA,
+    b: &PackedB,
+    (out, out_len): (*mut f32, usize),
+    out_rs: usize,
+    accumulate: bool,
+) {
     assert!(
         tier != Tier::F32 && tier.available(),
         "gemm_bf16: tier {tier} is not a bf16 kernel available on this machine"
@@ -44,7 +97,7 @@ pub fn gemm_bf16(
     }
     assert!(out_rs >= n, "gemm_bf16: output row stride below its width");
     assert!(
-        out.len() >= (m - 1) * out_rs + n,
+        out_len >= (m - 1) * out_rs + n,
         "gemm_bf16: output too short"
     );
     let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
@@ -55,7 +108,7 @@ pub fn gemm_bf16(
     let chunks = want.div_ceil(row_blocks).clamp(1, col_blocks);
     let cols_per_task = col_blocks.div_ceil(chunks);
     let steps = a.k_pad / BLOCK;
-    let shared = SharedOut(out.as_mut_ptr());
+    let shared = SharedOut(out);
     let tasks = row_blocks * col_blocks.div_ceil(cols_per_task);
     (0..tasks).into_par_iter().for_each(|t| {
         let (ib, chunk) = (t % row_blocks, t / row_blocks);
@@ -110,16 +163,17 @@ pub fn gemm_bf16(
                 }
                 for r in 0..rows {
                     let src = &c[r * BLOCK..r * BLOCK + cols];
-                    // SAFETY: block (ib, jb) of the output is this task's alone, in bounds.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(shared.at((i0 + r) * out_rs + j0), cols)
-                    };
+                    let at = shared.at((i0 + r) * out_rs + j0);
                     if accumulate {
+                        // SAFETY: block (ib, jb) of the output is this task's alone, in
+                        // bounds, and initialised (the caller's contract when accumulating).
+                        let dst = unsafe { std::slice::from_raw_parts_mut(at, cols) };
                         for (d, s) in dst.iter_mut().zip(src) {
                             *d += s;
                         }
                     } else {
-                        dst.copy_from_slice(src);
+                        // SAFETY: as above; written without being read.
+                        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), at, cols) };
                     }
                 }
             }

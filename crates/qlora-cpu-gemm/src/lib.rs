@@ -26,7 +26,7 @@ mod policy;
 mod tier;
 
 pub use calibrate::{fastest_tier, gemm_f32};
-pub use gemm::gemm_bf16;
+pub use gemm::{gemm_bf16, gemm_bf16_uninit};
 pub use pack::{PackedA, PackedB, round_bf16};
 pub use policy::{matmul_tier, set_matmul_tier};
 pub use tier::Tier;
