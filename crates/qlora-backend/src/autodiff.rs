@@ -16,12 +16,16 @@ use burn::backend::{
 
 use crate::{Nf4Ops, Nf4Primitive};
 
-/// Under autodiff the int tensors are the inner backend's own primitives: a field-wise move.
-fn inner<B: Backend, C: CheckpointStrategy>(w: Nf4Primitive<Autodiff<B, C>>) -> Nf4Primitive<B> {
-    Nf4Primitive {
-        packed: w.packed,
-        scales: w.scales,
-        layout: w.layout,
+impl<B: Backend, C: CheckpointStrategy> Nf4Primitive<Autodiff<B, C>> {
+    /// The weight on the inner backend: under autodiff the int tensors are the inner
+    /// backend's own primitives, so this is a field-wise move (for `Autodiff` impls of other
+    /// op traits that take the weight, such as `qlora-fused`'s).
+    pub fn into_inner(self) -> Nf4Primitive<B> {
+        Nf4Primitive {
+            packed: self.packed,
+            scales: self.scales,
+            layout: self.layout,
+        }
     }
 }
 
@@ -73,21 +77,21 @@ fn tracked<B: Nf4Ops, C: CheckpointStrategy, const TRANSPOSED: bool>(
 impl<B: Nf4Ops, C: CheckpointStrategy> Nf4Ops for Autodiff<B, C> {
     fn nf4_dequantize(w: Nf4Primitive<Self>) -> FloatTensor<Self> {
         // The weight is frozen: its dense form is a constant of the graph.
-        <Self as AutodiffBackend>::from_inner(B::nf4_dequantize(inner(w)))
+        <Self as AutodiffBackend>::from_inner(B::nf4_dequantize(w.into_inner()))
     }
 
     fn nf4_linear(x: FloatTensor<Self>, w: Nf4Primitive<Self>) -> FloatTensor<Self> {
-        tracked::<B, C, false>(x, inner(w), B::nf4_linear)
+        tracked::<B, C, false>(x, w.into_inner(), B::nf4_linear)
     }
 
     fn nf4_linear_output_unused(x: FloatTensor<Self>, w: Nf4Primitive<Self>) -> FloatTensor<Self> {
-        tracked::<B, C, false>(x, inner(w), B::nf4_linear_output_unused)
+        tracked::<B, C, false>(x, w.into_inner(), B::nf4_linear_output_unused)
     }
 
     fn nf4_linear_backward_input(
         dy: FloatTensor<Self>,
         w: Nf4Primitive<Self>,
     ) -> FloatTensor<Self> {
-        tracked::<B, C, true>(dy, inner(w), B::nf4_linear_backward_input)
+        tracked::<B, C, true>(dy, w.into_inner(), B::nf4_linear_backward_input)
     }
 }

@@ -207,7 +207,7 @@ impl<'a> CpuNf4<'a> {
                     self.dequant_range((j0 + c) * k + c0, col);
                 }
             });
-            product_into(tier, &a, &b, &mut y, m * n, n, i);
+            product_into(tier, &a, &b, &mut y, n, i);
         }
         y
     }
@@ -224,7 +224,7 @@ impl<'a> CpuNf4<'a> {
             let rw = BF16_CHUNK.min(n - r0);
             let a = PackedA::from_f32(&dy[r0..], m, rw, n);
             let b = PackedB::from_rows(rw, k, |q0, rows| self.dequant_range((r0 + q0) * k, rows));
-            product_into(tier, &a, &b, &mut dx, m * k, k, i);
+            product_into(tier, &a, &b, &mut dx, k, i);
         }
         dx
     }
@@ -286,19 +286,12 @@ impl<'a> CpuNf4<'a> {
     }
 }
 
-/// Chunk `i` of a product chunked along its reduction into `out` (`len` elements, row stride
-/// `rs`): the first chunk writes the fresh, uninitialised buffer without zeroing it first
-/// (every element is written), the others accumulate.
-fn product_into(
-    tier: Tier,
-    a: &PackedA,
-    b: &PackedB,
-    out: &mut Vec<f32>,
-    len: usize,
-    rs: usize,
-    i: usize,
-) {
+/// Chunk `i` of a product chunked along its reduction into `out` (`[a.rows(), rs]`,
+/// contiguous): the first chunk writes the fresh, uninitialised buffer without zeroing it
+/// first (every element is written), the others accumulate.
+fn product_into(tier: Tier, a: &PackedA, b: &PackedB, out: &mut Vec<f32>, rs: usize, i: usize) {
     if i == 0 {
+        let len = a.rows() * rs;
         gemm_bf16_uninit(tier, a, b, &mut out.spare_capacity_mut()[..len], rs);
         // SAFETY: `gemm_bf16_uninit` wrote all `len` elements (`[m, rs]`, contiguous).
         unsafe { out.set_len(len) };

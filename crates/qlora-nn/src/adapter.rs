@@ -110,15 +110,20 @@ impl LoraAdapter {
     /// the dropout is on while training, as in [`LoraAdapter::forward`], with the seed drawn
     /// now (so the fused and the composed forward draw the same seeds, in the same order).
     pub fn factors(&self, device: &Device) -> qlora_fused::LoraFactors {
-        let d = &self.dropout;
-        let dropout = (d.training.is_enabled() && device.is_autodiff() && d.prob > 0.0)
-            .then(|| (d.prob, crate::dropout_seed(device)));
         qlora_fused::LoraFactors {
             lora_a: self.lora_a.val(),
             lora_b: self.lora_b.val(),
             scaling: self.scaling,
-            dropout,
+            dropout: self.dropout_now(device),
         }
+    }
+
+    /// `(probability, seed)` of the dropout for an input on `device`, the seed drawn now:
+    /// `Some` while training (an autodiff device, the layer not frozen, a non-zero probability).
+    fn dropout_now(&self, device: &Device) -> Option<(f64, u64)> {
+        let d = &self.dropout;
+        (d.training.is_enabled() && device.is_autodiff() && d.prob > 0.0)
+            .then(|| (d.prob, crate::dropout_seed(device)))
     }
 
     /// `dropout(x)` while training (an autodiff device, the layer not frozen), else `x`: as
@@ -126,12 +131,10 @@ impl LoraAdapter {
     /// ([`qlora_fused::seeded_dropout`]), so the backward pass draws it again instead of
     /// keeping it, and a run seeded alike draws alike.
     fn dropped<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let d = &self.dropout;
-        if !d.training.is_enabled() || !x.device().is_autodiff() || d.prob == 0.0 {
-            return x;
+        match self.dropout_now(&x.device()) {
+            Some((prob, seed)) => qlora_fused::seeded_dropout(x, prob, seed),
+            None => x,
         }
-        let seed = crate::dropout_seed(&x.device());
-        qlora_fused::seeded_dropout(x, d.prob, seed)
     }
 
     /// `scaling · B · A`, `[out, in]`: what merging adds to the base weight.

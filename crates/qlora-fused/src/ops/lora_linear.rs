@@ -84,12 +84,8 @@ pub trait LoraLinearOps: Nf4Ops {
         let xd = dropped::<Self>(x.clone(), dropout, seed);
         let da = Self::float_matmul(Self::float_transpose(dh.clone()), xd);
         let dx = if input_grad {
-            let t = Self::float_matmul(dh, lora_a);
-            let t = if dropout > 0.0 {
-                Self::float_mul(t.clone(), mask::<Self>(&t, dropout, seed))
-            } else {
-                t
-            };
+            // Dropout is its own adjoint: the same mask on the gradient.
+            let t = dropped::<Self>(Self::float_matmul(dh, lora_a), dropout, seed);
             Self::float_add(Self::nf4_linear_backward_input(dy, w), t)
         } else {
             Self::float_zeros(Shape::new([0, k]), &x.device(), x.dtype().into())

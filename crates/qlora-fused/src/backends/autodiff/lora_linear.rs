@@ -19,17 +19,6 @@ use qlora_backend::Nf4Primitive;
 use super::register;
 use crate::ops::LoraLinearOps;
 
-/// Under autodiff the weight's int tensors are the inner backend's own primitives.
-fn inner<B: burn::backend::Backend, C: CheckpointStrategy>(
-    w: Nf4Primitive<Autodiff<B, C>>,
-) -> Nf4Primitive<B> {
-    Nf4Primitive {
-        packed: w.packed,
-        scales: w.scales,
-        layout: w.layout,
-    }
-}
-
 /// What the backward pass reads: the weight, `x`, `h`, `A`, `B` and `(scaling, dropout, seed)`.
 #[derive(Debug, Clone)]
 struct State<B: burn::backend::Backend> {
@@ -77,53 +66,45 @@ impl<B: LoraLinearOps, C: CheckpointStrategy> LoraLinearOps for Autodiff<B, C> {
         seed: u64,
         base: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let w = inner(w);
-        let h_value = |h| <Self as AutodiffBackend>::from_inner(h);
-        match LoraLinearBackward
+        let w = w.into_inner();
+        let prep = LoraLinearBackward
             .prepare::<C>([x.node(), lora_a.node(), lora_b.node()])
             .compute_bound()
-            .stateful()
-        {
+            .stateful();
+        let (x, a, b) = (
+            x.into_primitive(),
+            lora_a.into_primitive(),
+            lora_b.into_primitive(),
+        );
+        let (y, h) = B::nf4_lora_linear(
+            x.clone(),
+            w.clone(),
+            a.clone(),
+            b.clone(),
+            scaling,
+            dropout,
+            seed,
+            base,
+        );
+        let y = match prep {
             OpsKind::Tracked(prep) => {
-                let (xp, ap, bp) = (
-                    x.into_primitive(),
-                    lora_a.into_primitive(),
-                    lora_b.into_primitive(),
-                );
-                let (y, h) = B::nf4_lora_linear(
-                    xp.clone(),
-                    w.clone(),
-                    ap.clone(),
-                    bp.clone(),
-                    scaling,
-                    dropout,
-                    seed,
-                    base,
-                );
-                let state = State {
-                    w,
-                    x: xp,
-                    h: h.clone(),
-                    a: ap,
-                    b: bp,
-                    settings: (scaling, dropout, seed),
-                };
-                (prep.finish(state, y), h_value(h))
+                let settings = (scaling, dropout, seed);
+                let h = h.clone();
+                prep.finish(
+                    State {
+                        w,
+                        x,
+                        h,
+                        a,
+                        b,
+                        settings,
+                    },
+                    y,
+                )
             }
-            OpsKind::UnTracked(prep) => {
-                let (y, h) = B::nf4_lora_linear(
-                    x.into_primitive(),
-                    w,
-                    lora_a.into_primitive(),
-                    lora_b.into_primitive(),
-                    scaling,
-                    dropout,
-                    seed,
-                    base,
-                );
-                (prep.finish(y), h_value(h))
-            }
-        }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, <Self as AutodiffBackend>::from_inner(h))
     }
 
     fn nf4_lora_linear_backward(
@@ -141,7 +122,7 @@ impl<B: LoraLinearOps, C: CheckpointStrategy> LoraLinearOps for Autodiff<B, C> {
         // Values, not part of the graph (no second-order gradients).
         let (dx, da, db) = B::nf4_lora_linear_backward(
             dy.into_primitive(),
-            inner(w),
+            w.into_inner(),
             x.into_primitive(),
             h.into_primitive(),
             lora_a.into_primitive(),

@@ -8,7 +8,7 @@ use super::{f32s, slice, tensor};
 use crate::host::lora_linear::{HostLora, backward, forward};
 use crate::ops::{LoraLinearOps, dims2};
 
-/// The adapter's host values and settings, checked against `x` `[m, in]` and the weight.
+/// The adapter's host values (`A` `[r, in]`, `B` `[out, r]`) and settings.
 fn adapter<'a>(
     a: &'a burn::backend::flex::FlexTensor,
     b: &'a burn::backend::flex::FlexTensor,
@@ -37,14 +37,13 @@ impl LoraLinearOps for Flex {
         base: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let ([m, _], dtype) = (dims2(&x, "x"), x.dtype());
-        let [r, _] = dims2(&lora_a, "lora_a");
         let n = w.layout.rows;
         let (x, a, b) = (f32s(x), f32s(lora_a), f32s(lora_b));
         let lora = adapter(&a, &b, (scaling, dropout, seed));
         let (y, h) = with_host_nf4(&w, |w| forward(w, slice(&x), m, &lora, base));
         (
             tensor(y, vec![m, n], dtype),
-            tensor(h, vec![m, r], DType::F32),
+            tensor(h, vec![m, lora.r], DType::F32),
         )
     }
 
@@ -61,7 +60,7 @@ impl LoraLinearOps for Flex {
         input_grad: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let ([m, k], x_dtype) = (dims2(&x, "x"), x.dtype());
-        let ([r, _], a_dtype, b_dtype) = (dims2(&lora_a, "lora_a"), lora_a.dtype(), lora_b.dtype());
+        let (a_dtype, b_dtype) = (lora_a.dtype(), lora_b.dtype());
         let n = w.layout.rows;
         let (dy, x, h, a, b) = (f32s(dy), f32s(x), f32s(h), f32s(lora_a), f32s(lora_b));
         let lora = adapter(&a, &b, (scaling, dropout, seed));
@@ -71,8 +70,8 @@ impl LoraLinearOps for Flex {
         let dx_rows = if input_grad { m } else { 0 };
         (
             tensor(dx, vec![dx_rows, k], x_dtype),
-            tensor(da, vec![r, k], a_dtype),
-            tensor(db, vec![n, r], b_dtype),
+            tensor(da, vec![lora.r, k], a_dtype),
+            tensor(db, vec![n, lora.r], b_dtype),
         )
     }
 }
