@@ -114,12 +114,29 @@ impl<'a> CpuNf4<'a> {
     /// # Panics
     /// If `x.len() != m * cols`.
     pub fn linear(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.linear_sharing_input(x, m, |_, _, _| {})
+    }
+
+    /// [`Self::linear`] that also hands each bf16-packed chunk of `x` to
+    /// `also(tier, c0, chunk)` (columns `c0 .. c0 + chunk.depth()` of `x`, every row) when the
+    /// product runs on a bf16 tier, so that a caller multiplies the same packed input again
+    /// without packing it twice (the LoRA adapter's `x · Aᵀ` of the fused QLoRA linear). On
+    /// the f32 path and for few rows `also` is never called.
+    ///
+    /// # Panics
+    /// As [`Self::linear`].
+    pub fn linear_sharing_input(
+        &self,
+        x: &[f32],
+        m: usize,
+        also: impl FnMut(Tier, usize, &PackedA),
+    ) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
         assert_eq!(x.len(), m * k, "nf4_linear: input length");
         if m >= LARGE_M && n > 0 {
             return match matmul_tier() {
                 Tier::F32 => self.chunked_product(x, m, false),
-                tier => self.linear_bf16(x, m, tier),
+                tier => self.linear_bf16(x, m, tier, also),
             };
         }
         let mut y = vec![0f32; m * n];
@@ -193,7 +210,13 @@ impl<'a> CpuNf4<'a> {
     /// `y = x · Wᵀ` with bf16 operands and f32 accumulation on `tier` (QLoRA's
     /// `bnb_4bit_compute_dtype=bfloat16`): each chunk of `W`'s columns is dequantized straight
     /// into the packed bf16 layout, 16 rows of `W` per task, and multiplied into `y`.
-    fn linear_bf16(&self, x: &[f32], m: usize, tier: Tier) -> Vec<f32> {
+    fn linear_bf16(
+        &self,
+        x: &[f32],
+        m: usize,
+        tier: Tier,
+        mut also: impl FnMut(Tier, usize, &PackedA),
+    ) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
         if k == 0 {
             return vec![0f32; m * n];
@@ -208,13 +231,20 @@ impl<'a> CpuNf4<'a> {
                 }
             });
             product_into(tier, &a, &b, &mut y, n, i);
+            also(tier, c0, &a);
         }
         y
     }
 
     /// `dx = dy · W` with bf16 operands and f32 accumulation on `tier`, chunk by chunk of
     /// `W`'s rows (the reduction), each dequantized straight into the packed layout.
-    fn linear_backward_input_bf16(&self, dy: &[f32], m: usize, tier: Tier) -> Vec<f32> {
+    fn linear_backward_input_bf16(
+        &self,
+        dy: &[f32],
+        m: usize,
+        tier: Tier,
+        mut also: impl FnMut(Tier, usize, &PackedA),
+    ) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
         if n == 0 {
             return vec![0f32; m * k];
@@ -225,6 +255,7 @@ impl<'a> CpuNf4<'a> {
             let a = PackedA::from_f32(&dy[r0..], m, rw, n);
             let b = PackedB::from_rows(rw, k, |q0, rows| self.dequant_range((r0 + q0) * k, rows));
             product_into(tier, &a, &b, &mut dx, k, i);
+            also(tier, r0, &a);
         }
         dx
     }
@@ -234,12 +265,27 @@ impl<'a> CpuNf4<'a> {
     /// # Panics
     /// If `dy.len() != m * rows`.
     pub fn linear_backward_input(&self, dy: &[f32], m: usize) -> Vec<f32> {
+        self.linear_backward_input_sharing(dy, m, |_, _, _| {})
+    }
+
+    /// [`Self::linear_backward_input`] that also hands each bf16-packed chunk of `dy` to
+    /// `also(tier, c0, chunk)` (columns `c0 .. c0 + chunk.depth()` of `dy`), as
+    /// [`Self::linear_sharing_input`] does for `x` (the adapter's `dy · B`).
+    ///
+    /// # Panics
+    /// As [`Self::linear_backward_input`].
+    pub fn linear_backward_input_sharing(
+        &self,
+        dy: &[f32],
+        m: usize,
+        also: impl FnMut(Tier, usize, &PackedA),
+    ) -> Vec<f32> {
         let (n, k) = (self.layout.rows, self.layout.cols);
         assert_eq!(dy.len(), m * n, "nf4_linear_backward_input: input length");
         if m >= LARGE_M && n > 0 && k > 0 {
             return match matmul_tier() {
                 Tier::F32 => self.chunked_product(dy, m, true),
-                tier => self.linear_backward_input_bf16(dy, m, tier),
+                tier => self.linear_backward_input_bf16(dy, m, tier, also),
             };
         }
         let mut dx = vec![0f32; m * k];

@@ -3,10 +3,18 @@
 //! written straight into (or accumulated onto) their destinations, and the dropped-out input
 //! in a per-thread scratch buffer that is reused from call to call (a fresh buffer per call
 //! would page-fault on first touch, which costs more than the rank-`r` products themselves).
+//!
+//! On a bf16 tier (`qlora_cpu_gemm::set_matmul_tier`) the two adapter products whose depth is
+//! the layer's width, `x · Aᵀ` and `dy · B`, run on the bf16 kernel over the very chunks of
+//! `x` and `dy` that the base's products pack (`CpuNf4::linear_sharing_input`), so they cost
+//! neither a packing pass nor the `gemm` crate's thin-output kernel (a 16-wide output is its
+//! slowest shape); `A` and `B` are rounded to bf16 as PEFT's autocast does, the scaling applied
+//! in f32 after. The other products (`h · Bᵀ`, `dhᵀ · x`, `dyᵀ · h`, `dh · A`) stay f32.
 
 use std::cell::RefCell;
 
 use qlora_backend::CpuNf4;
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16};
 
 use super::dropout::{seeded_dropout_add, seeded_dropout_into};
 
@@ -91,12 +99,27 @@ pub(crate) fn forward(
 ) -> (Vec<f32>, Vec<f32>) {
     let (n, k, r) = (w.out_features(), w.in_features(), lora.r);
     assert_eq!(x.len(), m * k, "nf4_lora_linear: input length");
+    let mut h = vec![0f32; m * r];
+    // Without dropout the adapter reads the base's own input: on a bf16 tier its `x · Aᵀ`
+    // multiplies the chunks of `x` the base product packed, on the same kernel.
+    let share = base && lora.dropout == 0.0 && r > 0;
+    let mut shared = false;
     let mut y = if base {
-        w.linear(x, m)
+        w.linear_sharing_input(x, m, |tier, c0, xa| {
+            if share {
+                // h (+)= x[:, c0..] · A[:, c0..]ᵀ; Aᵀ's columns are A's rows.
+                let at = PackedB::from_columns(xa.depth(), r, |j0, cols| {
+                    for (c, col) in cols.chunks_exact_mut(xa.depth()).enumerate() {
+                        col.copy_from_slice(&lora.a[(j0 + c) * k + c0..][..xa.depth()]);
+                    }
+                });
+                gemm_bf16(tier, xa, &at, &mut h, r, shared);
+                shared = true;
+            }
+        })
     } else {
         vec![0f32; m * n]
     };
-    let mut h = vec![0f32; m * r];
     if m == 0 || r == 0 {
         return (y, h);
     }
@@ -113,7 +136,9 @@ pub(crate) fn forward(
             )
         }
     };
-    if lora.dropout > 0.0 {
+    if shared {
+        h.iter_mut().for_each(|v| *v *= lora.scaling);
+    } else if lora.dropout > 0.0 {
         with_scratch(m * k, |xd| {
             seeded_dropout_into(x, lora.dropout, lora.seed, xd);
             xa(xd, &mut h);
@@ -152,26 +177,41 @@ pub(crate) fn backward(
     let mut dh = vec![0f32; m * r];
     let mut db = vec![0f32; n * r];
     let mut da = vec![0f32; r * k];
+    // On a bf16 tier `dh = s · dy · B` multiplies the chunks of `dy` the base's input gradient
+    // packed, on the same kernel.
+    let mut shared = false;
     let mut dx = if input_grad {
-        w.linear_backward_input(dy, m)
+        w.linear_backward_input_sharing(dy, m, |tier, c0, dya| {
+            if r > 0 {
+                share_dy_b(tier, dya, c0, lora, &mut dh, shared);
+                shared = true;
+            }
+        })
     } else {
         Vec::new()
     };
     if m == 0 || r == 0 {
         return (dx, da, db);
     }
+    if shared {
+        dh.iter_mut().for_each(|v| *v *= lora.scaling);
+    } else {
+        // dh[m, r] = s · dy[m, n] · B[n, r]
+        // SAFETY: dy is [m, n], B is [n, r], dh is [m, r], all row-major.
+        unsafe {
+            gemm(
+                (m, r, n),
+                &mut dh,
+                false,
+                (dy.as_ptr(), 1, n as isize),
+                (lora.b.as_ptr(), 1, r as isize),
+                lora.scaling,
+            );
+        }
+    }
     // SAFETY (all products below): every operand is a row-major buffer of the stated shape,
     // viewed with the strides written next to it; destinations are distinct buffers.
     unsafe {
-        // dh[m, r] = s · dy[m, n] · B[n, r]
-        gemm(
-            (m, r, n),
-            &mut dh,
-            false,
-            (dy.as_ptr(), 1, n as isize),
-            (lora.b.as_ptr(), 1, r as isize),
-            lora.scaling,
-        );
         // dB[n, r] = dyᵀ[n, m] · h[m, r]
         gemm(
             (n, r, m),
@@ -220,4 +260,20 @@ pub(crate) fn backward(
         }
     }
     (dx, da, db)
+}
+
+/// `dh (+)= dy[:, c0..] · B[c0.., :]` for one bf16-packed chunk of `dy` (without the scaling).
+fn share_dy_b(
+    tier: Tier,
+    dya: &PackedA,
+    c0: usize,
+    lora: &HostLora<'_>,
+    dh: &mut [f32],
+    acc: bool,
+) {
+    let r = lora.r;
+    let b = PackedB::from_rows(dya.depth(), r, |q0, rows| {
+        rows.copy_from_slice(&lora.b[(c0 + q0) * r..][..rows.len()]);
+    });
+    gemm_bf16(tier, dya, &b, dh, r, acc);
 }
