@@ -12,7 +12,9 @@
 //! [`PackedB`] (bf16 in the VNNI pair layout both instructions read: for each block of 16
 //! columns, rows of 16 pairs of consecutive `k`). [`gemm_bf16`] then runs the tier's
 //! micro-kernel over 32×32 blocks of the output on every core, each task keeping one row
-//! block of `A` in L1 while column blocks of `B` stream past it.
+//! block of `A` in L1 while column blocks of `B` stream past it. [`gemm_bf16_serial`] runs one
+//! small product on the calling thread over a [`PackedBView`] (columns and reduction rows
+//! from 32-aligned offsets), for tasks already spread over the cores (attention's blocks).
 //!
 //! ARM has no tier yet: its BF16 `BFMMLA` and SME would be further [`Tier`] variants with
 //! their own packing, behind the same [`gemm_bf16`].
@@ -26,7 +28,7 @@ mod policy;
 mod tier;
 
 pub use calibrate::{fastest_tier, gemm_f32};
-pub use gemm::{gemm_bf16, gemm_bf16_uninit};
+pub use gemm::{PackedBView, gemm_bf16, gemm_bf16_serial, gemm_bf16_uninit};
 pub use pack::{PackedA, PackedB, round_bf16};
 pub use policy::{matmul_tier, set_matmul_tier};
 pub use tier::Tier;

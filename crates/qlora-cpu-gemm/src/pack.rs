@@ -10,6 +10,16 @@
 
 use rayon::prelude::*;
 
+/// Below this many elements an operand is packed on the calling thread alone: spreading a
+/// few tiles over the cores costs more than packing them (attention's per-block operands,
+/// packed inside tasks that already occupy every core).
+const SERIAL_ELEMS: usize = 1 << 15;
+
+/// The fewest items of `elems` elements each that a parallel packing task takes.
+fn serial_items(elems: usize) -> usize {
+    SERIAL_ELEMS.div_ceil(elems.max(1))
+}
+
 /// Rows and columns of one output block, and the reduction step of the kernels.
 pub(crate) const BLOCK: usize = 32;
 /// Columns in one packed column block (one tile row / register of pairs).
@@ -134,6 +144,7 @@ impl PackedA {
         let steps = k_pad / BLOCK;
         let mut data = vec![0u16; m_pad * k_pad];
         data.par_chunks_mut(TILE_ROWS * k_pad)
+            .with_min_len(serial_items(TILE_ROWS * k_pad))
             .enumerate()
             .filter(|(t, _)| t * TILE_ROWS < m)
             .for_each(|(t, tiles)| {
@@ -209,6 +220,7 @@ impl PackedB {
         let pairs = b.k_pad / 2;
         b.data
             .par_chunks_mut(pairs * COLS)
+            .with_min_len(serial_items(pairs * COLS * 2))
             .enumerate()
             .filter(|(jb, _)| jb * COLS < n)
             .for_each_init(Vec::new, |buf: &mut Vec<f32>, (jb, block)| {
@@ -241,6 +253,7 @@ impl PackedB {
         let pairs = b.k_pad / 2;
         (0..k.div_ceil(ROWS))
             .into_par_iter()
+            .with_min_len(serial_items(ROWS * n))
             .for_each_init(Vec::new, |buf: &mut Vec<f32>, t| {
                 let r0 = t * ROWS;
                 let count = ROWS.min(k - r0);

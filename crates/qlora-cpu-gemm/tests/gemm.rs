@@ -1,7 +1,7 @@
 //! The bf16 kernels against an f64 product of the same bf16-rounded inputs, on every tier this
 //! machine has; tiers it lacks are named as not tested.
 
-use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, round_bf16};
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, gemm_bf16_serial, round_bf16};
 
 /// Deterministic values in [-2, 2), with a few larger and tiny ones.
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -168,4 +168,54 @@ fn the_f32_tier_is_refused_as_api_misuse() {
     let pa = PackedA::from_f32(&[1.0], 1, 1, 1);
     let pb = PackedB::from_f32(&[1.0], 1, 1, 1, 1);
     gemm_bf16(Tier::F32, &pa, &pb, &mut [0.0], 1, false);
+}
+
+#[test]
+#[cfg_attr(
+    qlora_no_cpu_bf16,
+    ignore = "not on this CPU: no AVX512-BF16 or AMX, so no bf16 kernel to test"
+)]
+fn serial_product_over_a_view_of_b_matches_the_product_of_that_part() {
+    // B [kb, nb]; views from rows k0 and columns j0 (multiples of 32), A as deep as some or all
+    // of the rows left (past B's depth: its zero padding), N odd, M = 1 and past one block.
+    let (kb, nb) = (150, 100);
+    let b = values(kb * nb, 11);
+    let pb = PackedB::from_f32(&b, kb, nb, nb, 1);
+    let cases = [
+        (1, 0, 0, 100, 150),
+        (70, 32, 64, 35, 118),
+        (33, 128, 32, 1, 22),
+        (64, 128, 0, 67, 30),
+    ];
+    for tier in bf16_tiers("serial view") {
+        for (s, &(m, k0, j0, n, k)) in cases.iter().enumerate() {
+            let a = values(m * k, 40 + s as u64);
+            let pa = PackedA::from_f32(&a, m, k, k);
+            // The part of B the view multiplies: rows k0.., columns j0.. (zero past B's rows).
+            let part: Vec<f32> = (0..k * n)
+                .map(|e| {
+                    let (kk, j) = (k0 + e / n, j0 + e % n);
+                    if kk < kb { b[kk * nb + j] } else { 0.0 }
+                })
+                .collect();
+            let rs = n + 2;
+            let init = values(m * rs, 77);
+            for accumulate in [false, true] {
+                let mut out = init.clone();
+                gemm_bf16_serial(tier, &pa, pb.view(k0, j0, n), &mut out, rs, accumulate);
+                let base = if accumulate {
+                    init.clone()
+                } else {
+                    vec![0.0; m * rs]
+                };
+                check(tier, (m, n, k), &a, &part, &base, &out, rs);
+                for i in 0..m {
+                    assert_eq!(
+                        &out[i * rs + n..i * rs + rs],
+                        &init[i * rs + n..i * rs + rs]
+                    );
+                }
+            }
+        }
+    }
 }

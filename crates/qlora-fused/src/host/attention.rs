@@ -12,14 +12,24 @@
 //! `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`, `dQ = scale · dS·K`,
 //! `dK += scale · dSᵀ·Q`. A task owns its kv head, so the group's query heads accumulate into
 //! its `dK`/`dV` without races.
+//!
+//! On a bf16 tier ([`Tier`], `qlora_cpu_gemm::set_matmul_tier`) the products run on the bf16
+//! kernel instead: see `attention_bf16`.
 
+use qlora_cpu_gemm::Tier;
 use rayon::prelude::*;
 
 use super::softmax_row::softmax_numerators;
 
+/// Whether the products run on the bf16 `tier`: a bf16 tier, and query blocks of at least
+/// one output block (prefill and training; a decoding step's single row stays f32).
+fn uses_bf16(s: &AttnShape, tier: Tier) -> bool {
+    tier != Tier::F32 && s.tq >= 32
+}
+
 /// Query rows per block: the block's scores (`ROWS × keys` f32) stay in L2 for the few
 /// thousand keys of a training sequence.
-const ROWS: usize = 64;
+pub(super) const ROWS: usize = 64;
 
 /// Shapes of one attention call (checked by `attn_ops::dims`): queries `[b, h, tq, d]`, keys `[b, kvh, tk, d]`, values
 /// `[b, kvh, tk, dv]`, all row-major and contiguous.
@@ -48,7 +58,7 @@ pub struct AttnShape {
 
 impl AttnShape {
     /// Keys visible to query row `i`: `first(i) .. visible(i)`.
-    fn visible(&self, i: usize) -> usize {
+    pub(super) fn visible(&self, i: usize) -> usize {
         (i + 1 + self.tk).saturating_sub(self.tq).min(self.tk)
     }
 
@@ -64,7 +74,7 @@ impl AttnShape {
 /// # Safety
 /// The pointers must cover the strided extents, `dst` must not alias the inputs.
 #[allow(clippy::too_many_arguments)]
-unsafe fn mm(
+pub(super) unsafe fn mm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
@@ -104,14 +114,19 @@ unsafe fn mm(
 
 /// The first key query row `i` sees: [`AttnShape::first`], and with segment `starts` (the
 /// first key of each query's sample, padding-free batches) not before its sample's start.
-fn first_key(s: &AttnShape, starts: Option<&[i64]>, i: usize) -> usize {
+pub(super) fn first_key(s: &AttnShape, starts: Option<&[i64]>, i: usize) -> usize {
     let own = starts.map_or(0, |st| st[i].max(0) as usize);
     s.first(i).max(own).min(s.visible(i))
 }
 
 /// The keys `lo .. hi` that some row of the block `r0 .. r0 + rows` sees (the first keys grow
 /// with the row, windows and segments alike).
-fn key_span(s: &AttnShape, starts: Option<&[i64]>, r0: usize, rows: usize) -> (usize, usize) {
+pub(super) fn key_span(
+    s: &AttnShape,
+    starts: Option<&[i64]>,
+    r0: usize,
+    rows: usize,
+) -> (usize, usize) {
     let hi = s.visible(r0 + rows - 1);
     let lo = (r0..r0 + rows)
         .map(|i| first_key(s, starts, i))
@@ -150,6 +165,20 @@ fn probabilities(
             s.scale,
         );
     }
+    masked_softmax(s, starts, (r0, rows), (lo, keys), p, None);
+}
+
+/// Rows `r0 .. r0 + rows` of scores `p` `[rows, keys]` (keys `lo ..`) become their masked
+/// softmax, each score first multiplied by `scale` where given; keys outside a row's visible
+/// ones get 0.
+pub(super) fn masked_softmax(
+    s: &AttnShape,
+    starts: Option<&[i64]>,
+    (r0, rows): (usize, usize),
+    (lo, keys): (usize, usize),
+    p: &mut [f32],
+    scale: Option<f32>,
+) {
     for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
         let (first, seen) = (first_key(s, starts, r0 + i) - lo, s.visible(r0 + i) - lo);
         let (live, masked) = row.split_at_mut(seen);
@@ -158,6 +187,9 @@ fn probabilities(
         before.fill(0.0);
         if live.is_empty() {
             continue;
+        }
+        if let Some(scale) = scale {
+            live.iter_mut().for_each(|x| *x *= scale);
         }
         let (_, sum) = softmax_numerators(live);
         let inv = 1.0 / sum;
@@ -179,9 +211,13 @@ pub fn attention_forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    tier: Tier,
 ) -> Vec<f32> {
     check(s, q, k, v);
     check_starts(s, starts);
+    if uses_bf16(s, tier) {
+        return super::attention_bf16::forward(s, starts, q, k, v, tier);
+    }
     let (qs, ks, vs, os) = (s.tq * s.d, s.tk * s.d, s.tk * s.dv, s.tq * s.dv);
     let mut out = vec![0f32; s.b * s.h * os];
     let group = s.h / s.kvh;
@@ -232,9 +268,13 @@ pub fn attention_backward(
     k: &[f32],
     v: &[f32],
     dout: &[f32],
+    tier: Tier,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     check(s, q, k, v);
     check_starts(s, starts);
+    if uses_bf16(s, tier) {
+        return super::attention_bf16::backward(s, starts, q, k, v, dout, tier);
+    }
     let (qs, ks, vs, os) = (s.tq * s.d, s.tk * s.d, s.tk * s.dv, s.tq * s.dv);
     assert_eq!(
         dout.len(),
@@ -314,16 +354,7 @@ fn block_backward(
             1.0,
         );
     }
-    // dS = scale · P ∘ (dP − rowsum(P ∘ dP)), in place of dP.
-    for (pr, dr) in p[..rows * keys]
-        .chunks_exact(keys)
-        .zip(dp[..rows * keys].chunks_exact_mut(keys))
-    {
-        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-        for (d, &pv) in dr.iter_mut().zip(pr) {
-            *d = s.scale * pv * (*d - dot);
-        }
-    }
+    score_grad(s.scale, p, dp, rows, keys);
     // SAFETY: as above.
     unsafe {
         // dQ[rows] = dS · K
@@ -349,13 +380,26 @@ fn block_backward(
     }
 }
 
-fn check_starts(s: &AttnShape, starts: Option<&[i64]>) {
+/// `dS = scale · P ∘ (dP − rowsum(P ∘ dP))`, in place of `dP` (`[rows, keys]` each).
+pub(super) fn score_grad(scale: f32, p: &[f32], dp: &mut [f32], rows: usize, keys: usize) {
+    for (pr, dr) in p[..rows * keys]
+        .chunks_exact(keys)
+        .zip(dp[..rows * keys].chunks_exact_mut(keys))
+    {
+        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+        for (d, &pv) in dr.iter_mut().zip(pr) {
+            *d = scale * pv * (*d - dot);
+        }
+    }
+}
+
+pub(super) fn check_starts(s: &AttnShape, starts: Option<&[i64]>) {
     if let Some(st) = starts {
         assert_eq!(st.len(), s.b * s.tq, "attention: segment starts length");
     }
 }
 
-fn check(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) {
+pub(super) fn check(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) {
     assert!(
         s.kvh > 0 && s.h.is_multiple_of(s.kvh),
         "attention: {} query heads are not a multiple of {} key/value heads",

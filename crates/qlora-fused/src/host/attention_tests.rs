@@ -1,6 +1,7 @@
 //! The host attention kernels against the definition in f64 and central differences.
 
 use super::*;
+use qlora_cpu_gemm::Tier;
 
 /// The definition, in f64: scores, mask, softmax, weighted sum.
 fn reference(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
@@ -90,7 +91,7 @@ fn forward_matches_the_definition_across_blocks_groups_and_offsets() {
         let q = data(s.b * h * tq * s.d, 1);
         let k = data(s.b * kvh * tk * s.d, 2);
         let v = data(s.b * kvh * tk * s.dv, 3);
-        let got = attention_forward(&s, None, &q, &k, &v);
+        let got = attention_forward(&s, None, &q, &k, &v, Tier::F32);
         let want = reference(&s, &q, &k, &v);
         for (g, w) in got.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 1e-5, "{tq}x{tk}: {g} vs {w}");
@@ -130,7 +131,7 @@ fn segmented_forward_matches_the_definition() {
         let q = data(s.b * h * s.tq * s.d, 1);
         let k = data(s.b * kvh * s.tk * s.d, 2);
         let v = data(s.b * kvh * s.tk * s.dv, 3);
-        let got = attention_forward(&s, Some(&starts), &q, &k, &v);
+        let got = attention_forward(&s, Some(&starts), &q, &k, &v, Tier::F32);
         let want = reference_segmented(&s, Some(&starts), &q, &k, &v);
         for (g, w) in got.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 1e-5, "{window:?}: {g} vs {w}");
@@ -187,7 +188,7 @@ fn backward_case_with(s: AttnShape, starts: Option<&[i64]>) {
         let o = reference_segmented(&s, starts, q, k, v);
         o.iter().zip(&g).map(|(a, b)| a * *b as f64).sum()
     };
-    let (dq, dk, dv) = attention_backward(&s, starts, &q, &k, &v, &g);
+    let (dq, dk, dv) = attention_backward(&s, starts, &q, &k, &v, &g, Tier::F32);
     let eps = 1e-2f32;
     let probe = |which: usize, idx: usize| -> f64 {
         let mut t = [q.clone(), k.clone(), v.clone()];
@@ -206,6 +207,93 @@ fn backward_case_with(s: AttnShape, starts: Option<&[i64]>) {
                 "window {:?}: input {which}[{idx}]: {got} vs {want}",
                 s.window
             );
+        }
+    }
+}
+
+/// The largest `|x|`.
+fn peak(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |a, b| a.max(b.abs()))
+}
+
+#[test]
+#[cfg_attr(
+    qlora_no_cpu_bf16,
+    ignore = "not on this CPU: no AVX512-BF16 or AMX, so no bf16 kernel to test"
+)]
+fn bf16_products_match_the_definition_and_the_f32_gradients_within_bf16_rounding() {
+    let (tiers, absent): (Vec<Tier>, Vec<Tier>) =
+        Tier::BF16.into_iter().partition(|t| t.available());
+    eprintln!(
+        "bf16 attention: tiers exercised {:?}; not on this machine (not tested) {:?}",
+        tiers.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        absent.iter().map(|t| t.name()).collect::<Vec<_>>()
+    );
+    assert!(
+        !tiers.is_empty(),
+        "the CPU reports bf16, yet no bf16 tier is usable"
+    );
+    let segments = starts_of(&[&[40, 1, 59, 30], &[77, 53]]);
+    // Widths that are not multiples of 32; three query blocks; a cache (tk > tq); windows that
+    // start blocks at keys that are not multiples of 32; padding-free segments.
+    type Case<'a> = (usize, usize, usize, usize, Option<usize>, Option<&'a [i64]>);
+    let cases: [Case; 5] = [
+        (130, 130, 6, 2, None, None),
+        (70, 200, 4, 4, Some(90), None),
+        (130, 130, 6, 2, Some(17), None),
+        (130, 130, 4, 2, None, Some(&segments)),
+        (130, 130, 2, 1, Some(45), Some(&segments)),
+    ];
+    for tier in tiers {
+        for &(tq, tk, h, kvh, window, starts) in &cases {
+            let s = AttnShape {
+                b: 2,
+                h,
+                kvh,
+                tq,
+                tk,
+                d: 40,
+                dv: 24,
+                scale: 1.0 / 40f32.sqrt(),
+                window,
+            };
+            let what = format!(
+                "{tier} {tq}x{tk} h{h}/{kvh} window {window:?} segments {}",
+                starts.is_some()
+            );
+            let q = data(s.b * h * tq * s.d, 11);
+            let k = data(s.b * kvh * tk * s.d, 12);
+            let v = data(s.b * kvh * tk * s.dv, 13);
+            let got = attention_forward(&s, starts, &q, &k, &v, tier);
+            let want = reference_segmented(&s, starts, &q, &k, &v);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (*g as f64 - w).abs())
+                .fold(0f64, f64::max);
+            // bf16 operands (8 bits of mantissa) on values within [-1, 1]: errors up to 3e-3
+            // here; a scale 5 % off already gives 1.4e-2, a wrong mask or key offset tenths.
+            assert!(worst < 6e-3, "{what}: forward off by {worst}");
+            assert!(
+                worst > 0.0,
+                "{what}: forward identical to f64: bf16 not used?"
+            );
+            let g = data(s.b * h * tq * s.dv, 14);
+            let bf = attention_backward(&s, starts, &q, &k, &v, &g, tier);
+            let f32s = attention_backward(&s, starts, &q, &k, &v, &g, Tier::F32);
+            for (name, got, want) in [
+                ("dq", &bf.0, &f32s.0),
+                ("dk", &bf.1, &f32s.1),
+                ("dv", &bf.2, &f32s.2),
+            ] {
+                let tol = 2e-2 * peak(want);
+                for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "{what}: {name}[{i}] {a} vs f32 {b} (tol {tol})"
+                    );
+                }
+            }
         }
     }
 }

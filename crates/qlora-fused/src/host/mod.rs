@@ -1,6 +1,7 @@
 //! Kernels on host slices (no Burn types): what the Flex implementations run.
 
 pub(crate) mod attention;
+mod attention_bf16;
 pub(crate) mod block;
 pub(crate) mod cross_entropy;
 #[cfg(test)]

@@ -18,14 +18,18 @@ const LANES: usize = 16;
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.336_55, 88.722_83);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `n` as an integer, read off `t`'s low mantissa bits (|n| ≤ 128 ≪ 2²²) rather than by an
+    // `as i32` cast, whose saturating semantics LLVM compiles to a scalar conversion per lane.
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    e * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
 
 #[inline(always)]
@@ -50,11 +54,20 @@ fn max_exp_sum(row: &mut [f32]) -> (f32, f32) {
             s[j] += e;
         }
     }
-    let mut sum: f32 = s.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = exp(*x - max);
-        sum += *x;
+    // The tail as one more vector, padded (attention's causal rows have every length, so a
+    // scalar tail would be half of their `exp`s).
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let mut buf = [max; LANES];
+        buf[..tail.len()].copy_from_slice(tail);
+        for j in 0..LANES {
+            let e = exp(buf[j] - max);
+            buf[j] = e;
+            s[j] += if j < tail.len() { e } else { 0.0 };
+        }
+        tail.copy_from_slice(&buf[..tail.len()]);
     }
+    let sum: f32 = s.iter().sum();
     (max, sum)
 }
 
@@ -105,6 +118,18 @@ mod tests {
         assert!(worst <= 2.0, "{worst} ulp");
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exponent_bits_equal_the_integer_cast() {
+        // `2ⁿ` from `t`'s bits is the `2ⁿ` of `n as i32` over the whole clamped range.
+        let mut x = -87.336_55f32;
+        while x <= 88.722_83 {
+            let n = (x * LOG2E + ROUND) - ROUND;
+            let bits = (x * LOG2E + ROUND).to_bits().wrapping_sub(ROUND.to_bits());
+            assert_eq!(bits as i32, n as i32, "x = {x}");
+            x += 0.013_7;
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use burn::backend::{
     tensor::{FloatTensor, IntTensor},
 };
 
+use qlora_cpu_gemm::matmul_tier;
+
 use super::{f32s, i64s, slice, tensor};
 use crate::host::attention::{attention_backward, attention_forward};
 use crate::ops::{CausalAttentionOps, attention_dims};
@@ -24,7 +26,7 @@ fn forward(
     let starts = starts
         .as_ref()
         .map(|t| t.as_slice::<i64>().expect("contiguous i64"));
-    let out = attention_forward(&s, starts, slice(&q), slice(&k), slice(&v));
+    let out = attention_forward(&s, starts, slice(&q), slice(&k), slice(&v), matmul_tier());
     tensor(out, vec![s.b, s.h, s.tq, s.dv], dtype)
 }
 
@@ -44,8 +46,15 @@ fn backward(
     let starts = starts
         .as_ref()
         .map(|t| t.as_slice::<i64>().expect("contiguous i64"));
-    let (dq, dk, dv) =
-        attention_backward(&s, starts, slice(&q), slice(&k), slice(&v), slice(&dout));
+    let (dq, dk, dv) = attention_backward(
+        &s,
+        starts,
+        slice(&q),
+        slice(&k),
+        slice(&v),
+        slice(&dout),
+        matmul_tier(),
+    );
     (
         tensor(dq, shapes.0.as_slice().to_vec(), dtype),
         tensor(dk, shapes.1.as_slice().to_vec(), dtype),
