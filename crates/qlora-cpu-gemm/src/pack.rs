@@ -8,6 +8,8 @@
 //! zero-padded: rows of `A` and columns of `B` to 32 (one output block), the reduction to 32
 //! (one AMX tile depth), so the kernels never test an edge.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Below this many elements an operand is packed on the calling thread alone: spreading a
@@ -67,13 +69,19 @@ macro_rules! wide {
 
 /// Rows `0..rows` of `src` (row stride `row_stride`, `k` columns) into a group of 16 × 32 tiles.
 #[inline(always)]
-fn pack_tile_rows(src: &[f32], rows: usize, k: usize, row_stride: usize, tiles: &mut [u16]) {
+fn pack_tile_rows(
+    src: &[f32],
+    rows: usize,
+    k: usize,
+    row_stride: usize,
+    tiles: &mut [MaybeUninit<u16>],
+) {
     for r in 0..rows {
         let row = &src[r * row_stride..r * row_stride + k];
         for (s, chunk) in row.chunks(BLOCK).enumerate() {
             let at = (s * TILE_ROWS + r) * BLOCK;
             for (d, &x) in tiles[at..at + chunk.len()].iter_mut().zip(chunk) {
-                *d = bf16_bits(x);
+                d.write(bf16_bits(x));
             }
         }
     }
@@ -100,7 +108,7 @@ mod avx512_loops {
         rows: usize,
         k: usize,
         row_stride: usize,
-        tiles: &mut [u16],
+        tiles: &mut [std::mem::MaybeUninit<u16>],
     ) {
         super::pack_tile_rows(src, rows, k, row_stride, tiles)
     }
@@ -142,17 +150,26 @@ impl PackedA {
         let k_pad = k.next_multiple_of(BLOCK).max(BLOCK);
         let m_pad = m.next_multiple_of(BLOCK).max(BLOCK);
         let steps = k_pad / BLOCK;
-        let mut data = vec![0u16; m_pad * k_pad];
-        data.par_chunks_mut(TILE_ROWS * k_pad)
+        let mut data = Vec::with_capacity(m_pad * k_pad);
+        data.spare_capacity_mut()
+            .par_chunks_mut(TILE_ROWS * k_pad)
             .with_min_len(serial_items(TILE_ROWS * k_pad))
             .enumerate()
-            .filter(|(t, _)| t * TILE_ROWS < m)
             .for_each(|(t, tiles)| {
-                let rows = TILE_ROWS.min(m - t * TILE_ROWS);
-                let first = t * TILE_ROWS * row_stride;
-                wide!(pack_tile_rows(&src[first..], rows, k, row_stride, tiles));
                 debug_assert_eq!(tiles.len(), steps * TILE_ROWS * BLOCK);
+                let rows = TILE_ROWS.min(m.saturating_sub(t * TILE_ROWS));
+                // Only tiles with padding (rows past m, columns past k) are zeroed first;
+                // the others are written whole by the packing.
+                if rows < TILE_ROWS || k < k_pad {
+                    tiles.fill(MaybeUninit::new(0));
+                }
+                if rows > 0 {
+                    let first = t * TILE_ROWS * row_stride;
+                    wide!(pack_tile_rows(&src[first..], rows, k, row_stride, tiles));
+                }
             });
+        // SAFETY: every tile group was zeroed or written whole (16 rows × k = k_pad columns).
+        unsafe { data.set_len(m_pad * k_pad) };
         Self { m, k, k_pad, data }
     }
 

@@ -8,7 +8,7 @@
 //! and its input gradient take bf16 operands with f32 accumulation: the head weight is packed
 //! once per call in both layouts; the log-sum-exp, the softmax and the loss stay f32.
 
-use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, matmul_tier};
+use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16, gemm_bf16_uninit, matmul_tier};
 use rayon::prelude::*;
 
 use super::softmax_row::softmax_numerators;
@@ -191,10 +191,19 @@ fn chunk(
     bf16: Option<&Bf16Head>,
 ) {
     let (h, v, m) = (inp.h, inp.v, loss.len());
-    let mut logits = vec![0f32; m * v];
     if let Some(b) = bf16 {
         let a = PackedA::from_f32(&inp.x[r0 * h..], m, h, h);
-        gemm_bf16(b.tier, &a, &b.wt, &mut logits, v, false);
+        // Written whole by the product, not zeroed first.
+        let mut logits = Vec::with_capacity(m * v);
+        gemm_bf16_uninit(
+            b.tier,
+            &a,
+            &b.wt,
+            &mut logits.spare_capacity_mut()[..m * v],
+            v,
+        );
+        // SAFETY: `gemm_bf16_uninit` wrote all `[m, v]` elements (row stride v).
+        unsafe { logits.set_len(m * v) };
         for (i, row) in logits.chunks_exact_mut(v).enumerate() {
             loss[i] = softmax_grad_row(row, inp.targets[r0 + i], inp.weights[r0 + i]);
         }
@@ -205,6 +214,7 @@ fn chunk(
         }
         return;
     }
+    let mut logits = vec![0f32; m * v];
     // SAFETY: `logits` is [m, v]; x rows r0.. are [m, h]; wᵀ is read as [h, v] with column
     // stride h and row stride 1 within `w` ([v, h]).
     unsafe {
