@@ -20,20 +20,34 @@ const CHUNK_LOGITS: usize = 1 << 22;
 /// `v × h` elements each) once per call; below it the f32 products run.
 const BF16_MIN_ROWS: usize = 256;
 
-/// The head weight packed for the bf16 products, once per call: `wt` for the logits
-/// (`x · Wᵀ`), `w` for the input gradient (`dlogits · W`).
-struct Bf16Head {
-    tier: Tier,
+/// The head weight packed for the bf16 products: `wt` for the logits (`x · Wᵀ`), `w` for the
+/// input gradient (`dlogits · W`).
+pub(crate) struct Bf16Head {
+    pub(crate) tier: Tier,
     wt: PackedB,
     w: Option<PackedB>,
 }
 
-/// The packed head when a bf16 tier is set and there are rows enough to pay for it.
-fn bf16_head(inp: &CeInputs<'_>, with_grad: bool) -> Option<Bf16Head> {
-    let tier = matmul_tier();
-    if tier == Tier::F32 || inp.targets.len() < BF16_MIN_ROWS {
+impl Bf16Head {
+    /// Whether it serves the input gradient too.
+    pub(crate) fn has_grad(&self) -> bool {
+        self.w.is_some()
+    }
+}
+
+/// Whether the products of a call over these inputs run in bf16: a bf16 tier is set and there
+/// are rows enough to pay for packing the head.
+pub(crate) fn uses_bf16_head(inp: &CeInputs<'_>) -> bool {
+    matmul_tier() != Tier::F32 && inp.targets.len() >= BF16_MIN_ROWS
+}
+
+/// The packed head (with the input gradient's layout too when `with_grad`), when
+/// [`uses_bf16_head`].
+pub(crate) fn bf16_head(inp: &CeInputs<'_>, with_grad: bool) -> Option<Bf16Head> {
+    if !uses_bf16_head(inp) {
         return None;
     }
+    let tier = matmul_tier();
     let (h, v) = (inp.h, inp.v);
     let wt = PackedB::from_columns(h, v, |j0, cols| {
         cols.copy_from_slice(&inp.w[j0 * h..j0 * h + cols.len()])
@@ -144,33 +158,55 @@ pub fn linear_cross_entropy_weight_grad(inp: &CeInputs<'_>) -> Vec<f32> {
     dw
 }
 
-/// The per-row losses `[n]`.
+/// The per-row losses `[n]` (the head packed for this call alone).
 ///
 /// # Panics
 /// If a target of a weighted row is outside `0..v`.
+#[cfg(test)]
 pub fn linear_cross_entropy(inp: &CeInputs<'_>) -> Vec<f32> {
+    linear_cross_entropy_packed(inp, bf16_head(inp, false).as_ref())
+}
+
+/// [`linear_cross_entropy`] with the head already packed (`None`: the f32 products).
+pub(crate) fn linear_cross_entropy_packed(inp: &CeInputs<'_>, bf16: Option<&Bf16Head>) -> Vec<f32> {
     let mut loss = vec![0f32; inp.targets.len()];
-    let bf16 = bf16_head(inp, false);
     let rows = rows_per_chunk(inp.v, bf16.is_some());
     loss.par_chunks_mut(rows)
         .enumerate()
-        .for_each(|(c, loss)| chunk(inp, c * rows, loss, None, bf16.as_ref()));
+        .for_each(|(c, loss)| chunk(inp, c * rows, loss, None, bf16));
     loss
 }
 
-/// The per-row losses `[n]` and their input gradients `[n, h]` (row-major), from one pass.
+/// The per-row losses `[n]` and their input gradients `[n, h]` (row-major), from one pass
+/// (the head packed for this call alone).
 ///
 /// # Panics
 /// As [`linear_cross_entropy`].
+#[cfg(test)]
 pub fn linear_cross_entropy_with_grad(inp: &CeInputs<'_>) -> (Vec<f32>, Vec<f32>) {
+    linear_cross_entropy_with_grad_packed(inp, bf16_head(inp, true).as_ref())
+}
+
+/// [`linear_cross_entropy_with_grad`] with the head already packed for both products
+/// (`None`: the f32 products).
+///
+/// # Panics
+/// If the packed head lacks the input gradient's layout.
+pub(crate) fn linear_cross_entropy_with_grad_packed(
+    inp: &CeInputs<'_>,
+    bf16: Option<&Bf16Head>,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        bf16.is_none_or(Bf16Head::has_grad),
+        "linear_cross_entropy: a packed head without the gradient's layout"
+    );
     let (n, h) = (inp.targets.len(), inp.h);
     let (mut loss, mut dx) = (vec![0f32; n], vec![0f32; n * h]);
-    let bf16 = bf16_head(inp, true);
     let rows = rows_per_chunk(inp.v, bf16.is_some());
     loss.par_chunks_mut(rows)
         .zip(dx.par_chunks_mut(rows * h))
         .enumerate()
-        .for_each(|(c, (loss, dx))| chunk(inp, c * rows, loss, Some(dx), bf16.as_ref()));
+        .for_each(|(c, (loss, dx))| chunk(inp, c * rows, loss, Some(dx), bf16));
     (loss, dx)
 }
 
