@@ -15,10 +15,18 @@ use rayon::prelude::*;
 
 use super::attention::{AttnShape, ROWS, key_span, masked_softmax, mm, score_grad};
 
-/// The keys `lo .. hi` of the block `r0 .. r0 + rows`, `lo` rounded down to the kernel's block.
-fn aligned_span(s: &AttnShape, starts: Option<&[i64]>, r0: usize, rows: usize) -> (usize, usize) {
-    let (lo, hi) = key_span(s, starts, r0, rows);
-    (lo / 32 * 32, hi)
+/// The blocks of queries that see some key: `(r0, rows, lo, keys)` for the rows
+/// `r0 .. r0 + rows` and their keys `lo .. lo + keys`, `lo` rounded down to the kernel's block.
+fn query_blocks(
+    s: &AttnShape,
+    starts: Option<&[i64]>,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    (0..s.tq).step_by(ROWS).filter_map(move |r0| {
+        let rows = ROWS.min(s.tq - r0);
+        let (lo, hi) = key_span(s, starts, r0, rows);
+        let lo = lo / 32 * 32;
+        (hi > lo).then_some((r0, rows, lo, hi - lo))
+    })
 }
 
 /// `Kᵀ` `[d, tk]` of one head's keys `k` `[tk, d]`: its columns are `k`'s rows.
@@ -82,13 +90,7 @@ pub(super) fn forward(
                 // Query head bh = batch · h + head reads kv head batch · kvh + head / group.
                 let q = &q[(kv * group + g) * qs..][..qs];
                 let o = &mut o[g * os..][..os];
-                for r0 in (0..s.tq).step_by(ROWS) {
-                    let rows = ROWS.min(s.tq - r0);
-                    let (lo, hi) = aligned_span(s, starts, r0, rows);
-                    if hi == lo {
-                        continue;
-                    }
-                    let keys = hi - lo;
+                for (r0, rows, lo, keys) in query_blocks(s, starts) {
                     probabilities(s, starts, tier, q, &kt, (r0, rows), (lo, keys), p);
                     let pa = PackedA::from_f32(p, rows, keys, keys);
                     gemm_bf16_serial(
@@ -138,13 +140,7 @@ pub(super) fn backward(
                     let bh = kv * group + g;
                     let (q, dout) = (&q[bh * qs..][..qs], &dout[bh * os..][..os]);
                     let dq = &mut dq[g * qs..][..qs];
-                    for r0 in (0..s.tq).step_by(ROWS) {
-                        let rows = ROWS.min(s.tq - r0);
-                        let (lo, hi) = aligned_span(s, starts, r0, rows);
-                        if hi == lo {
-                            continue;
-                        }
-                        let keys = hi - lo;
+                    for (r0, rows, lo, keys) in query_blocks(s, starts) {
                         probabilities(s, starts, tier, q, &kt, (r0, rows), (lo, keys), p);
                         let d_o = &dout[r0 * s.dv..];
                         // SAFETY: p is rows × keys; d_o holds `rows` rows of dv; dv holds the
