@@ -20,6 +20,7 @@ use qlora_cpu_gemm::Tier;
 use rayon::prelude::*;
 
 use super::softmax_row::softmax_numerators;
+use super::wide::{dot16, multiversion};
 
 /// Whether the products run on the bf16 `tier`: a bf16 tier, and query blocks of at least
 /// one output block (prefill and training; a decoding step's single row stays f32).
@@ -179,7 +180,21 @@ pub(super) fn masked_softmax(
     p: &mut [f32],
     scale: Option<f32>,
 ) {
-    for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
+    masked_softmax_rows(s, starts, r0, lo, keys, &mut p[..rows * keys], scale)
+}
+
+multiversion! {
+    /// [`masked_softmax`] on the rows of `p`.
+    fn masked_softmax_rows(
+        s: &AttnShape,
+        starts: Option<&[i64]>,
+        r0: usize,
+        lo: usize,
+        keys: usize,
+        p: &mut [f32],
+        scale: Option<f32>,
+    ) {
+    for (i, row) in p.chunks_exact_mut(keys).enumerate() {
         let (first, seen) = (first_key(s, starts, r0 + i) - lo, s.visible(r0 + i) - lo);
         let (live, masked) = row.split_at_mut(seen);
         masked.fill(0.0);
@@ -196,6 +211,7 @@ pub(super) fn masked_softmax(
         for x in live.iter_mut() {
             *x *= inv;
         }
+    }
     }
 }
 
@@ -382,13 +398,17 @@ fn block_backward(
 
 /// `dS = scale · P ∘ (dP − rowsum(P ∘ dP))`, in place of `dP` (`[rows, keys]` each).
 pub(super) fn score_grad(scale: f32, p: &[f32], dp: &mut [f32], rows: usize, keys: usize) {
-    for (pr, dr) in p[..rows * keys]
-        .chunks_exact(keys)
-        .zip(dp[..rows * keys].chunks_exact_mut(keys))
-    {
-        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-        for (d, &pv) in dr.iter_mut().zip(pr) {
-            *d = scale * pv * (*d - dot);
+    score_grad_rows(scale, &p[..rows * keys], &mut dp[..rows * keys], keys)
+}
+
+multiversion! {
+    /// [`score_grad`] over whole rows of `keys`.
+    fn score_grad_rows(scale: f32, p: &[f32], dp: &mut [f32], keys: usize) {
+        for (pr, dr) in p.chunks_exact(keys).zip(dp.chunks_exact_mut(keys)) {
+            let dot = dot16(pr, dr);
+            for (d, &pv) in dr.iter_mut().zip(pr) {
+                *d = scale * pv * (*d - dot);
+            }
         }
     }
 }

@@ -3,9 +3,12 @@
 //! one fresh buffer per elementary op. Outputs are written without being zeroed first (a
 //! `memset` of each, once freed memory is reused, was a few % of the training step).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::softmax_row::exp;
+use super::wide::{dot3_16, dot16, multiversion};
 use crate::ops::{GELU_BETA, GELU_KAPPA};
 
 /// Rows per parallel task (enough work to amortise a task, enough tasks for every core).
@@ -22,17 +25,23 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y.spare_capacity_mut()
         .par_chunks_mut(n * rows_per_task(n))
         .zip(x.par_chunks(n * rows_per_task(n)))
-        .for_each(|(ys, xs)| {
-            for (yr, xr) in ys.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
-                let r = inv_rms(xr, eps);
-                for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                    o.write(wv * (xv * r));
-                }
-            }
-        });
+        .for_each(|(ys, xs)| rms_norm_rows(ys, xs, w, eps));
     // SAFETY: `x.len()` is whole rows of `n`, and every row of `y` was written above.
     unsafe { y.set_len(x.len()) };
     y
+}
+
+multiversion! {
+    /// Whole rows of [`rms_norm`] (`w.len()` wide).
+    fn rms_norm_rows(ys: &mut [MaybeUninit<f32>], xs: &[f32], w: &[f32], eps: f32) {
+        let n = w.len();
+        for (yr, xr) in ys.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
+            let r = inv_rms(xr, eps);
+            for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                o.write(wv * (xv * r));
+            }
+        }
+    }
 }
 
 /// Checks that `len` values are whole rows of `n` (so that row loops write every output).
@@ -46,8 +55,9 @@ fn whole_rows(len: usize, n: usize, what: &str) {
     );
 }
 
+#[inline(always)]
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ss: f32 = x.iter().map(|v| v * v).sum();
+    let ss = dot16(x, x);
     1.0 / (ss / x.len() as f32 + eps).sqrt()
 }
 
@@ -68,19 +78,7 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32
         .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
         .map(|(dxs, (xs, dys))| {
             let mut acc = vec![0f32; n];
-            for ((dxr, xr), dyr) in dxs
-                .chunks_exact_mut(n)
-                .zip(xs.chunks_exact(n))
-                .zip(dys.chunks_exact(n))
-            {
-                let r = inv_rms(xr, eps);
-                let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((a, b), c)| a * b * c).sum();
-                let c = dot * r * r * r / n as f32;
-                for i in 0..n {
-                    dxr[i].write(r * w[i] * dyr[i] - c * xr[i]);
-                    acc[i] += dyr[i] * xr[i] * r;
-                }
-            }
+            rms_norm_backward_rows(dxs, &mut acc, xs, dys, w, eps);
             acc
         })
         .collect();
@@ -92,39 +90,111 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32
     (dx, dw)
 }
 
+multiversion! {
+    /// Whole rows of [`rms_norm_backward`]: `dx` into `dxs`, each row's `dw` term added to `acc`.
+    fn rms_norm_backward_rows(
+        dxs: &mut [MaybeUninit<f32>],
+        acc: &mut [f32],
+        xs: &[f32],
+        dys: &[f32],
+        w: &[f32],
+        eps: f32,
+    ) {
+        let n = w.len();
+        for ((dxr, xr), dyr) in dxs
+            .chunks_exact_mut(n)
+            .zip(xs.chunks_exact(n))
+            .zip(dys.chunks_exact(n))
+        {
+            let r = inv_rms(xr, eps);
+            let c = dot3_16(xr, dyr, w) * r * r * r / n as f32;
+            for ((((d, a), &xv), &dv), &wv) in dxr
+                .iter_mut()
+                .zip(acc.iter_mut())
+                .zip(xr)
+                .zip(dyr)
+                .zip(w)
+            {
+                d.write(r * wv * dv - c * xv);
+                *a += dv * xv * r;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// `f(g, u)` element by element, in parallel chunks: the forward pass of a gated unit.
-fn gated(g: &[f32], u: &[f32], what: &str, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    assert_eq!(g.len(), u.len(), "{what}: gate and up lengths");
+/// A gated unit's activation: the forward `f(g, u)` and both partial derivatives times the
+/// upstream gradient. Methods, always inlined, rather than closures: the loops below are
+/// compiled per vector width ([`multiversion`]) with them inside.
+trait Gate: Sync {
+    const NAME: &'static str;
+    fn forward(g: f32, u: f32) -> f32;
+    /// `(dg, du)` for the upstream gradient `d`.
+    fn backward(g: f32, u: f32, d: f32) -> (f32, f32);
+}
+
+/// SwiGLU's gate (Shazeer 2020): `silu(g) ∘ u`, `silu(g) = g · σ(g)`.
+struct Silu;
+
+impl Gate for Silu {
+    const NAME: &'static str = "swiglu";
+    #[inline(always)]
+    fn forward(g: f32, u: f32) -> f32 {
+        g * sigmoid(g) * u
+    }
+    #[inline(always)]
+    fn backward(g: f32, u: f32, d: f32) -> (f32, f32) {
+        let s = sigmoid(g);
+        (d * u * s * (1.0 + g * (1.0 - s)), d * g * s)
+    }
+}
+
+/// GeGLU's gate with GELU's tanh approximation (Gemma's MLP): `gelu_tanh(g) ∘ u`.
+struct GeluTanh;
+
+impl Gate for GeluTanh {
+    const NAME: &'static str = "geglu_tanh";
+    #[inline(always)]
+    fn forward(g: f32, u: f32) -> f32 {
+        gelu_tanh(g).0 * u
+    }
+    #[inline(always)]
+    fn backward(g: f32, u: f32, d: f32) -> (f32, f32) {
+        let (y, slope) = gelu_tanh(g);
+        (d * u * slope, d * y)
+    }
+}
+
+/// The forward pass of a gated unit, element by element in parallel chunks.
+fn gated<G: Gate>(g: &[f32], u: &[f32]) -> Vec<f32> {
+    assert_eq!(g.len(), u.len(), "{}: gate and up lengths", G::NAME);
     let mut y = Vec::with_capacity(g.len());
     y.spare_capacity_mut()
         .par_chunks_mut(16_384)
         .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
-        .for_each(|(ys, (gs, us))| {
-            for ((o, &gv), &uv) in ys.iter_mut().zip(gs).zip(us) {
-                o.write(f(gv, uv));
-            }
-        });
+        .for_each(|(ys, (gs, us))| gated_chunk::<G>(ys, gs, us));
     // SAFETY: the chunks of `y` pair with those of `g` (the same length): all written.
     unsafe { y.set_len(g.len()) };
     y
 }
 
-/// `(dg, du) = f(g, u, dy)` element by element, in parallel chunks: the backward pass of a
-/// gated unit.
-fn gated_backward(
-    g: &[f32],
-    u: &[f32],
-    dy: &[f32],
-    what: &str,
-    f: impl Fn(f32, f32, f32) -> (f32, f32) + Sync,
-) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(g.len(), u.len(), "{what}: gate and up lengths");
-    assert_eq!(g.len(), dy.len(), "{what}: upstream gradient length");
+multiversion! {
+    /// One chunk of [`gated`].
+    fn gated_chunk<G: Gate>(ys: &mut [MaybeUninit<f32>], gs: &[f32], us: &[f32]) {
+        for ((o, &gv), &uv) in ys.iter_mut().zip(gs).zip(us) {
+            o.write(G::forward(gv, uv));
+        }
+    }
+}
+
+/// The backward pass of a gated unit, `(dg, du)`, element by element in parallel chunks.
+fn gated_backward<G: Gate>(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(g.len(), u.len(), "{}: gate and up lengths", G::NAME);
+    assert_eq!(g.len(), dy.len(), "{}: upstream gradient length", G::NAME);
     let n = g.len();
     let (mut dg, mut du) = (Vec::with_capacity(n), Vec::with_capacity(n));
     dg.spare_capacity_mut()
@@ -135,13 +205,7 @@ fn gated_backward(
                 .zip(u.par_chunks(16_384))
                 .zip(dy.par_chunks(16_384)),
         )
-        .for_each(|((dgs, dus), ((gs, us), dys))| {
-            for i in 0..gs.len() {
-                let (a, b) = f(gs[i], us[i], dys[i]);
-                dgs[i].write(a);
-                dus[i].write(b);
-            }
-        });
+        .for_each(|((dgs, dus), ((gs, us), dys))| gated_backward_chunk::<G>(dgs, dus, gs, us, dys));
     // SAFETY: the chunks pair with those of `g` (the same length): all written.
     unsafe {
         dg.set_len(n);
@@ -150,18 +214,33 @@ fn gated_backward(
     (dg, du)
 }
 
+multiversion! {
+    /// One chunk of [`gated_backward`].
+    fn gated_backward_chunk<G: Gate>(
+        dgs: &mut [MaybeUninit<f32>],
+        dus: &mut [MaybeUninit<f32>],
+        gs: &[f32],
+        us: &[f32],
+        dys: &[f32],
+    ) {
+        let grads = dgs.iter_mut().zip(dus.iter_mut());
+        for (((dg, du), (&gv, &uv)), &d) in grads.zip(gs.iter().zip(us)).zip(dys) {
+            let (a, b) = G::backward(gv, uv, d);
+            dg.write(a);
+            du.write(b);
+        }
+    }
+}
+
 /// SwiGLU's gate (Shazeer 2020): `silu(g) ∘ u`, `silu(g) = g · σ(g)`.
 pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
-    gated(g, u, "swiglu", |gv, uv| gv * sigmoid(gv) * uv)
+    gated::<Silu>(g, u)
 }
 
 /// Gradients of [`swiglu`]: `dg = dy ∘ u ∘ σ(g)(1 + g(1 − σ(g)))`, `du = dy ∘ silu(g)`;
 /// returns `(dg, du)`.
 pub fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    gated_backward(g, u, dy, "swiglu", |gv, uv, d| {
-        let s = sigmoid(gv);
-        (d * uv * s * (1.0 + gv * (1.0 - s)), d * gv * s)
-    })
+    gated_backward::<Silu>(g, u, dy)
 }
 
 /// `(gelu_tanh(g), gelu_tanh'(g))`, in f32 as PyTorch's `gelu(approximate="tanh")`:
@@ -177,16 +256,13 @@ fn gelu_tanh(g: f32) -> (f32, f32) {
 
 /// GeGLU's gate with GELU's tanh approximation (Gemma's MLP): `gelu_tanh(g) ∘ u`.
 pub fn geglu_tanh(g: &[f32], u: &[f32]) -> Vec<f32> {
-    gated(g, u, "geglu_tanh", |gv, uv| gelu_tanh(gv).0 * uv)
+    gated::<GeluTanh>(g, u)
 }
 
 /// Gradients of [`geglu_tanh`]: `dg = dy ∘ u ∘ gelu_tanh'(g)`, `du = dy ∘ gelu_tanh(g)`;
 /// returns `(dg, du)`.
 pub fn geglu_tanh_backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    gated_backward(g, u, dy, "geglu_tanh", |gv, uv, d| {
-        let (y, slope) = gelu_tanh(gv);
-        (d * uv * slope, d * y)
-    })
+    gated_backward::<GeluTanh>(g, u, dy)
 }
 
 /// Rotary embedding in HF LLaMA's `rotate_half` form on the leading `w` of rows of width `d`
@@ -209,33 +285,51 @@ pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], d: usize, w: usize, transpose: 
         0,
         "rope: the input is not a whole number of [{t}, {d}] blocks"
     );
-    let half = w / 2;
     let mut y = Vec::with_capacity(x.len());
     y.spare_capacity_mut()
         .par_chunks_mut(t * d)
         .zip(x.par_chunks(t * d))
-        .for_each(|(ys, xs)| {
-            for ((yr, xr), (c, s)) in ys
-                .chunks_exact_mut(d)
-                .zip(xs.chunks_exact(d))
-                .zip(cos.chunks_exact(w).zip(sin.chunks_exact(w)))
-            {
-                for (o, &v) in yr[w..].iter_mut().zip(&xr[w..]) {
-                    o.write(v);
-                }
-                for i in 0..half {
-                    let (a, b) = (xr[i], xr[i + half]);
-                    if transpose {
-                        yr[i].write(a * c[i] + b * s[i + half]);
-                        yr[i + half].write(b * c[i + half] - a * s[i]);
-                    } else {
-                        yr[i].write(a * c[i] - b * s[i]);
-                        yr[i + half].write(b * c[i + half] + a * s[i + half]);
-                    }
-                }
-            }
-        });
+        .for_each(|(ys, xs)| rope_block(ys, xs, cos, sin, d, transpose));
     // SAFETY: `x` is whole `[t, d]` blocks (asserted) whose rows were all written above.
     unsafe { y.set_len(x.len()) };
     y
+}
+
+multiversion! {
+    /// One `[t, d]` block of [`rope`] (`w = cos.len() / t` rotated, `half = w / 2`).
+    fn rope_block(
+        ys: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        d: usize,
+        transpose: bool,
+    ) {
+        let t = xs.len() / d;
+        let w = cos.len() / t;
+        let half = w / 2;
+        for ((yr, xr), (c, s)) in ys
+            .chunks_exact_mut(d)
+            .zip(xs.chunks_exact(d))
+            .zip(cos.chunks_exact(w).zip(sin.chunks_exact(w)))
+        {
+            for (o, &v) in yr[w..].iter_mut().zip(&xr[w..]) {
+                o.write(v);
+            }
+            let (y1, y2) = yr[..w].split_at_mut(half);
+            let (x1, x2) = xr[..w].split_at(half);
+            let (c1, c2) = c.split_at(half);
+            let (s1, s2) = s.split_at(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                if transpose {
+                    y1[i].write(a * c1[i] + b * s2[i]);
+                    y2[i].write(b * c2[i] - a * s1[i]);
+                } else {
+                    y1[i].write(a * c1[i] - b * s1[i]);
+                    y2[i].write(b * c2[i] + a * s2[i]);
+                }
+            }
+        }
+    }
 }

@@ -9,3 +9,4 @@ mod cross_entropy_tests;
 pub(crate) mod dropout;
 pub(crate) mod lora_linear;
 mod softmax_row;
+mod wide;
