@@ -1,6 +1,6 @@
 //! The fused QLoRA linear of [`crate::ops::LoraLinearOps`] on host memory: the base product
-//! from `qlora-backend`'s NF4 kernels, the adapter's thin products with the `gemm` crate
-//! written straight into (or accumulated onto) their destinations, and the dropped-out input
+//! from `qlora-backend`'s NF4 kernels, the adapter's thin products written straight into (or
+//! accumulated onto) their destinations, and the dropped-out input
 //! in a per-thread scratch buffer that is reused from call to call (a fresh buffer per call
 //! would page-fault on first touch, which costs more than the rank-`r` products themselves).
 //!
@@ -9,7 +9,9 @@
 //! `x` and `dy` that the base's products pack (`CpuNf4::linear_sharing_input`), so they cost
 //! neither a packing pass nor the `gemm` crate's thin-output kernel (a 16-wide output is its
 //! slowest shape); `A` and `B` are rounded to bf16 as PEFT's autocast does, the scaling applied
-//! in f32 after. The other products (`h · Bᵀ`, `dhᵀ · x`, `dyᵀ · h`, `dh · A`) stay f32.
+//! in f32 after (on the f32 tier, or with dropout, the `gemm` crate computes them). The other
+//! products (`h · Bᵀ`, `dhᵀ · x`, `dyᵀ · h`, `dh · A`) stay f32 on every tier, on the rank-`r`
+//! loops of [`super::rank_r`] rather than a general GEMM.
 
 use std::cell::RefCell;
 
@@ -17,6 +19,7 @@ use qlora_backend::CpuNf4;
 use qlora_cpu_gemm::{PackedA, PackedB, Tier, gemm_bf16};
 
 use super::dropout::{seeded_dropout_add, seeded_dropout_into};
+use super::rank_r::{add_rank_r, outer_sum};
 
 /// One adapter on host memory: `A` `[r, in]`, `B` `[out, r]`, row-major.
 pub(crate) struct HostLora<'a> {
@@ -146,17 +149,8 @@ pub(crate) fn forward(
     } else {
         xa(x, &mut h);
     }
-    // SAFETY: h is [m, r]; Bᵀ(kk, j) = B[j·r + kk].
-    unsafe {
-        gemm(
-            (m, n, r),
-            &mut y,
-            true,
-            (h.as_ptr(), 1, r as isize),
-            (lora.b.as_ptr(), r as isize, 1),
-            1.0,
-        );
-    }
+    // y += h · Bᵀ
+    add_rank_r(&mut y, n, &h, r, &transpose(lora.b, n, r), true);
     (y, h)
 }
 
@@ -209,41 +203,18 @@ pub(crate) fn backward(
             );
         }
     }
-    // SAFETY (all products below): every operand is a row-major buffer of the stated shape,
-    // viewed with the strides written next to it; destinations are distinct buffers.
-    unsafe {
-        // dB[n, r] = dyᵀ[n, m] · h[m, r]
-        gemm(
-            (n, r, m),
-            &mut db,
-            false,
-            (dy.as_ptr(), n as isize, 1),
-            (h.as_ptr(), 1, r as isize),
-            1.0,
-        );
+    // dB[n, r] = dyᵀ[n, m] · h[m, r], the transpose of hᵀ · dy.
+    let mut dbt = vec![0f32; r * n];
+    outer_sum(&mut dbt, h, r, dy, n);
+    for (j, row) in db.chunks_exact_mut(r).enumerate() {
+        for (kk, d) in row.iter_mut().enumerate() {
+            *d = dbt[kk * n + j];
+        }
     }
     // dA[r, k] = dhᵀ[r, m] · dropout(x)[m, k]
-    let dhx = |xd: &[f32], da: &mut [f32]| unsafe {
-        gemm(
-            (r, k, m),
-            da,
-            false,
-            (dh.as_ptr(), r as isize, 1),
-            (xd.as_ptr(), 1, k as isize),
-            1.0,
-        )
-    };
+    let dhx = |xd: &[f32], da: &mut [f32]| outer_sum(da, &dh, r, xd, k);
     // dh[m, r] · A[r, k], into `dst`
-    let dha = |dst: &mut [f32], accumulate: bool| unsafe {
-        gemm(
-            (m, k, r),
-            dst,
-            accumulate,
-            (dh.as_ptr(), 1, r as isize),
-            (lora.a.as_ptr(), 1, k as isize),
-            1.0,
-        )
-    };
+    let dha = |dst: &mut [f32], accumulate: bool| add_rank_r(dst, k, &dh, r, lora.a, accumulate);
     if lora.dropout > 0.0 {
         with_scratch(m * k, |s| {
             seeded_dropout_into(x, lora.dropout, lora.seed, s);
@@ -260,6 +231,17 @@ pub(crate) fn backward(
         }
     }
     (dx, da, db)
+}
+
+/// `Bᵀ` `[r, n]` of `B` `[n, r]`.
+fn transpose(b: &[f32], n: usize, r: usize) -> Vec<f32> {
+    let mut bt = vec![0f32; r * n];
+    for (j, row) in b.chunks_exact(r).enumerate() {
+        for (kk, &v) in row.iter().enumerate() {
+            bt[kk * n + j] = v;
+        }
+    }
+    bt
 }
 
 /// `dh (+)= dy[:, c0..] · B[c0.., :]` for one bf16-packed chunk of `dy` (without the scaling).

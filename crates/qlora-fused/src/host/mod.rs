@@ -8,5 +8,6 @@ pub(crate) mod cross_entropy;
 mod cross_entropy_tests;
 pub(crate) mod dropout;
 pub(crate) mod lora_linear;
+mod rank_r;
 mod softmax_row;
 mod wide;

@@ -5,7 +5,8 @@
 //! those loops were about a tenth of the time at 4 lanes.
 //!
 //! Only the width changes, never the arithmetic: Rust does not contract `a * b + c` into a
-//! fused multiply-add unless asked, and every reduction goes through [`dot16`] /
+//! fused multiply-add unless asked (`f32::mul_add`, exactly rounded on every tier, in software
+//! where the CPU has no FMA), and every reduction goes through [`dot16`] /
 //! [`dot3_16`], whose order of additions is written out (16 partial sums, then added in order),
 //! so a kernel returns the same bits on every tier.
 
@@ -22,20 +23,24 @@ macro_rules! multiversion {
             ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
         $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             fn body $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 /// # Safety
-                /// The CPU has AVX-512F.
-                #[target_feature(enable = "avx512f,avx2")]
+                /// The CPU has AVX-512F (which implies AVX2 and FMA).
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
                     body $(::<$($g),+>)? ($($arg),*)
                 }
                 /// # Safety
-                /// The CPU has AVX2.
-                #[target_feature(enable = "avx2")]
+                /// The CPU has AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2 $(<$($g: $bound),+>)? ($($arg: $ty),*) $(-> $ret)? {
                     body $(::<$($g),+>)? ($($arg),*)
                 }
@@ -43,8 +48,10 @@ macro_rules! multiversion {
                     // SAFETY: the CPU has AVX-512F.
                     return unsafe { avx512 $(::<$($g),+>)? ($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2.
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
                     return unsafe { avx2 $(::<$($g),+>)? ($($arg),*) };
                 }
             }
