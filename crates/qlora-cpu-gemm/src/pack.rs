@@ -87,11 +87,60 @@ fn pack_tile_rows(
     }
 }
 
-/// `dst[j] = pair(lo[j], hi[j])`.
+/// `words[p] = pair(col[2p], col[2p + 1])` (the last pair's upper half 0 when `col` is odd).
 #[inline(always)]
-fn pack_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
-    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
-        *d = pair(l, h);
+fn column_pairs(col: &[f32], words: &mut [u32]) {
+    let (even, odd) = col.split_at(col.len() / 2 * 2);
+    for (w, two) in words.iter_mut().zip(even.chunks_exact(2)) {
+        *w = pair(two[0], two[1]);
+    }
+    if let [last] = odd {
+        words[even.len() / 2] = pair(*last, 0.0);
+    }
+}
+
+/// One packed column block: pair row `p` of column `c` is `words[c * live + p]` for the
+/// `count` columns and `live` pairs there, 0 in the padding (the rest of the 16 columns and
+/// of the block's pair rows).
+#[inline(always)]
+fn interleave_columns(words: &[u32], count: usize, live: usize, block: &mut [MaybeUninit<u32>]) {
+    let (body, pad) = block.split_at_mut(live * COLS);
+    for (p, row) in body.chunks_exact_mut(COLS).enumerate() {
+        for (c, d) in row.iter_mut().enumerate() {
+            d.write(if c < count { words[c * live + p] } else { 0 });
+        }
+    }
+    pad.fill(MaybeUninit::new(0));
+}
+
+/// Pair row `p` of every column block of a packed `B` at `out` (`n_pad / 16` blocks of
+/// `pairs` pair rows of 16 words): `pair(lo[j], hi[j])` for the `lo.len()` columns, 0 past them.
+///
+/// # Safety
+/// `out` is valid for writes of `n_pad * pairs` words, pair row `p < pairs` of each block
+/// written by no one else meanwhile; `hi` is as long as `lo`, at most `n_pad`.
+#[inline(always)]
+unsafe fn pair_row(lo: &[f32], hi: &[f32], n_pad: usize, out: *mut u32, pairs: usize, p: usize) {
+    let n = lo.len();
+    let hi = &hi[..n];
+    for jb in 0..n_pad / COLS {
+        let j0 = jb * COLS;
+        // SAFETY: block jb < n_pad / 16, pair row p < pairs: inside `out` (the contract).
+        let dst = unsafe { out.add((jb * pairs + p) * COLS) };
+        if j0 + COLS <= n {
+            let (l, h) = (&lo[j0..j0 + COLS], &hi[j0..j0 + COLS]);
+            for c in 0..COLS {
+                // SAFETY: c < 16 words of this block's pair row.
+                unsafe { dst.add(c).write(pair(l[c], h[c])) };
+            }
+        } else {
+            for c in 0..COLS {
+                let j = j0 + c;
+                let w = if j < n { pair(lo[j], hi[j]) } else { 0 };
+                // SAFETY: as above.
+                unsafe { dst.add(c).write(w) };
+            }
+        }
     }
 }
 
@@ -113,13 +162,44 @@ mod avx512_loops {
         super::pack_tile_rows(src, rows, k, row_stride, tiles)
     }
 
-    /// [`super::pack_pairs`] for AVX-512.
+    /// [`super::pair_row`] for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW, and `super::pair_row`'s contract holds.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pair_row(
+        lo: &[f32],
+        hi: &[f32],
+        n_pad: usize,
+        out: *mut u32,
+        pairs: usize,
+        p: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::pair_row(lo, hi, n_pad, out, pairs, p) }
+    }
+
+    /// [`super::column_pairs`] for AVX-512.
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BW.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn pack_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
-        super::pack_pairs(lo, hi, dst)
+    pub(super) unsafe fn column_pairs(col: &[f32], words: &mut [u32]) {
+        super::column_pairs(col, words)
+    }
+
+    /// [`super::interleave_columns`] for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn interleave_columns(
+        words: &[u32],
+        count: usize,
+        live: usize,
+        block: &mut [std::mem::MaybeUninit<u32>],
+    ) {
+        super::interleave_columns(words, count, live, block)
     }
 }
 
@@ -229,67 +309,88 @@ impl PackedB {
     /// `cols` as `[count, k]` rows (column `j` of `B` contiguous). This is the layout of a
     /// linear layer's weight `W [n, k]` for `x · Wᵀ`, so a 4-bit weight can be dequantized
     /// straight into it, 16 rows at a time, on every core.
+    ///
+    /// Each column is rounded into its pairs in one contiguous (vectorised) pass, then the 16
+    /// columns of a block are interleaved into pair rows; every word of the result, padding
+    /// included, is written once (no zeroing pass first).
     pub fn from_columns(k: usize, n: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
-        let mut b = Self::zeros(k, n);
         if k == 0 || n == 0 {
-            return b;
+            return Self::zeros(k, n);
         }
-        let pairs = b.k_pad / 2;
-        b.data
+        let k_pad = k.next_multiple_of(BLOCK).max(BLOCK);
+        let n_pad = n.next_multiple_of(BLOCK).max(BLOCK);
+        let pairs = k_pad / 2;
+        // Pairs of one column that hold values (the last one half padding when k is odd).
+        let live = k.div_ceil(2);
+        let mut data = Vec::with_capacity(n_pad * pairs);
+        data.spare_capacity_mut()
             .par_chunks_mut(pairs * COLS)
             .with_min_len(serial_items(pairs * COLS * 2))
             .enumerate()
-            .filter(|(jb, _)| jb * COLS < n)
-            .for_each_init(Vec::new, |buf: &mut Vec<f32>, (jb, block)| {
-                let j0 = jb * COLS;
-                let count = COLS.min(n - j0);
-                buf.resize(count * k, 0.0);
-                fill(j0, &mut buf[..count * k]);
-                for (c, col) in buf.chunks_exact(k).enumerate() {
-                    let (even, odd) = col.split_at(k / 2 * 2);
-                    for (p, two) in even.chunks_exact(2).enumerate() {
-                        block[p * COLS + c] = pair(two[0], two[1]);
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(buf, words): &mut (Vec<f32>, Vec<u32>), (jb, block)| {
+                    let j0 = jb * COLS;
+                    if j0 >= n {
+                        block.fill(MaybeUninit::new(0));
+                        return;
                     }
-                    if let [last] = odd {
-                        block[k / 2 * COLS + c] = pair(*last, 0.0);
+                    let count = COLS.min(n - j0);
+                    buf.resize(count * k, 0.0);
+                    fill(j0, &mut buf[..count * k]);
+                    words.resize(count * live, 0);
+                    for (col, w) in buf.chunks_exact(k).zip(words.chunks_exact_mut(live)) {
+                        wide!(column_pairs(col, w));
                     }
-                }
-            });
-        b
+                    wide!(interleave_columns(
+                        &words[..count * live],
+                        count,
+                        live,
+                        block
+                    ));
+                },
+            );
+        // SAFETY: every block was zeroed or written whole by `interleave_columns`.
+        unsafe { data.set_len(n_pad * pairs) };
+        Self { k, n, k_pad, data }
     }
 
     /// Packs `B` given by its rows: `fill(r0, rows)` writes rows `r0 .. r0 + count` into
     /// `rows` as `[count, n]` (row-major `B`, as `W [n, k]` is for `dy · W`).
+    ///
+    /// Every word of the result, padding included, is written once (no zeroing pass first).
+    #[allow(unused_unsafe)] // `wide!`'s own `unsafe` inside the one `pair_row` needs
     pub fn from_rows(k: usize, n: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
-        let mut b = Self::zeros(k, n);
         if k == 0 || n == 0 {
-            return b;
+            return Self::zeros(k, n);
         }
-        const ROWS: usize = 32;
-        let out = Shared(b.data.as_mut_ptr());
-        let pairs = b.k_pad / 2;
-        (0..k.div_ceil(ROWS))
+        const ROWS: usize = BLOCK;
+        let k_pad = k.next_multiple_of(BLOCK).max(BLOCK);
+        let n_pad = n.next_multiple_of(BLOCK).max(BLOCK);
+        let pairs = k_pad / 2;
+        let mut data: Vec<u32> = Vec::with_capacity(n_pad * pairs);
+        let out = Shared(data.as_mut_ptr());
+        // One task per 32 rows of B (16 pair rows of every column block), the last one's rows
+        // past k (to k_pad) zero.
+        (0..k_pad / ROWS)
             .into_par_iter()
             .with_min_len(serial_items(ROWS * n))
             .for_each_init(Vec::new, |buf: &mut Vec<f32>, t| {
                 let r0 = t * ROWS;
                 let count = ROWS.min(k - r0);
-                buf.resize(count.next_multiple_of(2) * n, 0.0);
+                buf.resize(ROWS * n, 0.0);
                 buf[count * n..].fill(0.0);
                 fill(r0, &mut buf[..count * n]);
                 for (q, two) in buf.chunks_exact(2 * n).enumerate() {
                     let (lo, hi) = two.split_at(n);
-                    let p = r0 / 2 + q;
-                    for (jb, (lo, hi)) in lo.chunks(COLS).zip(hi.chunks(COLS)).enumerate() {
-                        let at = (jb * pairs + p) * COLS;
-                        // SAFETY: pair row p of every column block is this task's alone
-                        // (rows r0.. of B), and inside the buffer.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), lo.len()) };
-                        wide!(pack_pairs(lo, hi, dst));
-                    }
+                    // SAFETY: pair row r0 / 2 + q of every column block is this task's alone,
+                    // and the buffer holds n_pad / 16 blocks of `pairs` pair rows.
+                    unsafe { wide!(pair_row(lo, hi, n_pad, out.at(0), pairs, r0 / 2 + q)) };
                 }
             });
-        b
+        // SAFETY: the tasks wrote pair rows 0 .. k_pad / 2 of every block whole.
+        unsafe { data.set_len(n_pad * pairs) };
+        Self { k, n, k_pad, data }
     }
 
     /// Packs `B[kk, j] = src[kk * row_stride + j * col_stride]`.
@@ -359,6 +460,30 @@ mod tests {
                     .unwrap_or((i as f32 * 0.7311).sin() * 1e3)
             })
             .collect()
+    }
+
+    #[test]
+    fn packing_by_columns_writes_every_word_as_packing_by_rows() {
+        // Odd depths, widths off the 16-column blocks, and blocks that are padding only: the
+        // words, padding included, equal those of the zero-initialised packing by rows.
+        for (k, n) in [(1, 1), (45, 19), (70, 40), (33, 16), (64, 97)] {
+            let src = awkward(k * n);
+            // B[kk, j] = src[j * k + kk]: column j contiguous.
+            let by_columns = PackedB::from_columns(k, n, |j0, cols| {
+                cols.copy_from_slice(&src[j0 * k..j0 * k + cols.len()])
+            });
+            let by_rows = PackedB::from_f32(&src, k, n, 1, k);
+            assert_eq!(by_columns.k_pad, by_rows.k_pad);
+            assert_eq!(by_columns.data, by_rows.data, "k = {k}, n = {n}");
+            // The padding is zero: pair rows past the depth, columns past the width.
+            let pairs = by_rows.k_pad / 2;
+            for (i, &w) in by_rows.data.iter().enumerate() {
+                let (jb, p, c) = (i / (pairs * COLS), i / COLS % pairs, i % COLS);
+                if 2 * p >= k || jb * COLS + c >= n {
+                    assert_eq!(w, 0, "k = {k}, n = {n}: padding word {i}");
+                }
+            }
+        }
     }
 
     #[test]
