@@ -186,6 +186,9 @@ mod avx512 {
     use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
     use std::arch::x86_64::{_mm512_setzero_ps, _mm512_storeu_ps};
 
+    /// Rows of `u` and `w` per block of [`outer_tiles`] (64 × 64 columns of `w`: 16 KiB).
+    const ROW_BLOCK: usize = 64;
+
     /// Tiles of 4 rows × 64 columns of `out[t, :] (+)= Σ_k u[t, k] · v[k, :]`, rows `< m4`
     /// and columns `< n64` (multiples of 4 and 64).
     ///
@@ -258,26 +261,39 @@ mod avx512 {
     ) {
         let m = u.len() / r;
         let (p, up, wp) = (part.as_mut_ptr(), u.as_ptr(), w.as_ptr());
-        for k0 in (0..r4).step_by(4) {
-            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-            // SAFETY (all accesses): t < m, columns j0 .. j0 + 64 ≤ n, ranks k0 .. k0 + 4 ≤ r:
-            // inside u, w and part (the caller's contract).
-            unsafe {
-                for t in 0..m {
-                    let mut ww: [__m512; 4] = [_mm512_setzero_ps(); 4];
-                    for (c, x) in ww.iter_mut().enumerate() {
-                        *x = _mm512_loadu_ps(wp.add(t * n + j0 + 16 * c));
-                    }
-                    for (i, row) in acc.iter_mut().enumerate() {
-                        let b = _mm512_set1_ps(*up.add(t * r + k0 + i));
-                        for (a, &x) in row.iter_mut().zip(&ww) {
-                            *a = _mm512_fmadd_ps(b, x, *a);
+        // Blocks of rows, each read from memory once and then from L1 by every group of
+        // ranks (a whole stripe, one group at a time, came from L2/L3 in strided rows four
+        // times); the sums carry over through `part`, still in the order of `t`.
+        for t0 in (0..m).step_by(ROW_BLOCK) {
+            let t1 = (t0 + ROW_BLOCK).min(m);
+            for k0 in (0..r4).step_by(4) {
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                // SAFETY (all accesses): t < m, columns j0 .. j0 + 64 ≤ n, ranks
+                // k0 .. k0 + 4 ≤ r: inside u, w and part (the caller's contract).
+                unsafe {
+                    if t0 > 0 {
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            for (c, a) in row.iter_mut().enumerate() {
+                                *a = _mm512_loadu_ps(p.add((k0 + i) * 64 + 16 * c));
+                            }
                         }
                     }
-                }
-                for (i, row) in acc.iter().enumerate() {
-                    for (c, &a) in row.iter().enumerate() {
-                        _mm512_storeu_ps(p.add((k0 + i) * 64 + 16 * c), a);
+                    for t in t0..t1 {
+                        let mut ww: [__m512; 4] = [_mm512_setzero_ps(); 4];
+                        for (c, x) in ww.iter_mut().enumerate() {
+                            *x = _mm512_loadu_ps(wp.add(t * n + j0 + 16 * c));
+                        }
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let b = _mm512_set1_ps(*up.add(t * r + k0 + i));
+                            for (a, &x) in row.iter_mut().zip(&ww) {
+                                *a = _mm512_fmadd_ps(b, x, *a);
+                            }
+                        }
+                    }
+                    for (i, row) in acc.iter().enumerate() {
+                        for (c, &a) in row.iter().enumerate() {
+                            _mm512_storeu_ps(p.add((k0 + i) * 64 + 16 * c), a);
+                        }
                     }
                 }
             }
