@@ -206,11 +206,7 @@ pub(crate) fn backward(
     // dB[n, r] = dyᵀ[n, m] · h[m, r], the transpose of hᵀ · dy.
     let mut dbt = vec![0f32; r * n];
     outer_sum(&mut dbt, h, r, dy, n);
-    for (j, row) in db.chunks_exact_mut(r).enumerate() {
-        for (kk, d) in row.iter_mut().enumerate() {
-            *d = dbt[kk * n + j];
-        }
-    }
+    db = transpose(&dbt, r, n);
     // dA[r, k] = dhᵀ[r, m] · dropout(x)[m, k]
     let dhx = |xd: &[f32], da: &mut [f32]| outer_sum(da, &dh, r, xd, k);
     // dh[m, r] · A[r, k], into `dst`
@@ -233,7 +229,8 @@ pub(crate) fn backward(
     (dx, da, db)
 }
 
-/// `Bᵀ` `[r, n]` of `B` `[n, r]`.
+/// The transpose `[c, rows]` of a row-major `[rows, c]` matrix (`Bᵀ` of the adapter's `B`, `dB`
+/// from its transpose).
 fn transpose(b: &[f32], n: usize, r: usize) -> Vec<f32> {
     let mut bt = vec![0f32; r * n];
     for (j, row) in b.chunks_exact(r).enumerate() {

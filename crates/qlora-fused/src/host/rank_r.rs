@@ -65,7 +65,7 @@ fn rank_r_rows(out: &mut [f32], n: usize, u: &[f32], r: usize, v: &[f32], accumu
     let m = out.len() / n;
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if has_avx512() {
             let (m4, n64) = (m / 4 * 4, n / 64 * 64);
             // SAFETY: the CPU has AVX-512F; out is [m, n], u is [m, r], v is [r, n] (checked by
             // add_rank_r), and the tiles cover rows < m4 ≤ m, columns < n64 ≤ n.
@@ -145,7 +145,7 @@ fn outer_sum_cols(part: &mut [f32], u: &[f32], r: usize, w: &[f32], n: usize, j0
     let cols = part.len() / r;
     #[cfg(target_arch = "x86_64")]
     {
-        if cols == SPAN && std::arch::is_x86_feature_detected!("avx512f") {
+        if cols == SPAN && has_avx512() {
             let r4 = r / 4 * 4;
             // SAFETY: the CPU has AVX-512F; part is [r, SPAN], u is [m, r], w is [m, n] with
             // columns j0 .. j0 + SPAN ≤ n (checked by outer_sum).
@@ -178,6 +178,15 @@ multiversion! {
             }
         }
     }
+}
+
+/// Whether the register tiles run here (AVX-512F), else only the plain loops.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The register-tiled loops on AVX-512: 16 accumulators (4 × 4 vectors of 16) per tile.
@@ -375,14 +384,10 @@ mod tests {
     fn the_register_tiles_give_the_bits_of_the_plain_loops() {
         // On AVX-512 machines the bulk runs in register tiles; the plain loops are what every
         // other machine runs. Same terms, same order, same fused multiply-adds: same bits.
-        let avx512 = cfg!(target_arch = "x86_64") && {
-            #[cfg(target_arch = "x86_64")]
-            let has = std::arch::is_x86_feature_detected!("avx512f");
-            #[cfg(not(target_arch = "x86_64"))]
-            let has = false;
-            has
-        };
-        eprintln!("register tiles exercised: {avx512} (AVX-512F on this machine)");
+        eprintln!(
+            "register tiles exercised: {} (AVX-512F on this machine)",
+            has_avx512()
+        );
         for (m, r, n) in SHAPES {
             let (u, v, base) = (values(m * r, 9), values(r * n, 10), values(m * n, 11));
             let mut tiled = base.clone();
