@@ -94,7 +94,7 @@ fn write_ids(path: &Path, ids: &[i64], shape: [usize; 2]) {
 #[test]
 fn score_ids_gives_the_loss_of_transformers_logits_and_writes_them() {
     let work = cli::tmp("score-ids");
-    for name in ["llama", "mistral", "phi3", "qwen2", "qwen3"] {
+    for name in ["llama", "mistral", "phi3", "qwen2", "qwen3", "gemma3"] {
         let dir = family(name);
         let reference = dir.join("reference.safetensors");
         let bytes = std::fs::read(&reference).unwrap();
@@ -223,7 +223,7 @@ fn score_data_equals_score_ids_on_the_same_tokens() {
 
 #[test]
 fn generate_from_ids_prints_transformers_greedy_ids() {
-    for name in ["llama", "mistral", "phi3", "qwen2", "qwen3"] {
+    for name in ["llama", "mistral", "phi3", "qwen2", "qwen3", "gemma3"] {
         let dir = family(name);
         let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();

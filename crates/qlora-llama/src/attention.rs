@@ -9,7 +9,7 @@ use qlora_nn::AdaptedLinear;
 use crate::{KvCache, RmsNorm, Rope};
 
 /// `self_attn` of a decoder layer: `q_proj`, `k_proj`, `v_proj` (or Phi-3's fused `qkv_proj`),
-/// `o_proj` (HF names), and Qwen3's per-head `q_norm`, `k_norm`.
+/// `o_proj` (HF names), and Qwen3's and Gemma 3's per-head `q_norm`, `k_norm`.
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
     /// `[hidden] → [heads · head_dim]` (absent where `qkv_proj` holds it).
@@ -22,9 +22,9 @@ pub struct LlamaAttention {
     pub qkv_proj: Option<AdaptedLinear>,
     /// `[heads · head_dim] → [hidden]`.
     pub o_proj: AdaptedLinear,
-    /// RMSNorm over each query head, `[head_dim]`, before RoPE (Qwen3).
+    /// RMSNorm over each query head, `[head_dim]`, before RoPE (Qwen3, Gemma 3).
     pub q_norm: Option<RmsNorm>,
-    /// RMSNorm over each key head, `[head_dim]`, before RoPE (Qwen3).
+    /// RMSNorm over each key head, `[head_dim]`, before RoPE (Qwen3, Gemma 3).
     pub k_norm: Option<RmsNorm>,
     /// Query heads.
     pub num_heads: usize,
@@ -32,8 +32,11 @@ pub struct LlamaAttention {
     pub num_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
-    /// Each query sees the last this many keys up to its own (Mistral); `None`: all of them.
+    /// Each query sees the last this many keys up to its own (Mistral, Gemma 3's sliding
+    /// layers); `None`: all of them.
     pub sliding_window: Option<usize>,
+    /// The scale of the scores `q·k` (`head_dim^-½`, Gemma 3's `query_pre_attn_scalar^-½`).
+    pub scale: f64,
 }
 
 impl LlamaAttention {
@@ -120,7 +123,7 @@ impl LlamaAttention {
         // Causal, aligned bottom-right: query i (of t) sees keys up to past_len + i; each kv
         // head serves its group of query heads (no repeat_kv copy); the backward pass keeps
         // no scores.
-        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let scale = self.scale as f32;
         let out = match (segments, self.sliding_window) {
             (Some(starts), window) => {
                 causal_attention_segmented(q, k, v, starts.clone(), scale, window)

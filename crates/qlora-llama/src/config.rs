@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
+use crate::config_gemma;
+use crate::layer_types::{self, LayerType};
 use crate::rope_config::{read_rope, rotary_dim};
 use crate::{LlamaError, RopeConfig};
 
@@ -21,15 +23,21 @@ pub enum ModelType {
     /// `gate_up_proj` (LoRA on each fused linear, as PEFT does), RoPE on the first
     /// `partial_rotary_factor` of each head, a sliding window where `sliding_window` is set.
     Phi3,
-    /// `qwen2` (`Qwen2ForCausalLM`, Qwen2 and Qwen2.5): biases on q/k/v (not o), full attention
-    /// in every layer (its sliding-window layers are refused).
+    /// `qwen2` (`Qwen2ForCausalLM`, Qwen2 and Qwen2.5): biases on q/k/v (not o); sliding
+    /// layers from `max_window_layers` on (or as `layer_types` says) where
+    /// `use_sliding_window` is set.
     Qwen2,
     /// `mistral` (`MistralForCausalLM`): attention in a sliding window of `sliding_window`
     /// keys (training, prefill and decoding with the cache alike).
     Mistral,
     /// `qwen3` (`Qwen3ForCausalLM`): RMSNorm over each head of q and k before RoPE
-    /// (`q_norm`, `k_norm`), `head_dim` independent of the width (sliding windows refused).
+    /// (`q_norm`, `k_norm`), `head_dim` independent of the width; sliding layers as Qwen2's.
     Qwen3,
+    /// `gemma3_text` (`Gemma3ForCausalLM`, and the text part of the multimodal `gemma3`):
+    /// RMSNorm scaling by `(1 + w)`, embeddings × `√hidden`, GeGLU with tanh-GELU, norms of
+    /// the attention and MLP outputs too, q/k norms, `query_pre_attn_scalar`, and per layer a
+    /// sliding or full attention with a RoPE each (`layer_types`).
+    Gemma3,
 }
 
 impl ModelType {
@@ -41,6 +49,7 @@ impl ModelType {
             Self::Phi3 => "phi3",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3_text",
         }
     }
 
@@ -52,6 +61,7 @@ impl ModelType {
             Self::Phi3 => "Phi3ForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -62,9 +72,29 @@ impl ModelType {
             Self::Phi3,
             Self::Qwen2,
             Self::Qwen3,
+            Self::Gemma3,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
+    }
+}
+
+/// The gate activation of the MLP (HF `hidden_act` / Gemma's `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenAct {
+    /// `silu`: SwiGLU (LLaMA and most families).
+    Silu,
+    /// `gelu_pytorch_tanh`: GeGLU with the tanh approximation of GELU (Gemma).
+    GeluTanh,
+}
+
+impl HiddenAct {
+    /// The HF name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Silu => "silu",
+            Self::GeluTanh => "gelu_pytorch_tanh",
+        }
     }
 }
 
@@ -106,9 +136,28 @@ pub struct LlamaConfig {
     /// RMSNorm (width `head_dim`, the same ε) over each head of q and k before RoPE (Qwen3's
     /// `q_norm`, `k_norm`).
     pub qk_norm: bool,
-    /// Each query sees only the last `sliding_window` keys up to its position (Mistral's
-    /// `sliding_window`; `None`: full causal attention).
+    /// Each query of a sliding layer sees only the last `sliding_window` keys up to its
+    /// position (Mistral's `sliding_window`; `None`: full causal attention everywhere).
     pub sliding_window: Option<usize>,
+    /// The attention of each layer (HF `layer_types`, Gemma 3's sliding and full layers);
+    /// `None`: every layer the same, sliding where `sliding_window` is set.
+    pub layer_types: Option<Vec<LayerType>>,
+    /// The RoPE of the sliding layers where it is not `rope` (Gemma 3's
+    /// `rope_parameters.sliding_attention`).
+    pub rope_sliding: Option<RopeConfig>,
+    /// The attention scale is `query_pre_attn_scalar^-½` (Gemma 3) instead of `head_dim^-½`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// The MLP's gate activation.
+    pub hidden_act: HiddenAct,
+    /// Every RMSNorm scales by `1 + w` instead of `w` (Gemma).
+    pub norm_unit_offset: bool,
+    /// The embedding's output is multiplied by `√hidden_size` (Gemma; the tied head uses the
+    /// table unscaled).
+    pub scale_embeddings: bool,
+    /// Each layer norms its attention output and its MLP output too before the residual sums
+    /// (Gemma 3: `post_attention_layernorm` on the attention's output,
+    /// `pre_feedforward_layernorm` before the MLP, `post_feedforward_layernorm` after it).
+    pub sandwich_norms: bool,
     /// One `qkv_proj` `[q + 2 kv, hidden]` and one `gate_up_proj` `[2 · intermediate, hidden]`
     /// (gate first) instead of five linears (Phi-3).
     pub fused_projections: bool,
@@ -214,7 +263,6 @@ impl LlamaConfig {
     }
 
     fn from_map(map: &Map<String, Value>, path: &str) -> Result<Self, LlamaError> {
-        let f = Fields { map, path };
         let model_type = match map.get("model_type") {
             None | Some(Value::Null) => ModelType::Llama,
             Some(Value::String(t)) => ModelType::parse(t).ok_or_else(|| {
@@ -222,7 +270,8 @@ impl LlamaConfig {
                     path,
                     "model_type",
                     format!(
-                        "`{t}` is not supported (`llama`, `mistral`, `phi3`, `qwen2`, `qwen3`)"
+                        "`{t}` is not supported (`llama`, `mistral`, `phi3`, `qwen2`, `qwen3`, \
+                         `gemma3_text`)"
                     ),
                 )
             })?,
@@ -234,11 +283,24 @@ impl LlamaConfig {
                 ));
             }
         };
-        if matches!(model_type, ModelType::Qwen2 | ModelType::Qwen3) {
-            refuse_sliding_windows(&f)?;
+        if model_type == ModelType::Gemma3 {
+            return Self::from_fields(model_type, &config_gemma::with_defaults(map), path);
         }
+        Self::from_fields(model_type, map, path)
+    }
+
+    /// The config of a `model_type` from its fields (with the family's defaults in place).
+    fn from_fields(
+        model_type: ModelType,
+        map: &Map<String, Value>,
+        path: &str,
+    ) -> Result<Self, LlamaError> {
+        let f = Fields { map, path };
+        let gemma = model_type == ModelType::Gemma3;
         refuse_unmodelled(&f, model_type)?;
         match map.get("hidden_act").and_then(Value::as_str) {
+            // Gemma 3's modeling file reads `hidden_activation` (checked below) alone.
+            _ if gemma => config_gemma::refuse_unsupported(&f)?,
             None | Some("silu") => {}
             Some(a) => {
                 return Err(err(
@@ -304,11 +366,42 @@ impl LlamaConfig {
         // biases; Qwen3's `attention_bias` is llama's (all four projections).
         let qwen2 = model_type == ModelType::Qwen2;
         let qwen = qwen2 || model_type == ModelType::Qwen3;
+        let num_hidden_layers = f.usize("num_hidden_layers")?;
+        let (sliding_window, layer_types) = match model_type {
+            ModelType::Mistral | ModelType::Phi3 => {
+                let window = match map.get("sliding_window") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(f.usize("sliding_window")?),
+                };
+                (window, None)
+            }
+            ModelType::Qwen2 | ModelType::Qwen3 => layer_types::qwen(&f, num_hidden_layers)?,
+            ModelType::Gemma3 => (
+                Some(f.usize("sliding_window")?),
+                Some(layer_types::gemma(&f, num_hidden_layers)?),
+            ),
+            ModelType::Llama => (None, None),
+        };
+        let query_pre_attn_scalar = if gemma {
+            let s = f.f64_or("query_pre_attn_scalar", None)?;
+            if s <= 0.0 {
+                return Err(err(path, "query_pre_attn_scalar", "must be positive"));
+            }
+            Some(s)
+        } else {
+            None
+        };
+        let (rope, rope_sliding) = if gemma {
+            let (full, sliding) = config_gemma::ropes(&f)?;
+            (full, Some(sliding))
+        } else {
+            (read_rope(map, path)?, None)
+        };
         Ok(Self {
             model_type,
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
-            num_hidden_layers: f.usize("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -321,19 +414,59 @@ impl LlamaConfig {
             pad_token_id: f.token("pad_token_id")?,
             attention_bias: !qwen2 && f.bool_or("attention_bias", false)?,
             qkv_bias: qwen2,
-            qk_norm: model_type == ModelType::Qwen3,
-            sliding_window: match model_type {
-                ModelType::Mistral | ModelType::Phi3 => match map.get("sliding_window") {
-                    None | Some(Value::Null) => None,
-                    Some(_) => Some(f.usize("sliding_window")?),
-                },
-                _ => None,
+            qk_norm: model_type == ModelType::Qwen3 || gemma,
+            sliding_window,
+            layer_types,
+            rope_sliding,
+            query_pre_attn_scalar,
+            hidden_act: if gemma {
+                HiddenAct::GeluTanh
+            } else {
+                HiddenAct::Silu
             },
+            norm_unit_offset: gemma,
+            scale_embeddings: gemma,
+            sandwich_norms: gemma,
             fused_projections: model_type == ModelType::Phi3,
             rotary_dim: rotary_dim(map, path, head_dim)?,
             mlp_bias: !qwen && f.bool_or("mlp_bias", false)?,
-            rope: read_rope(map, path)?,
+            rope,
         })
+    }
+
+    /// The attention of layer `i`: `layer_types[i]`, or the same for every layer (sliding
+    /// where `sliding_window` is set).
+    pub fn layer_type(&self, i: usize) -> LayerType {
+        match &self.layer_types {
+            Some(types) => types[i],
+            None if self.sliding_window.is_some() => LayerType::Sliding,
+            None => LayerType::Full,
+        }
+    }
+
+    /// The window of layer `i`'s attention (`None`: full causal attention).
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        match self.layer_type(i) {
+            LayerType::Sliding => self.sliding_window,
+            LayerType::Full => None,
+        }
+    }
+
+    /// The RoPE of layer `i`.
+    pub fn layer_rope(&self, i: usize) -> &RopeConfig {
+        match (self.layer_type(i), &self.rope_sliding) {
+            (LayerType::Sliding, Some(r)) => r,
+            _ => &self.rope,
+        }
+    }
+
+    /// The scale of the attention's scores `q·k`: `query_pre_attn_scalar^-½` where the
+    /// family sets it, `head_dim^-½` otherwise.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// The linears of decoder layer `i`: HF path, `[out, in]`, whether it has a bias. Five
@@ -419,29 +552,50 @@ impl LlamaConfig {
                 "mlp_bias": self.mlp_bias,
                 "pretraining_tp": 1,
             }),
-            ModelType::Qwen2 => json!({
-                "use_sliding_window": false,
-                "sliding_window": null,
-                "max_window_layers": self.num_hidden_layers,
-            }),
+            ModelType::Qwen2 => self.qwen_window_fields(),
             ModelType::Mistral => json!({ "sliding_window": self.sliding_window }),
             ModelType::Phi3 => json!({
                 "sliding_window": self.sliding_window,
                 "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64,
             }),
-            ModelType::Qwen3 => json!({
-                "attention_bias": self.attention_bias,
-                "use_sliding_window": false,
-                "sliding_window": null,
-                "max_window_layers": self.num_hidden_layers,
-            }),
+            ModelType::Qwen3 => {
+                let mut v = self.qwen_window_fields();
+                v["attention_bias"] = json!(self.attention_bias);
+                v
+            }
+            ModelType::Gemma3 => config_gemma::hf_fields(self),
         };
         let (Value::Object(all), Value::Object(extra)) = (&mut v, extra) else {
             unreachable!("JSON objects")
         };
+        if self.model_type == ModelType::Gemma3 {
+            // Gemma 3 has a RoPE per layer type (`rope_parameters` of `hf_fields`) and reads
+            // `hidden_activation`.
+            for key in ["hidden_act", "rope_scaling", "rope_theta"] {
+                all.remove(key);
+            }
+        }
         all.extend(extra);
         all.sort_keys();
         serde_json::to_string_pretty(&v).expect("JSON value") + "\n"
+    }
+
+    /// Qwen's window fields: `use_sliding_window`, `sliding_window`, the `layer_types` list
+    /// (transformers 5 reads it) and `max_window_layers` (the first sliding layer, which is
+    /// what transformers 4 reads).
+    fn qwen_window_fields(&self) -> Value {
+        let n = self.num_hidden_layers;
+        let types: Vec<LayerType> = (0..n).map(|i| self.layer_type(i)).collect();
+        let first = types
+            .iter()
+            .position(|t| *t == LayerType::Sliding)
+            .unwrap_or(n);
+        json!({
+            "use_sliding_window": self.sliding_window.is_some(),
+            "sliding_window": self.sliding_window,
+            "max_window_layers": first,
+            "layer_types": types.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        })
     }
 
     /// Query heads per key/value head.
@@ -452,8 +606,8 @@ impl LlamaConfig {
 
 /// Settings this crate does not compute, each a named error rather than a model that runs
 /// differently from transformers' with no word: dropout in the base model (transformers applies
-/// it while training), `layer_types` other than one attention kind in every layer (Qwen's are
-/// checked by [`refuse_sliding_windows`]), and a `quantization_config` that is not
+/// it while training), `layer_types` other than one attention kind in every layer (for the
+/// families that have a single kind; Qwen's and Gemma 3's are read per layer), and a `quantization_config` that is not
 /// bitsandbytes 4-bit (GPTQ, AWQ, FP8, LLM.int8 weights need kernels this crate lacks).
 fn refuse_unmodelled(f: &Fields<'_>, model_type: ModelType) -> Result<(), LlamaError> {
     for key in [
@@ -473,8 +627,11 @@ fn refuse_unmodelled(f: &Fields<'_>, model_type: ModelType) -> Result<(), LlamaE
             ));
         }
     }
-    if !matches!(model_type, ModelType::Qwen2 | ModelType::Qwen3)
-        && let Some(types) = f.map.get("layer_types").filter(|v| !v.is_null())
+    // Qwen's and Gemma 3's are read per layer.
+    if !matches!(
+        model_type,
+        ModelType::Qwen2 | ModelType::Qwen3 | ModelType::Gemma3
+    ) && let Some(types) = f.map.get("layer_types").filter(|v| !v.is_null())
     {
         let windowed = f.map.get("sliding_window").is_some_and(|v| !v.is_null())
             && matches!(model_type, ModelType::Mistral | ModelType::Phi3);
@@ -528,34 +685,6 @@ fn refuse_unmodelled(f: &Fields<'_>, model_type: ModelType) -> Result<(), LlamaE
                     "no quant_method: only bitsandbytes 4-bit folders load",
                 ));
             }
-        }
-    }
-    Ok(())
-}
-
-/// Qwen2's sliding-window attention (`use_sliding_window`, or `layer_types` naming
-/// `sliding_attention`) is not computed here: refused by name.
-fn refuse_sliding_windows(f: &Fields<'_>) -> Result<(), LlamaError> {
-    if f.bool_or("use_sliding_window", false)? {
-        return Err(err(
-            f.path,
-            "use_sliding_window",
-            "sliding-window attention is not supported (only full attention in every layer)",
-        ));
-    }
-    if let Some(types) = f.map.get("layer_types").filter(|v| !v.is_null()) {
-        let all_full = types
-            .as_array()
-            .is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention")));
-        if !all_full {
-            return Err(err(
-                f.path,
-                "layer_types",
-                format!(
-                    "{types} is not supported (only `full_attention` in every layer; sliding-window \
-                     attention is not computed)"
-                ),
-            ));
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::gguf::{GgufFile, GgufValue};
 use crate::{
-    HostFloats, HostTensor, LlamaConfig, LlamaError, ModelType, RopeConfig, RopeScaling,
+    HiddenAct, HostFloats, HostTensor, LlamaConfig, LlamaError, ModelType, RopeConfig, RopeScaling,
     WeightSource,
 };
 
@@ -200,6 +200,13 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         qkv_bias: false,
         qk_norm: false,
         sliding_window: None,
+        layer_types: None,
+        rope_sliding: None,
+        query_pre_attn_scalar: None,
+        hidden_act: HiddenAct::Silu,
+        norm_unit_offset: false,
+        scale_embeddings: false,
+        sandwich_norms: false,
         fused_projections: false,
         rotary_dim: head_dim,
         mlp_bias,

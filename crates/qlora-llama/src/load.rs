@@ -60,7 +60,8 @@ fn norm_of_width(
     device: &Device,
 ) -> Result<RmsNorm, LlamaError> {
     let w = float(src, name, &[width])?;
-    Ok(RmsNorm::new(upload(w, [width], device), c.rms_norm_eps))
+    Ok(RmsNorm::new(upload(w, [width], device), c.rms_norm_eps)
+        .with_unit_offset(c.norm_unit_offset))
 }
 
 /// One linear at `path` (`[out, in]` in the file), as the applier says.
@@ -184,6 +185,11 @@ impl LlamaForCausalLM {
                     })
                     .transpose()
             };
+            let sandwich = |name: &str| {
+                c.sandwich_norms
+                    .then(|| norm(src, &format!("{p}.{name}.weight"), c, device))
+                    .transpose()
+            };
             layers.push(LlamaDecoderLayer {
                 self_attn: LlamaAttention {
                     q_proj: either(!fused, "self_attn.q_proj", [q_out, hid], qkv_b)?,
@@ -201,13 +207,15 @@ impl LlamaForCausalLM {
                     num_heads: c.num_attention_heads,
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
-                    sliding_window: c.sliding_window,
+                    sliding_window: c.layer_window(i),
+                    scale: c.attention_scale(),
                 },
                 mlp: LlamaMlp {
                     gate_proj: either(!fused, "mlp.gate_proj", [ffn, hid], mb)?,
                     up_proj: either(!fused, "mlp.up_proj", [ffn, hid], mb)?,
                     gate_up_proj: either(fused, "mlp.gate_up_proj", [2 * ffn, hid], mb)?,
                     down_proj: lin("mlp.down_proj", [hid, ffn], mb)?,
+                    act: c.hidden_act,
                 },
                 input_layernorm: norm(src, &format!("{p}.input_layernorm.weight"), c, device)?,
                 post_attention_layernorm: norm(
@@ -216,6 +224,8 @@ impl LlamaForCausalLM {
                     c,
                     device,
                 )?,
+                pre_feedforward_layernorm: sandwich("pre_feedforward_layernorm")?,
+                post_feedforward_layernorm: sandwich("post_feedforward_layernorm")?,
             });
         }
         let model = LlamaModel {

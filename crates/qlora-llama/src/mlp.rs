@@ -1,10 +1,13 @@
-//! The SwiGLU MLP (Shazeer 2020): `down(silu(gate(x)) ⊙ up(x))`, with gate and up as two
-//! linears or as Phi-3's one `gate_up_proj` (gate first).
+//! The gated MLP (Shazeer 2020): `down(act(gate(x)) ⊙ up(x))`, SwiGLU (`silu`) or Gemma's
+//! GeGLU (tanh-GELU), with gate and up as two linears or as Phi-3's one `gate_up_proj` (gate
+//! first).
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use qlora_fused::swiglu;
+use qlora_fused::{geglu_tanh, swiglu};
 use qlora_nn::AdaptedLinear;
+
+use crate::HiddenAct;
 
 /// `mlp` of a decoder layer: `gate_proj`, `up_proj` (or Phi-3's `gate_up_proj`), `down_proj`
 /// (HF names).
@@ -18,6 +21,9 @@ pub struct LlamaMlp {
     pub gate_up_proj: Option<AdaptedLinear>,
     /// `[intermediate] → [hidden]`.
     pub down_proj: AdaptedLinear,
+    /// The gate's activation.
+    #[module(skip)]
+    pub act: HiddenAct,
 }
 
 impl LlamaMlp {
@@ -60,7 +66,7 @@ impl LlamaMlp {
         self.down_proj.forward_output_unused(self.activation(x))
     }
 
-    /// `silu(gate(x)) ⊙ up(x)`: `[batch, len, hidden]` → `[batch, len, intermediate]`.
+    /// `act(gate(x)) ⊙ up(x)`: `[batch, len, hidden]` → `[batch, len, intermediate]`.
     fn activation(&self, x: Tensor<3>) -> Tensor<3> {
         let (gate, up) = match &self.gate_up_proj {
             Some(l) => {
@@ -77,6 +83,9 @@ impl LlamaMlp {
                 (proj(&self.gate_proj), proj(&self.up_proj))
             }
         };
-        swiglu(gate, up)
+        match self.act {
+            HiddenAct::Silu => swiglu(gate, up),
+            HiddenAct::GeluTanh => geglu_tanh(gate, up),
+        }
     }
 }

@@ -6,7 +6,25 @@ use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor};
 use qlora_nn::{GradientCheckpointing, PaddingFreeBatch, TokenAdapters};
 
-use crate::{KvCache, LlamaConfig, LlamaDecoderLayer, RmsNorm, Rope};
+use crate::{KvCache, LayerType, LlamaConfig, LlamaDecoderLayer, RmsNorm, Rope};
+
+/// The RoPE tables `(cos, sin)` of one pass's positions: the full layers', and the sliding
+/// layers' where their RoPE differs (Gemma 3).
+struct RopeTables {
+    full: (Tensor<2>, Tensor<2>),
+    sliding: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+impl RopeTables {
+    /// The tables of a layer of type `t`.
+    fn of(&self, t: LayerType) -> (&Tensor<2>, &Tensor<2>) {
+        let (cos, sin) = match (t, &self.sliding) {
+            (LayerType::Sliding, Some(s)) => s,
+            _ => &self.full,
+        };
+        (cos, sin)
+    }
+}
 
 /// `model`: the decoder stack without the head.
 #[derive(Module, Debug)]
@@ -39,6 +57,9 @@ pub struct LlamaForCausalLM {
     pub config: LlamaConfig,
     #[module(skip)]
     rope: Rope,
+    /// The sliding layers' RoPE where it differs (Gemma 3).
+    #[module(skip)]
+    rope_sliding: Option<Rope>,
     /// Whether training recomputes each decoder layer in the backward pass
     /// ([`LlamaForCausalLM::with_gradient_checkpointing`]).
     #[module(skip)]
@@ -61,6 +82,10 @@ impl LlamaForCausalLM {
             "lm_head must be given exactly when the embeddings are not tied"
         );
         let rope = Rope::new(&config.rope, config.rotary_dim);
+        let rope_sliding = config
+            .rope_sliding
+            .as_ref()
+            .map(|r| Rope::new(r, config.rotary_dim));
         Self {
             model,
             lm_head: lm_head.map(|w| Param::from_tensor(w).set_require_grad(false)),
@@ -68,6 +93,7 @@ impl LlamaForCausalLM {
             lm_head_rows: TokenAdapters::default(),
             config,
             rope,
+            rope_sliding,
             gradient_checkpointing: GradientCheckpointing::Off,
         }
     }
@@ -188,13 +214,30 @@ impl LlamaForCausalLM {
     }
 
     /// The input embedding of `input_ids` (`[batch, len]` → `[batch, len, hidden]`), with
-    /// trained rows in place.
+    /// trained rows in place, scaled by `√hidden` where the family does (Gemma).
     pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        if self.embed_tokens_rows.any_active() {
+        let x = if self.embed_tokens_rows.any_active() {
             let w = self.model.embed_tokens.weight.val();
             self.embed_tokens_rows.embed(w, input_ids)
         } else {
             self.model.embed_tokens.forward(input_ids)
+        };
+        if self.config.scale_embeddings {
+            // transformers: `embed_scale = hidden_size ** 0.5`, a tensor in the weights' dtype.
+            x.mul_scalar((self.config.hidden_size as f64).sqrt() as f32)
+        } else {
+            x
+        }
+    }
+
+    /// The RoPE tables of `positions` for every layer type.
+    fn rope_tables(&self, positions: &[usize], device: &burn::tensor::Device) -> RopeTables {
+        RopeTables {
+            full: self.rope.tables_at(positions, device),
+            sliding: self
+                .rope_sliding
+                .as_ref()
+                .map(|r| r.tables_at(positions, device)),
         }
     }
 
@@ -210,16 +253,18 @@ impl LlamaForCausalLM {
         let [_, t] = input_ids.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let device = input_ids.device();
-        let (cos, sin) = self.rope.tables(start, t, &device);
+        let positions: Vec<usize> = (start..start + t).collect();
+        let tables = self.rope_tables(&positions, &device);
         let mut x = self.embed(input_ids);
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
             if all {
                 out.push(x.clone());
             }
+            let (cos, sin) = tables.of(self.config.layer_type(i));
             x = match cache.as_deref_mut() {
-                Some(c) => layer.forward(x, &cos, &sin, Some((c, i)), None),
-                None => self.layer_forward(layer, x, &cos, &sin, None),
+                Some(c) => layer.forward(x, cos, sin, Some((c, i)), None),
+                None => self.layer_forward(layer, x, cos, sin, None),
             };
         }
         if let Some(c) = cache {
@@ -236,10 +281,11 @@ impl LlamaForCausalLM {
     /// - returns `[1, total, hidden]`
     pub fn forward_hidden_padding_free(&self, batch: &PaddingFreeBatch) -> Tensor<3> {
         let device = batch.input_ids.device();
-        let (cos, sin) = self.rope.tables_at(&batch.position_ids, &device);
+        let tables = self.rope_tables(&batch.position_ids, &device);
         let mut x = self.embed(batch.input_ids.clone());
-        for layer in &self.model.layers {
-            x = self.layer_forward(layer, x, &cos, &sin, Some(&batch.seq_starts));
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let (cos, sin) = tables.of(self.config.layer_type(i));
+            x = self.layer_forward(layer, x, cos, sin, Some(&batch.seq_starts));
         }
         self.model.norm.forward(x)
     }

@@ -79,18 +79,27 @@ impl LlamaForCausalLM {
             head_format,
         );
         for (i, layer) in self.model.layers.iter().enumerate() {
-            for (n, norm) in [
-                ("input_layernorm", &layer.input_layernorm),
-                ("post_attention_layernorm", &layer.post_attention_layernorm),
-            ] {
-                let (name, t) = vector(format!("model.layers.{i}.{n}.weight"), norm.weight.val());
-                push_float(&mut tensors, name, t, head_format);
-            }
             let attn = &layer.self_attn;
-            for (n, norm) in [("q_norm", &attn.q_norm), ("k_norm", &attn.k_norm)] {
+            for (n, norm) in [
+                ("input_layernorm", Some(&layer.input_layernorm)),
+                (
+                    "post_attention_layernorm",
+                    Some(&layer.post_attention_layernorm),
+                ),
+                (
+                    "pre_feedforward_layernorm",
+                    layer.pre_feedforward_layernorm.as_ref(),
+                ),
+                (
+                    "post_feedforward_layernorm",
+                    layer.post_feedforward_layernorm.as_ref(),
+                ),
+                ("self_attn.q_norm", attn.q_norm.as_ref()),
+                ("self_attn.k_norm", attn.k_norm.as_ref()),
+            ] {
                 if let Some(norm) = norm {
-                    let name = format!("model.layers.{i}.self_attn.{n}.weight");
-                    let (name, t) = vector(name, norm.weight.val());
+                    let (name, t) =
+                        vector(format!("model.layers.{i}.{n}.weight"), norm.weight.val());
                     push_float(&mut tensors, name, t, head_format);
                 }
             }

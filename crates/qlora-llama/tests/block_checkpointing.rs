@@ -179,6 +179,12 @@ fn checkpointed_padding_free_phi3_step_is_bit_identical() {
     padding_free("phi3");
 }
 
+/// Gemma 3's layers norm the MLP's output, so its recomputation runs the whole layer.
+#[test]
+fn checkpointed_padding_free_gemma3_step_is_bit_identical() {
+    padding_free("gemma3");
+}
+
 #[test]
 fn checkpointing_changes_nothing_off_autodiff() {
     let device = Device::flex();

@@ -4,8 +4,8 @@
 //! (`all-linear`) on both bases, greedy decoding with the KV cache, the merge, and a save that
 //! transformers' reader takes back (`model_type`, `architectures`).
 //!
-//! The other family of the golden set (gemma3) is refused by name
-//! (`unsupported_families_are_named_errors`) until their decoders land.
+//! `model_type`s this crate does not compute (the multimodal `gemma3`, MoE families, ...) are
+//! refused by name (`unsupported_families_are_named_errors`).
 
 use std::path::PathBuf;
 
@@ -452,30 +452,146 @@ fn config_with(extra: serde_json::Value) -> Result<LlamaConfig, String> {
 }
 
 #[test]
-fn qwen2_sliding_window_layers_are_named_errors() {
-    let e = config_with(serde_json::json!({"use_sliding_window": true, "sliding_window": 8}))
-        .unwrap_err();
-    assert!(
-        e.contains("use_sliding_window") && e.contains("sliding-window"),
-        "{e}"
-    );
+fn qwen2_layer_types_that_cannot_be_are_named_errors() {
     let e = config_with(serde_json::json!({
-        "layer_types": ["full_attention", "sliding_attention", "full_attention"]
+        "use_sliding_window": true,
+        "sliding_window": 8,
+        "layer_types": ["full_attention", "chunked_attention", "full_attention"]
     }))
     .unwrap_err();
     assert!(
-        e.contains("layer_types") && e.contains("sliding_attention"),
+        e.contains("layer_types[1]") && e.contains("chunked_attention"),
         "{e}"
     );
+    let e = config_with(serde_json::json!({"use_sliding_window": true, "sliding_window": 0}))
+        .unwrap_err();
+    assert!(e.contains("sliding_window"), "{e}");
 }
 
 #[test]
 fn unsupported_families_are_named_errors() {
-    for name in ["gemma3", "gemma3_text", "qwen3_moe", "phi3small", "gpt2"] {
+    for name in ["gemma3", "qwen3_moe", "phi3small", "gpt2"] {
         let e = config_with(serde_json::json!({ "model_type": name })).unwrap_err();
         assert!(
             e.contains("model_type") && e.contains(name) && e.contains("not supported"),
             "{name}: {e}"
         );
     }
+}
+
+#[test]
+fn gemma3_family_matches_transformers() {
+    matches_transformers("gemma3", ModelType::Gemma3);
+}
+
+#[test]
+fn gemma3_reads_its_layer_types_ropes_and_scales() {
+    use qlora_llama::{HiddenAct, LayerType, RopeScaling};
+    let c = LlamaConfig::load(family("gemma3").join("model/config.json")).unwrap();
+    assert_eq!(
+        (0..3).map(|i| c.layer_type(i)).collect::<Vec<_>>(),
+        [LayerType::Sliding, LayerType::Full, LayerType::Sliding]
+    );
+    assert_eq!(
+        (0..3).map(|i| c.layer_window(i)).collect::<Vec<_>>(),
+        [Some(6), None, Some(6)]
+    );
+    assert_eq!((c.layer_rope(0).theta, c.layer_rope(1).theta), (1e4, 1e6));
+    assert_eq!(c.layer_rope(1).scaling, RopeScaling::Default);
+    // query_pre_attn_scalar 24, not head_dim 32.
+    assert_eq!(c.attention_scale(), 1.0 / 24f64.sqrt());
+    assert!(c.norm_unit_offset && c.scale_embeddings && c.sandwich_norms && c.qk_norm);
+    assert_eq!(c.hidden_act, HiddenAct::GeluTanh);
+    assert!(c.tie_word_embeddings);
+    // Written back (transformers 5's form), it reads as the same.
+    let text = c.to_hf_json();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["model_type"], "gemma3_text");
+    assert_eq!(v["hidden_activation"], "gelu_pytorch_tanh");
+    assert!(v.get("hidden_act").is_none() && v.get("rope_theta").is_none());
+    assert_eq!(LlamaConfig::from_json_str(&text, "config.json").unwrap(), c);
+}
+
+/// The gemma3 golden config with the fields of `extra` set (`null` removes a field).
+fn gemma_config_with(extra: serde_json::Value) -> Result<LlamaConfig, String> {
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(family("gemma3").join("model/config.json")).unwrap(),
+    )
+    .unwrap();
+    for (k, x) in extra.as_object().unwrap() {
+        if x.is_null() {
+            v.as_object_mut().unwrap().remove(k);
+        } else {
+            v[k] = x.clone();
+        }
+    }
+    LlamaConfig::from_json_str(&v.to_string(), "config.json").map_err(|e| e.to_string())
+}
+
+#[test]
+fn gemma3_config_defaults_and_transformers4_form() {
+    use qlora_llama::{LayerType, RopeScaling};
+    // Without `layer_types`, every 6th layer is full (`sliding_window_pattern`); transformers
+    // 4's `rope_theta` + `rope_scaling` are the full layers' RoPE, `rope_local_base_freq` the
+    // sliding ones'.
+    let c = gemma_config_with(serde_json::json!({
+        "num_hidden_layers": 7,
+        "layer_types": null,
+        "_sliding_window_pattern": null,
+        "rope_parameters": null,
+        "rope_theta": 1e6,
+        "rope_local_base_freq": 1e4,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "query_pre_attn_scalar": null,
+    }))
+    .unwrap();
+    let types: Vec<LayerType> = (0..7).map(|i| c.layer_type(i)).collect();
+    assert_eq!(types[5], LayerType::Full);
+    assert!(
+        types
+            .iter()
+            .enumerate()
+            .all(|(i, t)| (i == 5) == (*t == LayerType::Full))
+    );
+    assert_eq!(c.layer_rope(5).scaling, RopeScaling::Linear { factor: 8.0 });
+    assert_eq!(c.layer_rope(0).theta, 1e4);
+    assert_eq!(c.layer_rope(0).scaling, RopeScaling::Default);
+    // Gemma3TextConfig's default scalar.
+    assert_eq!(c.query_pre_attn_scalar, Some(256.0));
+}
+
+#[test]
+fn gemma3_settings_it_lacks_are_named_errors() {
+    for (field, value, says) in [
+        (
+            "final_logit_softcapping",
+            serde_json::json!(30.0),
+            "softcapping",
+        ),
+        (
+            "attn_logit_softcapping",
+            serde_json::json!(50.0),
+            "softcapping",
+        ),
+        (
+            "use_bidirectional_attention",
+            serde_json::json!(true),
+            "bidirectional",
+        ),
+        ("hidden_activation", serde_json::json!("relu"), "relu"),
+        (
+            "layer_types",
+            serde_json::json!(["full_attention"]),
+            "1 entries",
+        ),
+        ("query_pre_attn_scalar", serde_json::json!(0), "positive"),
+    ] {
+        let e = gemma_config_with(serde_json::json!({ field: value })).unwrap_err();
+        assert!(e.contains(field) && e.contains(says), "{field}: {e}");
+    }
+}
+
+#[test]
+fn gemma3_family_trains_with_qlora() {
+    qlora_steps_train("gemma3");
 }

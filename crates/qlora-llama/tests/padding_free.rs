@@ -21,8 +21,8 @@ fn family(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Three samples of other lengths (one longer than Mistral's window of 8), with prompt labels
-/// masked as a chat sample's are.
+/// Three samples of other lengths (two longer than Gemma 3's window of 6, one longer than
+/// Mistral's of 8), with prompt labels masked as a chat sample's are.
 fn samples(vocab: usize) -> Vec<(Vec<u32>, Vec<i64>)> {
     let mut x = 12345u64;
     let mut next = || {
@@ -148,4 +148,11 @@ fn qwen3_padding_free_equals_padded() {
 #[test]
 fn phi3_padding_free_equals_padded() {
     equals_padded("phi3");
+}
+
+/// Gemma 3: sliding (window 6, shorter than two of the samples) and full layers, each with its
+/// RoPE.
+#[test]
+fn gemma3_padding_free_equals_padded() {
+    equals_padded("gemma3");
 }
