@@ -1,15 +1,17 @@
-//! A llama-architecture GGUF file as a [`WeightSource`] with HF names: its config from the
-//! metadata, tensors renamed (`blk.N.attn_q` → `model.layers.N.self_attn.q_proj`, ...),
-//! dequantized to f32, and Q/K rows un-permuted from llama.cpp's interleaved RoPE order back to
-//! HF's `rotate_half` order.
+//! A GGUF model file of llama.cpp's `llama`, `qwen2`, `qwen3`, `phi3` or `gemma3`
+//! architecture as a [`WeightSource`] with HF names: its config from the metadata (as HF
+//! `config.json` fields, read by [`LlamaConfig`]'s own reader), tensors renamed
+//! (`blk.N.attn_q` → `model.layers.N.self_attn.q_proj`, ...) and dequantized to f32, with
+//! `convert_hf_to_gguf.py`'s changes undone: `llama`'s Q/K rows un-permuted from llama.cpp's
+//! interleaved RoPE order back to HF's `rotate_half` order, Gemma's norms stored as `1 + w`
+//! shifted back. Mistral models are `llama` files (llama.cpp drops their window).
 
 use std::path::Path;
 
+use serde_json::{Value, json};
+
 use crate::gguf::{GgufFile, GgufValue};
-use crate::{
-    HiddenAct, HostFloats, HostTensor, LlamaConfig, LlamaError, ModelType, RopeConfig, RopeScaling,
-    WeightSource,
-};
+use crate::{HostFloats, HostTensor, LlamaConfig, LlamaError, ModelType, WeightSource};
 
 /// A GGUF model file (see the module docs).
 #[derive(Debug)]
@@ -19,35 +21,69 @@ pub struct GgufModel {
     config: LlamaConfig,
 }
 
-/// The GGUF name of HF tensor `name` and whether it is a permuted Q (`Some(false)`) or
-/// K (`Some(true)`) weight.
-fn gguf_name(name: &str) -> Option<(String, Option<bool>)> {
+/// How a GGUF tensor becomes the HF one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Convert {
+    /// As stored.
+    Same,
+    /// llama.cpp's interleaved-RoPE row order of a `llama` Q (`false`) or K (`true`) weight.
+    Unpermute { is_k: bool },
+    /// A Gemma norm, stored as `1 + w` (llama.cpp's `norm_shift`): minus one.
+    UnitOffset,
+}
+
+/// The GGUF name of HF tensor `name` in a file of family `family`, and how to convert it
+/// (llama.cpp's `convert_hf_to_gguf.py` and gguf-py's tensor map, read backwards).
+fn gguf_name(name: &str, family: ModelType) -> Option<(String, Convert)> {
+    let gemma = family == ModelType::Gemma3;
+    let norm = if gemma {
+        Convert::UnitOffset
+    } else {
+        Convert::Same
+    };
     let fixed = match name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
+        "model.embed_tokens.weight" => Some(("token_embd.weight", Convert::Same)),
+        "model.norm.weight" => Some(("output_norm.weight", norm)),
+        "lm_head.weight" => Some(("output.weight", Convert::Same)),
         _ => None,
     };
-    if let Some(f) = fixed {
-        return Some((f.to_string(), None));
+    if let Some((f, c)) = fixed {
+        return Some((f.to_string(), c));
     }
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = rest.rsplit_once('.')?;
-    let (g, perm) = match module {
-        "input_layernorm" => ("attn_norm", None),
-        "post_attention_layernorm" => ("ffn_norm", None),
-        "self_attn.q_proj" => ("attn_q", Some(false)),
-        "self_attn.k_proj" => ("attn_k", Some(true)),
-        "self_attn.v_proj" => ("attn_v", None),
-        "self_attn.o_proj" => ("attn_output", None),
-        "mlp.gate_proj" => ("ffn_gate", None),
-        "mlp.up_proj" => ("ffn_up", None),
-        "mlp.down_proj" => ("ffn_down", None),
+    // Only llama.cpp's `llama` permutes Q and K (the others rotate halves as HF does).
+    let permuted = |is_k| {
+        if family == ModelType::Llama {
+            Convert::Unpermute { is_k }
+        } else {
+            Convert::Same
+        }
+    };
+    let (g, convert) = match module {
+        "input_layernorm" => ("attn_norm", norm),
+        // Gemma 3's norm of the attention output; llama's norm before the MLP.
+        "post_attention_layernorm" if gemma => ("post_attention_norm", norm),
+        "post_attention_layernorm" => ("ffn_norm", norm),
+        "pre_feedforward_layernorm" => ("ffn_norm", norm),
+        "post_feedforward_layernorm" => ("post_ffw_norm", norm),
+        "self_attn.q_norm" => ("attn_q_norm", norm),
+        "self_attn.k_norm" => ("attn_k_norm", norm),
+        "self_attn.q_proj" => ("attn_q", permuted(false)),
+        "self_attn.k_proj" => ("attn_k", permuted(true)),
+        "self_attn.v_proj" => ("attn_v", Convert::Same),
+        "self_attn.qkv_proj" => ("attn_qkv", Convert::Same),
+        "self_attn.o_proj" => ("attn_output", Convert::Same),
+        "mlp.gate_proj" => ("ffn_gate", Convert::Same),
+        "mlp.up_proj" => ("ffn_up", Convert::Same),
+        // Phi-3's fused gate and up (gate half first), as llama.cpp keeps it.
+        "mlp.gate_up_proj" => ("ffn_up", Convert::Same),
+        "mlp.down_proj" => ("ffn_down", Convert::Same),
         _ => return None,
     };
-    Some((format!("blk.{layer}.{g}.{kind}"), perm))
+    Some((format!("blk.{layer}.{g}.{kind}"), convert))
 }
 
 /// Undoes llama.cpp's Q/K permutation: rows `[heads, head_dim/2, 2]` → `[heads, 2, head_dim/2]`.
@@ -92,126 +128,242 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         .get("general.architecture")
         .and_then(GgufValue::as_str)
         .ok_or_else(|| err("general.architecture", "missing"))?;
-    if arch != "llama" {
-        return Err(err(
+    let model_type = family(arch).ok_or_else(|| {
+        err(
             "general.architecture",
-            &format!("`{arch}` is not supported (only `llama`)"),
-        ));
-    }
-    let uint = |key: &str| -> Result<usize, LlamaError> {
-        f.get(key)
+            &format!("`{arch}` is not supported (`llama`, `qwen2`, `qwen3`, `phi3`, `gemma3`)"),
+        )
+    })?;
+    let key = |k: &str| format!("{arch}.{k}");
+    let uint = |k: &str| -> Result<usize, LlamaError> {
+        let k = key(k);
+        f.get(&k)
             .and_then(GgufValue::as_u64)
             .filter(|&v| v > 0)
             .map(|v| v as usize)
-            .ok_or_else(|| err(key, "missing or not a positive integer"))
+            .ok_or_else(|| err(&k, "missing or not a positive integer"))
     };
-    let opt_uint = |key: &str| f.get(key).and_then(GgufValue::as_u64).map(|v| v as usize);
+    let opt_uint = |k: &str| {
+        f.get(&key(k))
+            .and_then(GgufValue::as_u64)
+            .map(|v| v as usize)
+    };
     let token = |key: &str| f.get(key).and_then(GgufValue::as_u64).map(|v| v as u32);
-    let hidden_size = uint("llama.embedding_length")?;
-    let heads = uint("llama.attention.head_count")?;
-    let kv_heads = opt_uint("llama.attention.head_count_kv").unwrap_or(heads);
+    let hidden_size = uint("embedding_length")?;
+    let heads = uint("attention.head_count")?;
+    let kv_heads = opt_uint("attention.head_count_kv").unwrap_or(heads);
     if kv_heads == 0 || heads % kv_heads != 0 {
         return Err(err(
-            "llama.attention.head_count_kv",
+            &key("attention.head_count_kv"),
             &format!("{kv_heads} does not divide head_count {heads}"),
         ));
     }
-    let head_dim = match opt_uint("llama.attention.key_length") {
+    let head_dim = match opt_uint("attention.key_length") {
         Some(d) => d,
         None if hidden_size % heads == 0 => hidden_size / heads,
         None => {
             return Err(err(
-                "llama.attention.head_count",
+                &key("attention.head_count"),
                 "does not divide embedding_length",
             ));
         }
     };
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(err(
-            "llama.attention.key_length",
+            &key("attention.key_length"),
             "head width must be even and positive",
         ));
     }
-    let vocab_size = match opt_uint("llama.vocab_size") {
+    let vocab_size = match opt_uint("vocab_size") {
         Some(v) => v,
         None => match f.get("tokenizer.ggml.tokens") {
             Some(GgufValue::Array(a)) => a.len(),
             _ => {
                 return Err(err(
-                    "llama.vocab_size",
+                    &key("vocab_size"),
                     "missing (and no tokenizer.ggml.tokens)",
                 ));
             }
         },
     };
-    if f.tensors.contains_key("rope_freqs.weight") {
-        return Err(err(
+    for (tensor, what) in [
+        (
             "rope_freqs.weight",
             "per-frequency RoPE factors (llama 3.1 scaling in GGUF) are not supported",
-        ));
+        ),
+        (
+            "rope_factors_long.weight",
+            "LongRoPE factors (Phi-3's `longrope` scaling) are not supported",
+        ),
+    ] {
+        if f.tensors.contains_key(tensor) {
+            return Err(err(tensor, what));
+        }
     }
     let theta = f
-        .get("llama.rope.freq_base")
+        .get(&key("rope.freq_base"))
         .and_then(GgufValue::as_f64)
         .unwrap_or(10000.0);
-    let scaling = match f.get("llama.rope.scaling.type").and_then(GgufValue::as_str) {
-        None | Some("none") => RopeScaling::Default,
-        Some("linear") => RopeScaling::Linear {
-            factor: f
-                .get("llama.rope.scaling.factor")
+    let scaling_key = key("rope.scaling.type");
+    let mut rope = json!({ "rope_type": "default", "rope_theta": theta });
+    match f.get(&scaling_key).and_then(GgufValue::as_str) {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor_key = key("rope.scaling.factor");
+            let factor = f
+                .get(&factor_key)
                 .and_then(GgufValue::as_f64)
-                .ok_or_else(|| err("llama.rope.scaling.factor", "missing"))?,
-        },
+                .ok_or_else(|| err(&factor_key, "missing"))?;
+            rope = json!({ "rope_type": "linear", "rope_theta": theta, "factor": factor });
+        }
         Some(other) => {
             return Err(err(
-                "llama.rope.scaling.type",
+                &scaling_key,
                 &format!("`{other}` is not supported (none, linear)"),
             ));
         }
-    };
+    }
     let rms_norm_eps = f
-        .get("llama.attention.layer_norm_rms_epsilon")
+        .get(&key("attention.layer_norm_rms_epsilon"))
         .and_then(GgufValue::as_f64)
         .filter(|e| *e > 0.0)
         .ok_or_else(|| {
             err(
-                "llama.attention.layer_norm_rms_epsilon",
+                &key("attention.layer_norm_rms_epsilon"),
                 "missing or not positive",
             )
         })?;
-    let attention_bias = f.tensors.contains_key("blk.0.attn_q.bias");
-    let mlp_bias = f.tensors.contains_key("blk.0.ffn_up.bias");
-    Ok(LlamaConfig {
-        model_type: ModelType::Llama,
-        hidden_size,
-        intermediate_size: uint("llama.feed_forward_length")?,
-        num_hidden_layers: uint("llama.block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        rms_norm_eps,
-        vocab_size,
-        max_position_embeddings: opt_uint("llama.context_length").unwrap_or(2048),
-        tie_word_embeddings: !f.tensors.contains_key("output.weight"),
-        bos_token_id: token("tokenizer.ggml.bos_token_id"),
-        eos_token_ids: token("tokenizer.ggml.eos_token_id").into_iter().collect(),
-        pad_token_id: token("tokenizer.ggml.padding_token_id"),
-        attention_bias,
-        qkv_bias: false,
-        qk_norm: false,
-        sliding_window: None,
-        layer_types: None,
-        rope_sliding: None,
-        query_pre_attn_scalar: None,
-        hidden_act: HiddenAct::Silu,
-        norm_unit_offset: false,
-        scale_embeddings: false,
-        sandwich_norms: false,
-        fused_projections: false,
-        rotary_dim: head_dim,
-        mlp_bias,
-        rope: RopeConfig { theta, scaling },
-    })
+    let layers = uint("block_count")?;
+    // The config as HF writes it, read by the same code as a `config.json` (the family's
+    // derivations and checks in one place).
+    let mut hf = json!({
+        "model_type": model_type.as_str(),
+        "hidden_size": hidden_size,
+        "intermediate_size": uint("feed_forward_length")?,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": rms_norm_eps,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": opt_uint("context_length").unwrap_or(2048),
+        "tie_word_embeddings": !f.tensors.contains_key("output.weight"),
+        "bos_token_id": token("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": token("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": token("tokenizer.ggml.padding_token_id"),
+    });
+    let window = opt_uint("attention.sliding_window").filter(|&w| w > 0);
+    let extra = match model_type {
+        ModelType::Llama => json!({
+            "attention_bias": f.tensors.contains_key("blk.0.attn_q.bias"),
+            "mlp_bias": f.tensors.contains_key("blk.0.ffn_up.bias"),
+            "rope_parameters": rope,
+        }),
+        ModelType::Qwen2 | ModelType::Qwen3 => json!({ "rope_parameters": rope }),
+        ModelType::Phi3 => {
+            let rotary = opt_uint("rope.dimension_count").unwrap_or(head_dim);
+            let mut rope = rope;
+            rope["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
+            json!({ "rope_parameters": rope, "sliding_window": window })
+        }
+        ModelType::Gemma3 => {
+            gemma3_fields(f, &key, layers, hidden_size / heads, head_dim, window, rope)?
+        }
+        ModelType::Mistral => unreachable!("llama.cpp writes Mistral models as `llama`"),
+    };
+    let (Value::Object(all), Value::Object(extra)) = (&mut hf, extra) else {
+        unreachable!("JSON objects")
+    };
+    all.extend(extra);
+    LlamaConfig::from_json_str(&hf.to_string(), &path)
+}
+
+/// Gemma 3's settings as llama.cpp derives them: the layer pattern from
+/// `attention.sliding_window_pattern` (a period, or a flag per layer: true slides) or its
+/// default period 6 (every 6th layer full), where `attention.sliding_window` is set (else every
+/// layer full); the sliding layers' RoPE base `rope.freq_base_swa` or 10 000; the attention
+/// scale `head_dim^-½`, but `(hidden / heads)^-½` for the 62-layer 27B (a GGUF carries no
+/// `query_pre_attn_scalar`).
+fn gemma3_fields(
+    f: &GgufFile,
+    key: &dyn Fn(&str) -> String,
+    layers: usize,
+    width_per_head: usize,
+    head_dim: usize,
+    window: Option<usize>,
+    rope: Value,
+) -> Result<Value, LlamaError> {
+    let pattern_key = key("attention.sliding_window_pattern");
+    let sliding: Vec<bool> = match (window, f.get(&pattern_key)) {
+        (None, _) => vec![false; layers],
+        (Some(_), Some(GgufValue::Array(flags))) => flags
+            .iter()
+            .map(|v| match v {
+                GgufValue::Bool(b) => Some(*b),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .filter(|v| v.len() == layers)
+            .ok_or_else(|| LlamaError::Config {
+                path: f.path().display().to_string(),
+                field: pattern_key.clone(),
+                problem: format!("expected {layers} booleans"),
+            })?,
+        (Some(_), other) => {
+            let period = match other {
+                None => 6,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| LlamaError::Config {
+                        path: f.path().display().to_string(),
+                        field: pattern_key.clone(),
+                        problem: format!("expected a period or a flag per layer, found {v:?}"),
+                    })? as usize,
+            };
+            (0..layers).map(|i| i % period < period - 1).collect()
+        }
+    };
+    let layer_types: Vec<&str> = sliding
+        .iter()
+        .map(|&s| {
+            if s {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    let swa_theta = f
+        .get(&key("rope.freq_base_swa"))
+        .and_then(GgufValue::as_f64)
+        .unwrap_or(10000.0);
+    let scalar = if layers == 62 {
+        width_per_head
+    } else {
+        head_dim
+    };
+    Ok(json!({
+        "layer_types": layer_types,
+        "sliding_window": window.unwrap_or(4096),
+        "query_pre_attn_scalar": scalar,
+        "rope_parameters": {
+            "full_attention": rope,
+            "sliding_attention": { "rope_type": "default", "rope_theta": swa_theta },
+        },
+    }))
+}
+
+/// The family of a llama.cpp architecture.
+fn family(arch: &str) -> Option<ModelType> {
+    match arch {
+        "llama" => Some(ModelType::Llama),
+        "qwen2" => Some(ModelType::Qwen2),
+        "qwen3" => Some(ModelType::Qwen3),
+        "phi3" => Some(ModelType::Phi3),
+        "gemma3" => Some(ModelType::Gemma3),
+        _ => None,
+    }
 }
 
 impl WeightSource for GgufModel {
@@ -220,14 +372,16 @@ impl WeightSource for GgufModel {
     }
 
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|(g, _)| self.file.tensors.contains_key(&g))
+        gguf_name(name, self.config.model_type)
+            .is_some_and(|(g, _)| self.file.tensors.contains_key(&g))
     }
 
     fn read_float(&self, name: &str) -> Result<HostTensor, LlamaError> {
-        let (g, perm) = gguf_name(name).ok_or_else(|| LlamaError::MissingTensor {
-            path: self.describe(),
-            tensor: name.to_string(),
-        })?;
+        let (g, convert) =
+            gguf_name(name, self.config.model_type).ok_or_else(|| LlamaError::MissingTensor {
+                path: self.describe(),
+                tensor: name.to_string(),
+            })?;
         let (shape, mut values) = self.file.read_f32(&g).map_err(|e| match e {
             LlamaError::MissingTensor { path, tensor } => LlamaError::MissingTensor {
                 path,
@@ -235,7 +389,12 @@ impl WeightSource for GgufModel {
             },
             e => e,
         })?;
-        if let Some(is_k) = perm {
+        if convert == Convert::UnitOffset {
+            for v in &mut values {
+                *v -= 1.0;
+            }
+        }
+        if let Convert::Unpermute { is_k } = convert {
             let heads = if is_k {
                 self.config.num_key_value_heads
             } else {

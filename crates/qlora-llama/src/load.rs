@@ -288,8 +288,9 @@ impl LlamaForCausalLM {
         Self::from_source(&ckpt.config().clone(), &ckpt, applier)
     }
 
-    /// Loads a llama-architecture GGUF file (its tensors dequantized, then kept float or
-    /// quantized to NF4 as `applier` says).
+    /// Loads a GGUF file of llama.cpp's `llama`, `qwen2`, `qwen3`, `phi3` or `gemma3`
+    /// architecture (its tensors dequantized, then kept float or quantized to NF4 as
+    /// `applier` says).
     pub fn load_gguf(path: impl AsRef<Path>, applier: &LoraApplier) -> Result<Self, LlamaError> {
         let gguf = GgufModel::open(path)?;
         Self::from_source(&gguf.config().clone(), &gguf, applier)
