@@ -113,6 +113,35 @@ pub struct HfCheckpoint {
     raw_config: Value,
     files: Vec<SafetensorsFile>,
     index: BTreeMap<String, usize>,
+    /// HF text-model name → stored name, for a text model stored inside a multimodal
+    /// checkpoint ([`text_model_names`]).
+    stored: BTreeMap<String, String>,
+}
+
+/// The names of a text model stored inside a multimodal checkpoint (Gemma 3's
+/// `Gemma3ForConditionalGeneration`): `model.language_model.*` (the module paths of
+/// transformers' classes) or `language_model.model.*` and `language_model.lm_head.*` (the
+/// original checkpoints' names, which transformers' `save_pretrained` writes), each mapped to
+/// the text model's `model.*` / `lm_head.*`; the vision tower and projector are not read. Empty
+/// where the text model's own names are stored.
+fn text_model_names(index: &BTreeMap<String, usize>) -> BTreeMap<String, String> {
+    if index.contains_key("model.embed_tokens.weight") {
+        return BTreeMap::new();
+    }
+    let prefixes = [
+        ("model.language_model.", "model."),
+        ("language_model.model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+    ];
+    index
+        .keys()
+        .filter_map(|k| {
+            prefixes.iter().find_map(|(stored, hf)| {
+                k.strip_prefix(stored)
+                    .map(|rest| (format!("{hf}{rest}"), k.clone()))
+            })
+        })
+        .collect()
 }
 
 impl HfCheckpoint {
@@ -187,12 +216,14 @@ impl HfCheckpoint {
                 "no model.safetensors or model.safetensors.index.json in this folder",
             ));
         }
+        let stored = text_model_names(&index);
         Ok(Self {
             dir,
             config,
             raw_config,
             files,
             index,
+            stored,
         })
     }
 
@@ -212,9 +243,15 @@ impl HfCheckpoint {
         &self.dir
     }
 
+    /// The name under which HF tensor `name` is stored.
+    fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.stored.get(name).map_or(name, String::as_str)
+    }
+
     fn raw(&self, name: &str) -> Result<RawTensor<'static>, LlamaError> {
-        match self.index.get(name) {
-            Some(&i) => self.files[i].read(name),
+        let stored = self.stored_name(name);
+        match self.index.get(stored) {
+            Some(&i) => self.files[i].read(stored),
             None => Err(LlamaError::MissingTensor {
                 path: self.describe(),
                 tensor: name.to_string(),
@@ -223,7 +260,7 @@ impl HfCheckpoint {
     }
 
     fn file_of(&self, name: &str) -> String {
-        self.index.get(name).map_or_else(
+        self.index.get(self.stored_name(name)).map_or_else(
             || self.describe(),
             |&i| self.files[i].path().display().to_string(),
         )
@@ -236,7 +273,7 @@ impl WeightSource for HfCheckpoint {
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(self.stored_name(name))
     }
 
     fn read_float(&self, name: &str) -> Result<HostTensor, LlamaError> {

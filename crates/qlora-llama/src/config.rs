@@ -263,6 +263,11 @@ impl LlamaConfig {
     }
 
     fn from_map(map: &Map<String, Value>, path: &str) -> Result<Self, LlamaError> {
+        if map.get("model_type").and_then(Value::as_str) == Some("gemma3") {
+            // The multimodal checkpoint: its text model (the vision tower is not read).
+            let text = config_gemma::text_config(map, path)?;
+            return Self::from_fields(ModelType::Gemma3, &config_gemma::with_defaults(&text), path);
+        }
         let model_type = match map.get("model_type") {
             None | Some(Value::Null) => ModelType::Llama,
             Some(Value::String(t)) => ModelType::parse(t).ok_or_else(|| {

@@ -53,6 +53,44 @@ pub(crate) fn with_defaults(map: &Map<String, Value>) -> Map<String, Value> {
     m
 }
 
+/// The text model's config of a multimodal Gemma 3 config (`model_type` `gemma3`): its
+/// `text_config` (absent: every default), with the top-level `tie_word_embeddings` (which
+/// `Gemma3Config` ties the head by) where given.
+pub(crate) fn text_config(
+    map: &Map<String, Value>,
+    path: &str,
+) -> Result<Map<String, Value>, LlamaError> {
+    let mut text = match map.get("text_config") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(t)) => t.clone(),
+        Some(v) => {
+            return Err(err(
+                path,
+                "text_config",
+                format!("expected an object, found {v}"),
+            ));
+        }
+    };
+    match text.get("model_type").and_then(Value::as_str) {
+        None | Some("gemma3_text") => {}
+        Some(t) => {
+            return Err(err(
+                path,
+                "text_config.model_type",
+                format!("`{t}` is not supported (only `gemma3_text`)"),
+            ));
+        }
+    }
+    text.insert("model_type".into(), "gemma3_text".into());
+    if let Some(tie) = map.get("tie_word_embeddings").filter(|v| !v.is_null()) {
+        text.insert("tie_word_embeddings".into(), tie.clone());
+    }
+    if let Some(q) = map.get("quantization_config") {
+        text.insert("quantization_config".into(), q.clone());
+    }
+    Ok(text)
+}
+
 /// The settings of Gemma 3 that this crate does not compute, refused by name; the MLP's
 /// activation checked.
 pub(crate) fn refuse_unsupported(f: &Fields<'_>) -> Result<(), LlamaError> {

@@ -470,7 +470,7 @@ fn qwen2_layer_types_that_cannot_be_are_named_errors() {
 
 #[test]
 fn unsupported_families_are_named_errors() {
-    for name in ["gemma3", "qwen3_moe", "phi3small", "gpt2"] {
+    for name in ["qwen3_moe", "phi3small", "gpt2", "gemma3n", "llama4"] {
         let e = config_with(serde_json::json!({ "model_type": name })).unwrap_err();
         assert!(
             e.contains("model_type") && e.contains(name) && e.contains("not supported"),
@@ -594,4 +594,73 @@ fn gemma3_settings_it_lacks_are_named_errors() {
 #[test]
 fn gemma3_family_trains_with_qlora() {
     qlora_steps_train("gemma3");
+}
+
+/// The multimodal Gemma 3 (`Gemma3ForConditionalGeneration`, `tests/fixtures/gemma3-multimodal`,
+/// made by `tests/fixtures/scripts/make_gemma3_multimodal.py` around the golden text model):
+/// its text model loads from either layout (`saved/`: `language_model.model.*` as
+/// `save_pretrained` writes it; `modules/`: `model.language_model.*`), float and quantized on
+/// load, and gives the golden text model's logits; the PEFT adapter of the text model applies;
+/// it saves as the text model (`gemma3_text`).
+#[test]
+fn gemma3_multimodal_checkpoints_load_their_text_model() {
+    let device = Device::flex();
+    let r = Reference::open("gemma3");
+    let ids = r.input_ids(&device);
+    let adapter = PeftAdapter::load(family("gemma3").join("adapter"), &device).unwrap();
+    let root =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gemma3-multimodal");
+    for layout in ["saved", "modules"] {
+        let dir = root.join(layout);
+        let mut model = load(dir.clone(), None, &device);
+        assert_eq!(model.config.model_type, ModelType::Gemma3);
+        check(
+            &format!("gemma3 multimodal ({layout}) logits_fp32"),
+            values(model.forward(ids.clone(), None)),
+            &r.f32s("logits_fp32"),
+            1e-4,
+        );
+        let quantized = load(dir.clone(), Some(QuantConfig::qlora()), &device);
+        check(
+            &format!("gemma3 multimodal ({layout}) logits_nf4"),
+            values(quantized.forward(ids.clone(), None)),
+            &r.f32s("logits_nf4"),
+            2e-3,
+        );
+        model.load_adapter(&adapter, "default").unwrap();
+        check(
+            &format!("gemma3 multimodal ({layout}) logits_lora"),
+            values(model.forward(ids.clone(), None)),
+            &r.f32s("logits_lora"),
+            1e-4,
+        );
+        let merged = model.merge_and_unload();
+        let out =
+            std::env::temp_dir().join(format!("qlora-gemma3-mm-{layout}-{}", std::process::id()));
+        merged.save_hf(&out, SaveFormat::F32).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["model_type"], "gemma3_text");
+        let back = load(out.clone(), None, &device);
+        check(
+            &format!("gemma3 multimodal ({layout}) saved as text"),
+            values(back.forward(ids.clone(), None)),
+            &r.f32s("logits_lora"),
+            1e-4,
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    // A text_config of another family is refused by name.
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("saved/config.json")).unwrap())
+            .unwrap();
+    v["text_config"]["model_type"] = "gemma2".into();
+    let e = LlamaConfig::from_json_str(&v.to_string(), "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("text_config.model_type") && e.contains("gemma2"),
+        "{e}"
+    );
 }
