@@ -80,6 +80,7 @@ fn main() {
                 quant_type: qt,
                 blocksize: Blocksize::DEFAULT,
                 double_quant: dq,
+                absmax_rounding: Default::default(),
             };
             let tq = median_secs(8, || {
                 std::hint::black_box(QuantizedTensor::quantize("w", &w, &[N, N], cfg).unwrap());

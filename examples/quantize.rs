@@ -51,6 +51,10 @@ struct Args {
     /// Quantize the block scales to 8 bits (double quantization): true or false.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     double_quant: bool,
+    /// How double quantization rounds the scales to 8 bits: nearest (bitsandbytes on CUDA) or
+    /// cpu-table (bitsandbytes' CPU build, bit for bit).
+    #[arg(long, value_enum, default_value = "nearest")]
+    absmax_rounding: common::quant::RoundingKind,
 }
 
 fn main() {
@@ -65,6 +69,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         blocksize: Blocksize::new(args.blocksize.unwrap_or(64), "--blocksize")?,
         double_quant: args.double_quant,
+        absmax_rounding: args.absmax_rounding.into(),
     };
     let device = burn::tensor::Device::flex();
     let model_path = common::model_path(&args.model)?;

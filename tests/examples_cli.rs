@@ -241,3 +241,52 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// `quantize --absmax-rounding cpu-table` of each golden family writes the tensors
+/// transformers + bitsandbytes (CPU) wrote to its `model-nf4/` folder, byte for byte: packed
+/// codes, 8-bit absmax codes, nested scales, offsets, maps, norms and embeddings.
+#[test]
+fn quantize_with_the_cpu_table_writes_bnbs_folder_byte_for_byte() {
+    use safetensors::SafeTensors;
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/families");
+    let work = cli::tmp("quantize-cpu-table");
+    for name in ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"] {
+        let out = work.join(name);
+        ok(
+            "quantize",
+            &[
+                "--model",
+                golden.join(name).join("model").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--absmax-rounding",
+                "cpu-table",
+            ],
+        );
+        let ours = std::fs::read(out.join("model.safetensors")).unwrap();
+        let theirs = std::fs::read(golden.join(name).join("model-nf4/model.safetensors")).unwrap();
+        let (ours, theirs) = (
+            SafeTensors::deserialize(&ours).unwrap(),
+            SafeTensors::deserialize(&theirs).unwrap(),
+        );
+        let (mut a, mut b) = (ours.names(), theirs.names());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}: tensor names");
+        for n in a {
+            let (x, y) = (ours.tensor(n).unwrap(), theirs.tensor(n).unwrap());
+            assert_eq!(
+                (x.dtype(), x.shape(), x.data()),
+                (y.dtype(), y.shape(), y.data()),
+                "{name}: {n}"
+            );
+        }
+    }
+    let bad = run("quantize", &["--absmax-rounding", "cuda"]);
+    let err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(
+        !bad.status.success() && err.contains("--absmax-rounding"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(work).unwrap();
+}

@@ -44,6 +44,7 @@ fn dequantize_linear_and_gradients_on_wgpu() {
             quant_type: QuantType::Fp4,
             blocksize: Blocksize::new(256, "w").unwrap(),
             double_quant: false,
+            absmax_rounding: Default::default(),
         },
     ];
     for (i, &(m, n, k)) in [(1usize, 33usize, 4160usize), (17, 65, 37), (3, 16, 64)]

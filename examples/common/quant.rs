@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use burn_qlora::nf4::{Blocksize, QuantConfig, QuantType};
+use burn_qlora::nf4::{AbsmaxRounding, Blocksize, QuantConfig, QuantType};
 
 /// The base's quantization options, flattened into a program's own (`#[command(flatten)]`).
 #[derive(Clone, Debug, clap::Args)]
@@ -20,12 +20,37 @@ pub struct QuantArgs {
     /// Elements per 4-bit block (a power of two from 32 to 4096) [default: 64].
     #[arg(long)]
     pub blocksize: Option<usize>,
+    /// How double quantization rounds the scales to 8 bits: nearest (bitsandbytes on CUDA) or
+    /// cpu-table (bitsandbytes' CPU build: the same bits as a bnb-4bit folder it wrote).
+    #[arg(long, value_enum, default_value = "nearest")]
+    pub absmax_rounding: RoundingKind,
 }
 
 impl QuantArgs {
     /// The base's quantization for `model` (see [`quant_config`]).
     pub fn config(&self, model: &Path) -> Result<Option<QuantConfig>, Box<dyn std::error::Error>> {
-        quant_config(self.quant_type, self.double_quant, self.blocksize, model)
+        Ok(
+            quant_config(self.quant_type, self.double_quant, self.blocksize, model)?
+                .map(|c| c.with_absmax_rounding(self.absmax_rounding.into())),
+        )
+    }
+}
+
+/// `--absmax-rounding`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoundingKind {
+    /// The exact nearest 8-bit code (bitsandbytes' CUDA quantizer).
+    Nearest,
+    /// bitsandbytes' CPU build's 65 536-entry lookup table.
+    CpuTable,
+}
+
+impl From<RoundingKind> for AbsmaxRounding {
+    fn from(k: RoundingKind) -> Self {
+        match k {
+            RoundingKind::Nearest => AbsmaxRounding::Nearest,
+            RoundingKind::CpuTable => AbsmaxRounding::CpuTable,
+        }
     }
 }
 
@@ -63,6 +88,7 @@ pub fn quant_config(
         quant_type,
         blocksize: Blocksize::new(blocksize.unwrap_or(64), "--blocksize")?,
         double_quant,
+        absmax_rounding: Default::default(),
     };
     if let Some((file_kind, file_dq)) = super::bnb_4bit_of(model)? {
         let refuse = |what: String| -> Result<(), Box<dyn std::error::Error>> {

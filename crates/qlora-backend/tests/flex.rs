@@ -66,6 +66,7 @@ fn dequantize_is_bit_exact() {
                 quant_type: QuantType::Fp4,
                 blocksize: Blocksize::new(128, "w").unwrap(),
                 double_quant: false,
+                absmax_rounding: Default::default(),
             },
         ] {
             let (q, deq) = weight(n, k, cfg, i as u64);

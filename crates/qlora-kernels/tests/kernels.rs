@@ -93,11 +93,13 @@ fn configs() -> Vec<QuantConfig> {
             quant_type: QuantType::Fp4,
             blocksize: Blocksize::new(128, "w").unwrap(),
             double_quant: false,
+            absmax_rounding: Default::default(),
         },
         QuantConfig {
             quant_type: QuantType::Nf4,
             blocksize: Blocksize::new(32, "w").unwrap(),
             double_quant: true,
+            absmax_rounding: Default::default(),
         },
     ]
 }

@@ -28,6 +28,13 @@ impl LlamaForCausalLM {
 }
 
 impl LoraModel for LlamaForCausalLM {
+    /// A text model read from a multimodal checkpoint sits at `model.language_model` in
+    /// transformers' class, which is where PEFT's paths put its modules.
+    fn peft_prefix(&self) -> Option<(&'static str, &'static str)> {
+        self.multimodal
+            .then_some(("model.language_model.", "model."))
+    }
+
     /// Every linear of the blocks with its HF path (`model.layers.N.self_attn.q_proj`, ...).
     fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
         let mut v = Vec::new();

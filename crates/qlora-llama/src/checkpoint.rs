@@ -96,6 +96,12 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// The float tensor `name` in PyTorch layout.
     fn read_float(&self, name: &str) -> Result<HostTensor, LlamaError>;
+    /// Whether the source is a multimodal checkpoint whose text model is read (Gemma 3's
+    /// `Gemma3ForConditionalGeneration`); PEFT names that model's modules
+    /// `model.language_model.*`.
+    fn is_multimodal(&self) -> bool {
+        false
+    }
     /// The weight `name` if the source stores it already quantized (bnb-4bit); `Ok(None)` if it
     /// is a float tensor.
     fn read_quantized(&self, name: &str) -> Result<Option<QuantizedTensor>, LlamaError> {
@@ -274,6 +280,10 @@ impl WeightSource for HfCheckpoint {
 
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(self.stored_name(name))
+    }
+
+    fn is_multimodal(&self) -> bool {
+        !self.stored.is_empty()
     }
 
     fn read_float(&self, name: &str) -> Result<HostTensor, LlamaError> {

@@ -242,6 +242,7 @@ impl LlamaForCausalLM {
             Some(upload(w, [v, h], device))
         };
         let mut model = Self::from_parts(c.clone(), model, lm_head);
+        model.multimodal = src.is_multimodal();
         let ensure_tied = applier.config().is_some_and(|c| c.ensure_weight_tying);
         if model.lm_head.is_none() && (save_head || save_embed) && !ensure_tied {
             // PEFT trains a copy of the tied table `modules_to_save` names; the other side

@@ -64,6 +64,10 @@ pub struct LlamaForCausalLM {
     /// ([`LlamaForCausalLM::with_gradient_checkpointing`]).
     #[module(skip)]
     gradient_checkpointing: GradientCheckpointing,
+    /// Loaded from a multimodal checkpoint: PEFT adapters name the linears
+    /// `model.language_model.*` ([`LoraModel::peft_prefix`]).
+    #[module(skip)]
+    pub(crate) multimodal: bool,
 }
 
 impl LlamaForCausalLM {
@@ -95,6 +99,7 @@ impl LlamaForCausalLM {
             rope,
             rope_sliding,
             gradient_checkpointing: GradientCheckpointing::Off,
+            multimodal: false,
         }
     }
 

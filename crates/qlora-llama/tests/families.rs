@@ -15,7 +15,7 @@ use qlora_llama::{
     GenerationConfig, LlamaConfig, LlamaForCausalLM, LoraModel, ModelType, Sampling, SaveFormat,
     causal_lm_loss,
 };
-use qlora_nf4::QuantConfig;
+use qlora_nf4::{AbsmaxRounding, QuantConfig};
 use qlora_nn::{LoraApplier, PeftAdapter};
 use safetensors::SafeTensors;
 
@@ -149,21 +149,32 @@ fn matches_transformers(name: &str, model_type: ModelType) {
     );
     std::fs::remove_dir_all(&out).unwrap();
 
-    // NF4: quantized on load, the bnb-4bit folder, and the adapter on the latter.
+    // NF4: quantized on load (exact nearest absmax codes, as bnb-CUDA; and bnb-CPU's table, as
+    // the folder was made), the bnb-4bit folder, and the adapter on the latter.
     let quantized = load(
         family(name).join("model"),
         Some(QuantConfig::qlora()),
         &device,
     );
     let on_load = values(quantized.forward(ids.clone(), None));
-    same_quantization_as_bnb(name, &quantized);
+    same_quantization_as_bnb(name, &quantized, false);
     // The few absmax codes that bnb-CPU's lookup table rounds one step off (see
     // `same_quantization_as_bnb`) move logits by up to ~1e-3 of their scale.
     check(
-        &format!("{name} logits_nf4 (quantized on load)"),
-        on_load.clone(),
+        &format!("{name} logits_nf4 (quantized on load, exact nearest)"),
+        on_load,
         &r.f32s("logits_nf4"),
         2e-3,
+    );
+    let cpu = QuantConfig::qlora().with_absmax_rounding(AbsmaxRounding::CpuTable);
+    let quantized = load(family(name).join("model"), Some(cpu), &device);
+    let on_load = values(quantized.forward(ids.clone(), None));
+    same_quantization_as_bnb(name, &quantized, true);
+    check(
+        &format!("{name} logits_nf4 (quantized on load, bnb-CPU's table)"),
+        on_load.clone(),
+        &r.f32s("logits_nf4"),
+        1e-3,
     );
     let mut bnb = load(
         family(name).join("model-nf4"),
@@ -178,11 +189,9 @@ fn matches_transformers(name: &str, model_type: ModelType) {
         &r.f32s("logits_nf4"),
         1e-3,
     );
-    check(
-        &format!("{name} bnb-4bit folder vs quantized on load"),
-        from_folder,
-        &on_load,
-        2e-3,
+    assert_eq!(
+        from_folder, on_load,
+        "{name}: the bnb-4bit folder vs quantized on load with bnb-CPU's table"
     );
     bnb.load_adapter(&adapter, "default").unwrap();
     check(
@@ -195,10 +204,10 @@ fn matches_transformers(name: &str, model_type: ModelType) {
 
 /// `model` (quantized on load) saved as bnb-4bit holds what transformers + bnb wrote to the
 /// family's `model-nf4/`: the same tensors, every packed 4-bit code and nested absmax equal,
-/// and the 8-bit absmax codes equal except where bnb-CPU's 65 536-entry lookup table rounds
-/// one step off the exact nearest code this crate (and bnb's CUDA quantizer) computes: at most
-/// 1 % of them, each one step (golden README, "LUT caveat").
-fn same_quantization_as_bnb(name: &str, model: &LlamaForCausalLM) {
+/// and the 8-bit absmax codes equal; with `exact` false (quantized with exact-nearest codes, as
+/// bnb's CUDA quantizer does) except where bnb-CPU's 65 536-entry lookup table rounds one step
+/// off: at most 1 % of them, each one step (golden README, "LUT caveat").
+fn same_quantization_as_bnb(name: &str, model: &LlamaForCausalLM, exact: bool) {
     let out = std::env::temp_dir().join(format!("qlora-family-nf4-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     model
@@ -226,6 +235,10 @@ fn same_quantization_as_bnb(name: &str, model: &LlamaForCausalLM) {
             for (p, q) in x.data().iter().zip(y.data()) {
                 codes += 1;
                 if p != q {
+                    assert!(
+                        !exact,
+                        "{name}: {n}: codes {p} and {q} with bnb-CPU's table"
+                    );
                     off += 1;
                     assert_eq!(p.abs_diff(*q), 1, "{name}: {n}: codes {p} and {q}");
                 }
@@ -600,8 +613,9 @@ fn gemma3_family_trains_with_qlora() {
 /// made by `tests/fixtures/scripts/make_gemma3_multimodal.py` around the golden text model):
 /// its text model loads from either layout (`saved/`: `language_model.model.*` as
 /// `save_pretrained` writes it; `modules/`: `model.language_model.*`), float and quantized on
-/// load, and gives the golden text model's logits; the PEFT adapter of the text model applies;
-/// it saves as the text model (`gemma3_text`).
+/// load, and gives the golden text model's logits; PEFT's adapter of the multimodal model
+/// (modules `model.language_model.layers.*`) applies and is written back under PEFT's names, as
+/// is the text model's adapter (`model.layers.*`); it saves as the text model (`gemma3_text`).
 #[test]
 fn gemma3_multimodal_checkpoints_load_their_text_model() {
     let device = Device::flex();
@@ -627,12 +641,32 @@ fn gemma3_multimodal_checkpoints_load_their_text_model() {
             &r.f32s("logits_nf4"),
             2e-3,
         );
-        model.load_adapter(&adapter, "default").unwrap();
-        check(
-            &format!("gemma3 multimodal ({layout}) logits_lora"),
-            values(model.forward(ids.clone(), None)),
-            &r.f32s("logits_lora"),
-            1e-4,
+        let peft_mm = PeftAdapter::load(root.join("adapter"), &device).unwrap();
+        let mut text = model.clone();
+        text.load_adapter(&adapter, "default").unwrap();
+        model.load_adapter(&peft_mm, "default").unwrap();
+        for (which, m) in [("text model's", &text), ("multimodal model's", &model)] {
+            check(
+                &format!("gemma3 multimodal ({layout}) logits_lora, the {which} adapter"),
+                values(m.forward(ids.clone(), None)),
+                &r.f32s("logits_lora"),
+                1e-4,
+            );
+        }
+        // Written back under PEFT's names for the multimodal model.
+        let mut ours: Vec<String> = model
+            .adapter("default", peft_mm.config.clone())
+            .modules
+            .into_keys()
+            .collect();
+        let mut theirs: Vec<String> = peft_mm.modules.keys().cloned().collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+        assert!(
+            theirs[0].starts_with("model.language_model.layers."),
+            "{}",
+            theirs[0]
         );
         let merged = model.merge_and_unload();
         let out =

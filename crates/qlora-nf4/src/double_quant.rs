@@ -9,11 +9,12 @@
 //! absmax'[i]    = map[codes[i]] * nested_absmax[i/256] + offset  (f32 multiply, then f32 add)
 //! ```
 //!
-//! This is the exact nearest code, the rule of bnb's CUDA quantizer (from its source; no GPU has
-//! checked it). bnb's CPU build uses a 65 536-entry lookup table that is one step off for
-//! ~0.25 % of blocks; files it made still load as they are.
+//! The nearest code is exact by default, the rule of bnb's CUDA quantizer (from its source; no
+//! GPU has checked it); [`AbsmaxRounding::CpuTable`] takes bnb's CPU build's 65 536-entry lookup
+//! table instead, one step off for ~0.25 % of blocks, to write what bnb writes on a CPU bit for
+//! bit. Files of either load as they are.
 
-use crate::{Blocksize, Nf4Error, dynamic_map, dynamic_map_signed};
+use crate::{AbsmaxRounding, Blocksize, Nf4Error, dynamic_map, dynamic_map_signed};
 
 /// The double-quantized form of a tensor's absmax.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,12 +34,21 @@ pub struct DoubleQuantAbsmax {
 impl DoubleQuantAbsmax {
     /// Double-quantizes `absmax` with bnb's defaults (signed dynamic map, nested blocksize 256).
     pub fn quantize(absmax: &[f32], tensor: &str) -> Result<Self, Nf4Error> {
+        Self::quantize_with(absmax, AbsmaxRounding::Nearest, tensor)
+    }
+
+    /// [`DoubleQuantAbsmax::quantize`] with the 8-bit codes chosen as `rounding` says.
+    pub fn quantize_with(
+        absmax: &[f32],
+        rounding: AbsmaxRounding,
+        tensor: &str,
+    ) -> Result<Self, Nf4Error> {
         let offset = mean_f32(absmax);
         let centered: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
         let nb = Blocksize::NESTED;
         let map = dynamic_map_signed();
         let (codes, nested_absmax) =
-            dynamic_map::quantize_blockwise_8bit(&centered, map, nb.get(), tensor)?;
+            dynamic_map::quantize_blockwise_8bit_with(&centered, map, nb.get(), rounding, tensor)?;
         Ok(Self {
             codes,
             nested_absmax,

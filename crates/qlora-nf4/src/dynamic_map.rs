@@ -118,6 +118,32 @@ pub fn nearest_code(map: &[f32; 256], x: f32) -> u8 {
     if d_lo <= d_hi { lo as u8 } else { hi as u8 }
 }
 
+/// How the 8-bit code of a scaled value is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AbsmaxRounding {
+    /// The exact nearest map entry, ties to the lower index: bnb's CUDA quantizer.
+    #[default]
+    Nearest,
+    /// bnb's CPU build (`quantize_cpu_impl`): the value's position on a 65 536-step grid of
+    /// `[-1, 1]` looked up in a table of the map's midpoints below each step; one map step off
+    /// [`AbsmaxRounding::Nearest`] for about 0.25 % of values (those within ~1.5e-5 of a
+    /// midpoint), and code 0 for an all-zero block. Files written with it are bit for bit the
+    /// ones bnb writes on a CPU.
+    CpuTable,
+}
+
+/// bnb-CPU's table for `map`: entry `i` is the number of f32 midpoints
+/// `0.5 · (map[j] + map[j+1])` strictly below the grid point `-1 + 2i / 65535`.
+fn cpu_table(map: &[f32; 256]) -> Vec<u8> {
+    let mids: Vec<f32> = map.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+    (0..65536u32)
+        .map(|i| {
+            let at = -1.0f32 + 2.0f32 * i as f32 / 65535.0f32;
+            mids.partition_point(|&m| m < at) as u8
+        })
+        .collect()
+}
+
 /// Blockwise 8-bit quantization on a dynamic map: per block of `blocksize` values,
 /// `absmax = max |v|`, `code = nearest(map, clamp(v * (1/absmax), -1, 1))` (an f32 reciprocal,
 /// then a multiply, as bnb's kernels do). An all-zero block codes every value as the map's zero.
@@ -129,6 +155,17 @@ pub fn quantize_blockwise_8bit(
     blocksize: usize,
     tensor: &str,
 ) -> Result<(Vec<u8>, Vec<f32>), Nf4Error> {
+    quantize_blockwise_8bit_with(values, map, blocksize, AbsmaxRounding::Nearest, tensor)
+}
+
+/// [`quantize_blockwise_8bit`] with the codes chosen as `rounding` says.
+pub fn quantize_blockwise_8bit_with(
+    values: &[f32],
+    map: &[f32; 256],
+    blocksize: usize,
+    rounding: AbsmaxRounding,
+    tensor: &str,
+) -> Result<(Vec<u8>, Vec<f32>), Nf4Error> {
     if let Some(index) = values.iter().position(|v| !v.is_finite()) {
         return Err(Nf4Error::NonFinite {
             tensor: tensor.to_string(),
@@ -138,6 +175,7 @@ pub fn quantize_blockwise_8bit(
     }
     let mut codes = vec![0u8; values.len()];
     let mut absmax = vec![0f32; values.len().div_ceil(blocksize)];
+    let table = (rounding == AbsmaxRounding::CpuTable).then(|| cpu_table(map));
     codes
         .par_chunks_mut(blocksize)
         .zip(absmax.par_iter_mut())
@@ -145,8 +183,20 @@ pub fn quantize_blockwise_8bit(
         .for_each(|((codes, am), block)| {
             *am = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let inv = if *am > 0.0 { 1.0 / *am } else { 0.0 };
-            for (c, &v) in codes.iter_mut().zip(block) {
-                *c = nearest_code(map, (v * inv).clamp(-1.0, 1.0));
+            match &table {
+                None => {
+                    for (c, &v) in codes.iter_mut().zip(block) {
+                        *c = nearest_code(map, (v * inv).clamp(-1.0, 1.0));
+                    }
+                }
+                // bnb-CPU codes an all-zero block 0.
+                Some(_) if *am == 0.0 => codes.fill(0),
+                Some(t) => {
+                    for (c, &v) in codes.iter_mut().zip(block) {
+                        let x = (v * inv).clamp(-1.0, 1.0);
+                        *c = t[(((x + 1.0) * 0.5) * 65535.0 + 0.5) as u16 as usize];
+                    }
+                }
             }
         });
     Ok((codes, absmax))

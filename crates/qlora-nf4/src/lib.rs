@@ -40,7 +40,7 @@ pub use codebook::{Encoder4, FP4_CODE, FP4_DEQUANT, NF4_CODE, QuantType};
 pub use dequantize::{dequantize_4bit_into, dequantize_4bit_seq, pair_table};
 pub use double_quant::{DoubleQuantAbsmax, mean_f32, reconstruct_absmax};
 pub use dtype::{FloatDtype, FloatElement};
-pub use dynamic_map::{dynamic_map_signed, dynamic_map_unsigned};
+pub use dynamic_map::{AbsmaxRounding, dynamic_map_signed, dynamic_map_unsigned};
 pub use error::Nf4Error;
 pub use half::{bf16, f16};
 pub use pack::{pack_nibbles, unpack_nibbles};

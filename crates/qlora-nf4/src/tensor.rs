@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::{
-    Blocksize, DoubleQuantAbsmax, FloatDtype, FloatElement, Nf4Error, QuantType,
+    AbsmaxRounding, Blocksize, DoubleQuantAbsmax, FloatDtype, FloatElement, Nf4Error, QuantType,
     dequantize_4bit_into, quantize_4bit, unpack_nibbles,
 };
 
@@ -17,6 +17,9 @@ pub struct QuantConfig {
     pub blocksize: Blocksize,
     /// Quantize the absmax to 8 bits (bnb `compress_statistics` / `bnb_4bit_use_double_quant`).
     pub double_quant: bool,
+    /// How double quantization picks the absmax's 8-bit codes: exactly nearest (bnb on CUDA,
+    /// the default) or as bnb's CPU build does.
+    pub absmax_rounding: AbsmaxRounding,
 }
 
 impl QuantConfig {
@@ -26,7 +29,14 @@ impl QuantConfig {
             quant_type: QuantType::Nf4,
             blocksize: Blocksize::DEFAULT,
             double_quant: true,
+            absmax_rounding: AbsmaxRounding::Nearest,
         }
+    }
+
+    /// The config with the absmax codes picked as `rounding` says.
+    pub fn with_absmax_rounding(mut self, rounding: AbsmaxRounding) -> Self {
+        self.absmax_rounding = rounding;
+        self
     }
 }
 
@@ -113,7 +123,11 @@ impl QuantizedTensor {
         }
         let (packed, absmax) = quantize_4bit(values, config.quant_type, config.blocksize, name)?;
         let absmax = if config.double_quant {
-            Absmax::Double(DoubleQuantAbsmax::quantize(&absmax, name)?)
+            Absmax::Double(DoubleQuantAbsmax::quantize_with(
+                &absmax,
+                config.absmax_rounding,
+                name,
+            )?)
         } else {
             Absmax::F32(absmax)
         };

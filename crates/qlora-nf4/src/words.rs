@@ -51,6 +51,7 @@ impl Nf4Layout {
             blocksize: Blocksize::new(self.blocksize, "<layout>")
                 .expect("a layout holds a valid blocksize"),
             double_quant: self.nested_blocksize.is_some(),
+            absmax_rounding: Default::default(),
         }
     }
 

@@ -2,8 +2,8 @@
 //! quantization, against our quantizer.
 
 use qlora_nf4::{
-    Absmax, Blocksize, QuantConfig, QuantType, QuantizedTensor, bf16, dynamic_map_signed,
-    dynamic_map_unsigned,
+    Absmax, AbsmaxRounding, Blocksize, QuantConfig, QuantType, QuantizedTensor, bf16,
+    dynamic_map_signed, dynamic_map_unsigned,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -49,12 +49,23 @@ const CASES: [&str; 7] = [
 ];
 
 fn quantize_case(st: &SafeTensors, case: &str, qt: QuantType, dq: bool) -> QuantizedTensor {
+    quantize_case_with(st, case, qt, dq, AbsmaxRounding::Nearest)
+}
+
+fn quantize_case_with(
+    st: &SafeTensors,
+    case: &str,
+    qt: QuantType,
+    dq: bool,
+    absmax_rounding: AbsmaxRounding,
+) -> QuantizedTensor {
     let input = st.tensor(&format!("{case}/input")).unwrap();
     let shape = input.shape().to_vec();
     let config = QuantConfig {
         quant_type: qt,
         blocksize: Blocksize::DEFAULT,
         double_quant: dq,
+        absmax_rounding,
     };
     match input.dtype() {
         Dtype::BF16 => {
@@ -186,6 +197,57 @@ fn bf16_input_gives_bf16_output() {
             assert_eq!(a, b, "element {i}");
         }
     }
+}
+
+/// With bnb-CPU's table ([`AbsmaxRounding::CpuTable`]) every double-quantized tensor of the
+/// golden set is bnb's, bit for bit: the 8-bit codes (the LUT's, one step off exact nearest for
+/// some), the nested scales, the reconstructed absmax and the dequantized values; only where
+/// the mean differs by an ulp (the golden README's caveat) are codes of another offset skipped.
+#[test]
+fn double_quant_with_the_cpu_table_is_bnb_cpu_bit_for_bit() {
+    let bytes = fixture("quant_4bit.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (mut compared, mut off_nearest) = (0, 0);
+    for case in CASES {
+        for qt in [QuantType::Nf4, QuantType::Fp4] {
+            let p = format!("{case}/{}_dq", qt.as_str());
+            let q = quantize_case_with(&st, case, qt, true, AbsmaxRounding::CpuTable);
+            let Absmax::Double(d) = &q.absmax else {
+                panic!("double absmax")
+            };
+            if d.offset.to_bits() != f32s(&st, &format!("{p}/offset"))[0].to_bits() {
+                continue;
+            }
+            let want = u8s(&st, &format!("{p}/qabsmax"));
+            assert_eq!(d.codes, want, "{p}: codes");
+            off_nearest += d
+                .codes
+                .iter()
+                .zip(u8s(&st, &format!("{p}/qabsmax_exact_nearest")))
+                .filter(|(a, b)| **a != *b)
+                .count();
+            assert_bits_eq(
+                &d.reconstruct(),
+                &f32s(&st, &format!("{p}/absmax_reconstructed")),
+                &format!("{p} absmax'"),
+            );
+            let deq = dequant_as_input(&q);
+            let want = f32s(&st, &format!("{p}/dequant"));
+            assert!(
+                deq.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{p}: dequantized values"
+            );
+            compared += 1;
+        }
+    }
+    eprintln!("{compared} tensors; {off_nearest} codes where the table is not exact nearest");
+    assert!(compared >= 10, "only {compared} tensors compared");
+    assert!(
+        off_nearest > 0,
+        "no case tells the table from exact nearest"
+    );
 }
 
 #[test]

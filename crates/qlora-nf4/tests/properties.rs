@@ -25,6 +25,7 @@ fn config() -> impl Strategy<Value = QuantConfig> {
             quant_type: q,
             blocksize: Blocksize::new(1 << p, "w").unwrap(),
             double_quant: dq,
+            absmax_rounding: Default::default(),
         })
 }
 

@@ -103,6 +103,7 @@ impl QLoraLinearConfig {
             blocksize: qlora_nf4::Blocksize::new(self.blocksize, "QLoraLinearConfig")
                 .unwrap_or_else(|e| panic!("QLoraLinearConfig: {e}")),
             double_quant: self.double_quant,
+            absmax_rounding: Default::default(),
         };
         self.lora.init_quantized(quant, device).unwrap_or_else(|e| {
             panic!("QLoraLinearConfig: a freshly initialised weight is finite: {e}")

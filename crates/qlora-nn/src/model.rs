@@ -243,6 +243,15 @@ pub trait LoraModel: Module {
         Ok(())
     }
 
+    /// Where PEFT's module paths differ from this model's own ([`LoraModel::linears`],
+    /// [`LoraModel::tables`]): `Some((peft, own))`, the prefix PEFT's paths have in place of
+    /// `own` (a text model loaded from a multimodal checkpoint, whose PEFT adapters name its
+    /// modules `model.language_model.*`: `("model.language_model.", "model.")`). Adapters are
+    /// read from and written to PEFT's paths. `None` (the default): the same paths.
+    fn peft_prefix(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
+
     /// Adds `adapter` under `name` to the linears it names (by module path, with the scaling
     /// its own config gives each path), and puts its `modules_to_save` parameters in. Errors,
     /// leaving the model unchanged, if a module of the adapter is not a linear of this model, a
@@ -252,6 +261,14 @@ pub trait LoraModel: Module {
     where
         Self: Sized,
     {
+        let ours;
+        let adapter = match self.peft_prefix() {
+            Some((peft, own)) => {
+                ours = adapter.clone().with_module_prefix(peft, own);
+                &ours
+            }
+            None => adapter,
+        };
         let origin = adapter.origin();
         let in_adapter = |module: &str, problem: String| LoraError::Adapter {
             source_name: origin.clone(),
@@ -451,7 +468,10 @@ pub trait LoraModel: Module {
                 adapter.tokens.insert(path, t.delta.val().into_data());
             }
         }
-        adapter
+        match self.peft_prefix() {
+            Some((peft, own)) => adapter.with_module_prefix(own, peft),
+            None => adapter,
+        }
     }
 
     /// Makes `names` the active adapters on every layer (PEFT's `set_adapter`).

@@ -150,6 +150,24 @@ fn bad(path: &Path, field: &str, problem: String) -> LoraError {
 }
 
 impl PeftAdapter {
+    /// The adapter with every module, parameter and table path that starts with `from` moved
+    /// under `to` instead (the paths of a model whose PEFT module paths differ from its own,
+    /// [`crate::LoraModel::peft_prefix`]).
+    pub fn with_module_prefix(mut self, from: &str, to: &str) -> Self {
+        fn moved<V>(map: BTreeMap<String, V>, from: &str, to: &str) -> BTreeMap<String, V> {
+            map.into_iter()
+                .map(|(k, v)| match k.strip_prefix(from) {
+                    Some(rest) => (format!("{to}{rest}"), v),
+                    None => (k, v),
+                })
+                .collect()
+        }
+        self.modules = moved(self.modules, from, to);
+        self.saved = moved(self.saved, from, to);
+        self.tokens = moved(self.tokens, from, to);
+        self
+    }
+
     /// Reads a PEFT adapter folder onto `device`. Keys may carry PEFT's `base_model.model.`
     /// prefix or not; every tensor must be a `lora_A`/`lora_B` weight of matching rank (the
     /// config's `r` or `rank_pattern`) and come in pairs.
