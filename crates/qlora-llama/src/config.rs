@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::config_gemma;
 use crate::layer_types::{self, LayerType};
 use crate::rope_config::{read_rope, rotary_dim};
-use crate::{LlamaError, RopeConfig};
+use crate::{LlamaError, RopeConfig, RopeScaling};
 
 /// The `model_type`s whose decoder this crate computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,6 +402,30 @@ impl LlamaConfig {
         } else {
             (read_rope(map, path)?, None)
         };
+        let rotary_dim = rotary_dim(map, path, head_dim)?;
+        for r in std::iter::once(&rope).chain(&rope_sliding) {
+            if let RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } = &r.scaling
+            {
+                for (k, list) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if list.len() != rotary_dim / 2 {
+                        return Err(err(
+                            path,
+                            &format!("rope_parameters.{k}"),
+                            format!(
+                                "{} factors for {} rotated pairs (head_dim {head_dim} x \
+                                 partial_rotary_factor)",
+                                list.len(),
+                                rotary_dim / 2
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(Self {
             model_type,
             hidden_size,
@@ -433,7 +457,7 @@ impl LlamaConfig {
             scale_embeddings: gemma,
             sandwich_norms: gemma,
             fused_projections: model_type == ModelType::Phi3,
-            rotary_dim: rotary_dim(map, path, head_dim)?,
+            rotary_dim,
             mlp_bias: !qwen && f.bool_or("mlp_bias", false)?,
             rope,
         })
@@ -559,10 +583,21 @@ impl LlamaConfig {
             }),
             ModelType::Qwen2 => self.qwen_window_fields(),
             ModelType::Mistral => json!({ "sliding_window": self.sliding_window }),
-            ModelType::Phi3 => json!({
-                "sliding_window": self.sliding_window,
-                "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64,
-            }),
+            ModelType::Phi3 => {
+                let mut v = json!({
+                    "sliding_window": self.sliding_window,
+                    "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64,
+                });
+                // transformers reads Phi-3's top-level context before the RoPE's own.
+                if let RopeScaling::LongRope {
+                    original_max_position_embeddings,
+                    ..
+                } = &self.rope.scaling
+                {
+                    v["original_max_position_embeddings"] = json!(original_max_position_embeddings);
+                }
+                v
+            }
             ModelType::Qwen3 => {
                 let mut v = self.qwen_window_fields();
                 v["attention_bias"] = json!(self.attention_bias);

@@ -146,7 +146,7 @@ pub(crate) fn ropes(f: &Fields<'_>) -> Result<(RopeConfig, RopeConfig), LlamaErr
     };
     let empty = Map::new();
     let one = |key: &str, theta: f64, given: Option<&Map<String, Value>>| {
-        read_rope_params(given.unwrap_or(&empty), key, theta, f.path)
+        read_rope_params(given.unwrap_or(&empty), key, theta, f.map, f.path)
     };
     let sub = |p: &Map<String, Value>, k: &str| -> Result<Option<Map<String, Value>>, LlamaError> {
         match p.get(k) {

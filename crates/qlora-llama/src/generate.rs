@@ -147,7 +147,20 @@ impl LlamaForCausalLM {
         let mut cache = self.new_cache();
         let mut out = Vec::new();
         let mut input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+        let mut all = input.clone();
+        let long_from = self.rope.long_context_from();
         while out.len() < config.max_new_tokens {
+            // LongRoPE: once the sequence passes the original context, the cached keys (rotated
+            // with the short factors) are recomputed with the long ones, once, as transformers'
+            // Phi-3 generation does.
+            if let Some(original) = long_from
+                && !cache.is_empty()
+                && cache.len() <= original
+                && cache.len() + input.len() > original
+            {
+                cache = self.new_cache();
+                input = all.clone();
+            }
             let n = input.len();
             let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [1, n]), &device);
             let hidden = self
@@ -164,6 +177,7 @@ impl LlamaForCausalLM {
                 break;
             }
             out.push(next);
+            all.push(next as i64);
             if !on_token(next) {
                 break;
             }

@@ -56,7 +56,7 @@ pub struct LlamaForCausalLM {
     #[module(skip)]
     pub config: LlamaConfig,
     #[module(skip)]
-    rope: Rope,
+    pub(crate) rope: Rope,
     /// The sliding layers' RoPE where it differs (Gemma 3).
     #[module(skip)]
     rope_sliding: Option<Rope>,

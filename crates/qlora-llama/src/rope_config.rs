@@ -8,7 +8,7 @@ use crate::LlamaError;
 use crate::config::{Fields, err};
 
 /// How RoPE frequencies are scaled (`rope_type`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// Plain RoPE.
     Default,
@@ -28,10 +28,24 @@ pub enum RopeScaling {
         /// Context length of pre-training.
         original_max_position_embeddings: usize,
     },
+    /// LongRoPE (Ding et al. 2024; Phi-3's `longrope`): each inverse frequency divided by its
+    /// factor, the short ones while a pass's positions stay within the pre-training context,
+    /// the long ones beyond it, and cos and sin scaled by `attention_factor`.
+    LongRope {
+        /// Divisors within the original context, one per rotated pair.
+        short_factor: Vec<f64>,
+        /// Divisors beyond it.
+        long_factor: Vec<f64>,
+        /// The pre-training context (`original_max_position_embeddings`).
+        original_max_position_embeddings: usize,
+        /// The scale of cos and sin (given, or `sqrt(1 + ln f / ln original)` for the context
+        /// factor `f`, as transformers derives it).
+        attention_factor: f64,
+    },
 }
 
 /// RoPE parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     /// Base of the frequencies (`rope_theta`).
     pub theta: f64,
@@ -57,13 +71,28 @@ impl RopeConfig {
     pub fn to_hf_value(&self, partial_rotary_factor: f64) -> Value {
         let mut rope = Map::new();
         rope.insert("rope_theta".into(), json!(self.theta));
-        match self.scaling {
+        match &self.scaling {
             RopeScaling::Default => {
                 rope.insert("rope_type".into(), json!("default"));
             }
             RopeScaling::Linear { factor } => {
                 rope.insert("rope_type".into(), json!("linear"));
                 rope.insert("factor".into(), json!(factor));
+            }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            } => {
+                rope.insert("rope_type".into(), json!("longrope"));
+                rope.insert("short_factor".into(), json!(short_factor));
+                rope.insert("long_factor".into(), json!(long_factor));
+                rope.insert(
+                    "original_max_position_embeddings".into(),
+                    json!(original_max_position_embeddings),
+                );
+                rope.insert("attention_factor".into(), json!(attention_factor));
             }
             RopeScaling::Llama3 {
                 factor,
@@ -144,7 +173,7 @@ pub(crate) fn read_rope(map: &Map<String, Value>, path: &str) -> Result<RopeConf
     let top = Fields { map, path };
     let theta_default = top.f64_or("rope_theta", Some(10000.0))?;
     let v4_rope = match v4 {
-        Some((name, p)) => read_rope_params(p, name, theta_default, path)?,
+        Some((name, p)) => read_rope_params(p, name, theta_default, map, path)?,
         None => RopeConfig {
             theta: theta_default,
             scaling: RopeScaling::Default,
@@ -153,7 +182,7 @@ pub(crate) fn read_rope(map: &Map<String, Value>, path: &str) -> Result<RopeConf
     let Some((name, p)) = v5 else {
         return Ok(v4_rope);
     };
-    let rope = read_rope_params(p, name, theta_default, path)?;
+    let rope = read_rope_params(p, name, theta_default, map, path)?;
     if map.get("rope_theta").is_some_and(|v| !v.is_null()) && v4_rope.theta != rope.theta {
         return Err(err(
             path,
@@ -179,10 +208,13 @@ pub(crate) fn read_rope(map: &Map<String, Value>, path: &str) -> Result<RopeConf
 
 /// RoPE from one parameter object (`rope_parameters`, `rope_scaling`, or one layer type's entry
 /// of Gemma 3's), named `name` in errors; `theta_default` where it gives no `rope_theta`.
+/// `top` is the config's top level (LongRoPE's context lengths are read there first, as
+/// transformers gives Phi-3's top-level `original_max_position_embeddings` priority).
 pub(crate) fn read_rope_params(
     p: &Map<String, Value>,
     name: &str,
     theta_default: f64,
+    top: &Map<String, Value>,
     path: &str,
 ) -> Result<RopeConfig, LlamaError> {
     let f = Fields { map: p, path };
@@ -230,13 +262,92 @@ pub(crate) fn read_rope_params(
                 },
             )?,
         },
+        "longrope" => read_longrope(p, name, top, path)?,
         other => {
             return Err(err(
                 path,
                 &field("rope_type"),
-                format!("`{other}` is not supported (default, linear, llama3)"),
+                format!("`{other}` is not supported (default, linear, llama3, longrope)"),
             ));
         }
     };
     Ok(RopeConfig { theta, scaling })
+}
+
+/// LongRoPE's parameters, its attention factor derived as transformers does where not given.
+fn read_longrope(
+    p: &Map<String, Value>,
+    name: &str,
+    top: &Map<String, Value>,
+    path: &str,
+) -> Result<RopeScaling, LlamaError> {
+    let field = |k: &str| format!("{name}.{k}");
+    let factors = |k: &str| -> Result<Vec<f64>, LlamaError> {
+        p.get(k)
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .map(|v| v.as_f64().filter(|x| *x > 0.0 && x.is_finite()))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| err(path, &field(k), "missing or not a list of positive numbers"))
+    };
+    let (short_factor, long_factor) = (factors("short_factor")?, factors("long_factor")?);
+    let key = "original_max_position_embeddings";
+    let (original, at) = match (top.get(key).filter(|v| !v.is_null()), p.get(key)) {
+        (Some(v), _) => (v, key.to_string()),
+        (None, Some(v)) => (v, field(key)),
+        (None, None) => return Err(err(path, &field(key), "missing (rope_type `longrope`)")),
+    };
+    let original = original
+        .as_u64()
+        .filter(|&x| x > 1)
+        .and_then(|x| usize::try_from(x).ok())
+        .ok_or_else(|| {
+            err(
+                path,
+                &at,
+                format!("expected a context length, found {original}"),
+            )
+        })?;
+    let number = |k: &str| -> Result<Option<f64>, LlamaError> {
+        match p.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| *x > 0.0 && x.is_finite())
+                .map(Some)
+                .ok_or_else(|| {
+                    err(
+                        path,
+                        &field(k),
+                        format!("expected a positive number, found {v}"),
+                    )
+                }),
+        }
+    };
+    let attention_factor = match number("attention_factor")? {
+        Some(a) => a,
+        None => {
+            let factor = match number("factor")? {
+                Some(f) => f,
+                None => {
+                    let max =
+                        Fields { map: top, path }.usize_or("max_position_embeddings", 2048)?;
+                    max as f64 / original as f64
+                }
+            };
+            if factor <= 1.0 {
+                1.0
+            } else {
+                (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+            }
+        }
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
 }
