@@ -186,19 +186,17 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
             }
         },
     };
-    for (tensor, what) in [
-        (
+    if f.tensors.contains_key("rope_freqs.weight") {
+        return Err(err(
             "rope_freqs.weight",
             "per-frequency RoPE factors (llama 3.1 scaling in GGUF) are not supported",
-        ),
-        (
+        ));
+    }
+    if model_type != ModelType::Phi3 && f.tensors.contains_key("rope_factors_long.weight") {
+        return Err(err(
             "rope_factors_long.weight",
-            "LongRoPE factors (Phi-3's `longrope` scaling) are not supported",
-        ),
-    ] {
-        if f.tensors.contains_key(tensor) {
-            return Err(err(tensor, what));
-        }
+            &format!("LongRoPE factors are read for `phi3` files only, not `{arch}`"),
+        ));
     }
     let theta = f
         .get(&key("rope.freq_base"))
@@ -262,7 +260,13 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         ModelType::Qwen2 | ModelType::Qwen3 => json!({ "rope_parameters": rope }),
         ModelType::Phi3 => {
             let rotary = opt_uint("rope.dimension_count").unwrap_or(head_dim);
-            let mut rope = rope;
+            let mut rope = match longrope(f, &key)? {
+                Some(mut long) => {
+                    long["rope_theta"] = json!(theta);
+                    long
+                }
+                None => rope,
+            };
             rope["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
             json!({ "rope_parameters": rope, "sliding_window": window })
         }
@@ -352,6 +356,51 @@ fn gemma3_fields(
             "sliding_attention": { "rope_type": "default", "rope_theta": swa_theta },
         },
     }))
+}
+
+/// Phi-3's LongRoPE as llama.cpp's `Phi3MiniModel` writes it: the `rope_factors_long` and
+/// `rope_factors_short` tensors, `rope.scaling.original_context_length` and
+/// `rope.scaling.attn_factor` (derived from the context ratio where absent), as HF
+/// `rope_parameters`; `None` for a file without the factors.
+fn longrope(f: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<Option<Value>, LlamaError> {
+    let path = f.path().display().to_string();
+    let err = |field: &str, problem: &str| LlamaError::Config {
+        path: path.clone(),
+        field: field.into(),
+        problem: problem.into(),
+    };
+    if !f.tensors.contains_key("rope_factors_long.weight") {
+        return Ok(None);
+    }
+    let factors = |name: &str| -> Result<Vec<f32>, LlamaError> {
+        if !f.tensors.contains_key(name) {
+            return Err(err(name, "missing beside rope_factors_long.weight"));
+        }
+        Ok(f.read_f32(name)?.1)
+    };
+    let (long, short) = (
+        factors("rope_factors_long.weight")?,
+        factors("rope_factors_short.weight")?,
+    );
+    let original_key = key("rope.scaling.original_context_length");
+    let original = f
+        .get(&original_key)
+        .and_then(GgufValue::as_u64)
+        .filter(|&v| v > 1)
+        .ok_or_else(|| err(&original_key, "missing or not a context length (LongRoPE)"))?;
+    let mut rope = json!({
+        "rope_type": "longrope",
+        "long_factor": long,
+        "short_factor": short,
+        "original_max_position_embeddings": original,
+    });
+    if let Some(a) = f
+        .get(&key("rope.scaling.attn_factor"))
+        .and_then(GgufValue::as_f64)
+    {
+        rope["attention_factor"] = json!(a);
+    }
+    Ok(Some(rope))
 }
 
 /// The family of a llama.cpp architecture.

@@ -5,7 +5,7 @@
 //! same logits there): each loads to the family, with logits within 1e-4 of transformers' on the
 //! HF model (for gemma3, the HF model as llama.cpp runs its GGUF: `head_dim^-½` attention scale,
 //! the default layer pattern), and quantized to NF4 on load it is the HF folder quantized on
-//! load, to the bit.
+//! load, to the bit; and a Phi-3 GGUF with LongRoPE factors.
 
 use std::path::PathBuf;
 
@@ -119,4 +119,33 @@ fn gemma3_gguf_matches_transformers() {
     );
     assert_eq!((c.sliding_window, c.layer_rope(0).theta), (Some(6), 1e4));
     assert_eq!(c.query_pre_attn_scalar, Some(c.head_dim as f64));
+}
+
+/// Phi-3 with LongRoPE as llama.cpp writes it (`rope_factors_long` / `rope_factors_short`,
+/// `rope.scaling.original_context_length`, `rope.scaling.attn_factor`): transformers' logits of
+/// the HF model (`tests/fixtures/phi3-longrope`) past the original context.
+#[test]
+fn phi3_longrope_gguf_matches_transformers() {
+    use qlora_llama::RopeScaling;
+    let device = Device::flex();
+    let model = LlamaForCausalLM::load(
+        gguf("phi3-longrope"),
+        &LoraApplier::base_only(None, &device),
+    )
+    .unwrap();
+    assert!(matches!(
+        model.config.rope.scaling,
+        RopeScaling::LongRope {
+            original_max_position_embeddings: 8,
+            ..
+        }
+    ));
+    let want = std::fs::read(fixtures().join("phi3-longrope/reference.safetensors")).unwrap();
+    let want = SafeTensors::deserialize(&want).unwrap();
+    check(
+        "phi3 LongRoPE GGUF logits_long",
+        values(model.forward(input_ids("phi3", &device), None)),
+        &st_f32s(&want, "logits_long"),
+        1e-4,
+    );
 }
