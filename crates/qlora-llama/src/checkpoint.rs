@@ -222,7 +222,13 @@ impl HfCheckpoint {
                 "no model.safetensors or model.safetensors.index.json in this folder",
             ));
         }
-        let stored = text_model_names(&index);
+        // Only Gemma 3's multimodal checkpoints are read for their text model.
+        let multimodal = raw_config.get("model_type").and_then(Value::as_str) == Some("gemma3");
+        let stored = if multimodal {
+            text_model_names(&index)
+        } else {
+            BTreeMap::new()
+        };
         Ok(Self {
             dir,
             config,

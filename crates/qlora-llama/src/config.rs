@@ -609,11 +609,8 @@ impl LlamaConfig {
             unreachable!("JSON objects")
         };
         if self.model_type == ModelType::Gemma3 {
-            // Gemma 3 has a RoPE per layer type (`rope_parameters` of `hf_fields`) and reads
-            // `hidden_activation`.
-            for key in ["hidden_act", "rope_scaling", "rope_theta"] {
-                all.remove(key);
-            }
+            // Gemma 3 reads `hidden_activation` (its RoPE fields are `hf_fields`').
+            all.remove("hidden_act");
         }
         all.extend(extra);
         all.sort_keys();

@@ -41,21 +41,17 @@ fn defaults() -> Map<String, Value> {
     m
 }
 
-/// The config with Gemma 3's defaults under what it gives (a field given as `null` takes the
-/// default too, as the dataclass does for the fields whose default is not `None`).
+/// The config with Gemma 3's defaults for the fields it leaves out (a field given as `null`
+/// stays `null`, as the dataclass keeps it: no pad token, no window, ...).
 pub(crate) fn with_defaults(map: &Map<String, Value>) -> Map<String, Value> {
     let mut m = defaults();
-    for (k, v) in map {
-        if !(v.is_null() && m.contains_key(k)) {
-            m.insert(k.clone(), v.clone());
-        }
-    }
+    m.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
     m
 }
 
 /// The text model's config of a multimodal Gemma 3 config (`model_type` `gemma3`): its
 /// `text_config` (absent: every default), with the top-level `tie_word_embeddings` (which
-/// `Gemma3Config` ties the head by) where given.
+/// `Gemma3Config` ties the head by).
 pub(crate) fn text_config(
     map: &Map<String, Value>,
     path: &str,
@@ -82,9 +78,13 @@ pub(crate) fn text_config(
         }
     }
     text.insert("model_type".into(), "gemma3_text".into());
-    if let Some(tie) = map.get("tie_word_embeddings").filter(|v| !v.is_null()) {
-        text.insert("tie_word_embeddings".into(), tie.clone());
-    }
+    // `Gemma3Config.tie_word_embeddings` (default true; `null` ties nothing) decides.
+    let tie = match map.get("tie_word_embeddings") {
+        None => Value::Bool(true),
+        Some(Value::Null) => Value::Bool(false),
+        Some(v) => v.clone(),
+    };
+    text.insert("tie_word_embeddings".into(), tie);
     if let Some(q) = map.get("quantization_config") {
         text.insert("quantization_config".into(), q.clone());
     }
@@ -120,78 +120,60 @@ pub(crate) fn refuse_unsupported(f: &Fields<'_>) -> Result<(), LlamaError> {
     }
 }
 
-/// RoPE of the full-attention layers and of the sliding ones.
+/// RoPE of the full-attention layers and of the sliding ones, as `Gemma3TextConfig` builds
+/// them: `rope_parameters.{full,sliding}_attention` (each absent: the default type), transformers
+/// 4's `rope_scaling` merged into the full layers', and the bases `rope_theta` (default 1e6) and
+/// `rope_local_base_freq` (1e4) where an entry gives none.
 pub(crate) fn ropes(f: &Fields<'_>) -> Result<(RopeConfig, RopeConfig), LlamaError> {
-    let per_type = match f.map.get("rope_parameters") {
-        Some(Value::Object(p))
-            if p.contains_key("full_attention") || p.contains_key("sliding_attention") =>
-        {
-            Some(p)
-        }
-        None | Some(Value::Null) => None,
-        Some(Value::Object(_)) => {
-            return Err(err(
-                f.path,
-                "rope_parameters",
-                "expected `full_attention` and `sliding_attention` entries (Gemma 3 has a RoPE per layer type)",
-            ));
-        }
-        Some(v) => {
-            return Err(err(
-                f.path,
-                "rope_parameters",
-                format!("expected an object, found {v}"),
-            ));
-        }
-    };
-    let empty = Map::new();
-    let one = |key: &str, theta: f64, given: Option<&Map<String, Value>>| {
-        read_rope_params(given.unwrap_or(&empty), key, theta, f.map, f.path)
-    };
-    let sub = |p: &Map<String, Value>, k: &str| -> Result<Option<Map<String, Value>>, LlamaError> {
-        match p.get(k) {
+    let object = |key: &str, v: Option<&Value>| -> Result<Option<Map<String, Value>>, LlamaError> {
+        match v {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(m)) => Ok(Some(m.clone())),
-            Some(v) => Err(err(
-                f.path,
-                &format!("rope_parameters.{k}"),
-                format!("expected an object, found {v}"),
-            )),
+            Some(v) => Err(err(f.path, key, format!("expected an object, found {v}"))),
         }
     };
-    match per_type {
-        Some(p) => {
-            let (full, sliding) = (sub(p, "full_attention")?, sub(p, "sliding_attention")?);
-            Ok((
-                one("rope_parameters.full_attention", 1e6, full.as_ref())?,
-                one("rope_parameters.sliding_attention", 1e4, sliding.as_ref())?,
-            ))
-        }
-        None => {
-            // transformers 4: `rope_scaling` applies to the full layers.
-            let scaling = match f.map.get("rope_scaling") {
-                None | Some(Value::Null) => None,
-                Some(Value::Object(m)) => Some(m.clone()),
-                Some(v) => {
-                    return Err(err(
-                        f.path,
-                        "rope_scaling",
-                        format!("expected an object, found {v}"),
-                    ));
-                }
-            };
-            let theta = f.f64_or("rope_theta", Some(1e6))?;
-            let local = f.f64_or("rope_local_base_freq", Some(1e4))?;
-            Ok((
-                one("rope_scaling", theta, scaling.as_ref())?,
-                one("rope_local_base_freq", local, None)?,
-            ))
-        }
+    let per_type = object("rope_parameters", f.map.get("rope_parameters"))?;
+    if let Some(p) = &per_type
+        && !p.contains_key("full_attention")
+        && !p.contains_key("sliding_attention")
+    {
+        return Err(err(
+            f.path,
+            "rope_parameters",
+            "expected `full_attention` and `sliding_attention` entries (Gemma 3 has a RoPE per layer type)",
+        ));
     }
+    let entry = |k: &str| -> Result<Map<String, Value>, LlamaError> {
+        let v = per_type.as_ref().and_then(|p| p.get(k));
+        Ok(object(&format!("rope_parameters.{k}"), v)?.unwrap_or_default())
+    };
+    let (mut full, sliding) = (entry("full_attention")?, entry("sliding_attention")?);
+    if let Some(scaling) = object("rope_scaling", f.map.get("rope_scaling"))? {
+        full.extend(scaling);
+    }
+    let theta = f.f64_or("rope_theta", Some(1e6))?;
+    let local = f.f64_or("rope_local_base_freq", Some(1e4))?;
+    Ok((
+        read_rope_params(
+            &full,
+            "rope_parameters.full_attention",
+            theta,
+            f.map,
+            f.path,
+        )?,
+        read_rope_params(
+            &sliding,
+            "rope_parameters.sliding_attention",
+            local,
+            f.map,
+            f.path,
+        )?,
+    ))
 }
 
-/// The `config.json` fields of a Gemma 3 text model (transformers 5 form), beyond the common
-/// ones (and in place of `hidden_act` and the single `rope_parameters`).
+/// The `config.json` fields of a Gemma 3 text model, beyond the common ones (and in place of
+/// `hidden_act` and the single `rope_parameters`): transformers 5's per-type `rope_parameters`
+/// and, beside them, transformers 4's `rope_theta`, `rope_scaling` and `rope_local_base_freq`.
 pub(crate) fn hf_fields(c: &LlamaConfig) -> Value {
     let sliding = c.rope_sliding.as_ref().unwrap_or(&c.rope);
     let layer_types: Vec<&str> = (0..c.num_hidden_layers)
@@ -203,11 +185,22 @@ pub(crate) fn hf_fields(c: &LlamaConfig) -> Value {
         "final_logit_softcapping": null,
         "hidden_activation": "gelu_pytorch_tanh",
         "layer_types": layer_types,
-        "query_pre_attn_scalar": c.query_pre_attn_scalar,
+        // An `int` in `Gemma3TextConfig` (its strict dataclass refuses `24.0`).
+        "query_pre_attn_scalar": c.query_pre_attn_scalar.map(|q| {
+            if q.fract() == 0.0 && q.abs() < 9.0e15 {
+                json!(q as i64)
+            } else {
+                json!(q)
+            }
+        }),
         "rope_parameters": {
             LayerType::Full.as_str(): c.rope.to_hf_value(1.0),
             LayerType::Sliding.as_str(): sliding.to_hf_value(1.0),
         },
+        // What transformers 4 reads (5 merges the same values into `rope_parameters`).
+        "rope_theta": c.rope.theta,
+        "rope_scaling": c.rope.to_hf_scaling_value(),
+        "rope_local_base_freq": sliding.theta,
         "sliding_window": c.sliding_window,
         "use_bidirectional_attention": false,
     })

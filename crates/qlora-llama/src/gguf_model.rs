@@ -268,7 +268,13 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
                 None => rope,
             };
             rope["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
-            json!({ "rope_parameters": rope, "sliding_window": window })
+            // Phi-3's class reads its original context at the top level first.
+            let original = rope.get("original_max_position_embeddings").cloned();
+            json!({
+                "rope_parameters": rope,
+                "sliding_window": window,
+                "original_max_position_embeddings": original,
+            })
         }
         ModelType::Gemma3 => {
             gemma3_fields(f, &key, layers, hidden_size / heads, head_dim, window, rope)?

@@ -263,6 +263,8 @@ pub(crate) fn read_rope_params(
             )?,
         },
         "longrope" => read_longrope(p, name, top, path)?,
+        // Phi-3's older names of LongRoPE (`Phi3Config` maps them so).
+        "su" | "yarn" if phi3(top) => read_longrope(p, name, top, path)?,
         other => {
             return Err(err(
                 path,
@@ -294,8 +296,11 @@ fn read_longrope(
     };
     let (short_factor, long_factor) = (factors("short_factor")?, factors("long_factor")?);
     let key = "original_max_position_embeddings";
+    // `Phi3Config` always has the top-level field (default 4096), and it wins over the RoPE's.
+    let phi3_default = json!(4096);
     let (original, at) = match (top.get(key).filter(|v| !v.is_null()), p.get(key)) {
         (Some(v), _) => (v, key.to_string()),
+        (None, _) if phi3(top) => (&phi3_default, key.to_string()),
         (None, Some(v)) => (v, field(key)),
         (None, None) => return Err(err(path, &field(key), "missing (rope_type `longrope`)")),
     };
@@ -332,8 +337,9 @@ fn read_longrope(
             let factor = match number("factor")? {
                 Some(f) => f,
                 None => {
+                    let default = if phi3(top) { 4096 } else { 2048 };
                     let max =
-                        Fields { map: top, path }.usize_or("max_position_embeddings", 2048)?;
+                        Fields { map: top, path }.usize_or("max_position_embeddings", default)?;
                     max as f64 / original as f64
                 }
             };
@@ -350,4 +356,9 @@ fn read_longrope(
         original_max_position_embeddings: original,
         attention_factor,
     })
+}
+
+/// Whether `top` is a Phi-3 config (whose class gives LongRoPE its defaults).
+fn phi3(top: &Map<String, Value>) -> bool {
+    top.get("model_type").and_then(Value::as_str) == Some("phi3")
 }

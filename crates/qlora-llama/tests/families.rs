@@ -521,7 +521,26 @@ fn gemma3_reads_its_layer_types_ropes_and_scales() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["model_type"], "gemma3_text");
     assert_eq!(v["hidden_activation"], "gelu_pytorch_tanh");
-    assert!(v.get("hidden_act").is_none() && v.get("rope_theta").is_none());
+    assert!(v.get("hidden_act").is_none());
+    // transformers 4's fields beside 5's per-type `rope_parameters`.
+    assert_eq!(
+        (
+            &v["rope_theta"],
+            &v["rope_local_base_freq"],
+            &v["rope_scaling"]
+        ),
+        (
+            &serde_json::json!(1e6),
+            &serde_json::json!(1e4),
+            &serde_json::Value::Null
+        )
+    );
+    // An `int` in transformers' strict `Gemma3TextConfig`.
+    assert!(
+        v["query_pre_attn_scalar"].is_u64(),
+        "{}",
+        v["query_pre_attn_scalar"]
+    );
     assert_eq!(LlamaConfig::from_json_str(&text, "config.json").unwrap(), c);
 }
 
@@ -571,6 +590,41 @@ fn gemma3_config_defaults_and_transformers4_form() {
     assert_eq!(c.layer_rope(0).scaling, RopeScaling::Default);
     // Gemma3TextConfig's default scalar.
     assert_eq!(c.query_pre_attn_scalar, Some(256.0));
+    // Entries without a base take the top-level ones; `rope_scaling` joins the full layers'.
+    let c = gemma_config_with(serde_json::json!({
+        "rope_parameters": {"full_attention": {"rope_type": "default"}},
+        "rope_theta": 5e5,
+        "rope_local_base_freq": 2e4,
+        "rope_scaling": {"rope_type": "linear", "factor": 4.0},
+    }))
+    .unwrap();
+    assert_eq!(c.layer_rope(1).theta, 5e5);
+    assert_eq!(c.layer_rope(1).scaling, RopeScaling::Linear { factor: 4.0 });
+    assert_eq!(
+        (c.layer_rope(0).theta, &c.layer_rope(0).scaling),
+        (2e4, &RopeScaling::Default)
+    );
+    // A field given as `null` stays unset (no pad token), as the dataclass keeps it; absent, it
+    // takes the class default (pad 0); either way the config reads back the same.
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(family("gemma3").join("model/config.json")).unwrap(),
+    )
+    .unwrap();
+    v["pad_token_id"] = serde_json::Value::Null;
+    v["eos_token_id"] = serde_json::Value::Null;
+    let c = LlamaConfig::from_json_str(&v.to_string(), "config.json").unwrap();
+    assert_eq!((c.pad_token_id, c.eos_token_ids.clone()), (None, vec![]));
+    assert_eq!(
+        LlamaConfig::from_json_str(&c.to_hf_json(), "config.json").unwrap(),
+        c
+    );
+    v.as_object_mut().unwrap().remove("pad_token_id");
+    let c = LlamaConfig::from_json_str(&v.to_string(), "config.json").unwrap();
+    assert_eq!(c.pad_token_id, Some(0));
+    // A `null` window with sliding layers is an error (transformers fails there too).
+    v["sliding_window"] = serde_json::Value::Null;
+    let e = LlamaConfig::from_json_str(&v.to_string(), "config.json").unwrap_err();
+    assert!(e.to_string().contains("sliding_window"), "{e}");
 }
 
 #[test]

@@ -97,6 +97,31 @@ fn phi3_longrope_matches_transformers_within_and_past_the_original_context() {
     assert_eq!(got, st_i64s(&want, "greedy_fp32").0, "greedy ids");
 }
 
+/// `Phi3Config` always has a top-level `original_max_position_embeddings` (default 4096) and
+/// it wins over the RoPE's own; `su` and `yarn` are its older names of LongRoPE.
+#[test]
+fn phi3_longrope_reads_its_context_as_phi3config_does() {
+    let text = std::fs::read_to_string(fixtures().join("phi3-longrope/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_object_mut()
+        .unwrap()
+        .remove("original_max_position_embeddings");
+    v["rope_parameters"]["original_max_position_embeddings"] = 8.into();
+    v["rope_parameters"]["rope_type"] = "su".into();
+    let c = LlamaConfig::from_json_str(&v.to_string(), "config.json").unwrap();
+    let RopeScaling::LongRope {
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    } = c.rope.scaling
+    else {
+        panic!("{:?}", c.rope.scaling)
+    };
+    assert_eq!(original_max_position_embeddings, 4096);
+    // max_position_embeddings 256 < 4096: no scaling.
+    assert_eq!(attention_factor, 1.0);
+}
+
 #[test]
 fn longrope_factors_of_the_wrong_length_are_named_errors() {
     let text = std::fs::read_to_string(fixtures().join("phi3-longrope/config.json")).unwrap();

@@ -261,8 +261,17 @@ pub trait LoraModel: Module {
     where
         Self: Sized,
     {
+        // The adapter's paths become this model's; its config (regex `target_modules`,
+        // `rank_pattern` keys, ...) is matched against PEFT's paths, as PEFT matches it.
+        let prefix = self.peft_prefix();
+        let peft_path = |p: &str| -> String {
+            match prefix.and_then(|(peft, own)| p.strip_prefix(own).map(|r| format!("{peft}{r}"))) {
+                Some(q) => q,
+                None => p.to_string(),
+            }
+        };
         let ours;
-        let adapter = match self.peft_prefix() {
+        let adapter = match prefix {
             Some((peft, own)) => {
                 ours = adapter.clone().with_module_prefix(peft, own);
                 &ours
@@ -302,7 +311,7 @@ pub trait LoraModel: Module {
             && adapter.tokens.is_empty()
             && !known
                 .keys()
-                .any(|p| matcher.is_target(p, ModuleKind::Linear))
+                .any(|p| matcher.is_target(&peft_path(p), ModuleKind::Linear))
         {
             return Err(in_adapter(
                 "target_modules",
@@ -312,8 +321,8 @@ pub trait LoraModel: Module {
             ));
         }
         if let Some(missing) = known.keys().find(|p| {
-            matcher.is_target(p, ModuleKind::Linear)
-                && !matcher.is_module_to_save(p)
+            matcher.is_target(&peft_path(p), ModuleKind::Linear)
+                && !matcher.is_module_to_save(&peft_path(p))
                 && !adapter.modules.contains_key(*p)
         }) {
             return Err(in_adapter(
@@ -329,7 +338,7 @@ pub trait LoraModel: Module {
             let in_module = |e: LoraError| in_adapter(path, e.to_string());
             let a = w
                 .clone()
-                .into_adapter(&adapter.config, path)
+                .into_adapter(&adapter.config, &peft_path(path))
                 .map_err(in_module)?;
             let layer = known[path]
                 .clone()
