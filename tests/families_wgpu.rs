@@ -13,36 +13,16 @@ use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, PeftAdapter};
 use safetensors::SafeTensors;
 
+#[path = "../crates/qlora-llama/tests/support/logits.rs"]
+mod logits;
 #[path = "support/wgpu.rs"]
 mod wgpu_support;
+use logits::{st_f32s, values as floats};
+// max |a - b| / max |b|, failing on a non-finite value.
+use qlora_testenv::compare::rel_err;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn st_f32s(st: &SafeTensors<'_>, key: &str) -> Vec<f32> {
-    st.tensor(key)
-        .unwrap_or_else(|_| panic!("no tensor {key}"))
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-/// max |a - b| / max |b|, failing on a non-finite value.
-fn rel_err(a: &[f32], b: &[f32], what: &str) -> f32 {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    assert!(
-        a.iter().chain(b).all(|x| x.is_finite()),
-        "{what}: non-finite values"
-    );
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale
 }
 
 fn family_on_wgpu(name: &str, device: &Device) {

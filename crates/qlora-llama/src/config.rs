@@ -7,9 +7,10 @@
 
 use std::path::Path;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::config_gemma;
+use crate::config_refuse;
 use crate::layer_types::{self, LayerType};
 use crate::rope_config::{read_rope, rotary_dim};
 use crate::{LlamaError, RopeConfig, RopeScaling};
@@ -302,7 +303,7 @@ impl LlamaConfig {
     ) -> Result<Self, LlamaError> {
         let f = Fields { map, path };
         let gemma = model_type == ModelType::Gemma3;
-        refuse_unmodelled(&f, model_type)?;
+        config_refuse::refuse_unmodelled(&f, model_type)?;
         match map.get("hidden_act").and_then(Value::as_str) {
             // Gemma 3's modeling file reads `hidden_activation` (checked below) alone.
             _ if gemma => config_gemma::refuse_unsupported(&f)?,
@@ -538,191 +539,8 @@ impl LlamaConfig {
         self.attention_bias
     }
 
-    /// The config as HF `config.json` text, in the fields transformers 5 reads
-    /// (`rope_parameters`, `dtype`) and, beside them, those transformers 4 reads (`rope_theta`,
-    /// `rope_scaling`, `torch_dtype`), so that both versions load the same model.
-    pub fn to_hf_json(&self) -> String {
-        let rope = self
-            .rope
-            .to_hf_value(self.rotary_dim as f64 / self.head_dim as f64);
-        let eos = match self.eos_token_ids.as_slice() {
-            [] => Value::Null,
-            [one] => json!(one),
-            many => json!(many),
-        };
-        let mut v = json!({
-            "architectures": [self.model_type.architecture()],
-            "attention_dropout": 0.0,
-            "bos_token_id": self.bos_token_id,
-            "dtype": "float32",
-            "torch_dtype": "float32",
-            "eos_token_id": eos,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "max_position_embeddings": self.max_position_embeddings,
-            "model_type": self.model_type.as_str(),
-            "num_attention_heads": self.num_attention_heads,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_key_value_heads": self.num_key_value_heads,
-            "pad_token_id": self.pad_token_id,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_parameters": rope,
-            "rope_scaling": self.rope.to_hf_scaling_value(),
-            "rope_theta": self.rope.theta,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "use_cache": true,
-            "vocab_size": self.vocab_size,
-        });
-        let extra = match self.model_type {
-            ModelType::Llama => json!({
-                "attention_bias": self.attention_bias,
-                "mlp_bias": self.mlp_bias,
-                "pretraining_tp": 1,
-            }),
-            ModelType::Qwen2 => self.qwen_window_fields(),
-            ModelType::Mistral => json!({ "sliding_window": self.sliding_window }),
-            ModelType::Phi3 => {
-                let mut v = json!({
-                    "sliding_window": self.sliding_window,
-                    "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64,
-                });
-                // transformers reads Phi-3's top-level context before the RoPE's own.
-                if let RopeScaling::LongRope {
-                    original_max_position_embeddings,
-                    ..
-                } = &self.rope.scaling
-                {
-                    v["original_max_position_embeddings"] = json!(original_max_position_embeddings);
-                }
-                v
-            }
-            ModelType::Qwen3 => {
-                let mut v = self.qwen_window_fields();
-                v["attention_bias"] = json!(self.attention_bias);
-                v
-            }
-            ModelType::Gemma3 => config_gemma::hf_fields(self),
-        };
-        let (Value::Object(all), Value::Object(extra)) = (&mut v, extra) else {
-            unreachable!("JSON objects")
-        };
-        if self.model_type == ModelType::Gemma3 {
-            // Gemma 3 reads `hidden_activation` (its RoPE fields are `hf_fields`').
-            all.remove("hidden_act");
-        }
-        all.extend(extra);
-        all.sort_keys();
-        serde_json::to_string_pretty(&v).expect("JSON value") + "\n"
-    }
-
-    /// Qwen's window fields: `use_sliding_window`, `sliding_window`, the `layer_types` list
-    /// (transformers 5 reads it) and `max_window_layers` (the first sliding layer, which is
-    /// what transformers 4 reads).
-    fn qwen_window_fields(&self) -> Value {
-        let n = self.num_hidden_layers;
-        let types: Vec<LayerType> = (0..n).map(|i| self.layer_type(i)).collect();
-        let first = types
-            .iter()
-            .position(|t| *t == LayerType::Sliding)
-            .unwrap_or(n);
-        json!({
-            "use_sliding_window": self.sliding_window.is_some(),
-            "sliding_window": self.sliding_window,
-            "max_window_layers": first,
-            "layer_types": types.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-        })
-    }
-
     /// Query heads per key/value head.
     pub fn kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
-}
-
-/// Settings this crate does not compute, each a named error rather than a model that runs
-/// differently from transformers' with no word: dropout in the base model (transformers applies
-/// it while training), `layer_types` other than one attention kind in every layer (for the
-/// families that have a single kind; Qwen's and Gemma 3's are read per layer), and a `quantization_config` that is not
-/// bitsandbytes 4-bit (GPTQ, AWQ, FP8, LLM.int8 weights need kernels this crate lacks).
-fn refuse_unmodelled(f: &Fields<'_>, model_type: ModelType) -> Result<(), LlamaError> {
-    for key in [
-        "attention_dropout",
-        "resid_pdrop",
-        "embd_pdrop",
-        "hidden_dropout",
-    ] {
-        if f.f64_or(key, Some(0.0))? != 0.0 {
-            return Err(err(
-                f.path,
-                key,
-                format!(
-                    "{} is not supported: dropout in the base model is not applied here (set it                      to 0.0 to run without it; LoRA's own dropout is lora_dropout)",
-                    f.map[key]
-                ),
-            ));
-        }
-    }
-    // Qwen's and Gemma 3's are read per layer.
-    if !matches!(
-        model_type,
-        ModelType::Qwen2 | ModelType::Qwen3 | ModelType::Gemma3
-    ) && let Some(types) = f.map.get("layer_types").filter(|v| !v.is_null())
-    {
-        let windowed = f.map.get("sliding_window").is_some_and(|v| !v.is_null())
-            && matches!(model_type, ModelType::Mistral | ModelType::Phi3);
-        let every = if windowed {
-            "sliding_attention"
-        } else {
-            "full_attention"
-        };
-        let uniform = types
-            .as_array()
-            .is_some_and(|a| a.iter().all(|t| t.as_str() == Some(every)));
-        if !uniform {
-            return Err(err(
-                f.path,
-                "layer_types",
-                format!(
-                    "{types} is not supported for model_type `{}` (only `{every}` in every layer)",
-                    model_type.as_str()
-                ),
-            ));
-        }
-    }
-    if let Some(q) = f.map.get("quantization_config").filter(|v| !v.is_null()) {
-        let method = q.get("quant_method").and_then(Value::as_str);
-        let eight = q.get("load_in_8bit").and_then(Value::as_bool) == Some(true);
-        let four = q.get("load_in_4bit").and_then(Value::as_bool) != Some(false);
-        match method {
-            Some("bitsandbytes") if four && !eight => {}
-            Some("bitsandbytes") => {
-                return Err(err(
-                    f.path,
-                    "quantization_config",
-                    "bitsandbytes 8-bit (LLM.int8) weights are not supported: only 4-bit \
-                     (load_in_4bit, nf4 or fp4) folders load",
-                ));
-            }
-            Some(other) => {
-                return Err(err(
-                    f.path,
-                    "quantization_config",
-                    format!(
-                        "quant_method `{other}` is not supported: only bitsandbytes 4-bit \
-                         folders load (use the unquantized model; it is quantized to NF4 on load)"
-                    ),
-                ));
-            }
-            None => {
-                return Err(err(
-                    f.path,
-                    "quantization_config",
-                    "no quant_method: only bitsandbytes 4-bit folders load",
-                ));
-            }
-        }
-    }
-    Ok(())
 }

@@ -15,6 +15,8 @@ mod cache;
 mod checkpoint;
 mod config;
 mod config_gemma;
+mod config_hf;
+mod config_refuse;
 mod error;
 mod generate;
 mod gguf;

@@ -9,10 +9,13 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use qlora_llama::{GenerationConfig, LayerType, LlamaConfig, LlamaForCausalLM, Sampling};
+use qlora_llama::{LayerType, LlamaConfig, LlamaForCausalLM};
 use qlora_nn::LoraApplier;
 use safetensors::SafeTensors;
 
+#[path = "support/family.rs"]
+mod golden_families;
+use golden_families::greedy_after;
 #[path = "support/logits.rs"]
 mod logits;
 use logits::{check, st_f32s, st_i64s, values};
@@ -79,21 +82,7 @@ fn matches_transformers(variant: &str, family: &str, types: [LayerType; 3]) {
         &st_f32s(&want, "logits_fp32"),
         1e-4,
     );
-    let prompt: Vec<u32> = st_i64s(&golden, "prompt")
-        .0
-        .iter()
-        .map(|&t| t as u32)
-        .collect();
-    let config = GenerationConfig {
-        max_new_tokens: 8,
-        sampling: Sampling::Greedy,
-        stop_tokens: vec![],
-    };
-    let got: Vec<i64> = model
-        .generate(&prompt, &config, |_| true)
-        .into_iter()
-        .map(i64::from)
-        .collect();
+    let got = greedy_after(&model, &st_i64s(&golden, "prompt").0);
     assert_eq!(
         got,
         st_i64s(&want, "greedy_fp32").0,
