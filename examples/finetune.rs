@@ -269,6 +269,27 @@ fn step_failed(args: &Args, on_host: bool, error: TrainError) -> Box<dyn std::er
     format!("{error}\n{kept}; {advice}").into()
 }
 
+/// What crossed between the processes of an MPI job: the bytes summed per step and the time
+/// spent summing, against the steps' time.
+fn mpi_summary<M: burn_qlora::nn::CausalLm>(trainer: &Trainer<M>) -> Result<(), TrainError> {
+    let history = &trainer.state.history;
+    let (bytes, comm, total) = history.iter().fold((0u64, 0.0, 0.0), |(b, c, t), r| {
+        (b.max(r.transfer_bytes), c + r.comm_seconds, t + r.seconds)
+    });
+    println!(
+        "all-reduced per step: {:.3} MB of adapter gradients (the base never travels); \
+         {comm:.3} s of {total:.2} s in steps spent summing ({:.1} %)",
+        bytes as f64 / 1e6,
+        comm / total.max(1e-9) * 100.0
+    );
+    let h = trainer.ranks_agree()?;
+    println!(
+        "the {} ranks' adapters are bit-identical (fingerprint {h:016x})",
+        trainer.rank_and_size().1
+    );
+    Ok(())
+}
+
 /// The LoRA config of a fresh adapter, from the command line.
 fn fresh_lora(
     args: &Args,
@@ -304,10 +325,17 @@ fn fresh_lora(
 }
 
 fn main() {
-    common::exit_on_error(run(Args::parse()));
+    let args = Args::parse();
+    let job = common::mpi::Job::start().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    });
+    if let Err(e) = run(args, &job) {
+        job.fail(&e);
+    }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     // Each step's buffers reuse the last step's memory instead of fresh, kernel-zeroed pages.
     burn_qlora::backend::keep_freed_host_memory();
@@ -479,6 +507,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(model, lora, "default", train, eval, pad, config)?;
+    if job.size() > 1 {
+        trainer.set_collective(job.collective.clone())?;
+        println!(
+            "data parallel across {} MPI processes: each micro-batch of {} split across them, \
+             the adapter's gradients summed every step; rank 0 writes the files",
+            job.size(),
+            args.batch_size
+        );
+    }
     if devices.len() > 1 {
         trainer.set_devices(&devices)?;
         println!(
@@ -520,6 +557,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             bar.println(line);
         }
     };
+    let say_kept = |job: &common::mpi::Job| {
+        job.on_launcher_kill(&match find_checkpoint(&args.out) {
+            // Rank 0 writes the checkpoints: another rank names the folder.
+            _ if job.rank() > 0 => format!(
+                "the last checkpoint that rank 0 wrote in {} is intact: rerun with --resume \
+                 under mpirun",
+                args.out.display()
+            ),
+            Some(dir) => format!(
+                "the last checkpoint, {}, is intact: rerun with --resume under mpirun",
+                dir.display()
+            ),
+            None => "no checkpoint had been written yet".into(),
+        })
+    };
+    say_kept(job);
     let options = FitOptions::new(&args.out)
         .with_eval_every(args.eval_every)
         .with_save_every(args.save_every);
@@ -540,13 +593,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             FitEvent::Eval { step, loss } => say(format!("step {step}: held-out loss {loss:.4}")),
-            FitEvent::Checkpoint { .. } => {}
+            FitEvent::Checkpoint { .. } => say_kept(job),
         })
         .map_err(|e| {
             bar.abandon();
             step_failed(&args, on_host, e)
         })?;
     bar.finish();
+    if job.size() > 1 {
+        mpi_summary(&trainer)?;
+        if job.rank() > 0 {
+            return Ok(());
+        }
+    }
 
     let adapter_dir = args.out.join("adapter");
     trainer

@@ -1,7 +1,8 @@
 //! [`Trainer::fit`]: a whole run, with the policy every caller would otherwise repeat: the
 //! held-out loss before the first step, evaluation and checkpoints at a cadence and after the
 //! last step, `metrics.jsonl` written with every checkpoint, and a device failure returned as
-//! an error (with the step it struck) instead of a panic. Progress is reported through
+//! an error (with the step it struck) instead of a panic. Under several processes
+//! ([`Trainer::set_collective`]) rank 0 alone writes files. Progress is reported through
 //! [`FitEvent`]s, so that a progress bar, a logger or a dashboard sits outside the loop, as in
 //! burn-train's `Learner` and its event processors.
 
@@ -155,6 +156,14 @@ impl<M: CausalLm> Trainer<M> {
             if let Some(out) = &options.out
                 && (step % options.save_every == 0 || self.is_done())
             {
+                // Under several processes: every one checks that they still hold one model,
+                // and rank 0 alone writes.
+                if self.collective.size() > 1 {
+                    self.ranks_agree()?;
+                }
+                if !self.is_main_process() {
+                    continue;
+                }
                 let path = self.save_checkpoint(out)?;
                 self.write_metrics(out)?;
                 on_event(FitEvent::Checkpoint { step, path: &path });
@@ -174,7 +183,9 @@ impl<M: CausalLm> Trainer<M> {
             self.record_eval(loss);
             on_event(FitEvent::Eval { step, loss });
         }
-        if let Some(out) = &options.out {
+        if let Some(out) = &options.out
+            && self.is_main_process()
+        {
             // Saved by this call, or found whole on disk (a run resumed after its last step).
             let saved = saved_at == Some(step) || checkpoint_step(out) == Some(step);
             if step > 0 && !saved {

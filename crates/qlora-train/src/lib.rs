@@ -5,7 +5,11 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod collective;
+#[cfg(feature = "mpi")]
+mod collective_mpi;
 mod data;
+mod distributed;
 mod error;
 mod fit;
 mod metrics;
@@ -15,6 +19,9 @@ mod schedule;
 mod trainer;
 
 pub use checkpoint::find_checkpoint;
+pub use collective::{Collective, SingleProcess};
+#[cfg(feature = "mpi")]
+pub use collective_mpi::MpiCollective;
 pub use data::{DataFormat, DataOptions, LoadReport, Overflow, Sample, load_dataset, pack};
 pub use error::TrainError;
 pub use fit::{FitEvent, FitOptions, FitSummary, steps_for_epochs};

@@ -3,6 +3,7 @@
 //! norm, a learning-rate schedule, AdamW / paged AdamW / 8-bit AdamW, periodic evaluation, and
 //! everything seeded so that a run resumed from a checkpoint continues exactly.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use burn::module::ParamId;
@@ -13,7 +14,9 @@ use qlora_optim::{AdamW8bitConfig, PagedConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::parallel::shard_step;
-use crate::{DataPosition, Replicas, Sample, Schedule, TrainError, Transfer};
+use crate::{
+    Collective, DataPosition, Replicas, Sample, Schedule, SingleProcess, TrainError, Transfer,
+};
 
 /// Which optimizer updates the adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,13 +123,21 @@ pub struct StepRecord {
     /// Held-out loss, on steps that evaluate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
-    /// Bytes moved between devices (trained gradients and weights) with several devices.
+    /// Bytes moved between devices (trained gradients and weights) with several devices, or
+    /// the gradient bytes each process all-reduced with several processes.
     #[serde(skip_serializing_if = "is_zero", default)]
     pub transfer_bytes: u64,
+    /// Seconds this process spent in the step's collective sums (several processes only).
+    #[serde(skip_serializing_if = "is_zero_f64", default)]
+    pub comm_seconds: f64,
 }
 
 fn is_zero(x: &u64) -> bool {
     *x == 0
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Where a run is: what a checkpoint stores besides weights and optimizer state.
@@ -156,10 +167,11 @@ pub struct Trainer<M: CausalLm> {
     /// Where the run is.
     pub state: TrainState,
     train: Vec<Sample>,
-    eval: Vec<Sample>,
-    pad_id: u32,
+    pub(crate) eval: Vec<Sample>,
+    pub(crate) pad_id: u32,
     adapter: String,
     replicas: Option<Replicas<M>>,
+    pub(crate) collective: Rc<dyn Collective>,
 }
 
 /// Pads samples to the longest: ids with `pad`, labels with [`IGNORE_INDEX`].
@@ -216,15 +228,31 @@ pub fn batch_loss<M: CausalLm>(
 /// the model can, else padded with `pad`), with dropout off and no gradients: the held-out loss
 /// the trainer reports.
 pub fn held_out_loss<M: CausalLm>(model: &M, samples: &[Sample], pad: u32, batch: usize) -> f64 {
+    let (total, count) = held_out_sums(model, samples, pad, batch, |_| true);
+    total / count.max(1.0)
+}
+
+/// The summed loss and the trained tokens of the chunks of `batch` samples whose index `keep`
+/// takes (the sums [`held_out_loss`] divides; each process of a job takes its own chunks).
+pub(crate) fn held_out_sums<M: CausalLm>(
+    model: &M,
+    samples: &[Sample],
+    pad: u32,
+    batch: usize,
+    keep: impl Fn(usize) -> bool,
+) -> (f64, f64) {
     let model = model.valid();
     let (mut total, mut count) = (0.0, 0usize);
-    for chunk in samples.chunks(batch.max(1)) {
+    for (i, chunk) in samples.chunks(batch.max(1)).enumerate() {
+        if !keep(i) {
+            continue;
+        }
         let refs: Vec<&Sample> = chunk.iter().collect();
         let n: usize = chunk.iter().map(Sample::trained_tokens).sum();
         total += scalar(batch_loss(&model, &refs, pad, true)) * n as f64;
         count += n;
     }
-    total / count.max(1) as f64
+    (total, count as f64)
 }
 
 pub(crate) fn scalar(t: Tensor<1>) -> f64 {
@@ -311,6 +339,7 @@ impl<M: CausalLm> Trainer<M> {
             pad_id,
             adapter: adapter.to_string(),
             replicas: None,
+            collective: Rc::new(SingleProcess),
         })
     }
 
@@ -321,6 +350,14 @@ impl<M: CausalLm> Trainer<M> {
     /// empty, names a device twice, does not start with the model's device, or has more
     /// devices than a micro-batch has samples.
     pub fn set_devices(&mut self, devices: &[Device]) -> Result<(), TrainError> {
+        if devices.len() > 1 && self.collective.size() > 1 {
+            return Err(TrainError::Setting {
+                name: "devices".into(),
+                problem: "several devices in one process are refused under MPI: start one \
+                          process per device instead"
+                    .into(),
+            });
+        }
         if devices.len() > self.config.batch_size {
             return Err(TrainError::Setting {
                 name: "devices".into(),
@@ -385,7 +422,9 @@ impl<M: CausalLm> Trainer<M> {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(self.state.step as u64);
-        device.seed(seed);
+        // Each process draws its own dropout masks, as each device of `set_devices` does.
+        let rank = self.collective.rank() as u64;
+        device.seed(seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(rank)));
         let ids = self.model.trained_param_ids(&self.adapter);
         let mut transfer = Transfer::default();
         if let Some(r) = &mut self.replicas {
@@ -406,6 +445,22 @@ impl<M: CausalLm> Trainer<M> {
             let batch: Vec<&Sample> = idx.iter().map(|&i| &self.train[i]).collect();
             tokens += batch.iter().map(|s| s.input_ids.len()).sum::<usize>();
             match &self.replicas {
+                None if self.collective.size() > 1 => {
+                    // This process's share of the micro-batch (see `distributed.rs`).
+                    let (part, weight) = self.rank_share(&batch);
+                    if weight > 0.0 {
+                        let (loss, grads) = shard_step(
+                            &self.model,
+                            &part,
+                            self.pad_id,
+                            c.padding_free,
+                            weight,
+                            c.grad_accum,
+                        );
+                        loss_sum += loss;
+                        acc.accumulate(&self.model, grads);
+                    }
+                }
                 None => {
                     let (loss, grads) = shard_step(
                         &self.model,
@@ -438,6 +493,13 @@ impl<M: CausalLm> Trainer<M> {
             r.last = transfer;
         }
         let mut grads = acc.grads();
+        let mut comm_seconds = 0.0;
+        if self.collective.size() > 1 {
+            let summed = self.all_reduce(&mut grads, &ids, loss_sum);
+            loss_sum = summed.loss;
+            transfer.gradient_bytes = summed.bytes;
+            comm_seconds = summed.seconds;
+        }
         let grad_norm = self.clip(&mut grads, &ids, c.max_grad_norm);
         let lr = c.schedule.lr(c.lr, self.state.step, c.steps, c.warmup);
         // `step` takes the module by value; a clone shares the tensors.
@@ -452,6 +514,7 @@ impl<M: CausalLm> Trainer<M> {
             seconds: started.elapsed().as_secs_f64(),
             eval_loss: None,
             transfer_bytes: transfer.gradient_bytes + transfer.weight_bytes,
+            comm_seconds,
         };
         self.state.history.push(record.clone());
         record
@@ -527,6 +590,9 @@ impl<M: CausalLm> Trainer<M> {
     }
 
     fn run_eval(&self) -> f64 {
+        if self.collective.size() > 1 {
+            return self.held_out_loss_shared();
+        }
         held_out_loss(&self.model, &self.eval, self.pad_id, self.config.batch_size)
     }
 
