@@ -20,9 +20,9 @@ use burn_qlora::nn::{
 };
 use burn_qlora::train::{
     DataFormat, DataOptions, FitEvent, FitOptions, OptimizerKind, Overflow, Schedule, TrainConfig,
-    TrainError, Trainer, find_checkpoint, load_dataset, pack, plot_losses, split, steps_for_epochs,
+    Trainer, find_checkpoint, load_dataset, pack, plot_losses, split, steps_for_epochs,
 };
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use common::checkpointing::{self, memory_advice};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -111,7 +111,7 @@ struct Args {
     /// Precision of the saved adapter: f32, f16 or bf16 (default: that of --adapter, else
     /// f32). Checkpoints are always f32, so that a resume is exact.
     #[arg(long)]
-    save_dtype: Option<SaveDtype>,
+    save_dtype: Option<common::adapter::SaveDtype>,
     /// LoRA rank (at least 1).
     #[arg(long, default_value_t = 16, value_parser = common::args::at_least_1)]
     rank: usize,
@@ -203,24 +203,6 @@ struct Args {
     no_samples: bool,
 }
 
-/// `--save-dtype`'s values.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SaveDtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl From<SaveDtype> for AdapterDtype {
-    fn from(d: SaveDtype) -> Self {
-        match d {
-            SaveDtype::F32 => AdapterDtype::F32,
-            SaveDtype::F16 => AdapterDtype::F16,
-            SaveDtype::Bf16 => AdapterDtype::BF16,
-        }
-    }
-}
-
 /// The model's greedy answer to `question` (in its chat template when it has one). Errors if
 /// the prompt's ids are not all in the model's vocabulary.
 fn sample_answer(
@@ -247,47 +229,6 @@ fn sample_answer(
     };
     let out = valid.generate(&ids, &cfg, |_| true);
     Ok(tok.decode(&out, true)?)
-}
-
-/// The message for a training step that failed on the device (out of memory, a lost device):
-/// what happened, which checkpoint is intact, and what to change (the memory advice only when
-/// memory ran out). Other errors pass through.
-fn step_failed(args: &Args, on_host: bool, error: TrainError) -> Box<dyn std::error::Error> {
-    let (TrainError::Step { out_of_memory, .. } | TrainError::Eval { out_of_memory, .. }) = &error
-    else {
-        return error.into();
-    };
-    let kept = match find_checkpoint(&args.out) {
-        Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
-        None => "no checkpoint had been written yet".to_string(),
-    };
-    let advice = if *out_of_memory {
-        memory_advice(args.grad_checkpointing, on_host)
-    } else {
-        "once the device works again, rerun with --resume".to_string()
-    };
-    format!("{error}\n{kept}; {advice}").into()
-}
-
-/// What crossed between the processes of an MPI job: the bytes summed per step and the time
-/// spent summing, against the steps' time.
-fn mpi_summary<M: burn_qlora::nn::CausalLm>(trainer: &Trainer<M>) -> Result<(), TrainError> {
-    let history = &trainer.state.history;
-    let (bytes, comm, total) = history.iter().fold((0u64, 0.0, 0.0), |(b, c, t), r| {
-        (b.max(r.transfer_bytes), c + r.comm_seconds, t + r.seconds)
-    });
-    println!(
-        "all-reduced per step: {:.3} MB of adapter gradients (the base never travels); \
-         {comm:.3} s of {total:.2} s in steps spent summing ({:.1} %)",
-        bytes as f64 / 1e6,
-        comm / total.max(1e-9) * 100.0
-    );
-    let h = trainer.ranks_agree()?;
-    println!(
-        "the {} ranks' adapters are bit-identical (fingerprint {h:016x})",
-        trainer.rank_and_size().1
-    );
-    Ok(())
 }
 
 /// The LoRA config of a fresh adapter, from the command line.
@@ -330,8 +271,18 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1)
     });
-    if let Err(e) = run(args, &job) {
-        job.fail(&e);
+    // A panic on one rank ends the whole job too (the others wait in a sum for it).
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(args, &job))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => job.fail(&e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            job.fail(&format!("panicked: {what}"))
+        }
     }
 }
 
@@ -361,7 +312,7 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
         .collect::<Result<Vec<_>, _>>()?;
     let base = match devices.first() {
         Some(d) => d.clone(),
-        None => common::device(&args.device)?,
+        None => common::device(&job.device_name(&args.device))?,
     };
     let compute = common::compute::apply_compute_dtype(args.compute_dtype, &base)?;
     let quant = args.quant.config(&model_path)?;
@@ -476,7 +427,8 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
     )?;
 
     let question = "Hi! How was your weekend?";
-    if !args.no_samples {
+    // Rank 0 alone prints, so the other ranks need not generate.
+    if !args.no_samples && job.rank() == 0 {
         println!(
             "before: {question} -> {:?}",
             sample_answer(&model, &tok, question)?
@@ -535,9 +487,11 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
             trainer.state.step
         );
     }
+    let who = job.who();
     common::oom::set_advice(format!(
-        "\nerror: out of host memory during training. Checkpoints in {} are written whole or \
-         not at all, so the last one (if any) is intact; {}\n",
+        "\nerror{}{who}: out of host memory during training. Checkpoints in {} are written \
+         whole or not at all, so the last one (if any) is intact; {}\n",
+        if who.is_empty() { "" } else { " on " },
         args.out.display(),
         memory_advice(args.grad_checkpointing, on_host)
     ));
@@ -557,22 +511,7 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
             bar.println(line);
         }
     };
-    let say_kept = |job: &common::mpi::Job| {
-        job.on_launcher_kill(&match find_checkpoint(&args.out) {
-            // Rank 0 writes the checkpoints: another rank names the folder.
-            _ if job.rank() > 0 => format!(
-                "the last checkpoint that rank 0 wrote in {} is intact: rerun with --resume \
-                 under mpirun",
-                args.out.display()
-            ),
-            Some(dir) => format!(
-                "the last checkpoint, {}, is intact: rerun with --resume under mpirun",
-                dir.display()
-            ),
-            None => "no checkpoint had been written yet".into(),
-        })
-    };
-    say_kept(job);
+    job.say_checkpoint_on_sigterm(&args.out);
     let options = FitOptions::new(&args.out)
         .with_eval_every(args.eval_every)
         .with_save_every(args.save_every);
@@ -593,15 +532,21 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
                 }
             }
             FitEvent::Eval { step, loss } => say(format!("step {step}: held-out loss {loss:.4}")),
-            FitEvent::Checkpoint { .. } => say_kept(job),
+            FitEvent::Checkpoint { .. } => job.say_checkpoint_on_sigterm(&args.out),
         })
         .map_err(|e| {
             bar.abandon();
-            step_failed(&args, on_host, e)
+            checkpointing::step_failed(
+                &args.out,
+                args.grad_checkpointing,
+                on_host,
+                job.size() > 1,
+                e,
+            )
         })?;
     bar.finish();
     if job.size() > 1 {
-        mpi_summary(&trainer)?;
+        common::mpi::summary(&trainer)?;
         if job.rank() > 0 {
             return Ok(());
         }

@@ -63,16 +63,57 @@ fn args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// `mpirun -np 2` of `finetune args`, two kernel threads per rank at most.
+/// `mpirun -np 2` of `finetune args`, one kernel thread per rank.
 fn mpirun(args: &[&str]) -> Command {
+    mpirun_ranks(&[args, args])
+}
+
+/// `mpirun` of one `finetune` per entry of `ranks` with that rank's arguments (MPI's
+/// multiple-program form, `-np 1 prog a : -np 1 prog b`), one kernel thread per rank.
+fn mpirun_ranks(ranks: &[&[&str]]) -> Command {
     let mut c = Command::new("mpirun");
-    c.args(["--oversubscribe", "-np", "2"])
-        .arg(cli::example("finetune"))
-        .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    c.arg("--oversubscribe");
+    if ranks.windows(2).all(|w| w[0] == w[1]) {
+        c.args(["-np", &ranks.len().to_string()])
+            .arg(cli::example("finetune"))
+            .args(ranks[0]);
+    } else {
+        for (i, args) in ranks.iter().enumerate() {
+            if i > 0 {
+                c.arg(":");
+            }
+            c.args(["-np", "1"])
+                .arg(cli::example("finetune"))
+                .args(*args);
+        }
+    }
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("RAYON_NUM_THREADS", "1");
     c
+}
+
+/// Runs `cmd` with its output in files, failing if it runs past `limit` (a hang); returns its
+/// status, its output and how long it took.
+fn run_within(mut cmd: Command, limit: Duration, what: &str) -> (bool, String, Duration) {
+    let dir = std::env::temp_dir().join(format!(
+        "qlora-mpi-out-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let file = std::fs::File::create(&log).unwrap();
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let status = wait_within(&mut child, limit, what);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (status.success(), text, started.elapsed())
 }
 
 fn text(out: &Output) -> String {
@@ -148,20 +189,30 @@ fn mpirun_two_ranks_train_like_one_process_and_a_killed_rank_ends_the_job() {
     let want = losses(&single);
     assert_eq!(want.len(), STEPS);
 
-    // An error on the ranks ends the job, naming the rank and the error.
-    let mut bad = mpirun(&args("/no/such/model", d, "/tmp/unused"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_within(&mut bad, Duration::from_secs(60), "a job whose ranks fail");
-    let out = bad.wait_with_output().unwrap();
-    let log = text(&out);
-    assert!(!status.success(), "{log}");
+    // An error on one rank, while the other waits for it in a sum, ends the whole job with
+    // the rank named; so do ranks that would not run the same run (other options).
+    let single_args = args(m, d, "/tmp/unused");
+    let bad_model = args("/no/such/model", d, "/tmp/unused");
+    let (ok, log, took) = run_within(
+        mpirun_ranks(&[&single_args, &bad_model]),
+        Duration::from_secs(60),
+        "a job one of whose ranks fails",
+    );
+    assert!(!ok, "{log}");
     assert!(
-        log.contains("error on rank") && log.contains("/no/such/model: no such file"),
+        log.contains("error on rank 1 of 2") && log.contains("/no/such/model: no such file"),
         "{log}"
     );
+    println!("a failed rank ended the job in {took:?}");
+    let mut other_steps = args(m, d, "/tmp/unused");
+    other_steps[7] = "15";
+    let (ok, log, _) = run_within(
+        mpirun_ranks(&[&single_args, &other_steps]),
+        Duration::from_secs(60),
+        "a job whose ranks run different runs",
+    );
+    assert!(!ok, "{log}");
+    assert!(log.contains("does not run the same run as rank 0"), "{log}");
 
     // Two ranks, each half of every micro-batch.
     let job = work.join("job");
@@ -193,6 +244,32 @@ fn mpirun_two_ranks_train_like_one_process_and_a_killed_rank_ends_the_job() {
         );
     }
     assert!(job.join("adapter/adapter_model.safetensors").is_file());
+
+    // Three ranks (a micro-batch of 4 split 2 + 1 + 1) and two micro-batches per step.
+    let (single3, job3) = (work.join("single3"), work.join("job3"));
+    let with_accum = |out: &Path| {
+        let mut a = args(m, d, out.to_str().unwrap());
+        a.extend(["--grad-accum", "2"]);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let a1 = with_accum(&single3);
+    cli::ok(
+        "finetune",
+        &a1.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let a3 = with_accum(&job3);
+    let a3: Vec<&str> = a3.iter().map(String::as_str).collect();
+    let out = mpirun_ranks(&[&a3, &a3, &a3]).output().unwrap();
+    assert!(out.status.success(), "mpirun -np 3 failed:\n{}", text(&out));
+    let (want3, got3) = (losses(&single3), losses(&job3));
+    assert_eq!(want3.len(), STEPS);
+    assert_eq!(got3.len(), STEPS);
+    for ((s, a), (_, b)) in want3.iter().zip(&got3) {
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "np 3, step {s}: one process {a}, three ranks {b}"
+        );
+    }
 
     // Kill one rank at a seeded moment past a seeded checkpoint.
     let killed = work.join("killed");
@@ -241,6 +318,10 @@ fn mpirun_two_ranks_train_like_one_process_and_a_killed_rank_ends_the_job() {
     }
     std::thread::sleep(Duration::from_millis(seed % 5));
     lines.extend(rx.try_iter());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the job ended before the kill (MPI_KILL_SEED={seed}): {lines:?}"
+    );
     let pid = pids[victim as usize]
         .or_else(|| {
             lines
@@ -258,18 +339,20 @@ fn mpirun_two_ranks_train_like_one_process_and_a_killed_rank_ends_the_job() {
         status.success(),
         "kill -9 {pid} failed (MPI_KILL_SEED={seed})"
     );
-    let status = wait_within(&mut child, Duration::from_secs(60), "the job after a kill");
+    let killed_at = Instant::now();
+    let status = wait_within(&mut child, Duration::from_secs(20), "the job after a kill");
+    println!("the job ended {:?} after the kill", killed_at.elapsed());
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     let log = lines.join("\n");
     assert!(!status.success(), "a killed rank must fail the job: {log}");
     assert!(
-        log.contains(&format!("rank {victim}")) && log.contains("signal 9"),
+        log.contains(&format!("process rank {victim} with PID")) && log.contains("signal 9"),
         "the job's end names the killed rank and its signal: {log}"
     );
     // The survivor, sent SIGTERM by mpirun, names what is left.
     assert!(
-        log.contains("ended by the MPI launcher") && log.contains("is intact"),
+        log.contains("ended by SIGTERM") && log.contains("is intact") && log.contains(k),
         "the other rank says where the last checkpoint is: {log}"
     );
     let kept = checkpoint_step(&killed).expect("a whole checkpoint survives");

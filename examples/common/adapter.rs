@@ -73,3 +73,21 @@ pub fn load_with_adapter(
     };
     Ok((model, lora, peft.dtype))
 }
+
+/// `--save-dtype`'s values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SaveDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<SaveDtype> for AdapterDtype {
+    fn from(d: SaveDtype) -> Self {
+        match d {
+            SaveDtype::F32 => AdapterDtype::F32,
+            SaveDtype::F16 => AdapterDtype::F16,
+            SaveDtype::Bf16 => AdapterDtype::BF16,
+        }
+    }
+}

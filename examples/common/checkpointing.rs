@@ -56,3 +56,36 @@ pub fn memory_advice(mode: Checkpointing, on_host: bool) -> String {
          --paged-budget; then rerun with --resume"
     )
 }
+
+/// The message for a training step that failed on the device (out of memory, a lost device):
+/// what happened, which checkpoint in `out` is intact, and what to change (the memory advice
+/// only when memory ran out; rerun under `mpirun` for a job of several processes). Other
+/// errors pass through.
+pub fn step_failed(
+    out: &std::path::Path,
+    mode: Checkpointing,
+    on_host: bool,
+    mpi: bool,
+    error: burn_qlora::train::TrainError,
+) -> Box<dyn std::error::Error> {
+    use burn_qlora::train::{TrainError, find_checkpoint};
+    let (TrainError::Step { out_of_memory, .. } | TrainError::Eval { out_of_memory, .. }) = &error
+    else {
+        return error.into();
+    };
+    let kept = match find_checkpoint(out) {
+        Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
+        None => "no checkpoint had been written yet".to_string(),
+    };
+    let advice = if *out_of_memory {
+        memory_advice(mode, on_host)
+    } else {
+        "once the device works again, rerun with --resume".to_string()
+    };
+    let advice = if mpi {
+        format!("{advice} (under mpirun, as before)")
+    } else {
+        advice
+    };
+    format!("{error}\n{kept}; {advice}").into()
+}

@@ -11,7 +11,7 @@
 //! steps and their adapters stay bit-identical.
 
 /// What the trainer needs of a group of processes (see the module docs).
-pub trait Collective {
+pub trait Collective: Send + Sync {
     /// This process's index, from 0.
     fn rank(&self) -> usize;
 

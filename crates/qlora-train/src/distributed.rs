@@ -4,7 +4,9 @@
 //! seed), so that each knows every micro-batch without being sent it. It computes its share of
 //! each micro-batch (the samples split as [`Trainer::set_devices`] splits them across devices,
 //! the loss weighted by the share's trained tokens), then one sum per optimizer step gathers the
-//! trained parameters' gradients, the loss and the token count. The summed gradients are those of
+//! trained parameters' gradients and the loss (every process counts the whole micro-batch's
+//! tokens itself, and the gradient norm is taken of the summed gradients, so the logs are the
+//! job's). The summed gradients are those of
 //! the micro-batches' mean loss, so the steps equal one process's on the same global batch up to
 //! float reordering (dropout masks aside: each process draws its own, as each device does).
 //!
@@ -12,11 +14,18 @@
 //! which [`qlora_nn::LoraModel::stabilize_trained_ids`] derives from their PEFT key names (a
 //! hash of `base_model...q_proj.lora_A`), so they are the same in every process; the ids and
 //! sizes are checked to agree before the first sum. The sum leaves the same bits everywhere, so
-//! every process's optimizer takes the same step: [`Trainer::ranks_agree`] checks that at every
-//! checkpoint.
+//! every process's optimizer takes the same step. [`Trainer::ranks_agree`] checks that the
+//! processes run one run (parameters bit for bit, step, data position, settings, data sizes)
+//! when the collective is set, when `fit` starts (after a resume) and at every checkpoint: ranks
+//! that differ would make different collective calls, which hangs or mixes sums, so they are a
+//! named error instead.
+
+/// Why `set_devices` is refused under several processes.
+pub(crate) const ONE_DEVICE_PER_PROCESS: &str =
+    "several devices in one process are refused under MPI: start one process per device instead";
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{ModuleVisitor, Param, ParamId};
@@ -24,7 +33,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use qlora_nn::CausalLm;
 
-use crate::parallel::split_even;
+use crate::parallel::{share, split_even};
 use crate::trainer::held_out_sums;
 use crate::{Collective, Sample, TrainError, Trainer};
 
@@ -46,18 +55,14 @@ impl<M: CausalLm> Trainer<M> {
     /// Errors if several devices were set (one process per device under a job), if a
     /// micro-batch has fewer samples than the job has processes, or if the processes' trained
     /// parameters differ (another model, adapter or config on some rank).
-    pub fn set_collective(&mut self, collective: Rc<dyn Collective>) -> Result<(), TrainError> {
+    pub fn set_collective(&mut self, collective: Arc<dyn Collective>) -> Result<(), TrainError> {
         let size = collective.size();
         let bad = |problem: String| TrainError::Setting {
             name: "processes".into(),
             problem,
         };
         if size > 1 && self.device_count() > 1 {
-            return Err(bad(
-                "several devices in one process are refused under MPI: start one process per \
-                 device instead"
-                    .into(),
-            ));
+            return Err(bad(ONE_DEVICE_PER_PROCESS.into()));
         }
         if size > self.config.batch_size {
             return Err(bad(format!(
@@ -65,14 +70,10 @@ impl<M: CausalLm> Trainer<M> {
                 self.config.batch_size
             )));
         }
-        self.collective = collective;
-        let layout = self.layout_fingerprint();
-        let all = self.collective.gather_u64(layout);
-        if let Some(rank) = all.iter().position(|&h| h != all[0]) {
-            return Err(bad(format!(
-                "rank {rank}'s trained parameters (names or shapes) differ from rank 0's: every \
-                 process must load the same model, adapter and options"
-            )));
+        let previous = std::mem::replace(&mut self.collective, collective);
+        if let Err(e) = self.ranks_agree() {
+            self.collective = previous;
+            return Err(e);
         }
         Ok(())
     }
@@ -87,35 +88,52 @@ impl<M: CausalLm> Trainer<M> {
         self.collective.is_main()
     }
 
-    /// The job's collective, for a caller that must end every process (see
-    /// [`Collective::abort`]).
-    pub fn collective(&self) -> &dyn Collective {
-        self.collective.as_ref()
-    }
-
-    /// Checks that every process holds the same trained parameters, bit for bit; returns their
-    /// fingerprint (FNV-1a of the values in the canonical order).
+    /// Checks that every process runs the same run: the same trained parameters bit for bit
+    /// (names, shapes, values), step, data position, settings and data sizes; returns the
+    /// fingerprint they share. Every process must call it (it is a collective call).
     ///
     /// Errors naming the first rank that differs from rank 0.
     pub fn ranks_agree(&self) -> Result<u64, TrainError> {
+        self.ranks_agree_with(&[])
+    }
+
+    /// [`Trainer::ranks_agree`], with `extra` words that must agree too (a caller's settings).
+    pub(crate) fn ranks_agree_with(&self, extra: &[u64]) -> Result<u64, TrainError> {
         let ids = self.canonical_ids();
+        let shapes = ParamShapes::of(&self.model, &ids);
         let values = ParamValues::of(&self.model, &ids);
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let c = &self.config;
+        let mut h = Fnv::new();
+        h.words(&[
+            self.state.step as u64,
+            self.state.position.epoch as u64,
+            self.state.position.index as u64,
+            c.steps as u64,
+            c.batch_size as u64,
+            c.grad_accum as u64,
+            c.seed,
+            c.lr.to_bits(),
+            u64::from(c.padding_free),
+            self.data().0.len() as u64,
+            self.eval.len() as u64,
+        ]);
+        h.words(extra);
         for (id, _) in &ids {
+            h.words(&[id.val()]);
+            h.words(&shapes[id].iter().map(|&d| d as u64).collect::<Vec<_>>());
             for v in values.get(id).into_iter().flatten() {
-                for b in v.to_bits().to_le_bytes() {
-                    h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-                }
+                h.bytes(&v.to_bits().to_le_bytes());
             }
         }
-        let all = self.collective.gather_u64(h);
+        let all = self.collective.gather_u64(h.0);
         match all.iter().position(|&x| x != all[0]) {
-            None => Ok(h),
+            None => Ok(h.0),
             Some(rank) => Err(TrainError::Setting {
                 name: "processes".into(),
                 problem: format!(
-                    "rank {rank}'s trained parameters differ from rank 0's after step {}: the \
-                     processes no longer train one model",
+                    "rank {rank} does not run the same run as rank 0 at step {} (trained \
+                     parameters, step, data position, settings or data differ): every process \
+                     must load the same model, adapter, data, options and checkpoint",
                     self.state.step
                 ),
             }),
@@ -126,16 +144,10 @@ impl<M: CausalLm> Trainer<M> {
     pub(crate) fn rank_share<'a>(&self, batch: &[&'a Sample]) -> (Vec<&'a Sample>, f64) {
         let order: Vec<usize> = (0..batch.len()).collect();
         let parts = split_even(&order, self.collective.size());
-        let total: usize = batch.iter().map(|s| s.trained_tokens()).sum();
-        let samples: Vec<&Sample> = parts[self.collective.rank()]
-            .iter()
-            .map(|&i| batch[i])
-            .collect();
-        let n: usize = samples.iter().map(|s| s.trained_tokens()).sum();
-        (samples, n as f64 / total.max(1) as f64)
+        share(batch, parts[self.collective.rank()])
     }
 
-    /// Sums the step's gradients (`ids`), loss and nothing else across the processes; every
+    /// Sums the step's gradients (`ids`) and loss across the processes; every
     /// process then holds the same `grads`. A parameter that no process has a gradient for
     /// stays without one, as in one process.
     pub(crate) fn all_reduce(
@@ -222,21 +234,26 @@ impl<M: CausalLm> Trainer<M> {
     fn canonical_ids(&self) -> Vec<(ParamId, usize)> {
         canonical(&self.model.trained_param_ids(self.adapter_name()))
     }
+}
 
-    /// FNV-1a of the trained parameters' ids and shapes in the canonical order.
-    fn layout_fingerprint(&self) -> u64 {
-        let ids = self.canonical_ids();
-        let shapes = ParamShapes::of(&self.model, &ids);
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (id, _) in &ids {
-            let words = std::iter::once(id.val()).chain(shapes[id].iter().map(|&d| d as u64));
-            for w in words {
-                for b in w.to_le_bytes() {
-                    h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-                }
-            }
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
-        h
+    }
+
+    fn words(&mut self, words: &[u64]) {
+        for w in words {
+            self.bytes(&w.to_le_bytes());
+        }
     }
 }
 

@@ -134,6 +134,15 @@ impl<M: CausalLm> Trainer<M> {
                 });
             }
         }
+        // Processes that would not run the same run (another checkpoint, other cadences) stop
+        // here with a named error, before they make different collective calls.
+        if self.collective.size() > 1 {
+            self.ranks_agree_with(&[
+                options.eval_every as u64,
+                options.save_every as u64,
+                u64::from(options.out.is_some()),
+            ])?;
+        }
         if self.state.step == 0
             && self.state.initial_eval_loss.is_none()
             && let Some(loss) = self.eval_loss()?
@@ -161,14 +170,13 @@ impl<M: CausalLm> Trainer<M> {
                 if self.collective.size() > 1 {
                     self.ranks_agree()?;
                 }
-                if !self.is_main_process() {
-                    continue;
+                if self.is_main_process() {
+                    let path = self.save_checkpoint(out)?;
+                    self.write_metrics(out)?;
+                    on_event(FitEvent::Checkpoint { step, path: &path });
+                    checkpoint = Some(path);
+                    saved_at = Some(step);
                 }
-                let path = self.save_checkpoint(out)?;
-                self.write_metrics(out)?;
-                on_event(FitEvent::Checkpoint { step, path: &path });
-                checkpoint = Some(path);
-                saved_at = Some(step);
             }
         }
         // The last step's evaluation and save, where an earlier call failed before them.

@@ -151,12 +151,7 @@ impl<M: CausalLm> Replicas<M> {
     ) -> (f64, Vec<GradientsParams>, u64) {
         let order: Vec<usize> = (0..batch.len()).collect();
         let parts = split_even(&order, self.len());
-        let total: usize = batch.iter().map(|s| s.trained_tokens()).sum();
-        let share = |part: &[usize]| -> (Vec<&Sample>, f64) {
-            let samples: Vec<&Sample> = part.iter().map(|&i| batch[i]).collect();
-            let n: usize = samples.iter().map(|s| s.trained_tokens()).sum();
-            (samples, n as f64 / total.max(1) as f64)
-        };
+        let share = |part: &[usize]| share(batch, part);
         let main_device = main.device();
         std::thread::scope(|scope| {
             let handles: Vec<_> = self
@@ -212,6 +207,15 @@ fn move_grad<const D: usize>(
     let bytes = (g.shape().num_elements() * g.dtype().size()) as u64;
     to.register(id, g.to_device(device));
     bytes
+}
+
+/// The samples of `batch` at `part` and their weight: their share of the batch's trained
+/// tokens (what one device's or one process's loss is multiplied by).
+pub(crate) fn share<'a>(batch: &[&'a Sample], part: &[usize]) -> (Vec<&'a Sample>, f64) {
+    let total: usize = batch.iter().map(|s| s.trained_tokens()).sum();
+    let samples: Vec<&Sample> = part.iter().map(|&i| batch[i]).collect();
+    let n: usize = samples.iter().map(|s| s.trained_tokens()).sum();
+    (samples, n as f64 / total.max(1) as f64)
 }
 
 /// Splits `idx` into `n` contiguous parts whose sizes differ by one at most (the first ones

@@ -3,7 +3,7 @@
 //! norm, a learning-rate schedule, AdamW / paged AdamW / 8-bit AdamW, periodic evaluation, and
 //! everything seeded so that a run resumed from a checkpoint continues exactly.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::ParamId;
@@ -171,7 +171,7 @@ pub struct Trainer<M: CausalLm> {
     pub(crate) pad_id: u32,
     adapter: String,
     replicas: Option<Replicas<M>>,
-    pub(crate) collective: Rc<dyn Collective>,
+    pub(crate) collective: Arc<dyn Collective>,
 }
 
 /// Pads samples to the longest: ids with `pad`, labels with [`IGNORE_INDEX`].
@@ -339,7 +339,7 @@ impl<M: CausalLm> Trainer<M> {
             pad_id,
             adapter: adapter.to_string(),
             replicas: None,
-            collective: Rc::new(SingleProcess),
+            collective: Arc::new(SingleProcess),
         })
     }
 
@@ -353,9 +353,7 @@ impl<M: CausalLm> Trainer<M> {
         if devices.len() > 1 && self.collective.size() > 1 {
             return Err(TrainError::Setting {
                 name: "devices".into(),
-                problem: "several devices in one process are refused under MPI: start one \
-                          process per device instead"
-                    .into(),
+                problem: crate::distributed::ONE_DEVICE_PER_PROCESS.into(),
             });
         }
         if devices.len() > self.config.batch_size {
