@@ -123,7 +123,7 @@ impl LoraAdapter {
     fn dropout_now(&self, device: &Device) -> Option<(f64, u64)> {
         let d = &self.dropout;
         (d.training.is_enabled() && device.is_autodiff() && d.prob > 0.0)
-            .then(|| (d.prob, crate::dropout_seed(device)))
+            .then(|| (d.prob, crate::dropout_seed_rows(device, self.in_features())))
     }
 
     /// `dropout(x)` while training (an autodiff device, the layer not frozen), else `x`: as

@@ -36,5 +36,5 @@ pub use layer_config::{LoraLinearConfig, QLoraLinearConfig};
 pub use matching::{LoraMatcher, ModuleKind};
 pub use model::{LoraModel, put_into_tables};
 pub use peft_io::{AdapterDtype, AdapterWeights, PEFT_PREFIX, PeftAdapter, write_atomic};
-pub use seed::{dropout_seed, recomputing};
+pub use seed::{dropout_seed, dropout_seed_rows, recomputing, with_dropout_row_offset};
 pub use tokens::{TokenAdapters, TrainableTokens};

@@ -6,6 +6,12 @@
 //! recomputation replays them instead of drawing, so the masks are the same ones, and the
 //! device's generator has moved exactly as far as without checkpointing: a run is the same run
 //! with it or without it.
+//!
+//! A part of a batch can draw the masks the whole batch would draw on its rows
+//! ([`with_dropout_row_offset`]): the masks are counter-based (element `i` of the flattened
+//! input decides from `seed + (i + 1)·φ`), so a part whose first row is row `o` of the whole
+//! draws with `seed + o·width·φ`. Data-parallel processes use it so that each draws, for its
+//! share of a micro-batch, the masks one process would draw for the whole.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -23,6 +29,36 @@ thread_local! {
     /// How many checkpointed calls nested inside the current block are running: their output
     /// is read (by the enclosing block), so [`recomputing`] is false inside them.
     static NESTED: Cell<usize> = const { Cell::new(0) };
+    /// Rows of the whole batch before the part this thread computes.
+    static ROW_OFFSET: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` (a forward and backward pass of a part of a batch) with dropout masks drawn as for
+/// rows `rows_before..` of the whole batch: [`dropout_seed_rows`] shifts its seeds so, on this
+/// thread.
+pub fn with_dropout_row_offset<R>(rows_before: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ROW_OFFSET.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(ROW_OFFSET.with(|o| o.replace(rows_before as u64)));
+    f()
+}
+
+/// [`dropout_seed`] for an input whose flattened rows are `width` wide, shifted to the rows
+/// [`with_dropout_row_offset`] sets (unshifted outside it): what a layer's dropout passes to
+/// [`qlora_fused::seeded_dropout`] and to the fused QLoRA linear.
+pub fn dropout_seed_rows(device: &Device, width: usize) -> u64 {
+    let offset = ROW_OFFSET.with(Cell::get);
+    taped(|| {
+        draw(device).wrapping_add(
+            offset
+                .wrapping_mul(width as u64)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        )
+    })
 }
 
 /// A seed for [`qlora_fused::seeded_dropout`] on `device`: from the device's generator (so a
@@ -34,6 +70,11 @@ thread_local! {
 /// When a recomputation asks for more seeds than its forward pass drew (the block's forward
 /// pass is not a function of its input, parameters and seeds).
 pub fn dropout_seed(device: &Device) -> u64 {
+    taped(|| draw(device))
+}
+
+/// A seed from `draw`, recorded on a recording tape, or the next replayed one instead.
+fn taped(draw: impl FnOnce() -> u64) -> u64 {
     let replayed = TAPE.with(|t| match &mut *t.borrow_mut() {
         Some(Tape::Replay(seeds)) => Some(seeds.pop_front().expect(
             "a checkpointed block drew more dropout seeds when recomputed than in its forward pass",
@@ -43,7 +84,7 @@ pub fn dropout_seed(device: &Device) -> u64 {
     if let Some(seed) = replayed {
         return seed;
     }
-    let seed = draw(device);
+    let seed = draw();
     TAPE.with(|t| {
         if let Some(Tape::Record(seeds)) = &mut *t.borrow_mut() {
             seeds.push(seed);

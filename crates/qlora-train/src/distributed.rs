@@ -3,12 +3,15 @@
 //! Every process holds the whole model and reads the whole data in the same order (the same
 //! seed), so that each knows every micro-batch without being sent it. It computes its share of
 //! each micro-batch (the samples split as [`Trainer::set_devices`] splits them across devices,
-//! the loss weighted by the share's trained tokens), then one sum per optimizer step gathers the
+//! the loss weighted by the share's trained tokens, the dropout masks those one process would
+//! draw on the same rows: every process seeds alike and shifts its seeds to where its rows
+//! start, [`qlora_nn::with_dropout_row_offset`]; exact where the micro-batch needs no padding,
+//! as padding-free batches never do), then one sum per optimizer step gathers the
 //! trained parameters' gradients and the loss (every process counts the whole micro-batch's
 //! tokens itself, and the gradient norm is taken of the summed gradients, so the logs are the
 //! job's). The summed gradients are those of
 //! the micro-batches' mean loss, so the steps equal one process's on the same global batch up to
-//! float reordering (dropout masks aside: each process draws its own, as each device does).
+//! float reordering.
 //!
 //! The gradients travel flattened in one order every process agrees on: by the parameters' ids,
 //! which [`qlora_nn::LoraModel::stabilize_trained_ids`] derives from their PEFT key names (a
@@ -140,11 +143,19 @@ impl<M: CausalLm> Trainer<M> {
         }
     }
 
-    /// This process's share of `batch` and its weight (its share of the trained tokens).
-    pub(crate) fn rank_share<'a>(&self, batch: &[&'a Sample]) -> (Vec<&'a Sample>, f64) {
+    /// This process's share of `batch`, its weight (its share of the trained tokens) and the
+    /// batch's tokens before it (where its rows start in the whole micro-batch).
+    pub(crate) fn rank_share<'a>(&self, batch: &[&'a Sample]) -> (Vec<&'a Sample>, f64, usize) {
         let order: Vec<usize> = (0..batch.len()).collect();
         let parts = split_even(&order, self.collective.size());
-        share(batch, parts[self.collective.rank()])
+        let rank = self.collective.rank();
+        let before = parts[..rank]
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|&i| batch[i].input_ids.len())
+            .sum();
+        let (samples, weight) = share(batch, parts[rank]);
+        (samples, weight, before)
     }
 
     /// Sums the step's gradients (`ids`) and loss across the processes; every

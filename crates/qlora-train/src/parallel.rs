@@ -109,22 +109,26 @@ impl<M: CausalLm> Replicas<M> {
 }
 
 /// One device's share of a micro-batch: its loss times `weight` (its share of the trained
-/// tokens), divided by `grad_accum`; returns that loss's value and its gradients.
+/// tokens), divided by `grad_accum`; returns that loss's value and its gradients. Its dropout
+/// masks are those of rows `rows_before..` of the whole micro-batch's tokens
+/// ([`qlora_nn::with_dropout_row_offset`]; 0: the share draws its own).
 pub(crate) fn shard_step<M: CausalLm>(
     model: &M,
     batch: &[&Sample],
-    pad: u32,
-    padding_free: bool,
+    (pad, padding_free): (u32, bool),
     weight: f64,
     grad_accum: usize,
+    rows_before: usize,
 ) -> (f64, GradientsParams) {
-    let mut loss = batch_loss(model, batch, pad, padding_free);
-    if weight != 1.0 {
-        loss = loss.mul_scalar(weight);
-    }
-    let loss = loss.div_scalar(grad_accum as f64);
-    let value = scalar(loss.clone());
-    (value, GradientsParams::from_grads(loss.backward(), model))
+    qlora_nn::with_dropout_row_offset(rows_before, || {
+        let mut loss = batch_loss(model, batch, pad, padding_free);
+        if weight != 1.0 {
+            loss = loss.mul_scalar(weight);
+        }
+        let loss = loss.div_scalar(grad_accum as f64);
+        let value = scalar(loss.clone());
+        (value, GradientsParams::from_grads(loss.backward(), model))
+    })
 }
 
 impl<M: CausalLm> Replicas<M> {
@@ -163,7 +167,14 @@ impl<M: CausalLm> Replicas<M> {
                     (weight > 0.0).then(|| {
                         let replica = replica.clone();
                         scope.spawn(move || {
-                            shard_step(&replica, &samples, pad, padding_free, weight, grad_accum)
+                            shard_step(
+                                &replica,
+                                &samples,
+                                (pad, padding_free),
+                                weight,
+                                grad_accum,
+                                0,
+                            )
                         })
                     })
                 })
@@ -172,7 +183,7 @@ impl<M: CausalLm> Replicas<M> {
             let mut loss = 0.0;
             let mut grads = Vec::with_capacity(self.len());
             if weight > 0.0 {
-                let (l, g) = shard_step(main, &samples, pad, padding_free, weight, grad_accum);
+                let (l, g) = shard_step(main, &samples, (pad, padding_free), weight, grad_accum, 0);
                 loss += l;
                 grads.push(g);
             }

@@ -420,9 +420,8 @@ impl<M: CausalLm> Trainer<M> {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(self.state.step as u64);
-        // Each process draws its own dropout masks, as each device of `set_devices` does.
-        let rank = self.collective.rank() as u64;
-        device.seed(seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(rank)));
+        // Every process draws the same seeds, each shifted to its rows (`distributed.rs`).
+        device.seed(seed);
         let ids = self.model.trained_param_ids(&self.adapter);
         let mut transfer = Transfer::default();
         if let Some(r) = &mut self.replicas {
@@ -445,15 +444,15 @@ impl<M: CausalLm> Trainer<M> {
             match &self.replicas {
                 None if self.collective.size() > 1 => {
                     // This process's share of the micro-batch (see `distributed.rs`).
-                    let (part, weight) = self.rank_share(&batch);
+                    let (part, weight, rows_before) = self.rank_share(&batch);
                     if weight > 0.0 {
                         let (loss, grads) = shard_step(
                             &self.model,
                             &part,
-                            self.pad_id,
-                            c.padding_free,
+                            (self.pad_id, c.padding_free),
                             weight,
                             c.grad_accum,
+                            rows_before,
                         );
                         loss_sum += loss;
                         acc.accumulate(&self.model, grads);
@@ -463,10 +462,10 @@ impl<M: CausalLm> Trainer<M> {
                     let (loss, grads) = shard_step(
                         &self.model,
                         &batch,
-                        self.pad_id,
-                        c.padding_free,
+                        (self.pad_id, c.padding_free),
                         1.0,
                         c.grad_accum,
+                        0,
                     );
                     loss_sum += loss;
                     acc.accumulate(&self.model, grads);
