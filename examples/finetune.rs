@@ -19,8 +19,8 @@ use burn_qlora::nn::{
     ParameterCount, TrainableTokenIndices,
 };
 use burn_qlora::train::{
-    DataFormat, DataOptions, FitEvent, FitOptions, OptimizerKind, Overflow, Schedule, TrainConfig,
-    Trainer, find_checkpoint, load_dataset, pack, plot_losses, split, steps_for_epochs,
+    FitEvent, FitOptions, OptimizerKind, Schedule, TrainConfig, Trainer, find_checkpoint,
+    load_dataset, pack, plot_losses, split, steps_for_epochs,
 };
 use clap::Parser;
 use common::checkpointing::{self, memory_advice};
@@ -38,12 +38,12 @@ struct Args {
     /// Model: a HF folder, a bnb-4bit folder or a .gguf file (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data (.jsonl, .json or .txt; default: the bundled chitchat conversations).
+    /// Training data (.jsonl, .json or .txt, each also .gz; default: the bundled chitchat
+    /// conversations).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Data form: auto, chat, alpaca, text.
-    #[arg(long, default_value = "auto")]
-    format: DataFormat,
+    #[command(flatten)]
+    data_args: common::data::DataArgs,
     /// Output folder (adapter, checkpoint, metrics, plot).
     #[arg(long, default_value = "runs/finetune")]
     out: PathBuf,
@@ -68,10 +68,6 @@ struct Args {
     /// `max_position_embeddings`) [default: 256, or the model's context if shorter].
     #[arg(long, value_parser = common::args::seq_len)]
     seq_len: Option<usize>,
-    /// Stop with an error on a sample longer than --seq-len (by default it is cut to
-    /// --seq-len tokens, and the count of cut samples is printed).
-    #[arg(long)]
-    strict_length: bool,
     /// Pack samples into rows of --seq-len tokens, Best-Fit-Decreasing (TRL's bfd): fewer,
     /// fuller micro-batches of --batch-size rows. With padding-free batches the packed samples
     /// stay apart (the same loss per sample as unpacked), so it is on by default with them;
@@ -85,9 +81,6 @@ struct Args {
     /// its longest sample.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     padding_free: bool,
-    /// Skip malformed records (counted) instead of stopping at the first.
-    #[arg(long)]
-    skip_invalid: bool,
     /// Held-out fraction of the data, in [0, 1).
     #[arg(long, default_value_t = 0.1, value_parser = common::args::fraction)]
     eval_fraction: f64,
@@ -334,16 +327,7 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
     };
     let mut tok = LlamaTokenizer::load(&model_path)?;
     common::apply_chat_template_option(&mut tok, &args.chat_template)?;
-    let opts = DataOptions {
-        format: args.format,
-        max_len: seq_len,
-        overflow: if args.strict_length {
-            Overflow::Error
-        } else {
-            Overflow::Truncate
-        },
-        skip_invalid: args.skip_invalid,
-    };
+    let opts = args.data_args.options(seq_len);
     let (samples, report) = load_dataset(&data_path, &tok, &opts)?;
     let (train_idx, eval_idx) = split(samples.len(), args.eval_fraction, args.seed);
     let pick = |idx: &[usize]| idx.iter().map(|&i| samples[i].clone()).collect::<Vec<_>>();
@@ -355,10 +339,11 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
     }
     let lengths: Vec<usize> = samples.iter().map(|s| s.input_ids.len()).collect();
     println!(
-        "data: {} ({} records, {} skipped, {} truncated) -> {} train / {} held-out samples, \
-         {:.0} tokens on average, longest {}",
+        "data: {} ({} records: {}; {} skipped, {} truncated) -> {} train / {} held-out \
+         samples, {:.0} tokens on average, longest {}",
         data_path.display(),
         report.records,
+        common::data::forms(&report),
         report.skipped,
         report.truncated,
         train_idx.len(),

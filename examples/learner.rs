@@ -156,6 +156,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_len: args.seq_len,
         overflow: Overflow::Truncate,
         skip_invalid: false,
+        ..DataOptions::default()
     };
     let (samples, _) = load_dataset(&data_path, &tok, &opts)?;
     let (train_idx, eval_idx) = split(samples.len(), 0.1, args.seed);

@@ -125,6 +125,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 max_len: args.seq_len,
                 overflow: Overflow::Truncate,
                 skip_invalid: false,
+                ..DataOptions::default()
             };
             let (samples, report) = load_dataset(data, &tok, &opts)?;
             if report.truncated > 0 {

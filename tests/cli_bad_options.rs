@@ -99,6 +99,11 @@ fn finetune_refuses_options_that_cannot_work() {
         (&["--dropout", "1"], &["--dropout", "[0, 1)"]),
         (&["--max-grad-norm=-1"], &["--max-grad-norm", "0 or more"]),
         (&["--epochs", "0"], &["--epochs", "above 0"]),
+        (&["--columns", "messages"], &["--columns", "OURS=THEIRS"]),
+        (
+            &["--format", "csv"],
+            &["--format", "sharegpt, prompt-completion"],
+        ),
         (
             &["--batch-size", "x"],
             &["--batch-size", "not a whole number"],

@@ -195,6 +195,7 @@ fn score_data_equals_score_ids_on_the_same_tokens() {
         max_len: 2048,
         overflow: Overflow::Error,
         skip_invalid: false,
+        ..DataOptions::default()
     };
     let (samples, _) = load_dataset(&data, &tok, &opts).unwrap();
     assert_eq!(samples.len(), 1);

@@ -4,6 +4,7 @@ pub mod adapter;
 pub mod args;
 pub mod checkpointing;
 pub mod compute;
+pub mod data;
 pub mod mpi;
 pub mod oom;
 pub mod quant;

@@ -31,6 +31,7 @@ fn options(format: DataFormat, max_len: usize) -> DataOptions {
         max_len,
         overflow: Overflow::Error,
         skip_invalid: false,
+        ..DataOptions::default()
     }
 }
 
@@ -63,7 +64,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "data-unknown-keys",
             "unknown.jsonl",
-            ":2: no `messages`, `instruction` or `text`",
+            ":2: no `messages`, `conversations`, `prompt` + `completion`, `instruction` or `text`",
             Auto,
             || format!("{}\n{{\"prompt\": \"x\"}}\n", good()),
         ),
@@ -108,6 +109,59 @@ pub fn cases() -> Vec<Case> {
             "field `text` is empty",
             Text,
             || json!({"text": "  "}).to_string(),
+        ),
+        case(
+            "data-sharegpt-unknown-role",
+            "sharegpt.jsonl",
+            ":1: `conversations` message 2: role `bot` is not human, gpt or system",
+            Auto,
+            || {
+                json!({"conversations": [
+                    {"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]})
+                .to_string()
+            },
+        ),
+        case(
+            "data-sharegpt-missing-value",
+            "sharegptvalue.jsonl",
+            ":1: `conversations` message 1: missing field `value`",
+            ShareGpt,
+            || json!({"conversations": [{"from": "human"}]}).to_string(),
+        ),
+        case(
+            "data-prompt-completion-mixed",
+            "pc.jsonl",
+            ":1: `prompt` and `completion` must both be strings or both lists",
+            Auto,
+            || {
+                json!({"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]})
+                    .to_string()
+            },
+        ),
+        case(
+            "data-prompt-completion-empty",
+            "pcempty.jsonl",
+            ":1: field `completion` is empty",
+            PromptCompletion,
+            || json!({"prompt": "a", "completion": " "}).to_string(),
+        ),
+        case(
+            "data-system-twice",
+            "system.jsonl",
+            ":1: both a `system` field and a system message",
+            Chat,
+            || {
+                json!({"system": "s", "messages": [{"role": "system", "content": "t"},
+                    {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+                .to_string()
+            },
+        ),
+        case(
+            "data-gzip-not-gzip",
+            "notgzip.jsonl.gz",
+            "not a readable gzip file",
+            Auto,
+            good,
         ),
         case(
             "data-json-array-broken",

@@ -194,6 +194,7 @@ fn targets(dir: &Path) -> Vec<Target> {
                     max_len: 128,
                     overflow: Overflow::Truncate,
                     skip_invalid: false,
+                    ..DataOptions::default()
                 };
                 load_dataset(&p, &tok, &opts)
                     .map(|_| ())

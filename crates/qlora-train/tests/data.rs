@@ -26,6 +26,7 @@ fn opts(format: DataFormat, max_len: usize) -> DataOptions {
         max_len,
         overflow: Overflow::Error,
         skip_invalid: false,
+        ..DataOptions::default()
     }
 }
 
@@ -136,7 +137,7 @@ fn malformed_records_name_the_file_and_line() {
             "unknown.jsonl",
             format!("{good}\n{{\"prompt\": \"x\"}}\n"),
             DataFormat::Auto,
-            ":2: no `messages`, `instruction` or `text`",
+            ":2: no `messages`, `conversations`, `prompt` + `completion`, `instruction` or `text`",
         ),
         (
             "role.jsonl",

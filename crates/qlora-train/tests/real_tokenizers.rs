@@ -64,6 +64,7 @@ fn sample(tok: &Tokenizer, record: Value, name: &str) -> Sample {
         max_len: 4096,
         overflow: Overflow::Error,
         skip_invalid: false,
+        ..DataOptions::default()
     };
     let (mut s, _) = load_dataset(&p, tok, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
     std::fs::remove_file(&p).unwrap();
@@ -275,6 +276,7 @@ fn a_model_without_a_template_refuses_chat_data_until_one_is_chosen() {
         max_len: 512,
         overflow: Overflow::Error,
         skip_invalid: false,
+        ..DataOptions::default()
     };
     let e = load_dataset(&p, &tok, &opts).unwrap_err().to_string();
     assert!(

@@ -1,0 +1,70 @@
+//! `finetune`'s data options (the record forms, field names, what trains, long samples, bad
+//! records) as one flattened group, and what the run prints about the forms it read.
+
+use burn_qlora::train::{DataFormat, DataOptions, LoadReport, Overflow};
+
+/// The data options, flattened into a program's own (`#[command(flatten)]`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct DataArgs {
+    /// Data form: auto (told apart per record by its fields), chat (`messages`, with an
+    /// optional `system` field), sharegpt (`conversations` of `from`/`value`: human, gpt,
+    /// system), prompt-completion (TRL's `prompt` + `completion`, strings or message lists),
+    /// alpaca (`instruction`, `input`, `output`), text.
+    #[arg(long, default_value = "auto")]
+    pub format: DataFormat,
+    /// The file's field names for the forms' own, comma separated OURS=THEIRS: for example
+    /// `messages=dialog` or `prompt=question,completion=answer`.
+    #[arg(long, value_delimiter = ',', value_parser = column)]
+    pub columns: Vec<(String, String)>,
+    /// Train on every token, the prompts' too (TRL's assistant_only_loss=False and
+    /// completion_only_loss=False); by default only the replies and completions train.
+    #[arg(long)]
+    pub train_on_inputs: bool,
+    /// Stop with an error on a sample longer than --seq-len (by default it is cut to
+    /// --seq-len tokens, and the count of cut samples is printed).
+    #[arg(long)]
+    pub strict_length: bool,
+    /// Skip malformed records (counted) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+impl DataArgs {
+    /// The options for samples of at most `max_len` tokens.
+    pub fn options(&self, max_len: usize) -> DataOptions {
+        DataOptions {
+            format: self.format,
+            max_len,
+            overflow: if self.strict_length {
+                Overflow::Error
+            } else {
+                Overflow::Truncate
+            },
+            skip_invalid: self.skip_invalid,
+            columns: self.columns.clone(),
+            train_on_inputs: self.train_on_inputs,
+        }
+    }
+}
+
+/// One `--columns` entry, `OURS=THEIRS`.
+fn column(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((ours, theirs)) if !ours.trim().is_empty() && !theirs.trim().is_empty() => {
+            Ok((ours.trim().to_string(), theirs.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{s}` is not OURS=THEIRS (for example messages=dialog)"
+        )),
+    }
+}
+
+/// The forms the records were read as, for the log: `chat 30, sharegpt 2`.
+pub fn forms(report: &LoadReport) -> String {
+    report
+        .forms
+        .iter()
+        .map(|(f, n)| format!("{} {n}", f.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
