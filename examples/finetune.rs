@@ -327,7 +327,7 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
     };
     let mut tok = LlamaTokenizer::load(&model_path)?;
     common::apply_chat_template_option(&mut tok, &args.chat_template)?;
-    let opts = args.data_args.options(seq_len);
+    let opts = args.data_args.options(seq_len)?;
     let (samples, report) = load_dataset(&data_path, &tok, &opts)?;
     let (train_idx, eval_idx) = split(samples.len(), args.eval_fraction, args.seed);
     let pick = |idx: &[usize]| idx.iter().map(|&i| samples[i].clone()).collect::<Vec<_>>();

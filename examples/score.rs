@@ -58,15 +58,16 @@ struct Args {
     /// Compute type: f32 (bf16 is not implemented yet: refused).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: ComputeDtype,
-    /// A data file (.jsonl, .json or .txt), as `finetune` reads it (default, without --ids: the
-    /// bundled chitchat conversations).
+    /// A data file (.jsonl, .json or .txt, each also .gz), as `finetune` reads it (default,
+    /// without --ids: the bundled chitchat conversations).
     #[arg(long, conflicts_with = "ids")]
     data: Option<PathBuf>,
     /// The chat template for chat data and prompts: `chatml`, or a Jinja template file
     /// (default: the model's own; a model without one refuses chat data, as transformers does).
     #[arg(long, conflicts_with = "ids")]
     chat_template: Option<String>,
-    /// Data form: auto, chat, alpaca, text (not with --ids).
+    /// Data form: auto, chat, sharegpt, prompt-completion, alpaca, text (not with --ids; the
+    /// field names as the forms name them, the default trained tokens).
     #[arg(long, default_value = "auto", conflicts_with = "ids")]
     format: DataFormat,
     /// Longest sample in tokens, longer ones cut (not with --ids; at least 2).

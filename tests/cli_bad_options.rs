@@ -105,6 +105,14 @@ fn finetune_refuses_options_that_cannot_work() {
             &["--format", "sharegpt, prompt-completion"],
         ),
         (
+            &["--columns", "mesages=dialog"],
+            &["--columns", "not a field the forms read"],
+        ),
+        (
+            &["--columns", "messages=a,messages=b"],
+            &["--columns", "name one field twice"],
+        ),
+        (
             &["--batch-size", "x"],
             &["--batch-size", "not a whole number"],
         ),

@@ -1,7 +1,7 @@
 //! `finetune`'s data options (the record forms, field names, what trains, long samples, bad
 //! records) as one flattened group, and what the run prints about the forms it read.
 
-use burn_qlora::train::{DataFormat, DataOptions, LoadReport, Overflow};
+use burn_qlora::train::{DataFormat, DataOptions, FORM_FIELDS, LoadReport, Overflow};
 
 /// The data options, flattened into a program's own (`#[command(flatten)]`).
 #[derive(Clone, Debug, clap::Args)]
@@ -13,7 +13,8 @@ pub struct DataArgs {
     #[arg(long, default_value = "auto")]
     pub format: DataFormat,
     /// The file's field names for the forms' own, comma separated OURS=THEIRS: for example
-    /// `messages=dialog` or `prompt=question,completion=answer`.
+    /// `messages=dialog` or `prompt=question,completion=answer` (top-level fields; OURS one of
+    /// messages, conversations, system, prompt, completion, instruction, input, output, text).
     #[arg(long, value_delimiter = ',', value_parser = column)]
     pub columns: Vec<(String, String)>,
     /// Train on every token, the prompts' too (TRL's assistant_only_loss=False and
@@ -30,9 +31,20 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// The options for samples of at most `max_len` tokens.
-    pub fn options(&self, max_len: usize) -> DataOptions {
-        DataOptions {
+    /// The options for samples of at most `max_len` tokens. Errors on a `--columns` that names
+    /// a field twice.
+    pub fn options(&self, max_len: usize) -> Result<DataOptions, String> {
+        for (i, (ours, theirs)) in self.columns.iter().enumerate() {
+            if let Some((o, t)) = self.columns[..i]
+                .iter()
+                .find(|(o, t)| o == ours || t == theirs)
+            {
+                return Err(format!(
+                    "--columns: `{ours}={theirs}` and `{o}={t}` name one field twice"
+                ));
+            }
+        }
+        Ok(DataOptions {
             format: self.format,
             max_len,
             overflow: if self.strict_length {
@@ -43,7 +55,7 @@ impl DataArgs {
             skip_invalid: self.skip_invalid,
             columns: self.columns.clone(),
             train_on_inputs: self.train_on_inputs,
-        }
+        })
     }
 }
 
@@ -51,7 +63,14 @@ impl DataArgs {
 fn column(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((ours, theirs)) if !ours.trim().is_empty() && !theirs.trim().is_empty() => {
-            Ok((ours.trim().to_string(), theirs.trim().to_string()))
+            let ours = ours.trim();
+            if !FORM_FIELDS.contains(&ours) {
+                return Err(format!(
+                    "`{ours}` is not a field the forms read ({})",
+                    FORM_FIELDS.join(", ")
+                ));
+            }
+            Ok((ours.to_string(), theirs.trim().to_string()))
         }
         _ => Err(format!(
             "`{s}` is not OURS=THEIRS (for example messages=dialog)"

@@ -22,7 +22,9 @@ pub use checkpoint::find_checkpoint;
 pub use collective::{Collective, SingleProcess};
 #[cfg(feature = "mpi")]
 pub use collective_mpi::MpiCollective;
-pub use data::{DataFormat, DataOptions, LoadReport, Overflow, Sample, load_dataset, pack};
+pub use data::{
+    DataFormat, DataOptions, FORM_FIELDS, LoadReport, Overflow, Sample, load_dataset, pack,
+};
 pub use error::TrainError;
 pub use fit::{FitEvent, FitOptions, FitSummary, steps_for_epochs};
 pub use metrics::{plot_losses, write_metrics};

@@ -205,3 +205,74 @@ fn gzip_files_read_as_their_plain_form_and_auto_counts_the_forms() {
     let (from_array, _) = load_dataset(Path::new(&p), &tok, &options()).unwrap();
     assert_eq!(from_array, plain);
 }
+
+#[test]
+fn sharegpt_reads_as_the_chat_it_holds_with_its_system_prompt() {
+    let (tok, _) = tokenizer("qwen2_5");
+    let chat = json!({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]});
+    let forms = [
+        // A `system` field, `user`/`assistant` as `from` values.
+        json!({"system": "Be brief.", "conversations": [
+            {"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello"}]}),
+        // An empty system turn is no system prompt; the field then gives it.
+        json!({"system": "Be brief.", "conversations": [
+            {"from": "system", "value": ""},
+            {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}),
+        // Chat's own `system` field.
+        json!({"system": "Be brief.", "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}),
+    ];
+    let (want, _) = load(&tok, &[chat], "chat.jsonl", &options());
+    for (k, record) in forms.into_iter().enumerate() {
+        let (got, _) = load(&tok, &[record], "form.jsonl", &options());
+        assert_eq!(got, want, "form {k}");
+    }
+}
+
+#[test]
+fn a_mapped_field_beside_its_own_name_and_a_prompt_filling_the_length_are_named() {
+    let (tok, _) = tokenizer("qwen2_5");
+    let opts = DataOptions {
+        columns: vec![("messages".into(), "dialog".into())],
+        ..options()
+    };
+    let both = json!({"dialog": [], "messages": []}).to_string();
+    let e = load_dataset(write_tmp("both.jsonl", &both).as_path(), &tok, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("both.jsonl:1:")
+            && e.contains("both `dialog` (read as `messages` by --columns)"),
+        "{e}"
+    );
+    let long = json!({"prompt": "word ".repeat(40), "completion": " end"}).to_string();
+    let short = DataOptions {
+        max_len: 8,
+        overflow: Overflow::Truncate,
+        ..options()
+    };
+    let e = load_dataset(write_tmp("long.jsonl", &long).as_path(), &tok, &short)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("long.jsonl:1:") && e.contains("cut to --seq-len 8 (the prompt fills it)"),
+        "{e}"
+    );
+    // A gzip file under a plain name, and a .txt.gz file, read as what they hold.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(b"plain text to train on").unwrap();
+    let bytes = enc.finish().unwrap();
+    for name in ["hidden.txt", "text.txt.gz"] {
+        let p = write_tmp(name, "");
+        std::fs::write(&p, &bytes).unwrap();
+        let (s, report) = load_dataset(p.as_path(), &tok, &options()).unwrap();
+        assert_eq!(s.len(), 1, "{name}");
+        assert_eq!(
+            report.forms.into_iter().collect::<Vec<_>>(),
+            [(DataFormat::Text, 1)],
+            "{name}"
+        );
+    }
+}

@@ -11,9 +11,13 @@
 //!   conversational) and prompt + completion (the eos token appended to a string completion);
 //!   the completion is what follows their common prefix, and only it trains
 //!   (`completion_only_loss`); conversational replies train where chat's would too;
-//! - alpaca and text as before.
+//! - alpaca (`instruction`, `input`, `output`) as a user turn and a reply, and text.
 //!
-//! `DataOptions::columns` renames the file's fields first; `train_on_inputs` trains every token.
+//! For message lists the trained tokens of a completion are its replies' (the tokens TRL's
+//! completion and assistant masks both keep, as `SFTTrainer` with `assistant_only_loss=True`
+//! trains them, which is how chat trains here too). `DataOptions::columns` renames the file's
+//! top-level fields first (not `role`/`content` or `from`/`value`); `train_on_inputs` trains
+//! every token.
 
 use qlora_nn::IGNORE_INDEX;
 use qlora_tokenizer::{ChatMessage, Tokenizer};
@@ -75,12 +79,21 @@ fn message_list(
         let name = string_field(m, role_key, true)
             .map_err(at)?
             .expect("required");
-        let content = string_field(m, content_key, true)
-            .map_err(at)?
-            .expect("required");
         let Some(r) = (roles.map)(name) else {
             return Err(at(format!("role `{name}` is not {}", roles.known)));
         };
+        // An empty system turn (common in ShareGPT dumps) is no system prompt, as LLaMA-Factory
+        // and axolotl read it.
+        if r == "system"
+            && string_field(m, content_key, false)
+                .map_err(at)?
+                .is_none_or(|c| c.trim().is_empty())
+        {
+            continue;
+        }
+        let content = string_field(m, content_key, true)
+            .map_err(at)?
+            .expect("required");
         out.push(ChatMessage::new(r, content));
     }
     Ok(out)
@@ -106,10 +119,10 @@ fn sharegpt_role(r: &str) -> Option<&'static str> {
     }
 }
 
-/// `msgs` with the record's `system` field first, where it has one (and the messages do not
-/// open with their own).
+/// `msgs` with the record's `system` field first, where it has a non-empty one. Where the
+/// messages open with their own system turn too, the record says two things: refused.
 fn with_system(v: &Value, mut msgs: Vec<ChatMessage>) -> Result<Vec<ChatMessage>, String> {
-    if let Some(system) = string_field(v, "system", false)? {
+    if let Some(system) = string_field(v, "system", false)?.filter(|s| !s.trim().is_empty()) {
         if msgs.first().is_some_and(|m| m.role == "system") {
             return Err("both a `system` field and a system message".into());
         }
@@ -126,8 +139,21 @@ fn conversation(msgs: Vec<ChatMessage>) -> Result<Vec<ChatMessage>, String> {
     Ok(msgs)
 }
 
+/// The fields the forms read, which `--columns` may map onto.
+pub const FORM_FIELDS: [&str; 9] = [
+    "messages",
+    "conversations",
+    "system",
+    "prompt",
+    "completion",
+    "instruction",
+    "input",
+    "output",
+    "text",
+];
+
 /// `record` with its fields renamed by `columns` (`(ours, theirs)`): a field named `theirs`
-/// becomes `ours`.
+/// becomes `ours`. A record that has both is refused (which one is meant?).
 fn renamed(record: Value, columns: &[(String, String)]) -> Result<Value, String> {
     if columns.is_empty() {
         return Ok(record);
@@ -138,6 +164,11 @@ fn renamed(record: Value, columns: &[(String, String)]) -> Result<Value, String>
     let mut out = Map::new();
     for (ours, theirs) in columns {
         if let Some(v) = fields.remove(theirs) {
+            if ours != theirs && fields.contains_key(ours) {
+                return Err(format!(
+                    "both `{theirs}` (read as `{ours}` by --columns) and `{ours}`"
+                ));
+            }
             out.insert(ours.clone(), v);
         }
     }
@@ -246,6 +277,9 @@ fn prompt_completion(tok: &Tokenizer, v: &Value, train_on_inputs: bool) -> Resul
         (Some(Value::Array(_)), Some(Value::Array(_))) => {
             let prompt = message_list(v, "prompt", ("role", "content"), &CHAT_ROLES)?;
             let completion = message_list(v, "completion", ("role", "content"), &CHAT_ROLES)?;
+            if !completion.iter().any(|m| m.role == "assistant") {
+                return Err("`completion` has no assistant message to train on".into());
+            }
             let rendered = tok
                 .apply_chat_template(&prompt, true)
                 .map_err(|e| e.to_string())?;

@@ -20,7 +20,8 @@
 //!   as TRL does, the eos token is appended and the text is tokenized with the special tokens
 //!   transformers' `tokenizer(text)` adds (Llama 3's bos); loss on every token.
 //!
-//! Files may be gzip-compressed (`.jsonl.gz`, `.json.gz`); `DataOptions::columns` maps other
+//! Files may be gzip-compressed (`.jsonl.gz`, `.json.gz`, `.txt.gz`, or gzip under another
+//! name); `DataOptions::columns` maps other
 //! field names onto these, and `train_on_inputs` trains every token (see `forms.rs`).
 
 mod forms;
@@ -29,6 +30,7 @@ mod read;
 mod tokenize;
 mod types;
 
+pub use forms::FORM_FIELDS;
 pub use pack::pack;
 pub use read::load_dataset;
 pub use types::{DataFormat, DataOptions, LoadReport, Overflow, Sample};

@@ -27,16 +27,16 @@ pub fn load_dataset(
     }
     let bytes = read_bytes(path)?;
     // A UTF-8 byte-order mark (as editors on Windows write them) is not part of the text.
-    let bytes = match bytes.strip_prefix("\u{feff}".as_bytes()) {
-        Some(rest) => rest.to_vec(),
-        None => bytes,
-    };
+    let mut bytes = bytes;
+    if bytes.starts_with("\u{feff}".as_bytes()) {
+        bytes.drain(..3);
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         TrainError::Data {
             path: path.display().to_string(),
             line: 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count(),
-            problem: format!("not valid UTF-8 (byte {at} of the file)"),
+            problem: format!("not valid UTF-8 (byte {at} of the file's text)"),
         }
     })?;
     let mut report = LoadReport::default();
@@ -53,6 +53,7 @@ pub fn load_dataset(
             }
         }
         report.records = 1;
+        report.forms.insert(DataFormat::Text, 1);
     } else {
         let records: Vec<(usize, Result<Value, String>)> = if text.trim_start().starts_with('[') {
             match serde_json::from_str::<Value>(&text) {
@@ -97,8 +98,16 @@ pub fn load_dataset(
                             ));
                         }
                         Overflow::Truncate => {
+                            let n = s.input_ids.len();
                             s.input_ids.truncate(opts.max_len);
                             s.labels.truncate(opts.max_len);
+                            if s.trained_tokens() == 0 {
+                                return Err(format!(
+                                    "no response token left to train on once its {n} tokens are \
+                                     cut to --seq-len {} (the prompt fills it)",
+                                    opts.max_len
+                                ));
+                            }
                             report.truncated += 1;
                         }
                     }
@@ -145,10 +154,14 @@ fn inner_name(path: &Path) -> String {
     name.strip_suffix(".gz").map(str::to_string).unwrap_or(name)
 }
 
-/// The file's bytes, decompressed where its name ends in `.gz`.
+/// The file's bytes, decompressed where its name ends in `.gz` or it starts with gzip's magic
+/// bytes (a compressed file named `.jsonl`).
 fn read_bytes(path: &Path) -> Result<Vec<u8>, TrainError> {
     let raw = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    if path.extension().is_none_or(|e| e != "gz") {
+    let named = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    if !named && !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
     let mut out = Vec::new();
