@@ -190,8 +190,11 @@ fn mpirun_two_ranks_train_like_one_process_and_a_killed_rank_ends_the_job() {
 
     // An error on one rank, while the other waits for it in a sum, ends the whole job with
     // the rank named; so do ranks that would not run the same run (other options).
-    let single_args = args(m, d, "/tmp/unused");
-    let bad_model = args("/no/such/model", d, "/tmp/unused");
+    let unused = work.join("unused");
+    let unused = unused.to_str().unwrap();
+    let single_args = args(m, d, unused);
+    let missing = work.join("no-such-model");
+    let bad_model = args(missing.to_str().unwrap(), d, unused);
     let (ok, log, took) = run_within(
         mpirun_ranks(&[&single_args, &bad_model]),
         Duration::from_secs(60),
@@ -199,11 +202,11 @@ fn mpirun_two_ranks_train_like_one_process_and_a_killed_rank_ends_the_job() {
     );
     assert!(!ok, "{log}");
     assert!(
-        log.contains("error on rank 1 of 2") && log.contains("/no/such/model: no such file"),
+        log.contains("error on rank 1 of 2") && log.contains("no-such-model: no such file"),
         "{log}"
     );
     println!("a failed rank ended the job in {took:?}");
-    let mut other_steps = args(m, d, "/tmp/unused");
+    let mut other_steps = args(m, d, unused);
     other_steps[7] = "15";
     let (ok, log, _) = run_within(
         mpirun_ranks(&[&single_args, &other_steps]),

@@ -36,8 +36,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use qlora_nn::CausalLm;
 
+use crate::batch::held_out_sums;
 use crate::parallel::{share, split_even};
-use crate::trainer::held_out_sums;
 use crate::{Collective, Sample, TrainError, Trainer};
 
 /// What one step's sum across processes gave.

@@ -4,6 +4,7 @@
 //! exactly. The loop trains any [`qlora_nn::CausalLm`]; [`Trainer::fit`] runs a whole run.
 #![warn(missing_docs)]
 
+mod batch;
 mod checkpoint;
 mod collective;
 #[cfg(feature = "mpi")]
@@ -18,6 +19,7 @@ mod parallel;
 mod schedule;
 mod trainer;
 
+pub use batch::{batch_loss, collate, held_out_loss};
 pub use checkpoint::find_checkpoint;
 pub use collective::{Collective, SingleProcess};
 #[cfg(feature = "mpi")]
@@ -31,6 +33,4 @@ pub use metrics::{plot_losses, write_metrics};
 pub use order::{DataPosition, permutation, split, splitmix};
 pub use parallel::{Replicas, Transfer};
 pub use schedule::Schedule;
-pub use trainer::{
-    OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer, batch_loss, collate, held_out_loss,
-};
+pub use trainer::{OptimizerKind, StepRecord, TrainConfig, TrainState, Trainer};

@@ -20,7 +20,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use qlora_nn::CausalLm;
 
-use crate::trainer::{batch_loss, scalar};
+use crate::batch::{batch_loss, scalar};
 use crate::{Sample, TrainError};
 
 /// Bytes moved between devices in one optimizer step.
