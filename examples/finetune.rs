@@ -38,8 +38,9 @@ struct Args {
     /// Model: a HF folder, a bnb-4bit folder or a .gguf file (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data (.jsonl, .json or .txt, each also .gz; default: the bundled chitchat
-    /// conversations).
+    /// Training data: a .jsonl, .json or .txt file (each also .gz), a .parquet file, or a dataset
+    /// folder (`datasets.save_to_disk`'s, or the hub's `data/train-*.parquet`; see --split);
+    /// default: the bundled chitchat conversations.
     #[arg(long)]
     data: Option<PathBuf>,
     #[command(flatten)]
@@ -339,9 +340,10 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
     }
     let lengths: Vec<usize> = samples.iter().map(|s| s.input_ids.len()).collect();
     println!(
-        "data: {} ({} records: {}; {} skipped, {} truncated) -> {} train / {} held-out \
+        "data: {}{} ({} records: {}; {} skipped, {} truncated) -> {} train / {} held-out \
          samples, {:.0} tokens on average, longest {}",
         data_path.display(),
+        common::data::files(&report),
         report.records,
         common::data::forms(&report),
         report.skipped,

@@ -28,10 +28,7 @@ use burn::train::{InferenceStep, ItemLazy, Learner, SupervisedTraining, TrainOut
 use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer, TokenizerFiles};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraConfig, LoraModel, ModuleSelector};
-use burn_qlora::train::{
-    DataFormat, DataOptions, Overflow, Sample, collate, held_out_loss, load_dataset, permutation,
-    split,
-};
+use burn_qlora::train::{Sample, collate, held_out_loss, load_dataset, permutation, split};
 use clap::Parser;
 
 #[allow(dead_code)]
@@ -43,9 +40,12 @@ struct Args {
     /// Model: a HF folder, a bnb-4bit folder or a .gguf file (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data (.jsonl, .json or .txt; default: the bundled chitchat conversations).
+    /// Training data, as `finetune --data` reads it (a file or a dataset folder; default: the
+    /// bundled chitchat conversations).
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    data_args: common::data::DataArgs,
     /// Output folder (adapter, burn-train's metric logs).
     #[arg(long, default_value = "runs/learner")]
     out: PathBuf,
@@ -151,13 +151,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     device.seed(args.seed);
 
     let tok = LlamaTokenizer::load(&model_path)?;
-    let opts = DataOptions {
-        format: DataFormat::Auto,
-        max_len: args.seq_len,
-        overflow: Overflow::Truncate,
-        skip_invalid: false,
-        ..DataOptions::default()
-    };
+    let opts = args.data_args.options(args.seq_len)?;
     let (samples, _) = load_dataset(&data_path, &tok, &opts)?;
     let (train_idx, eval_idx) = split(samples.len(), 0.1, args.seed);
     let eval: Vec<Sample> = eval_idx.iter().map(|&i| samples[i].clone()).collect();

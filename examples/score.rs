@@ -17,7 +17,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer, TokenizerFiles};
 use burn_qlora::nf4::{QuantConfig, QuantType};
 use burn_qlora::nn::{IGNORE_INDEX, LoraApplier, LoraModel, PeftAdapter};
-use burn_qlora::train::{DataFormat, DataOptions, Overflow, load_dataset};
+use burn_qlora::train::load_dataset;
 use clap::{Parser, ValueEnum};
 use safetensors::{Dtype, SafeTensors};
 
@@ -66,10 +66,10 @@ struct Args {
     /// (default: the model's own; a model without one refuses chat data, as transformers does).
     #[arg(long, conflicts_with = "ids")]
     chat_template: Option<String>,
-    /// Data form: auto, chat, sharegpt, prompt-completion, alpaca, text (not with --ids; the
-    /// field names as the forms name them, the default trained tokens).
-    #[arg(long, default_value = "auto", conflicts_with = "ids")]
-    format: DataFormat,
+    /// The data's form, field names, trained tokens and split, as `finetune` reads them (not
+    /// with --ids).
+    #[command(flatten)]
+    data_args: common::data::DataArgs,
     /// Longest sample in tokens, longer ones cut (not with --ids; at least 2).
     #[arg(long, default_value_t = 2048, value_parser = common::args::seq_len, conflicts_with = "ids")]
     seq_len: usize,
@@ -115,19 +115,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     // Read the inputs before the model: a bad file fails before minutes of loading.
+    if args.ids.is_some() && !args.data_args.is_default() {
+        return Err(
+            "--ids scores token ids: the data options (--format, --columns, \
+                    --train-on-inputs, --split, ...) read a --data file"
+                .into(),
+        );
+    }
     let batch = match &args.ids {
         Some(ids) => Batch::Ids(read_ids(ids)?),
         None => {
             let data = &common::data_path(&args.data)?;
             let mut tok = LlamaTokenizer::load(&model_path)?;
             common::apply_chat_template_option(&mut tok, &args.chat_template)?;
-            let opts = DataOptions {
-                format: args.format,
-                max_len: args.seq_len,
-                overflow: Overflow::Truncate,
-                skip_invalid: false,
-                ..DataOptions::default()
-            };
+            let opts = args.data_args.options(args.seq_len)?;
             let (samples, report) = load_dataset(data, &tok, &opts)?;
             if report.truncated > 0 {
                 eprintln!(

@@ -364,3 +364,80 @@ fn score_data_gives_transformers_loss_on_trls_tokens() {
         }
     }
 }
+
+#[test]
+fn score_reads_parquet_folders_and_splits_as_the_jsonl_of_their_records() {
+    let model = cli::tiny_model("score-folders");
+    let work = cli::tmp("score-folders-work");
+    let m = model.to_str().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // The string prompt/completion records the hub folder's train files and the saved
+    // folder's train split hold (tests/fixtures/scripts/make_data_files.py).
+    let forms: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("tokenizers/qwen2_5/forms.json")).unwrap(),
+    )
+    .unwrap();
+    let lines: String = forms["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["form"] == "prompt-completion")
+        .map(|c| format!("{}\n", c["record"]))
+        .collect();
+    let jsonl = work.join("pc.jsonl");
+    std::fs::write(&jsonl, lines).unwrap();
+    let score = |data: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "--model",
+            m,
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "flex",
+        ];
+        a.extend_from_slice(extra);
+        scores(&ok("score", &a))
+    };
+    let want = score(&jsonl, &[]);
+    let data = fixtures.join("data_files");
+    assert_eq!(
+        score(&data.join("hub"), &[]),
+        want,
+        "the hub folder's train split"
+    );
+    assert_eq!(
+        score(&data.join("saved"), &["--split", "train"]),
+        want,
+        "save_to_disk's train split"
+    );
+    // --train-on-inputs reaches score: the prompts' tokens count too.
+    let all = score(&data.join("hub"), &["--train-on-inputs"]);
+    assert!(all.2 > want.2, "{all:?} vs {want:?}");
+    // A split that is not there, and data options beside --ids, are named errors.
+    let out = run(
+        "score",
+        &[
+            "--model",
+            m,
+            "--data",
+            data.join("saved").to_str().unwrap(),
+            "--split",
+            "test",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no split `test` (its splits: train, validation"),
+        "{err}"
+    );
+    let out = run(
+        "score",
+        &["--model", m, "--ids", "x.safetensors", "--split", "train"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ids scores token ids"), "{err}");
+    std::fs::remove_dir_all(work).unwrap();
+    std::fs::remove_dir_all(model).unwrap();
+}

@@ -28,9 +28,23 @@ pub struct DataArgs {
     /// Skip malformed records (counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// The split to read when the data is a dataset folder (as `datasets.save_to_disk` or the
+    /// hub lays it out: `data/train-*.parquet`, `train/…`); `train` by default.
+    #[arg(long)]
+    pub split: Option<String>,
 }
 
 impl DataArgs {
+    /// Whether no data option was given (for programs where they conflict with another input).
+    pub fn is_default(&self) -> bool {
+        self.format == DataFormat::Auto
+            && self.columns.is_empty()
+            && !self.train_on_inputs
+            && !self.strict_length
+            && !self.skip_invalid
+            && self.split.is_none()
+    }
+
     /// The options for samples of at most `max_len` tokens. Errors on a `--columns` that names
     /// a field twice.
     pub fn options(&self, max_len: usize) -> Result<DataOptions, String> {
@@ -55,6 +69,7 @@ impl DataArgs {
             skip_invalid: self.skip_invalid,
             columns: self.columns.clone(),
             train_on_inputs: self.train_on_inputs,
+            split: self.split.clone(),
         })
     }
 }
@@ -86,4 +101,13 @@ pub fn forms(report: &LoadReport) -> String {
         .map(|(f, n)| format!("{} {n}", f.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The count of files a dataset folder gave, for the log: ` (3 files)`, or nothing for one.
+pub fn files(report: &LoadReport) -> String {
+    if report.files > 1 {
+        format!(" ({} files)", report.files)
+    } else {
+        String::new()
+    }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 mod adapter_files;
 mod data_files;
+mod dataset_files;
 mod fuzz;
 mod gguf_files;
 mod model_files;
@@ -101,6 +102,7 @@ fn every_malformed_input_is_a_named_error() {
         adapter_files::cases(),
         gguf_files::cases(),
         data_files::cases(),
+        dataset_files::cases(),
     ]
     .into_iter()
     .flatten()

@@ -24,6 +24,18 @@ pub enum TrainError {
         /// What is wrong.
         problem: String,
     },
+    /// A row of a Parquet or Arrow data file is malformed.
+    #[error("{path}: row {row}{}: {problem}", group_text(*.row_group))]
+    DataRow {
+        /// The data file (inside the dataset folder where one was given).
+        path: String,
+        /// 1-based row of the file.
+        row: usize,
+        /// The row's row group and the file's count of them, 1-based (Parquet files).
+        row_group: Option<(usize, usize)>,
+        /// What is wrong, naming the field.
+        problem: String,
+    },
     /// The data as a whole cannot be used (empty, nothing to train on).
     #[error("{path}: {problem}")]
     Dataset {
@@ -75,6 +87,11 @@ pub enum TrainError {
     /// An adapter failed.
     #[error(transparent)]
     Lora(#[from] qlora_nn::LoraError),
+}
+
+/// `" (row group 2 of 3)"`, or nothing.
+fn group_text(group: Option<(usize, usize)>) -> String {
+    group.map_or(String::new(), |(g, n)| format!(" (row group {g} of {n})"))
 }
 
 impl TrainError {

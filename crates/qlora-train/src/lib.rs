@@ -26,6 +26,7 @@ pub use collective::{Collective, SingleProcess};
 pub use collective_mpi::MpiCollective;
 pub use data::{
     DataFormat, DataOptions, FORM_FIELDS, LoadReport, Overflow, Sample, load_dataset, pack,
+    stream_dataset,
 };
 pub use error::TrainError;
 pub use fit::{FitEvent, FitOptions, FitSummary, steps_for_epochs};

@@ -6,33 +6,15 @@
 //! where the family has one, and `completion_only_loss`). Then `--columns`, `--train-on-inputs`,
 //! gzip files and the forms `auto` reports.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use qlora_nn::IGNORE_INDEX;
-use qlora_tokenizer::{ChatTemplate, Tokenizer};
+use common::{FAMILIES, cases, ids, tokenizer, trained};
+use qlora_tokenizer::Tokenizer;
 use qlora_train::{DataFormat, DataOptions, LoadReport, Overflow, Sample, load_dataset};
 use serde_json::{Value, json};
-
-const FAMILIES: [&str; 6] = ["llama3", "mistral", "qwen2_5", "qwen3", "phi3", "gemma3"];
-
-fn dir(family: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/tokenizers")
-        .join(family)
-}
-
-/// The family's tokenizer with TRL's training template where it has one (what
-/// `SFTTrainer(assistant_only_loss=True)` swaps in), and whether it has.
-fn tokenizer(family: &str) -> (Tokenizer, bool) {
-    let mut tok = Tokenizer::from_dir(dir(family)).unwrap();
-    let training = dir(family).join("trl_training.jinja");
-    let has = training.is_file();
-    if has {
-        tok.set_chat_template(ChatTemplate::from_file(&training).unwrap());
-    }
-    (tok, has)
-}
 
 fn options() -> DataOptions {
     DataOptions {
@@ -63,24 +45,6 @@ fn load(
     let out = load_dataset(&p, tok, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
     std::fs::remove_file(&p).unwrap();
     out
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn trained(s: &Sample) -> Vec<bool> {
-    s.labels.iter().map(|&l| l != IGNORE_INDEX).collect()
-}
-
-fn cases(family: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir(family).join("forms.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["cases"].as_array().unwrap().clone()
 }
 
 #[test]

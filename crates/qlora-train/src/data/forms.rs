@@ -120,15 +120,17 @@ fn sharegpt_role(r: &str) -> Option<&'static str> {
 }
 
 /// `msgs` with the record's `system` field first, where it has a non-empty one. Where the
-/// messages open with their own system turn too, the record says two things: refused.
-fn with_system(v: &Value, mut msgs: Vec<ChatMessage>) -> Result<Vec<ChatMessage>, String> {
+/// messages open with their own system turn too, the record says two things: refused. Also
+/// whether the field was put first.
+fn with_system(v: &Value, mut msgs: Vec<ChatMessage>) -> Result<(Vec<ChatMessage>, bool), String> {
     if let Some(system) = string_field(v, "system", false)?.filter(|s| !s.trim().is_empty()) {
         if msgs.first().is_some_and(|m| m.role == "system") {
             return Err("both a `system` field and a system message".into());
         }
         msgs.insert(0, ChatMessage::new("system", system));
+        return Ok((msgs, true));
     }
-    Ok(msgs)
+    Ok((msgs, false))
 }
 
 /// A conversation to train on: it has a reply.
@@ -222,8 +224,16 @@ pub(super) fn record_sample(
     }
     let v = renamed(v, &opts.columns)?;
     let form = form_of(&v, opts.format)?;
-    let chat = |msgs: Vec<ChatMessage>| -> Result<Sample, String> {
-        let s = chat_sample(tok, &conversation(msgs)?)?;
+    // `(messages, whether a system field was put first)`: an error that numbers the messages
+    // then says that the field is message 1.
+    let chat = |(msgs, system_field): (Vec<ChatMessage>, bool)| -> Result<Sample, String> {
+        let s = chat_sample(tok, &conversation(msgs)?).map_err(|e| {
+            if system_field && e.contains("message ") {
+                format!("{e} (the `system` field counted as message 1)")
+            } else {
+                e
+            }
+        })?;
         Ok(if opts.train_on_inputs {
             all_trained(s)
         } else {
@@ -248,10 +258,13 @@ pub(super) fn record_sample(
                 Some(i) => format!("{instruction}\n\n{i}"),
                 None => instruction.to_string(),
             };
-            chat(vec![
-                ChatMessage::new("user", &user),
-                ChatMessage::new("assistant", output),
-            ])?
+            chat((
+                vec![
+                    ChatMessage::new("user", &user),
+                    ChatMessage::new("assistant", output),
+                ],
+                false,
+            ))?
         }
         DataFormat::Text => text_sample(tok, string_field(&v, "text", true)?.expect("required"))
             .map_err(|e| e.to_string())?,

@@ -21,16 +21,22 @@
 //!   transformers' `tokenizer(text)` adds (Llama 3's bos); loss on every token.
 //!
 //! Files may be gzip-compressed (`.jsonl.gz`, `.json.gz`, `.txt.gz`, or gzip under another
-//! name); `DataOptions::columns` maps other
-//! field names onto these, and `train_on_inputs` trains every token (see `forms.rs`).
+//! name), Apache Parquet (streamed by row group: `sources.rs`) or `datasets`' Arrow files, or a
+//! dataset folder as `datasets.save_to_disk` or the hub lays it out, one split chosen
+//! (`files.rs`); a Parquet or Arrow row is the JSON record of its columns (`arrow_rows.rs`).
+//! `DataOptions::columns` maps other field names onto these, and `train_on_inputs` trains
+//! every token (see `forms.rs`).
 
+mod arrow_rows;
+mod files;
 mod forms;
 mod pack;
 mod read;
+mod sources;
 mod tokenize;
 mod types;
 
 pub use forms::FORM_FIELDS;
 pub use pack::pack;
-pub use read::load_dataset;
+pub use read::{load_dataset, stream_dataset};
 pub use types::{DataFormat, DataOptions, LoadReport, Overflow, Sample};

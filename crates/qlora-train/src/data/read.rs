@@ -1,157 +1,187 @@
-//! Data files into samples: `.jsonl`, `.json` arrays and `.txt`, each also gzip-compressed
-//! (`.jsonl.gz`, `.json.gz`, `.txt.gz`, as the hub and `datasets` export them).
+//! Data files and dataset folders into samples: `.jsonl`, `.json` arrays and `.txt` (each also
+//! gzip-compressed, as the hub and `datasets` export them), `.parquet`, `datasets`' `.arrow`
+//! files, and folders of them (`files.rs` picks a split's files).
 
 use std::path::Path;
 
 use qlora_tokenizer::Tokenizer;
 use serde_json::Value;
 
-use super::forms::record_sample;
+use super::files::{Kind, data_files, kind};
+use super::forms::{FORM_FIELDS, record_sample};
+use super::sources::{At, arrow_records, json_records, parquet_records};
 use super::tokenize::with_eos;
 use super::{DataFormat, DataOptions, LoadReport, Overflow, Sample};
 use crate::TrainError;
 
-/// Reads and tokenizes a data file (`.jsonl`, `.json` array, or `.txt`; `.gz` of each).
+/// Reads and tokenizes a data file or dataset folder (see [`stream_dataset`]), all samples in
+/// memory.
 pub fn load_dataset(
     path: impl AsRef<Path>,
     tok: &Tokenizer,
     opts: &DataOptions,
 ) -> Result<(Vec<Sample>, LoadReport), TrainError> {
+    let mut samples = Vec::new();
+    let report = stream_dataset(path, tok, opts, |s| samples.push(s))?;
+    Ok((samples, report))
+}
+
+/// Reads and tokenizes a data file or a dataset folder's split (`opts.split`), handing each
+/// sample to `each` as it is made: a `.jsonl`/`.json` array/`.txt` file (each maybe `.gz`), a
+/// `.parquet` file (streamed by row group, only the columns the forms read), a `.arrow` file of
+/// `datasets`, or a folder of them as `datasets.save_to_disk` or the hub lays it out. Parquet
+/// and Arrow files stream: memory holds a batch of rows at a time, whatever the file's size.
+///
+/// Errors name the file and the line (or row and row group) and the field of a bad record;
+/// with `opts.skip_invalid` bad records are counted in the report instead.
+pub fn stream_dataset(
+    path: impl AsRef<Path>,
+    tok: &Tokenizer,
+    opts: &DataOptions,
+    mut each: impl FnMut(Sample),
+) -> Result<LoadReport, TrainError> {
     let path = path.as_ref();
-    let name = path.display().to_string();
     if opts.max_len < 2 {
         return Err(TrainError::Setting {
             name: "seq-len".into(),
             problem: format!("{} is too short (at least 2 tokens)", opts.max_len),
         });
     }
-    let bytes = read_bytes(path)?;
-    // A UTF-8 byte-order mark (as editors on Windows write them) is not part of the text.
-    let mut bytes = bytes;
-    if bytes.starts_with("\u{feff}".as_bytes()) {
-        bytes.drain(..3);
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        TrainError::Data {
-            path: path.display().to_string(),
-            line: 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count(),
-            problem: format!("not valid UTF-8 (byte {at} of the file's text)"),
-        }
-    })?;
-    let mut report = LoadReport::default();
-    let mut samples = Vec::new();
-    let is_txt = inner_name(path).ends_with(".txt");
-    if is_txt || (opts.format == DataFormat::Text && !text.trim_start().starts_with('{')) {
-        let ids = tok.encode(&with_eos(tok, &text), true)?;
-        for w in ids.chunks(opts.max_len) {
-            if w.len() >= 2 {
-                samples.push(Sample::new(
-                    w.to_vec(),
-                    w.iter().map(|&t| t as i64).collect(),
-                ));
-            }
-        }
-        report.records = 1;
-        report.forms.insert(DataFormat::Text, 1);
-    } else {
-        let records: Vec<(usize, Result<Value, String>)> = if text.trim_start().starts_with('[') {
-            match serde_json::from_str::<Value>(&text) {
-                Ok(Value::Array(a)) => a
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| (i + 1, Ok(v)))
-                    .collect(),
-                Ok(_) => unreachable!("starts with ["),
-                Err(e) => {
-                    return Err(TrainError::Data {
-                        path: name,
-                        line: e.line(),
-                        problem: format!("not valid JSON: {e}"),
-                    });
-                }
-            }
-        } else {
-            text.lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| {
-                    (
-                        i + 1,
-                        serde_json::from_str::<Value>(l)
-                            .map_err(|e| format!("not valid JSON: {e}")),
-                    )
-                })
-                .collect()
-        };
-        for (line, v) in records {
+    let files = data_files(path, opts.split.as_deref())?;
+    let mut report = LoadReport {
+        files: files.len(),
+        ..LoadReport::default()
+    };
+    let mut kept = 0;
+    // The columns a Parquet or Arrow file is read for: the forms' fields and the names
+    // `--columns` maps onto them.
+    let wanted = |name: &str| {
+        FORM_FIELDS.contains(&name) || opts.columns.iter().any(|(_, theirs)| theirs == name)
+    };
+    for file in &files {
+        let mut sink = |at: At, v: Result<Value, String>| -> Result<(), TrainError> {
             report.records += 1;
-            let result = v.and_then(|v| {
-                let (mut s, form) = record_sample(tok, v, opts)?;
-                if s.input_ids.len() > opts.max_len {
-                    match opts.overflow {
-                        Overflow::Error => {
-                            return Err(format!(
-                                "{} tokens exceed the maximum length {} (raise --seq-len or allow truncation)",
-                                s.input_ids.len(),
-                                opts.max_len
-                            ));
-                        }
-                        Overflow::Truncate => {
-                            let n = s.input_ids.len();
-                            s.input_ids.truncate(opts.max_len);
-                            s.labels.truncate(opts.max_len);
-                            if s.trained_tokens() == 0 {
-                                return Err(format!(
-                                    "no response token left to train on once its {n} tokens are \
-                                     cut to --seq-len {} (the prompt fills it)",
-                                    opts.max_len
-                                ));
-                            }
-                            report.truncated += 1;
-                        }
-                    }
-                }
-                if s.trained_tokens() == 0 {
-                    return Err("no response token left to train on".into());
-                }
-                Ok((s, form))
-            });
-            match result {
+            match v.and_then(|v| sample_of(tok, v, opts, &mut report.truncated)) {
                 Ok((s, form)) => {
                     *report.forms.entry(form).or_default() += 1;
-                    samples.push(s);
+                    kept += 1;
+                    each(s);
+                    Ok(())
                 }
-                Err(_) if opts.skip_invalid => report.skipped += 1,
-                Err(problem) => {
-                    return Err(TrainError::Data {
-                        path: name,
-                        line,
-                        problem,
-                    });
+                Err(_) if opts.skip_invalid => {
+                    report.skipped += 1;
+                    Ok(())
+                }
+                Err(problem) => Err(at.error(file, problem)),
+            }
+        };
+        match kind(file) {
+            Kind::Parquet => parquet_records(file, &wanted, &mut sink)?,
+            Kind::Arrow => arrow_records(file, &wanted, &mut sink)?,
+            Kind::Text => {
+                let text = read_text(file)?;
+                kept += text_windows(tok, &text, opts.max_len, &mut each)?;
+                report.records += 1;
+                *report.forms.entry(DataFormat::Text).or_default() += 1;
+            }
+            Kind::Json => {
+                let text = read_text(file)?;
+                if opts.format == DataFormat::Text && !text.trim_start().starts_with('{') {
+                    kept += text_windows(tok, &text, opts.max_len, &mut each)?;
+                    report.records += 1;
+                    *report.forms.entry(DataFormat::Text).or_default() += 1;
+                } else {
+                    json_records(file, &text, &mut sink)?;
                 }
             }
         }
     }
-    if samples.is_empty() {
+    if kept == 0 {
         return Err(TrainError::Dataset {
-            path: name,
+            path: path.display().to_string(),
             problem: format!(
                 "no usable sample ({} records, {} skipped)",
                 report.records, report.skipped
             ),
         });
     }
-    Ok((samples, report))
+    Ok(report)
 }
 
-/// The file's name without a `.gz` suffix.
-fn inner_name(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    name.strip_suffix(".gz").map(str::to_string).unwrap_or(name)
+/// A plain text cut into windows of `max_len` tokens (the eos appended, as TRL does); how many.
+fn text_windows(
+    tok: &Tokenizer,
+    text: &str,
+    max_len: usize,
+    each: &mut impl FnMut(Sample),
+) -> Result<usize, TrainError> {
+    let ids = tok.encode(&with_eos(tok, text), true)?;
+    let mut n = 0;
+    for w in ids.chunks(max_len) {
+        if w.len() >= 2 {
+            each(Sample::new(
+                w.to_vec(),
+                w.iter().map(|&t| t as i64).collect(),
+            ));
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// One record's sample and form, cut to `opts.max_len` where allowed (counted in `truncated`).
+fn sample_of(
+    tok: &Tokenizer,
+    v: Value,
+    opts: &DataOptions,
+    truncated: &mut usize,
+) -> Result<(Sample, DataFormat), String> {
+    let (mut s, form) = record_sample(tok, v, opts)?;
+    if s.input_ids.len() > opts.max_len {
+        match opts.overflow {
+            Overflow::Error => {
+                return Err(format!(
+                    "{} tokens exceed the maximum length {} (raise --seq-len or allow truncation)",
+                    s.input_ids.len(),
+                    opts.max_len
+                ));
+            }
+            Overflow::Truncate => {
+                let n = s.input_ids.len();
+                s.input_ids.truncate(opts.max_len);
+                s.labels.truncate(opts.max_len);
+                if s.trained_tokens() == 0 {
+                    return Err(format!(
+                        "no response token left to train on once its {n} tokens are \
+                         cut to --seq-len {} (the prompt fills it)",
+                        opts.max_len
+                    ));
+                }
+                *truncated += 1;
+            }
+        }
+    }
+    if s.trained_tokens() == 0 {
+        return Err("no response token left to train on".into());
+    }
+    Ok((s, form))
+}
+
+/// A text file's contents: decompressed where gzip, without a UTF-8 byte-order mark (as editors
+/// on Windows write them), checked to be UTF-8.
+fn read_text(path: &Path) -> Result<String, TrainError> {
+    let mut bytes = read_bytes(path)?;
+    if bytes.starts_with("\u{feff}".as_bytes()) {
+        bytes.drain(..3);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        TrainError::Data {
+            path: path.display().to_string(),
+            line: 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count(),
+            problem: format!("not valid UTF-8 (byte {at} of the file's text)"),
+        }
+    })
 }
 
 /// The file's bytes, decompressed where its name ends in `.gz` or it starts with gzip's magic

@@ -80,6 +80,9 @@ pub struct DataOptions {
     /// `completion_only_loss=False`); by default only the replies (chat, ShareGPT, alpaca) and
     /// the completions (prompt/completion) train.
     pub train_on_inputs: bool,
+    /// The split to read from a dataset folder (`datasets.save_to_disk`'s or the hub's layout):
+    /// `train` when `None`; an error for a single file.
+    pub split: Option<String>,
 }
 
 impl Default for DataOptions {
@@ -93,6 +96,7 @@ impl Default for DataOptions {
             skip_invalid: false,
             columns: Vec::new(),
             train_on_inputs: false,
+            split: None,
         }
     }
 }
@@ -163,4 +167,6 @@ pub struct LoadReport {
     pub skipped: usize,
     /// Samples cut to `max_len`.
     pub truncated: usize,
+    /// Data files read (more than one for a dataset folder).
+    pub files: usize,
 }
