@@ -7,11 +7,16 @@
 //! written as `tokenizer.json` + `tokenizer_config.json` + `chat_template.jinja`, so that
 //! transformers and `generate` read the merged folder with the base's tokens and template). The base is loaded in f32, so the merge itself adds no rounding; with
 //! `--format bnb-nf4` the merged weights are quantized to NF4 + double quantization afterwards.
+//! `--format gguf-lora --out adapter.gguf` merges nothing: it writes the adapter as llama.cpp's
+//! GGUF LoRA adapter (as `convert_lora_to_gguf.py` does), for `llama-cli -m base.gguf --lora`.
 //! `--help` lists every option.
 
 use std::path::{Path, PathBuf};
 
-use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer, SaveFormat, TokenizerFiles};
+use burn_qlora::llama::{
+    GgmlType, GgufModel, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, SaveFormat, TokenizerFiles,
+    save_gguf_lora,
+};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{LoraApplier, LoraModel, PeftAdapter};
 use clap::{Parser, ValueEnum};
@@ -27,6 +32,21 @@ enum Format {
     HfBf16,
     /// Block linears in bnb-4bit NF4 with double quantization, the rest f32.
     BnbNf4,
+    /// Not a merge: the adapter alone as llama.cpp's GGUF LoRA adapter (`llama-cli --lora`),
+    /// as its `convert_lora_to_gguf.py` writes one, to `--out` (a `.gguf` file); tensors as
+    /// `--gguf-type`.
+    GgufLora,
+}
+
+/// Tensor type of a GGUF adapter (`convert_lora_to_gguf.py --outtype`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GgufType {
+    F32,
+    F16,
+    Bf16,
+    /// 8-bit blocks; tensors whose rows are no multiple of 32 long (`lora_b`) are F16.
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 #[derive(Parser, Debug)]
@@ -38,12 +58,15 @@ struct Args {
     /// The PEFT adapter folder to merge.
     #[arg(long, default_value = "runs/finetune/adapter")]
     adapter: PathBuf,
-    /// Output folder.
+    /// Output folder (a `.gguf` file with `--format gguf-lora`).
     #[arg(long, default_value = "runs/merged")]
     out: PathBuf,
     /// Storage of the merged model.
     #[arg(long, value_enum, default_value = "hf-f32")]
     format: Format,
+    /// Tensor type of `--format gguf-lora` (the converter's default is f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    gguf_type: GgufType,
 }
 
 fn main() {
@@ -79,6 +102,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let model_path = common::model_path(&args.model)?;
     common::check_exists(&args.adapter, "--adapter")?;
     let adapter = PeftAdapter::load(&args.adapter, &device)?;
+    if let Format::GgufLora = args.format {
+        return gguf_lora(&args, &model_path, &adapter);
+    }
     if !model_path.is_dir() {
         // A GGUF base's vocabulary is read before any work: a bad one stops here, not after
         // the merge.
@@ -91,6 +117,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Format::HfF32 => SaveFormat::F32,
         Format::HfBf16 => SaveFormat::BF16,
         Format::BnbNf4 => SaveFormat::Bnb4(QuantConfig::qlora()),
+        Format::GgufLora => unreachable!("written above"),
     };
     merged.save_hf(&args.out, format)?;
     copy_tokenizer(&model_path, &args.out)?;
@@ -101,6 +128,41 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         model_path.display(),
         args.out.display(),
         args.format
+    );
+    Ok(())
+}
+
+/// `--format gguf-lora`: the adapter as llama.cpp's GGUF LoRA adapter, for the base's config.
+fn gguf_lora(
+    args: &Args,
+    model_path: &Path,
+    adapter: &PeftAdapter,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = if model_path.is_dir() {
+        LlamaConfig::load(model_path.join("config.json"))?
+    } else {
+        GgufModel::open(model_path)?.config().clone()
+    };
+    if args.out.is_dir() {
+        return Err(format!(
+            "--out {}: a folder; --format gguf-lora writes one .gguf file",
+            args.out.display()
+        )
+        .into());
+    }
+    let ty = match args.gguf_type {
+        GgufType::F32 => GgmlType::F32,
+        GgufType::F16 => GgmlType::F16,
+        GgufType::Bf16 => GgmlType::BF16,
+        GgufType::Q8_0 => GgmlType::Q8_0,
+    };
+    save_gguf_lora(adapter, &config, ty, &args.out)?;
+    println!(
+        "wrote {} ({} modules, {:?}) as a GGUF LoRA adapter for llama.cpp -> {}",
+        args.adapter.display(),
+        adapter.modules.len(),
+        args.gguf_type,
+        args.out.display()
     );
     Ok(())
 }

@@ -290,3 +290,46 @@ fn quantize_with_the_cpu_table_writes_bnbs_folder_byte_for_byte() {
     );
     std::fs::remove_dir_all(work).unwrap();
 }
+
+#[test]
+fn merge_writes_an_adapter_as_llama_cpps_gguf_lora_adapter() {
+    use burn_qlora::llama::GgufFile;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let golden = fixtures.join("golden/families/qwen2");
+    let work = cli::tmp("merge-gguf-lora");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = work.join("adapter.gguf");
+    let text = ok(
+        "merge",
+        &[
+            "--model",
+            golden.join("model").to_str().unwrap(),
+            "--adapter",
+            golden.join("adapter").to_str().unwrap(),
+            "--format",
+            "gguf-lora",
+            "--gguf-type",
+            "q8_0",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(text.contains("as a GGUF LoRA adapter"), "{text}");
+    // What llama.cpp's convert_lora_to_gguf.py --outtype q8_0 wrote for this adapter.
+    let want = GgufFile::open(fixtures.join("gguf_lora/qwen2-q8_0.gguf")).unwrap();
+    let got = GgufFile::open(&out).unwrap();
+    assert_eq!(
+        got.tensors.keys().collect::<Vec<_>>(),
+        want.tensors.keys().collect::<Vec<_>>()
+    );
+    for (name, info) in &want.tensors {
+        let mine = &got.tensors[name];
+        assert_eq!((&mine.dims, mine.ty), (&info.dims, info.ty), "{name}");
+        assert_eq!(
+            got.read_f32(name).unwrap(),
+            want.read_f32(name).unwrap(),
+            "{name}"
+        );
+    }
+    std::fs::remove_dir_all(work).unwrap();
+}

@@ -19,11 +19,18 @@ use crate::read_at::read_exact_at;
 /// A GGUF metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GgufValue {
-    /// Any unsigned integer type.
+    /// A `uint32` (the type llama.cpp reads its hyperparameters as).
+    U32(u32),
+    /// An `int32`.
+    I32(i32),
+    /// A `float32` (the type llama.cpp reads its float hyperparameters and `adapter.lora.alpha`
+    /// as).
+    F32(f32),
+    /// The other unsigned integer types (8, 16, 64 bits).
     U64(u64),
-    /// Any signed integer type.
+    /// The other signed integer types (8, 16, 64 bits).
     I64(i64),
-    /// f32 or f64.
+    /// `float64`.
     F64(f64),
     /// bool.
     Bool(bool),
@@ -37,15 +44,30 @@ impl GgufValue {
     /// The value as an unsigned integer, if it is a non-negative integer.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
+            GgufValue::U32(v) => Some(v.into()),
             GgufValue::U64(v) => Some(v),
+            GgufValue::I32(v) => u64::try_from(v).ok(),
             GgufValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+    /// The value as a signed integer, if it is an integer that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            GgufValue::I32(v) => Some(v.into()),
+            GgufValue::I64(v) => Some(v),
+            GgufValue::U32(v) => Some(v.into()),
+            GgufValue::U64(v) => i64::try_from(v).ok(),
             _ => None,
         }
     }
     /// The value as a float, if it is a number.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
+            GgufValue::F32(v) => Some(v.into()),
             GgufValue::F64(v) => Some(v),
+            GgufValue::U32(v) => Some(v.into()),
+            GgufValue::I32(v) => Some(v.into()),
             GgufValue::U64(v) => Some(v as f64),
             GgufValue::I64(v) => Some(v as f64),
             _ => None,
@@ -206,9 +228,9 @@ impl<R: Read> Reader<R> {
             1 => GgufValue::I64(self.arr::<1>(what)?[0] as i8 as i64),
             2 => GgufValue::U64(u16::from_le_bytes(self.arr(what)?) as u64),
             3 => GgufValue::I64(i16::from_le_bytes(self.arr(what)?) as i64),
-            4 => GgufValue::U64(self.u32(what)? as u64),
-            5 => GgufValue::I64(i32::from_le_bytes(self.arr(what)?) as i64),
-            6 => GgufValue::F64(f32::from_le_bytes(self.arr(what)?) as f64),
+            4 => GgufValue::U32(self.u32(what)?),
+            5 => GgufValue::I32(i32::from_le_bytes(self.arr(what)?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.arr(what)?)),
             7 => match self.arr::<1>(what)?[0] {
                 0 => GgufValue::Bool(false),
                 1 => GgufValue::Bool(true),

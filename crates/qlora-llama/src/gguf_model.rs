@@ -23,7 +23,7 @@ pub struct GgufModel {
 
 /// How a GGUF tensor becomes the HF one.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Convert {
+pub(crate) enum Convert {
     /// As stored.
     Same,
     /// llama.cpp's interleaved-RoPE row order of a `llama` Q (`false`) or K (`true`) weight.
@@ -34,7 +34,7 @@ enum Convert {
 
 /// The GGUF name of HF tensor `name` in a file of family `family`, and how to convert it
 /// (llama.cpp's `convert_hf_to_gguf.py` and gguf-py's tensor map, read backwards).
-fn gguf_name(name: &str, family: ModelType) -> Option<(String, Convert)> {
+pub(crate) fn gguf_name(name: &str, family: ModelType) -> Option<(String, Convert)> {
     let gemma = family == ModelType::Gemma3;
     let norm = if gemma {
         Convert::UnitOffset

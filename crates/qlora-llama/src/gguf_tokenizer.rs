@@ -66,11 +66,7 @@ pub fn gguf_vocab(f: &GgufFile) -> Result<GgufVocab, TokenizerError> {
     let token_types = list("tokenizer.ggml.token_type")
         .map(|a| {
             a.iter()
-                .map(|v| match v {
-                    GgufValue::I64(x) => Some(*x),
-                    GgufValue::U64(x) => Some(*x as i64),
-                    _ => None,
-                })
+                .map(GgufValue::as_i64)
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| err("`tokenizer.ggml.token_type` is not a list of integers".into()))
         })

@@ -23,6 +23,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 fn type_id(v: &GgufValue) -> u32 {
     match v {
+        GgufValue::U32(_) => 4,
+        GgufValue::I32(_) => 5,
+        GgufValue::F32(_) => 6,
         GgufValue::U64(_) => 10,
         GgufValue::I64(_) => 11,
         GgufValue::F64(_) => 12,
@@ -34,6 +37,9 @@ fn type_id(v: &GgufValue) -> u32 {
 
 fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
     match v {
+        GgufValue::U32(x) => out.extend(x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend(x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend(x.to_le_bytes()),
         GgufValue::U64(x) => out.extend(x.to_le_bytes()),
         GgufValue::I64(x) => out.extend(x.to_le_bytes()),
         GgufValue::F64(x) => out.extend(x.to_le_bytes()),
