@@ -140,6 +140,11 @@ struct Args {
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     rslora: bool,
+    /// How new adapters start (PEFT's `init_lora_weights`): default (A Kaiming-uniform,
+    /// B zero) or gaussian (A ~ N(0, 1/r), B zero); B = 0 makes the first step's model the
+    /// base either way. LoftQ and PiSSA are not implemented (issue #26).
+    #[arg(long, value_enum, default_value = "default")]
+    init_lora_weights: InitArg,
     /// adamw, paged-adamw or adamw8bit.
     #[arg(long, default_value = "paged-adamw")]
     optimizer: OptimizerKind,
@@ -252,11 +257,21 @@ fn fresh_lora(
         modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
         trainable_token_indices,
         ensure_weight_tying: args.ensure_weight_tying,
-        init_lora_weights: InitLoraWeights::Default,
+        init_lora_weights: match args.init_lora_weights {
+            InitArg::Default => InitLoraWeights::Default,
+            InitArg::Gaussian => InitLoraWeights::Gaussian,
+        },
         base_model_name_or_path: Some(model_path.display().to_string()),
         task_type: Some("CAUSAL_LM".into()),
         ..LoraConfig::default()
     }
+}
+
+/// `--init-lora-weights`' values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InitArg {
+    Default,
+    Gaussian,
 }
 
 fn main() {

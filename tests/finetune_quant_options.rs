@@ -96,3 +96,73 @@ fn quant_type_double_quant_and_blocksize_reach_the_base() {
         }
     }
 }
+
+/// The std of the `lora_A` tensors of an adapter folder.
+fn lora_a_std(adapter: &Path) -> f64 {
+    let bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v = Vec::new();
+    for (name, t) in st.tensors() {
+        if name.contains("lora_A") {
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+            v.extend(
+                t.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64),
+            );
+        }
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+#[test]
+fn init_lora_weights_gaussian_starts_a_at_one_over_r() {
+    let tiny = cli::TinyRun::new("init-lora");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
+    let mut stds = Vec::new();
+    for init in ["default", "gaussian"] {
+        let out = work.join(init);
+        cli::ok(
+            "finetune",
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "32",
+                "--lr",
+                "1e-6",
+                "--rank",
+                "4",
+                "--device",
+                "flex",
+                "--init-lora-weights",
+                init,
+                "--no-samples",
+            ],
+        );
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        let want = if init == "gaussian" {
+            serde_json::json!("gaussian")
+        } else {
+            serde_json::json!(true)
+        };
+        assert_eq!(config["init_lora_weights"], want, "{init}");
+        stds.push(lora_a_std(&out.join("adapter")));
+    }
+    // PEFT's gaussian init draws A with std 1/r = 0.25 (one step at lr 1e-6 moves it by
+    // ~1e-6); Kaiming-uniform's is 1/sqrt(3 in), far smaller on the tiny model's widths.
+    assert!((stds[1] - 0.25).abs() < 0.02, "gaussian std {}", stds[1]);
+    assert!(stds[0] < 0.2, "default std {}", stds[0]);
+}
