@@ -118,6 +118,14 @@ pub fn save_gguf_lora(
                 } else {
                     config.num_attention_heads
                 };
+                // The permutation moves rows within each head: the adapter must be the base's.
+                if n != heads * config.head_dim || !config.head_dim.is_multiple_of(2) {
+                    return Err(refuse(format!(
+                        "`{module}`: lora_B has {n} rows, but the base has {heads} heads of \
+                         {} (is the adapter for this base?)",
+                        config.head_dim
+                    )));
+                }
                 b = permute_rows(&b, n, r, heads);
             }
             Convert::UnitOffset => {

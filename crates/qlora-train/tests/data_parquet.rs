@@ -309,3 +309,60 @@ fn splits_are_chosen_by_name_and_a_missing_one_lists_those_there() {
     let (_, report) = load_dataset(data.join("hub"), &tok, &options()).unwrap();
     assert_eq!((report.files, report.records), (2, 2));
 }
+
+#[test]
+fn folders_resolve_splits_in_datasets_order() {
+    let (tok, _) = tokenizer("qwen2_5");
+    let line = |q: &str| format!("{}\n", json!({"prompt": q, "completion": " a"}));
+    let count = |d: &Path, split: Option<&str>| -> Result<usize, String> {
+        let opts = DataOptions {
+            split: split.map(str::to_string),
+            ..options()
+        };
+        load_dataset(d, &tok, &opts)
+            .map(|(s, _)| s.len())
+            .map_err(|e| e.to_string())
+    };
+    // Shards name any split (ultrachat's `train_sft`); then only they count.
+    let d = tmp("sharded");
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::write(
+        d.join("data/train_sft-00000-of-00001.jsonl"),
+        line("1") + &line("2"),
+    )
+    .unwrap();
+    std::fs::write(d.join("data/test_sft-00000-of-00001.jsonl"), line("3")).unwrap();
+    assert_eq!(count(&d, Some("train_sft")), Ok(2));
+    assert_eq!(count(&d, Some("test_sft")), Ok(1));
+    let e = count(&d, None).unwrap_err();
+    assert!(
+        e.contains("no file of split `train` (the splits its files name: test_sft, train_sft"),
+        "{e}"
+    );
+    assert!(
+        count(&d, Some("data")).is_err(),
+        "a folder's name is no split"
+    );
+    // Folder names before file names: `test/data/train.jsonl` is test data.
+    let d = tmp("by-folder");
+    std::fs::create_dir_all(d.join("test/data")).unwrap();
+    std::fs::create_dir_all(d.join("training")).unwrap();
+    std::fs::write(d.join("test/data/train.jsonl"), line("t")).unwrap();
+    std::fs::write(d.join("training/a.jsonl"), line("1") + &line("2")).unwrap();
+    assert_eq!(count(&d, None), Ok(2));
+    assert_eq!(count(&d, Some("test")), Ok(1));
+    // One format: the most common kind; a licence beside the data is not trained on.
+    let d = tmp("one-format");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("a.jsonl"), line("1")).unwrap();
+    std::fs::write(d.join("b.jsonl"), line("2")).unwrap();
+    std::fs::write(d.join("LICENSE.txt"), "Permission is hereby granted").unwrap();
+    std::fs::write(d.join("config.json"), "{}").unwrap();
+    assert_eq!(count(&d, None), Ok(2));
+    // A link loop does not repeat files.
+    #[cfg(unix)]
+    {
+        let _ = std::os::unix::fs::symlink(&d, d.join("loop"));
+        assert_eq!(count(&d, None), Ok(2));
+    }
+}

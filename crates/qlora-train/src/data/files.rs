@@ -4,11 +4,13 @@
 //! - **`datasets.save_to_disk`**: a `DatasetDict` folder (`dataset_dict.json` listing the splits,
 //!   one subfolder each) or one `Dataset` folder (`state.json` listing its `data-*.arrow` files);
 //! - **the hub's** (a `git clone` or `snapshot_download` of a dataset repository, or
-//!   the Parquet conversion): data files whose path names the split, as `datasets` resolves it
-//!   without a `configs:` card: `data/train-00000-of-00001.parquet`, `train/0000.parquet`,
-//!   `my_data_test.jsonl`; the split's keywords are those of `datasets`' data-files patterns
-//!   (`validation` also as `valid`, `val`, `dev`; `test` also as `testing`, `eval`,
-//!   `evaluation`; `train` also as `training`). A folder whose files name no split is all `train`.
+//!   the Parquet conversion), resolved in `datasets`' order without a `configs:` card: shards
+//!   `data/{split}-00000-of-00002.parquet` name their split, whatever it is (`train_sft`); else
+//!   the split keywords of `datasets`' patterns in folder names (`train/0000.parquet`), else in
+//!   file names (`my_data_test.jsonl`): `validation` also as `valid`, `val`, `dev`; `test` also
+//!   as `testing`, `eval`, `evaluation`; `train` also as `training`. A folder whose files name
+//!   no split is all `train`. Only the files of the folder's most common kind are read (a
+//!   `LICENSE.txt` beside Parquet files is not data).
 //!
 //! A README's `configs:` section choosing other files is not read (say which with a path
 //! to them instead).
@@ -148,7 +150,11 @@ fn saved_dataset(dir: &Path, split: Option<&str>) -> Result<Vec<PathBuf>, TrainE
     Ok(files)
 }
 
-/// The data files under a hub-style folder that belong to `want`.
+/// The data files under a hub-style folder that belong to `want`, resolved in `datasets`'
+/// order: shards `data/{split}-NNNNN-of-NNNNN*` (any split name; if there are any, only they
+/// count), else the split keywords in folder names, else in file names, else every file is
+/// `train`. Only files of the folder's most common kind are read, as `datasets` picks one
+/// format from the extensions.
 fn hub_files(dir: &Path, want: &str) -> Result<Vec<PathBuf>, TrainError> {
     let mut all = Vec::new();
     collect(dir, 0, &mut all)?;
@@ -161,56 +167,120 @@ fn hub_files(dir: &Path, want: &str) -> Result<Vec<PathBuf>, TrainError> {
                 .into(),
         });
     }
-    let splits_of = |rel: &Path| -> Vec<&'static str> {
-        let words = words(rel);
-        KEYWORDS
-            .iter()
-            .filter(|(_, keys)| keys.iter().any(|k| words.iter().any(|w| w == k)))
-            .map(|(s, _)| *s)
-            .collect()
-    };
-    let named: Vec<(PathBuf, Vec<&str>)> = all
-        .iter()
-        .map(|p| {
-            let rel = p.strip_prefix(dir).unwrap_or(p);
-            (p.clone(), splits_of(rel))
-        })
-        .collect();
-    let keys = KEYWORDS
-        .iter()
-        .find(|(s, _)| *s == want)
-        .map(|(_, k)| k.to_vec())
-        .unwrap_or_else(|| vec![want]);
-    let chosen: Vec<PathBuf> = all
-        .iter()
-        .filter(|p| {
-            let rel = p.strip_prefix(dir).unwrap_or(p);
-            let w = words(rel);
-            keys.iter().any(|k| w.iter().any(|x| x == k))
-        })
-        .cloned()
-        .collect();
-    if !chosen.is_empty() {
-        return Ok(chosen);
-    }
-    let none_named = named.iter().all(|(_, s)| s.is_empty());
-    if want == "train" && none_named {
-        return Ok(all);
-    }
-    let mut found: Vec<&str> = named.iter().flat_map(|(_, s)| s.clone()).collect();
-    found.sort();
-    found.dedup();
-    Err(TrainError::Dataset {
-        path: dir.display().to_string(),
-        problem: if found.is_empty() {
-            format!("no file of split `{want}` (its files name no split: all are `train`)")
-        } else {
-            format!(
+    let all = most_common_kind(all);
+    let rel = |p: &Path| p.strip_prefix(dir).unwrap_or(p).to_path_buf();
+    let missing = |found: Vec<String>| {
+        let mut found = found;
+        found.sort();
+        found.dedup();
+        TrainError::Dataset {
+            path: dir.display().to_string(),
+            problem: format!(
                 "no file of split `{want}` (the splits its files name: {}; --split chooses)",
                 found.join(", ")
-            )
-        },
+            ),
+        }
+    };
+    let sharded: Vec<(PathBuf, String)> = all
+        .iter()
+        .filter_map(|p| shard_split(&rel(p)).map(|s| (p.clone(), s)))
+        .collect();
+    if !sharded.is_empty() {
+        let chosen: Vec<PathBuf> = sharded
+            .iter()
+            .filter(|(_, s)| s == want)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if chosen.is_empty() {
+            return Err(missing(sharded.into_iter().map(|(_, s)| s).collect()));
+        }
+        return Ok(chosen);
+    }
+    for in_folders in [true, false] {
+        let marked: Vec<(PathBuf, Vec<&str>)> = all
+            .iter()
+            .map(|p| {
+                let r = rel(p);
+                let part = if in_folders {
+                    r.parent().map(Path::to_path_buf).unwrap_or_default()
+                } else {
+                    PathBuf::from(r.file_name().unwrap_or_default())
+                };
+                (p.clone(), splits_named(&words(&part)))
+            })
+            .collect();
+        if marked.iter().any(|(_, s)| !s.is_empty()) {
+            let chosen: Vec<PathBuf> = marked
+                .iter()
+                .filter(|(_, s)| s.contains(&want))
+                .map(|(p, _)| p.clone())
+                .collect();
+            if chosen.is_empty() {
+                let found = marked
+                    .iter()
+                    .flat_map(|(_, s)| s.iter().map(|x| x.to_string()));
+                return Err(missing(found.collect()));
+            }
+            return Ok(chosen);
+        }
+    }
+    if want == "train" {
+        return Ok(all);
+    }
+    Err(TrainError::Dataset {
+        path: dir.display().to_string(),
+        problem: format!("no file of split `{want}` (its files name no split: all are `train`)"),
     })
+}
+
+/// The split of a shard `data/{split}-NNNNN-of-NNNNN*` (the hub's and `push_to_hub`'s names).
+fn shard_split(rel: &Path) -> Option<String> {
+    let mut parts = rel.components();
+    if parts.next()?.as_os_str() != "data" {
+        return None;
+    }
+    let name = parts.next()?.as_os_str().to_str()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let b = name.as_bytes();
+    // `-` 5 digits `-of-` 5 digits, the split before it.
+    (1..b.len().saturating_sub(14)).find_map(|i| {
+        let tail = &b[i..i + 15];
+        let digits = |r: std::ops::Range<usize>| tail[r].iter().all(u8::is_ascii_digit);
+        (tail[0] == b'-' && digits(1..6) && &tail[6..10] == b"-of-" && digits(10..15))
+            .then(|| name[..i].to_string())
+    })
+}
+
+/// The keyword splits whose words are among `words`.
+fn splits_named(words: &[String]) -> Vec<&'static str> {
+    KEYWORDS
+        .iter()
+        .filter(|(_, keys)| keys.iter().any(|k| words.iter().any(|w| w == k)))
+        .map(|(s, _)| *s)
+        .collect()
+}
+
+/// The files of the most common kind among `files` (ties: Parquet, Arrow, JSON, text).
+fn most_common_kind(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let order = [Kind::Parquet, Kind::Arrow, Kind::Json, Kind::Text];
+    let kinds: Vec<Kind> = files.iter().map(|p| kind(p)).collect();
+    let best = order
+        .iter()
+        .copied()
+        .max_by_key(|k| {
+            let n = kinds.iter().filter(|x| *x == k).count();
+            // Earlier kinds win ties.
+            (n, std::cmp::Reverse(order.iter().position(|o| o == k)))
+        })
+        .expect("four kinds");
+    files
+        .into_iter()
+        .zip(kinds)
+        .filter(|(_, k)| *k == best)
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// The split names and the words that mark them in a data file's path, as `datasets`' patterns.
@@ -235,21 +305,27 @@ fn words(rel: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Data files under `dir`, three folders deep at most, hidden folders and `datasets`' own
-/// metadata left out.
+/// Data files under `dir` (eight folders deep at most), hidden entries, `__` folders (such as
+/// `__pycache__`) and `datasets`' own metadata left out. Linked files are read (the hub's cache
+/// links its snapshots to blobs); linked folders are not followed, so a link loop cannot
+/// repeat files.
 fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
     let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| TrainError::io(dir, e))?;
         let p = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name.starts_with('_') {
+        let ft = entry.file_type().map_err(|e| TrainError::io(&p, e))?;
+        if name.starts_with('.') {
             continue;
         }
-        if p.is_dir() {
-            if depth < 3 {
+        if ft.is_dir() {
+            if depth < 8 && !name.starts_with("__") {
                 collect(&p, depth + 1, out)?;
             }
+            continue;
+        }
+        if ft.is_symlink() && !p.is_file() {
             continue;
         }
         let lower = inner_name(&p).to_ascii_lowercase();
@@ -261,6 +337,7 @@ fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), Train
             "dataset_infos.json",
             "state.json",
             "dataset_dict.json",
+            "config.json",
         ]
         .contains(&lower.as_str());
         if data && !metadata {
@@ -296,5 +373,21 @@ mod tests {
         );
         // `trainer` is not `train`.
         assert_eq!(w("trainer_logs.jsonl"), ["trainer", "logs"]);
+    }
+
+    #[test]
+    fn shards_name_their_split_whatever_it_is() {
+        let s = |p: &str| shard_split(Path::new(p));
+        assert_eq!(
+            s("data/train_sft-00000-of-00003.parquet").as_deref(),
+            Some("train_sft")
+        );
+        assert_eq!(
+            s("data/test-00001-of-00002-a1b2.parquet").as_deref(),
+            Some("test")
+        );
+        assert_eq!(s("train-00000-of-00001.parquet"), None);
+        assert_eq!(s("data/x/train-00000-of-00001.parquet"), None);
+        assert_eq!(s("data/train.parquet"), None);
     }
 }

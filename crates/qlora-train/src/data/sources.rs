@@ -120,8 +120,10 @@ pub(super) fn parquet_records(
     let mut row = 0;
     for batch in reader {
         let batch = batch.map_err(|e| {
-            at_row(row, &groups, &mut group, &mut group_end)
-                .error(path, format!("cannot be decoded: {e}"))
+            at_row(row, &groups, &mut group, &mut group_end).error(
+                path,
+                format!("the batch of up to {BATCH_ROWS} rows from here cannot be decoded: {e}"),
+            )
         })?;
         for i in 0..batch.num_rows() {
             let at = at_row(row, &groups, &mut group, &mut group_end);
@@ -199,7 +201,12 @@ pub(super) fn arrow_records(
             row: row + 1,
             group: None,
         };
-        let batch = batch.map_err(|e| at.error(path, format!("cannot be decoded: {e}")))?;
+        let batch = batch.map_err(|e| {
+            at.error(
+                path,
+                format!("the record batch from here cannot be decoded: {e}"),
+            )
+        })?;
         for i in 0..batch.num_rows() {
             let at = At::Row {
                 row: row + 1,
