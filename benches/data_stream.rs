@@ -24,6 +24,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
+#[allow(dead_code)]
+#[path = "../examples/common/mod.rs"]
+mod common;
+
 #[derive(Parser, Debug)]
 #[command(about = "Peak memory and throughput of streaming a large Parquet data file")]
 struct Args {
@@ -123,20 +127,8 @@ fn read(path: &PathBuf) {
         "{{\"rows\": {}, \"samples\": {samples}, \"tokens\": {tokens}, \"seconds\": {secs:.2}, \
          \"peak_rss_mib\": {:.1}}}",
         report.records,
-        peak_rss_mib()
+        common::peak_rss_mib()
     );
-}
-
-/// The process's peak resident set (VmHWM) in MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn main() {

@@ -15,8 +15,8 @@ use burn_qlora::llama::{
     TokenizerFiles,
 };
 use burn_qlora::nn::{
-    AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
-    ParameterCount, TrainableTokenIndices,
+    AdapterDtype, LoraApplier, LoraConfig, LoraModel, ModuleSelector, ParameterCount,
+    TrainableTokenIndices,
 };
 use burn_qlora::train::{
     FitEvent, FitOptions, OptimizerKind, Schedule, TrainConfig, Trainer, find_checkpoint,
@@ -144,7 +144,7 @@ struct Args {
     /// B zero) or gaussian (A ~ N(0, 1/r), B zero); B = 0 makes the first step's model the
     /// base either way. LoftQ and PiSSA are not implemented (issue #26).
     #[arg(long, value_enum, default_value = "default")]
-    init_lora_weights: InitArg,
+    init_lora_weights: common::args::InitArg,
     /// adamw, paged-adamw or adamw8bit.
     #[arg(long, default_value = "paged-adamw")]
     optimizer: OptimizerKind,
@@ -257,21 +257,11 @@ fn fresh_lora(
         modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
         trainable_token_indices,
         ensure_weight_tying: args.ensure_weight_tying,
-        init_lora_weights: match args.init_lora_weights {
-            InitArg::Default => InitLoraWeights::Default,
-            InitArg::Gaussian => InitLoraWeights::Gaussian,
-        },
+        init_lora_weights: args.init_lora_weights.into(),
         base_model_name_or_path: Some(model_path.display().to_string()),
         task_type: Some("CAUSAL_LM".into()),
         ..LoraConfig::default()
     }
-}
-
-/// `--init-lora-weights`' values.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum InitArg {
-    Default,
-    Gaussian,
 }
 
 fn main() {

@@ -67,3 +67,19 @@ pub fn mass(s: &str) -> Result<f32, String> {
 pub fn temperature(s: &str) -> Result<f32, String> {
     positive(s).map(|v| v as f32)
 }
+
+/// `--init-lora-weights`' values (PEFT's `init_lora_weights` a new adapter starts from).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum InitArg {
+    Default,
+    Gaussian,
+}
+
+impl From<InitArg> for burn_qlora::nn::InitLoraWeights {
+    fn from(a: InitArg) -> Self {
+        match a {
+            InitArg::Default => Self::Default,
+            InitArg::Gaussian => Self::Gaussian,
+        }
+    }
+}

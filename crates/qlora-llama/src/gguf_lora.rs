@@ -24,7 +24,7 @@ use std::path::Path;
 use qlora_nn::{LoraMatcher, PeftAdapter};
 
 use crate::gguf::{GgmlType, GgufValue};
-use crate::gguf_model::{Convert, gguf_name};
+use crate::gguf_model::{Convert, gguf_name, permute_rows};
 use crate::{GgufWriter, LlamaConfig, LlamaError, ModelType};
 
 /// llama.cpp's architecture name for `model_type`, and the family whose GGUF naming it follows.
@@ -176,24 +176,6 @@ fn floats(t: &burn::tensor::Tensor<2>, source: &str, module: &str) -> Result<Vec
         })
 }
 
-/// llama.cpp's Q/K permutation of `rows × cols` values: each head's rows `[2, head_dim/2]`
-/// become `[head_dim/2, 2]` (the inverse of [`crate::unpermute_rows`]).
-pub fn permute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let hd = rows / heads;
-    let half = hd / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for s in 0..2 {
-                let dst = h * hd + j * 2 + s;
-                let src = h * hd + s * half + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +186,6 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
         let p = permute_rows(&w, rows, cols, heads);
         assert_ne!(p, w);
-        assert_eq!(crate::gguf_model::unpermute_rows(&p, rows, cols, heads), w);
+        assert_eq!(crate::unpermute_rows(&p, rows, cols, heads), w);
     }
 }

@@ -88,14 +88,26 @@ pub(crate) fn gguf_name(name: &str, family: ModelType) -> Option<(String, Conver
 
 /// Undoes llama.cpp's Q/K permutation: rows `[heads, head_dim/2, 2]` → `[heads, 2, head_dim/2]`.
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_head_rows(w, rows, cols, heads, false)
+}
+
+/// llama.cpp's Q/K permutation (`convert_hf_to_gguf.py`'s `permute`): each head's rows
+/// `[2, head_dim/2]` become `[head_dim/2, 2]`; the inverse of [`unpermute_rows`].
+pub fn permute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_head_rows(w, rows, cols, heads, true)
+}
+
+/// Moves each head's rows between HF's `rotate_half` order (row `s·half + j`) and llama.cpp's
+/// interleaved one (row `2j + s`): to llama.cpp's where `to_gguf`, back otherwise.
+fn move_head_rows(w: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let hd = rows / heads;
     let half = hd / 2;
     let mut out = vec![0f32; w.len()];
     for h in 0..heads {
         for j in 0..half {
             for s in 0..2 {
-                let src = h * hd + j * 2 + s;
-                let dst = h * hd + s * half + j;
+                let (hf, gg) = (h * hd + s * half + j, h * hd + j * 2 + s);
+                let (src, dst) = if to_gguf { (hf, gg) } else { (gg, hf) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }

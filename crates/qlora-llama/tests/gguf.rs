@@ -11,7 +11,7 @@ mod byte_tokenizer;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::{
     GgmlType, GgufFile, GgufValue, GgufWriter, LlamaConfig, LlamaForCausalLM, LlamaTokenizer,
-    TokenizerFiles, ggml_dequantize, quantize_ggml,
+    TokenizerFiles, ggml_dequantize, permute_rows, quantize_ggml,
 };
 use qlora_nf4::{QuantConfig, f16};
 use qlora_nn::LoraApplier;
@@ -37,23 +37,6 @@ const HD: usize = 16;
 const FFN: usize = 96;
 const VOCAB: usize = 300;
 const LAYERS: usize = 2;
-
-/// llama.cpp's permutation of Q/K rows (the inverse of the loader's un-permute).
-fn permute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let hd = rows / heads;
-    let half = hd / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for s in 0..2 {
-                let hf = h * hd + s * half + j;
-                let gg = h * hd + j * 2 + s;
-                out[gg * cols..(gg + 1) * cols].copy_from_slice(&w[hf * cols..(hf + 1) * cols]);
-            }
-        }
-    }
-    out
-}
 
 /// Byte-level BPE vocabulary: the 256 byte symbols, a few merges, ChatML specials.
 fn tokenizer_meta(w: &mut GgufWriter) {
@@ -114,7 +97,7 @@ fn write_model(dir: &Path) {
                    values: Vec<f32>,
                    perm: Option<usize>| {
         let stored = match perm {
-            Some(heads) => permute(&values, shape[0], shape[1], heads),
+            Some(heads) => permute_rows(&values, shape[0], shape[1], heads),
             None => values,
         };
         let bytes = quantize_ggml(ty, &stored);
