@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod absmax;
+pub mod conformance;
 mod dequantize;
 mod gemv;
 mod linear;
