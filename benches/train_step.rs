@@ -21,12 +21,12 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use burn_qlora::llama::{
     LlamaConfig, LlamaForCausalLM, causal_lm_loss, causal_lm_loss_fused, default_model_path,
 };
 use burn_qlora::nf4::QuantConfig;
-use burn_qlora::nn::{LoraApplier, LoraConfig, ModuleSelector};
+use burn_qlora::nn::LoraApplier;
 use clap::Parser;
 
 #[allow(dead_code)]
@@ -96,14 +96,6 @@ struct Args {
     bench: bool,
 }
 
-fn splitmix(s: &mut u64) -> u64 {
-    *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *s;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Makes every float parameter trainable (full fine-tuning).
 struct TrainAll;
 impl ModuleMapper for TrainAll {
@@ -118,31 +110,18 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
-    let (hidden, ffn, heads, kv_heads, layers, tied) = match args.shape.as_str() {
-        "peer" => (256, 688, 8, 8, 4, false),
-        "llama7b" => (4096, 11008, 32, 32, 2, false),
-        // The default model's (SmolLM2-135M): pass `--vocab 49152` for its vocabulary.
-        "smollm2" => (576, 1536, 9, 3, 30, true),
-        other => panic!("unknown --shape `{other}` (peer, llama7b, smollm2)"),
-    };
-    let layers = args.layers.unwrap_or(layers);
+    let mut shape = common::bench_model::Shape::named(&args.shape)
+        .unwrap_or_else(|| panic!("unknown --shape `{}` (peer, llama7b, smollm2)", args.shape));
+    shape.layers = args.layers.unwrap_or(shape.layers);
+    // `--vocab` sets the vocabulary of every shape (the default model's: `--vocab 49152`).
+    shape.vocab = args.vocab;
+    let layers = shape.layers;
     let weights = args.model.clone().or_else(|| {
         let cached = default_model_path();
         (args.shape == "smollm2" && !args.random_weights && cached.is_file()).then_some(cached)
     });
     let rss_start = common::peak_rss_mib();
-    let config = LlamaConfig::from_json_str(
-        &serde_json::json!({
-            "model_type": "llama", "vocab_size": args.vocab, "hidden_size": hidden,
-            "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads, "max_position_embeddings": args.seq.max(512),
-            "tie_word_embeddings": tied, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-            "rope_theta": 10000.0
-        })
-        .to_string(),
-        "<bench config>",
-    )
-    .expect("bench config");
+    let config = shape.config(args.seq);
     // As `finetune` does: freed buffers stay in the process for the next step.
     burn_qlora::backend::keep_freed_host_memory();
     let compute = common::compute::apply_compute_dtype(args.compute_dtype, &Device::flex())
@@ -150,25 +129,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     eprintln!("{mode}: {compute}");
     let device = Device::flex().autodiff();
     device.seed(0);
-    let lora = LoraConfig {
-        r: 16,
-        lora_alpha: 32.0,
-        lora_dropout: 0.0,
-        target_modules: Some(ModuleSelector::List(
-            [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
-        )),
-        ..LoraConfig::default()
-    };
+    let lora = common::bench_model::lora_seven_linears();
     let applier = match mode {
         "full" => LoraApplier::base_only(None, &device),
         "lora" => LoraApplier::new(lora, None, &device).expect("lora config"),
@@ -192,11 +153,7 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
         .with_weight_decay(0.0)
         .with_epsilon(1e-8)
         .init();
-    let mut s = 0u64;
-    let ids: Vec<i64> = (0..args.batch * args.seq)
-        .map(|_| (splitmix(&mut s) % vocab as u64) as i64)
-        .collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq]), &device);
+    let ids = common::bench_model::random_ids(args.batch, args.seq, vocab, &device);
     let rss_ready = common::peak_rss_mib();
     let mut times = Vec::new();
     let mut losses = Vec::new();

@@ -2,6 +2,7 @@
 
 pub mod adapter;
 pub mod args;
+pub mod bench_model;
 pub mod checkpointing;
 pub mod compute;
 pub mod data;

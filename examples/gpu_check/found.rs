@@ -1,4 +1,4 @@
-//! What the program found: the adapter wgpu came up on, its memory, its subgroup sizes, the
+//! What the program found: the adapter Vulkan came up on, its memory, its subgroup sizes, the
 //! half-precision types its kernels can use and whether it offers cooperative matrices (tensor
 //! cores). The driver, the Vulkan loader and the ICD manifests are found by `benches/gpu/run.sh`
 //! before this program starts, so that a missing piece is named even when wgpu cannot start.
@@ -61,7 +61,8 @@ pub fn describe(device: &Device, client: &Client) -> Found {
         yes(f16_ok),
         yes(bf16_ok),
         if cmma.is_empty() {
-            "none".to_string()
+            // cubecl-wgpu lists them from its SPIR-V (Vulkan) backend only.
+            "none listed (this build compiles WGSL, which has none)".to_string()
         } else {
             format!("{} configurations", cmma.len())
         }

@@ -7,11 +7,16 @@
 //!    `nf4_linear` and each kernel against the dense matmul, the GEMV against the dense GEMV;
 //! 3. QLoRA training steps: the default model's shape at 8 × 512 and the LLaMA-7B-shaped stack
 //!    at 2 and 4 layers (per-layer memory and the 32-layer extrapolation), with and without
-//!    block checkpointing.
+//!    block checkpointing;
+//! 4. a short fine-tune of the bundled data with the library's `Trainer` (random-init model of
+//!    the default shape): the held-out loss falls, and a checkpoint resumed takes the same
+//!    steps.
 //!
 //! Results land in `--out` (default `$OUT`) as `gpu_check.json` and `gpu_check.md` (the rows
-//! `benches/README.md` takes), written again after every section so that a run cut short keeps
-//! what it measured. `--dry-run` takes small sizes and accepts a software adapter (lavapipe),
+//! `benches/README.md` takes), written again after every section and every training case, so
+//! that a run cut short keeps what it measured; past `--deadline-s` the remaining parts are
+//! skipped and said so. A part that panics (out of device memory, a lost device) is a failure
+//! of that part, and the others still run. `--dry-run` takes small sizes and accepts a software adapter (lavapipe),
 //! so that CI runs the whole program before a GPU is lent; without it a software adapter is an
 //! error (exit 2): the check is for a GPU.
 //!
@@ -19,11 +24,16 @@
 //! cargo run --release --example gpu_check -- --dry-run --out /tmp/gpu-check
 //! ```
 
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+mod finetune;
 mod found;
 mod kernels;
 mod table;
 mod train;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -31,6 +41,8 @@ use burn::tensor::{Device, DeviceKind};
 use burn_qlora::nn::GradientCheckpointing;
 use clap::Parser;
 use serde_json::{Value, json};
+
+use common::bench_model::{LLAMA7B, SMOLLM2, Shape};
 
 #[derive(Parser, Debug)]
 #[command(about = "Everything the project measures on a GPU, in one short run (issue #25)")]
@@ -42,33 +54,72 @@ struct Args {
     #[arg(long)]
     dry_run: bool,
     /// The sections to run, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "kernels,table,train")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kernels,table,train,finetune"
+    )]
     sections: Vec<String>,
+    /// Seconds after which the parts not yet started are skipped (run.sh's timeout is 30 s
+    /// later).
+    #[arg(long, default_value_t = 450)]
+    deadline_s: u64,
+    /// The tokenized bundled data the fine-tune trains on (written by `--prepare-samples`).
+    #[arg(long, default_value = "benches/gpu/kit/chitchat-samples.json")]
+    samples: PathBuf,
+    /// Tokenize `--data` with the cached default model's tokenizer into this file, and stop
+    /// (`benches/gpu/build.sh` does this for the kit).
+    #[arg(long)]
+    prepare_samples: Option<PathBuf>,
+    /// The data `--prepare-samples` reads.
+    #[arg(long, default_value = "data/chitchat.jsonl")]
+    data: PathBuf,
 }
 
-/// The report, written whole after every section.
+/// The report: its sections in order, written whole whenever one is set.
 struct Report {
     dir: PathBuf,
-    json: serde_json::Map<String, Value>,
-    markdown: String,
+    title: String,
+    sections: Vec<(String, String, Value, String)>,
 }
 
 impl Report {
-    fn add(&mut self, key: &str, title: &str, json: Value, markdown: &str) {
-        self.json.insert(key.into(), json);
-        self.markdown += &format!("\n## {title}\n\n{markdown}");
-        let write = |name: &str, text: String| {
+    /// Sets section `key` (replacing it if set before) and writes both files.
+    fn set(&mut self, key: &str, title: &str, json: Value, markdown: String) {
+        let entry = (key.to_string(), title.to_string(), json, markdown);
+        match self.sections.iter_mut().find(|s| s.0 == key) {
+            Some(s) => *s = entry,
+            None => self.sections.push(entry),
+        }
+        let mut md = self.title.clone();
+        let mut all = serde_json::Map::new();
+        for (key, title, json, markdown) in &self.sections {
+            md += &format!("\n## {title}\n\n{markdown}");
+            all.insert(key.clone(), json.clone());
+        }
+        for (name, text) in [
+            (
+                "gpu_check.json",
+                serde_json::to_string_pretty(&Value::Object(all)).unwrap_or_default(),
+            ),
+            ("gpu_check.md", md),
+        ] {
             let path = self.dir.join(name);
             if let Err(e) = std::fs::write(&path, text) {
                 eprintln!("gpu_check: cannot write {}: {e}", path.display());
             }
-        };
-        write(
-            "gpu_check.json",
-            serde_json::to_string_pretty(&Value::Object(self.json.clone())).unwrap_or_default(),
-        );
-        write("gpu_check.md", self.markdown.clone());
+        }
     }
+}
+
+/// `f()`, or the panic's message.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into())
+    })
 }
 
 fn main() {
@@ -77,9 +128,26 @@ fn main() {
 }
 
 fn run(args: Args) -> i32 {
+    if let Some(out) = &args.prepare_samples {
+        return match finetune::prepare(&args.data, out) {
+            Ok(n) => {
+                eprintln!(
+                    "gpu_check: {n} samples of {} in {}",
+                    args.data.display(),
+                    out.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("gpu_check --prepare-samples: {e}");
+                1
+            }
+        };
+    }
+    const SECTIONS: [&str; 4] = ["kernels", "table", "train", "finetune"];
     for s in &args.sections {
-        if !["kernels", "table", "train"].contains(&s.as_str()) {
-            eprintln!("--sections: `{s}` is not kernels, table or train");
+        if !SECTIONS.contains(&s.as_str()) {
+            eprintln!("--sections: `{s}` is not one of {}", SECTIONS.join(", "));
             return 2;
         }
     }
@@ -93,10 +161,10 @@ fn run(args: Args) -> i32 {
         return 2;
     }
     let started = Instant::now();
+    let in_time = || started.elapsed().as_secs() < args.deadline_s;
     let mut report = Report {
         dir,
-        json: serde_json::Map::new(),
-        markdown: format!(
+        title: format!(
             "# GPU check{}\n",
             if args.dry_run {
                 " (dry run: small sizes)"
@@ -104,13 +172,17 @@ fn run(args: Args) -> i32 {
                 ""
             }
         ),
+        sections: Vec::new(),
     };
-    let client = match cubecl::Device::wgpu(Default::default()) {
+    // Vulkan by name: on the GPU machine wgpu must reach the NVIDIA driver through Vulkan, not
+    // settle on another API. Burn's wgpu device below takes the same default adapter, and its
+    // automatic choice tries Vulkan first.
+    let client = match cubecl::Device::vulkan(Default::default()) {
         Ok(d) => d.client(),
         Err(e) => {
             eprintln!(
-                "gpu_check: wgpu found no adapter ({e}): no Vulkan driver (ICD) reached the \
-                 loader; benches/gpu/run.sh lists what it found"
+                "gpu_check: Vulkan has no adapter ({e}): no Vulkan driver (ICD) reached the \
+                 loader; benches/gpu/run.sh's lines above say what it found"
             );
             return 2;
         }
@@ -123,102 +195,186 @@ fn run(args: Args) -> i32 {
         found.json["f16"].as_bool() == Some(true),
         found.json["bf16"].as_bool() == Some(true),
     );
-    report.add("found", "Found", found.json, &found.markdown);
+    report.set("found", "Found", found.json, found.markdown);
     if software && !args.dry_run {
         eprintln!(
-            "gpu_check: wgpu's adapter is a software renderer, not a GPU: the NVIDIA Vulkan \
+            "gpu_check: Vulkan's adapter is a software renderer, not a GPU: the NVIDIA Vulkan \
              driver (ICD) is missing or was not picked (see run.sh's lines above); use \
              --dry-run to check the program itself on it"
         );
         return 2;
     }
     let mut failed = 0;
+    let mut skipped = Vec::new();
     let section = |name: &str| args.sections.iter().any(|s| s == name);
     if section("kernels") {
         let checks = kernels::run(&client, f16, bf16);
         failed += checks.failed;
-        report.add(
-            "kernels",
-            "Kernel correctness against qlora-nf4",
-            checks.json,
-            &checks.markdown,
-        );
+        let title = "Kernel correctness against qlora-nf4";
+        report.set("kernels", title, checks.json, checks.markdown);
     }
-    if section("table") {
-        let t = table::run(&device, args.dry_run);
-        report.add("cube_kernels", "cube_kernels", t.json, &t.markdown);
+    if section("table") && in_time() {
+        match guarded(|| table::run(&device, args.dry_run)) {
+            Ok(t) => report.set("cube_kernels", "cube_kernels", t.json, t.markdown),
+            Err(e) => {
+                failed += 1;
+                report.set(
+                    "cube_kernels",
+                    "cube_kernels",
+                    json!({"error": e}),
+                    format!("FAILED: {e}\n"),
+                );
+            }
+        }
+    } else if section("table") {
+        skipped.push("table");
     }
     if section("train") {
-        let (rows, md, bad) = train_section(&device.clone().autodiff(), args.dry_run);
-        failed += bad;
-        report.add("train", "QLoRA training steps", rows, &md);
+        failed += train_section(
+            &mut report,
+            &device.clone().autodiff(),
+            args.dry_run,
+            &in_time,
+        );
+    }
+    if section("finetune") && in_time() {
+        let work = report.dir.join("finetune-work");
+        let title = "A short fine-tune, checkpointed and resumed";
+        let ad = device.clone().autodiff();
+        match guarded(|| finetune::run(&ad, &args.samples, &work, args.dry_run)) {
+            Ok((json, md, bad)) => {
+                failed += usize::from(bad);
+                report.set("finetune", title, json, md);
+            }
+            Err(e) => {
+                failed += 1;
+                report.set(
+                    "finetune",
+                    title,
+                    json!({"error": e}),
+                    format!("FAILED: {e}\n"),
+                );
+            }
+        }
+    } else if section("finetune") {
+        skipped.push("finetune");
     }
     let secs = started.elapsed().as_secs_f64();
-    report.add(
+    let skipped_line = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; skipped past the {} s deadline: {}",
+            args.deadline_s,
+            skipped.join(", ")
+        )
+    };
+    report.set(
         "summary",
         "Summary",
-        json!({"seconds": secs, "failed": failed}),
-        &format!("{failed} failure(s), {secs:.0} s\n"),
+        json!({"seconds": secs, "failed": failed, "skipped": skipped}),
+        format!("{failed} failure(s), {secs:.0} s{skipped_line}\n"),
     );
     eprintln!(
-        "gpu_check: {failed} failure(s) in {secs:.0} s; results in {}",
+        "gpu_check: {failed} failure(s) in {secs:.0} s{skipped_line}; results in {}",
         report.dir.display()
     );
     i32::from(failed > 0)
 }
 
-/// The training cases (small ones in a dry run), their rows, and how many did not train (a
-/// non-finite loss).
-fn train_section(device: &Device, dry_run: bool) -> (Value, String, usize) {
+/// The training cases (small ones in a dry run), set in the report after each; returns how
+/// many failed (a panic or a non-finite loss).
+fn train_section(
+    report: &mut Report,
+    device: &Device,
+    dry_run: bool,
+    in_time: &dyn Fn() -> bool,
+) -> usize {
     let (warmup, steps) = if dry_run { (1, 2) } else { (2, 5) };
-    let shrink = |mut c: train::Case| {
-        if dry_run {
-            (c.hidden, c.ffn, c.heads, c.kv_heads, c.vocab, c.seq) = (128, 344, 4, 4, 512, 64);
-            c.batch = c.batch.min(2);
-        }
-        c
+    let small = |shape: Shape| Shape {
+        hidden: 128,
+        ffn: 344,
+        heads: 4,
+        kv_heads: 4,
+        vocab: 512,
+        ..shape
     };
-    let mut cases = vec![shrink(train::smollm2(8, 512))];
-    if dry_run {
-        cases[0].layers = 2;
-    }
-    for ckpt in [GradientCheckpointing::Off, GradientCheckpointing::Block] {
+    let (smollm2, llama7b, seq) = if dry_run {
+        (
+            Shape {
+                layers: 2,
+                ..small(SMOLLM2)
+            },
+            small(LLAMA7B),
+            64,
+        )
+    } else {
+        (SMOLLM2, LLAMA7B, 512)
+    };
+    let mut cases = vec![train::Case {
+        name: "default model (SmolLM2-135M shape)",
+        shape: smollm2,
+        batch: if dry_run { 2 } else { 8 },
+        seq,
+        checkpointing: GradientCheckpointing::Off,
+    }];
+    for checkpointing in [GradientCheckpointing::Off, GradientCheckpointing::Block] {
         for layers in [2, 4] {
-            cases.push(shrink(train::Case {
-                checkpointing: ckpt,
-                ..train::llama7b(layers, 512)
-            }));
+            cases.push(train::Case {
+                name: "LLaMA-7B-shaped stack",
+                shape: Shape { layers, ..llama7b },
+                batch: 1,
+                seq,
+                checkpointing,
+            });
         }
     }
+    let title = "QLoRA training steps";
     let mut rows = Vec::new();
     let mut md = String::from(train::HEADER);
-    let mut bad = 0;
+    let mut failed = 0;
     for case in &cases {
-        eprintln!("train: {case:?}");
-        let r = train::run(device, case, warmup, steps);
-        eprintln!("train: {r}");
-        if r["finite"] != Value::Bool(true) {
-            bad += 1;
+        if !in_time() {
+            md += &format!(
+                "| {} | {} | skipped: past the deadline |\n",
+                case.name, case.shape.layers
+            );
+            continue;
         }
-        md += &train::row(&r);
-        rows.push(r);
+        eprintln!("train: {case:?}");
+        match guarded(|| train::run(device, case, warmup, steps)) {
+            Ok(r) => {
+                eprintln!("train: {r}");
+                if r["finite"] != Value::Bool(true) {
+                    failed += 1;
+                }
+                md += &train::row(&r);
+                rows.push(r);
+            }
+            Err(e) => {
+                failed += 1;
+                md += &format!("| {} | {} | FAILED: {e} |\n", case.name, case.shape.layers);
+                rows.push(json!({"case": case.name, "layers": case.shape.layers, "error": e}));
+            }
+        }
+        report.set("train", title, Value::Array(rows.clone()), md.clone());
     }
-    // Per layer: the 4-layer stack's peak less the 2-layer one's, halved.
+    // Per layer: the 4-layer stack's figure less the 2-layer one's, halved.
     for ckpt in ["Off", "Block"] {
-        let peak = |layers: u64| {
+        let probed = |layers: u64| {
             rows.iter()
                 .find(|r| {
                     r["case"] == "LLaMA-7B-shaped stack"
                         && r["layers"] == layers
                         && r["grad_checkpointing"] == ckpt
                 })
-                .and_then(|r| r["peak_in_use_mib"].as_f64())
+                .and_then(|r| r["in_use_after_pass_mib"].as_f64())
         };
-        if let (Some(two), Some(four)) = (peak(2), peak(4)) {
+        if let (Some(two), Some(four)) = (probed(2), probed(4)) {
             let per_layer = (four - two) / 2.0;
             md += &format!(
-                "\nLLaMA-7B-shaped stack, checkpointing {ckpt}: {per_layer:.1} MiB per layer; \
-                 32 layers ≈ {:.0} MiB\n",
+                "\nLLaMA-7B-shaped stack, checkpointing {ckpt}: {per_layer:.1} MiB per layer \
+                 (most in use after a pass); 32 layers ≈ {:.0} MiB\n",
                 two + 30.0 * per_layer
             );
             rows.push(
@@ -227,5 +383,6 @@ fn train_section(device: &Device, dry_run: bool) -> (Value, String, usize) {
             );
         }
     }
-    (Value::Array(rows), md, bad)
+    report.set("train", title, Value::Array(rows), md);
+    failed
 }

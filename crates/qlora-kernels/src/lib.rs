@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod absmax;
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod dequantize;
 mod gemv;
