@@ -141,10 +141,12 @@ struct Args {
     #[arg(long)]
     rslora: bool,
     /// How new adapters start (PEFT's `init_lora_weights`): default (A Kaiming-uniform,
-    /// B zero) or gaussian (A ~ N(0, 1/r), B zero); B = 0 makes the first step's model the
-    /// base either way. LoftQ and PiSSA are not implemented (issue #26).
-    #[arg(long, value_enum, default_value = "default")]
-    init_lora_weights: common::args::InitArg,
+    /// B zero), gaussian (A ~ N(0, 1/r), B zero), pissa (A and B from the weight's top-r
+    /// singular vectors by a full SVD, the base keeping the residual, quantized after; the same
+    /// model at the start) or pissa_niter_K (a randomized SVD with K power iterations, for large
+    /// layers). PiSSA needs a float base (not a bnb-4bit folder). LoftQ is not implemented.
+    #[arg(long, default_value = "default", value_parser = common::args::init_lora_weights)]
+    init_lora_weights: burn_qlora::nn::InitLoraWeights,
     /// adamw, paged-adamw or adamw8bit.
     #[arg(long, default_value = "paged-adamw")]
     optimizer: OptimizerKind,
@@ -257,7 +259,7 @@ fn fresh_lora(
         modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
         trainable_token_indices,
         ensure_weight_tying: args.ensure_weight_tying,
-        init_lora_weights: args.init_lora_weights.into(),
+        init_lora_weights: args.init_lora_weights,
         base_model_name_or_path: Some(model_path.display().to_string()),
         task_type: Some("CAUSAL_LM".into()),
         ..LoraConfig::default()

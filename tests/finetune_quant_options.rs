@@ -117,11 +117,11 @@ fn lora_a_std(adapter: &Path) -> f64 {
 }
 
 #[test]
-fn init_lora_weights_gaussian_starts_a_at_one_over_r() {
+fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_is_saved_by_name() {
     let tiny = cli::TinyRun::new("init-lora");
     let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let mut stds = Vec::new();
-    for init in ["default", "gaussian"] {
+    for init in ["default", "gaussian", "pissa"] {
         let out = work.join(init);
         cli::ok(
             "finetune",
@@ -153,10 +153,9 @@ fn init_lora_weights_gaussian_starts_a_at_one_over_r() {
             &std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap(),
         )
         .unwrap();
-        let want = if init == "gaussian" {
-            serde_json::json!("gaussian")
-        } else {
-            serde_json::json!(true)
+        let want = match init {
+            "default" => serde_json::json!(true),
+            other => serde_json::json!(other),
         };
         assert_eq!(config["init_lora_weights"], want, "{init}");
         stds.push(lora_a_std(&out.join("adapter")));
@@ -165,4 +164,10 @@ fn init_lora_weights_gaussian_starts_a_at_one_over_r() {
     // ~1e-6); Kaiming-uniform's is 1/sqrt(3 in), far smaller on the tiny model's widths.
     assert!((stds[1] - 0.25).abs() < 0.02, "gaussian std {}", stds[1]);
     assert!(stds[0] < 0.2, "default std {}", stds[0]);
+    // PiSSA's A holds the weight's top singular vectors scaled by √(σ/s): neither draw.
+    assert!(
+        stds[2].is_finite() && stds[2] > 0.0,
+        "pissa std {}",
+        stds[2]
+    );
 }

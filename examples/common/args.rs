@@ -68,18 +68,17 @@ pub fn temperature(s: &str) -> Result<f32, String> {
     positive(s).map(|v| v as f32)
 }
 
-/// `--init-lora-weights`' values (PEFT's `init_lora_weights` a new adapter starts from).
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum InitArg {
-    Default,
-    Gaussian,
-}
-
-impl From<InitArg> for burn_qlora::nn::InitLoraWeights {
-    fn from(a: InitArg) -> Self {
-        match a {
-            InitArg::Default => Self::Default,
-            InitArg::Gaussian => Self::Gaussian,
-        }
+/// `--init-lora-weights`: `default`, `gaussian`, `pissa` or `pissa_niter_K` (PEFT's
+/// `init_lora_weights` values a new adapter starts from).
+pub fn init_lora_weights(s: &str) -> Result<burn_qlora::nn::InitLoraWeights, String> {
+    use burn_qlora::nn::InitLoraWeights;
+    match InitLoraWeights::parse(s) {
+        Some(v @ (InitLoraWeights::Default | InitLoraWeights::Gaussian)) => Ok(v),
+        Some(v @ InitLoraWeights::Pissa { .. }) => Ok(v),
+        _ => Err(
+            "expected default, gaussian, pissa or pissa_niter_K (K power iterations; \
+                  LoftQ is not implemented)"
+                .into(),
+        ),
     }
 }

@@ -107,6 +107,11 @@ fn linear(
             let w = HostFloats::F32(q.dequantize_f32());
             float_linear(applier, path, w, [out, inp], bias)
         }
+        // PiSSA reads and changes the float weight before it is quantized: the applier does it.
+        (None, Some(_)) if applier.needs_float_weight(path, ModuleKind::Linear) => {
+            let w = float(src, &wname, &[out, inp])?;
+            float_linear(applier, path, w, [out, inp], bias)
+        }
         (None, Some(config)) => {
             let w = float(src, &wname, &[out, inp])?;
             let shape = [out, inp];

@@ -28,6 +28,9 @@ impl LoraAdapter {
     /// - `Default`: `A ~ U(-1/√in, 1/√in)` (Kaiming-uniform with a = √5), `B = 0`;
     /// - `Gaussian`: `A ~ N(0, (1/r)²)` (PEFT's `std = 1/r`), `B = 0`;
     /// - `Random`: both Kaiming-uniform (`B ~ U(-1/√r, 1/√r)`), so the adapter starts non-zero.
+    ///
+    /// # Panics
+    /// With `Pissa`, which needs the layer's weight: [`crate::LoraApplier`] makes those.
     pub fn new(
         [in_features, out_features]: [usize; 2],
         r: usize,
@@ -37,6 +40,10 @@ impl LoraAdapter {
         device: &Device,
     ) -> Self {
         assert!(r > 0, "LoRA rank must be at least 1");
+        assert!(
+            !matches!(init, InitLoraWeights::Pissa { .. }),
+            "a PiSSA adapter is made from its layer's weight (LoraApplier::linear), not here"
+        );
         let kaiming = |fan_in: usize| {
             Distribution::Uniform(-1.0 / (fan_in as f64).sqrt(), 1.0 / (fan_in as f64).sqrt())
         };

@@ -10,12 +10,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use qlora_backend::QuantConfig;
 
+use crate::pissa::{path_seed, pissa};
 use crate::{
-    AdapterWeights, LoraAdapter, LoraBias, LoraConfig, LoraError, LoraLinear, LoraMatcher,
-    ModuleKind, QLoraLinear,
+    AdapterWeights, InitLoraWeights, LoraAdapter, LoraBias, LoraConfig, LoraError, LoraLinear,
+    LoraMatcher, ModuleKind, QLoraLinear,
 };
 
 /// A linear layer after a config was applied: frozen as it was, LoRA over a float base, or
@@ -336,6 +337,17 @@ impl LoraApplier {
             .is_some_and(|m| m.is_module_to_save(path))
     }
 
+    /// Whether the layer at `path` must be given as a float weight ([`LoraApplier::linear`]):
+    /// its adapter's initialisation reads and changes the base weight (PiSSA), so a loader that
+    /// quantizes on the host first must not do so for it.
+    pub fn needs_float_weight(&self, path: &str, kind: ModuleKind) -> bool {
+        self.is_target(path, kind)
+            && self
+                .config
+                .as_ref()
+                .is_some_and(|c| matches!(c.init_lora_weights, InitLoraWeights::Pissa { .. }))
+    }
+
     /// Whether the layer at `path` gets an adapter.
     pub fn is_target(&self, path: &str, kind: ModuleKind) -> bool {
         self.matcher
@@ -353,6 +365,56 @@ impl LoraApplier {
             config.init_lora_weights,
             &self.device,
         ))
+    }
+
+    /// PiSSA's adapter for the float layer at `path`, and the layer with the residual as its
+    /// weight ([`crate::pissa`]).
+    fn pissa_adapter(
+        &self,
+        path: &str,
+        mut base: Linear,
+        niter: Option<usize>,
+    ) -> Result<(Linear, LoraAdapter), LoraError> {
+        let (config, matcher) = (
+            self.config
+                .as_ref()
+                .expect("a PiSSA init comes from a config"),
+            self.matcher
+                .as_ref()
+                .expect("a targeted layer has a matcher"),
+        );
+        let (r, scaling) = (matcher.rank(path), matcher.scaling(path));
+        // Burn keeps the weight as [in, out]; PEFT's W is [out, in].
+        let [d_in, d_out] = base.weight.dims();
+        let w: Vec<f32> = base
+            .weight
+            .val()
+            .transpose()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 data");
+        let init = pissa(&w, [d_out, d_in], r, scaling, niter, path_seed(path)).map_err(|e| {
+            LoraError::Layer {
+                problem: format!(
+                    "{path}: init_lora_weights {:?}: {e}",
+                    config.init_lora_weights
+                ),
+            }
+        })?;
+        let device = &self.device;
+        let tensor = |v: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v, shape), device)
+        };
+        let residual = tensor(init.residual, [d_out, d_in]).transpose();
+        base.weight = base.weight.map(|_| residual);
+        let adapter = LoraAdapter::from_weights(
+            tensor(init.lora_a, [r, d_in]),
+            tensor(init.lora_b, [d_out, r]),
+            scaling,
+            config.lora_dropout,
+        );
+        Ok((base, adapter))
     }
 
     fn bias_trains(&self, targeted: bool) -> bool {
@@ -377,6 +439,20 @@ impl LoraApplier {
             ));
         }
         let targeted = self.is_target(path, ModuleKind::Linear);
+        if let Some(c) = &self.config
+            && targeted
+            && matches!(c.init_lora_weights, InitLoraWeights::Pissa { .. })
+        {
+            // PEFT refuses it too: the residual of rounded 4-bit values would be quantized again.
+            return Err(LoraError::Layer {
+                problem: format!(
+                    "{path}: init_lora_weights {:?} needs the float weight, and this layer is \
+                     already 4-bit (a bnb-4bit checkpoint): load the float model and let it be \
+                     quantized after PiSSA (QLoRA + PiSSA quantizes the residual)",
+                    c.init_lora_weights
+                ),
+            });
+        }
         if targeted
             && let Some(a) = self.new_adapter(path, [layer.in_features(), layer.out_features()])
         {
@@ -415,10 +491,24 @@ impl LoraApplier {
         }
         let targeted = self.is_target(path, kind);
         let bias_trains = self.bias_trains(targeted);
-        let adapter = if targeted {
-            self.new_adapter(path, base.weight.dims())
-        } else {
-            None
+        let pissa = match self.config.as_ref().map(|c| c.init_lora_weights) {
+            Some(InitLoraWeights::Pissa { niter }) if self.needs_float_weight(path, kind) => {
+                Some(niter)
+            }
+            _ => None,
+        };
+        let (base, adapter) = match pissa {
+            // The adapter takes the weight's principal part; the base keeps the residual,
+            // before any quantization (PEFT initialises PiSSA on the float weight).
+            Some(niter) => {
+                let (base, adapter) = self.pissa_adapter(path, base, niter)?;
+                (base, Some(adapter))
+            }
+            None if targeted => {
+                let adapter = self.new_adapter(path, base.weight.dims());
+                (base, adapter)
+            }
+            None => (base, None),
         };
         let mut layer = match (self.quantize, adapter) {
             (None, None) => return Ok(AdaptedLinear::Frozen(base.no_grad())),

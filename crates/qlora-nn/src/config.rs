@@ -56,8 +56,10 @@ pub enum LoraBias {
     LoraOnly,
 }
 
-/// `init_lora_weights`: `true` (Kaiming-uniform A, zero B), `"gaussian"` (A ~ N(0, 1/r), zero B)
-/// or `false` (A and B both Kaiming-uniform, so the adapter starts non-zero; for tests).
+/// `init_lora_weights`: `true` (Kaiming-uniform A, zero B), `"gaussian"` (A ~ N(0, 1/r), zero B),
+/// `"pissa"` / `"pissa_niter_K"` (A and B from the weight's principal singular vectors, the base
+/// keeping the residual: [`crate::pissa`]) or `false` (A and B both Kaiming-uniform, so the
+/// adapter starts non-zero; for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitLoraWeights {
     /// PEFT's default: A Kaiming-uniform (a = √5), B = 0.
@@ -67,6 +69,30 @@ pub enum InitLoraWeights {
     Gaussian,
     /// A and B Kaiming-uniform (PEFT's `false`: the layer's plain `nn.Linear` init).
     Random,
+    /// PiSSA: the full SVD (`niter: None`, PEFT's `"pissa"`) or the randomized one with that
+    /// many power iterations (`"pissa_niter_K"`). The base weight becomes the residual, so it
+    /// must be a float weight (quantized afterwards, as QLoRA + PiSSA does).
+    Pissa {
+        /// Power iterations of the randomized SVD; `None` for the full SVD.
+        niter: Option<usize>,
+    },
+}
+
+impl InitLoraWeights {
+    /// The value as PEFT writes it in `adapter_config.json`, or as `--init-lora-weights` takes
+    /// it (`true` is `default`, `false` is `random`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "default" | "true" => Some(Self::Default),
+            "gaussian" => Some(Self::Gaussian),
+            "random" | "false" => Some(Self::Random),
+            "pissa" => Some(Self::Pissa { niter: None }),
+            _ => {
+                let k = s.strip_prefix("pissa_niter_")?.parse().ok()?;
+                Some(Self::Pissa { niter: Some(k) })
+            }
+        }
+    }
 }
 
 impl Serialize for InitLoraWeights {
@@ -75,6 +101,10 @@ impl Serialize for InitLoraWeights {
             InitLoraWeights::Default => s.serialize_bool(true),
             InitLoraWeights::Gaussian => s.serialize_str("gaussian"),
             InitLoraWeights::Random => s.serialize_bool(false),
+            InitLoraWeights::Pissa { niter: None } => s.serialize_str("pissa"),
+            InitLoraWeights::Pissa { niter: Some(k) } => {
+                s.serialize_str(&format!("pissa_niter_{k}"))
+            }
         }
     }
 }
@@ -249,13 +279,22 @@ impl LoraConfig {
             init_lora_weights: match field("init_lora_weights") {
                 None | Some(Value::Bool(true)) => InitLoraWeights::Default,
                 Some(Value::Bool(false)) => InitLoraWeights::Random,
-                Some(Value::String(s)) if s == "gaussian" => InitLoraWeights::Gaussian,
+                Some(Value::String(s))
+                    if matches!(
+                        InitLoraWeights::parse(s),
+                        Some(InitLoraWeights::Gaussian | InitLoraWeights::Pissa { .. })
+                    ) =>
+                {
+                    InitLoraWeights::parse(s).expect("matched above")
+                }
                 Some(other) => {
                     return Err(LoraError::Unsupported {
                         path: path.to_string(),
                         field: "init_lora_weights".into(),
                         value: other.to_string(),
-                        why: "only true, false and \"gaussian\" are implemented".into(),
+                        why: "only true, false, \"gaussian\", \"pissa\" and \"pissa_niter_K\" \
+                              are implemented (not LoftQ, OLoRA, EVA, CorDA, MiCA)"
+                            .into(),
                     });
                 }
             },

@@ -18,7 +18,9 @@ mod matching;
 mod model;
 mod peft_fields;
 mod peft_io;
+pub mod pissa;
 mod seed;
+mod svd;
 mod tokens;
 
 pub use adapter::{LoraAdapter, LoraAdapters};

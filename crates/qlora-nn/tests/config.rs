@@ -101,13 +101,25 @@ fn unknown_and_unsupported_fields_are_named() {
     let e = LoraConfig::from_json_bytes(
         base.replace(
             "\"init_lora_weights\": false",
-            "\"init_lora_weights\": \"pissa\"",
+            "\"init_lora_weights\": \"olora\"",
         )
         .as_bytes(),
         "c",
     )
     .unwrap_err();
     assert!(e.to_string().contains("init_lora_weights"), "{e}");
+    // PiSSA is read (issue #26), in both of PEFT's spellings.
+    for (s, v) in [
+        ("pissa", InitLoraWeights::Pissa { niter: None }),
+        ("pissa_niter_4", InitLoraWeights::Pissa { niter: Some(4) }),
+    ] {
+        let json = base.replace(
+            "\"init_lora_weights\": false",
+            &format!("\"init_lora_weights\": \"{s}\""),
+        );
+        let c = LoraConfig::from_json_bytes(json.as_bytes(), "c").unwrap();
+        assert_eq!(c.init_lora_weights, v);
+    }
     let e = LoraConfig::from_json_bytes(base.replace("\"r\": 8", "\"r\": 0").as_bytes(), "c")
         .unwrap_err();
     assert!(e.to_string().contains("`r`"), "{e}");
