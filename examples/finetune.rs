@@ -140,13 +140,16 @@ struct Args {
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     rslora: bool,
-    /// How new adapters start (PEFT's `init_lora_weights`): default (A Kaiming-uniform,
-    /// B zero), gaussian (A ~ N(0, 1/r), B zero), pissa (A and B from the weight's top-r
-    /// singular vectors by a full SVD, the base keeping the residual, quantized after; the same
-    /// model at the start) or pissa_niter_K (a randomized SVD with K power iterations, for large
-    /// layers). PiSSA needs a float base (not a bnb-4bit folder). LoftQ is not implemented.
+    /// How new adapters start (PEFT's `init_lora_weights`): default (A Kaiming-uniform, B 0),
+    /// gaussian (A ~ N(0, 1/r), B 0), pissa / pissa_niter_K (A, B from the weight's top-r
+    /// singular vectors, full or randomized SVD; the base keeps the residual) or loftq (base
+    /// and adapter fitted together; nearest the float weight with --alpha = --rank). PiSSA and
+    /// LoftQ need a float base (not a bnb-4bit folder).
     #[arg(long, default_value = "default", value_parser = common::args::init_lora_weights)]
     init_lora_weights: burn_qlora::nn::InitLoraWeights,
+    /// LoftQ's alternations of NF4 quantization and SVD (PEFT's `loftq_iter`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    loftq_iter: u32,
     /// adamw, paged-adamw or adamw8bit.
     #[arg(long, default_value = "paged-adamw")]
     optimizer: OptimizerKind,
@@ -259,7 +262,7 @@ fn fresh_lora(
         modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
         trainable_token_indices,
         ensure_weight_tying: args.ensure_weight_tying,
-        init_lora_weights: args.init_lora_weights,
+        init_lora_weights: common::args::with_loftq_iter(args.init_lora_weights, args.loftq_iter),
         base_model_name_or_path: Some(model_path.display().to_string()),
         task_type: Some("CAUSAL_LM".into()),
         ..LoraConfig::default()

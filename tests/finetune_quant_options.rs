@@ -117,11 +117,11 @@ fn lora_a_std(adapter: &Path) -> f64 {
 }
 
 #[test]
-fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_is_saved_by_name() {
+fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_and_loftq_are_saved_by_name() {
     let tiny = cli::TinyRun::new("init-lora");
     let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let mut stds = Vec::new();
-    for init in ["default", "gaussian", "pissa"] {
+    for init in ["default", "gaussian", "pissa", "loftq"] {
         let out = work.join(init);
         cli::ok(
             "finetune",
@@ -158,6 +158,11 @@ fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_is_saved_by_name(
             other => serde_json::json!(other),
         };
         assert_eq!(config["init_lora_weights"], want, "{init}");
+        if init == "loftq" {
+            // PEFT's loftq_config, with --loftq-iter's default.
+            let want = serde_json::json!({"loftq_bits": 4, "loftq_iter": 1});
+            assert_eq!(config["loftq_config"], want);
+        }
         stds.push(lora_a_std(&out.join("adapter")));
     }
     // PEFT's gaussian init draws A with std 1/r = 0.25 (one step at lr 1e-6 moves it by

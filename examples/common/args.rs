@@ -68,17 +68,28 @@ pub fn temperature(s: &str) -> Result<f32, String> {
     positive(s).map(|v| v as f32)
 }
 
-/// `--init-lora-weights`: `default`, `gaussian`, `pissa` or `pissa_niter_K` (PEFT's
+/// `--init-lora-weights`: `default`, `gaussian`, `pissa`, `pissa_niter_K` or `loftq` (PEFT's
 /// `init_lora_weights` values a new adapter starts from).
 pub fn init_lora_weights(s: &str) -> Result<burn_qlora::nn::InitLoraWeights, String> {
     use burn_qlora::nn::InitLoraWeights;
     match InitLoraWeights::parse(s) {
-        Some(v @ (InitLoraWeights::Default | InitLoraWeights::Gaussian)) => Ok(v),
-        Some(v @ InitLoraWeights::Pissa { .. }) => Ok(v),
-        _ => Err(
-            "expected default, gaussian, pissa or pissa_niter_K (K power iterations; \
-                  LoftQ is not implemented)"
-                .into(),
+        Some(InitLoraWeights::Random) | None => Err(
+            "expected default, gaussian, pissa, pissa_niter_K (K power iterations) or loftq".into(),
         ),
+        Some(v) => Ok(v),
+    }
+}
+
+/// `--init-lora-weights` with `--loftq-iter`'s count where it is `loftq`.
+pub fn with_loftq_iter(
+    init: burn_qlora::nn::InitLoraWeights,
+    iters: u32,
+) -> burn_qlora::nn::InitLoraWeights {
+    use burn_qlora::nn::InitLoraWeights;
+    match init {
+        InitLoraWeights::Loftq { .. } => InitLoraWeights::Loftq {
+            iters: iters as usize,
+        },
+        other => other,
     }
 }

@@ -6,43 +6,24 @@
 //! QLoRA's, as the method promises (figures printed); a bnb-4bit base refused by name.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
-use qlora_nn::{
-    AdaptedLinear, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector,
-};
+use qlora_nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+#[path = "support/init_refs.rs"]
+mod init_refs;
+use init_refs::*;
 
-fn model_dir() -> PathBuf {
-    fixtures().join("golden/families/llama/model")
-}
+const REFERENCE: &str = "pissa/llama.safetensors";
 
-/// The reference tensors by name, as f32 (`input_ids` as i64 values in f32 is not needed).
 fn reference() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(fixtures().join("pissa/llama.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(name, t)| {
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (name, (t.shape().to_vec(), v))
-        })
-        .collect()
+    f32_tensors(REFERENCE)
 }
 
 fn input_ids(device: &Device) -> Tensor<2, Int> {
-    let bytes = std::fs::read(fixtures().join("pissa/llama.safetensors")).unwrap();
+    let bytes = std::fs::read(fixture(REFERENCE)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("input_ids").unwrap();
     let ids: Vec<i64> = t
@@ -64,33 +45,8 @@ fn config(init: InitLoraWeights) -> LoraConfig {
     }
 }
 
-fn load(init: InitLoraWeights, quant: Option<QuantConfig>) -> LlamaForCausalLM {
-    let device = Device::flex();
-    let applier = LoraApplier::new(config(init), quant, &device).unwrap();
-    LlamaForCausalLM::load(model_dir(), &applier).unwrap()
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-/// `(A [r, in], B [out, r], base [out, in])` of an adapted layer.
-fn parts(layer: &AdaptedLinear) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    match layer {
-        AdaptedLinear::Lora(l) => {
-            let a = l.lora.get("default").unwrap();
-            (
-                values(a.lora_a.val()),
-                values(a.lora_b.val()),
-                values(l.base.weight.val().transpose()),
-            )
-        }
-        other => panic!("not a float LoRA layer: {other:?}"),
-    }
-}
-
-fn max_abs(v: &[f32]) -> f32 {
-    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+fn load_with(init: InitLoraWeights, quant: Option<QuantConfig>) -> LlamaForCausalLM {
+    load(config(init), quant)
 }
 
 /// `‖W − s·B·A‖_F`, W `[out, in]`.
@@ -110,7 +66,7 @@ fn rank_r_error(w: &[f32], a: &[f32], b: &[f32], r: usize, scaling: f64) -> f64 
 #[test]
 fn pissa_gives_peft_s_adapters_residuals_and_logits() {
     let refs = reference();
-    let model = load(InitLoraWeights::Pissa { niter: None }, None);
+    let model = load_with(InitLoraWeights::Pissa { niter: None }, None);
     let linears = model.linears();
     assert_eq!(linears.len(), 21, "seven linears in each of three layers");
     for (path, layer) in &linears {
@@ -118,31 +74,7 @@ fn pissa_gives_peft_s_adapters_residuals_and_logits() {
         let (_, a_ref) = &refs[&format!("{path}.lora_A")];
         let (_, b_ref) = &refs[&format!("{path}.lora_B")];
         let (_, res_ref) = &refs[&format!("{path}.residual")];
-        let (r, inp, out) = (4, a.len() / 4, b.len() / 4);
-        // Each singular component up to its sign: A's row and B's column flip together.
-        for c in 0..r {
-            let dot: f32 = (0..inp).map(|j| a[c * inp + j] * a_ref[c * inp + j]).sum();
-            let sign = dot.signum();
-            let (sa, sb) = (max_abs(a_ref), max_abs(b_ref));
-            for j in 0..inp {
-                let d = (sign * a[c * inp + j] - a_ref[c * inp + j]).abs();
-                assert!(
-                    d <= 1e-4 * sa,
-                    "{path} lora_A[{c}, {j}]: {} vs {}",
-                    a[c * inp + j],
-                    a_ref[c * inp + j]
-                );
-            }
-            for i in 0..out {
-                let d = (sign * b[i * r + c] - b_ref[i * r + c]).abs();
-                assert!(
-                    d <= 1e-4 * sb,
-                    "{path} lora_B[{i}, {c}]: {} vs {}",
-                    b[i * r + c],
-                    b_ref[i * r + c]
-                );
-            }
-        }
+        assert_components_match(path, (&a, &b), (a_ref, b_ref), 4, 1e-4);
         let scale = max_abs(res_ref);
         assert!(scale > 0.0 && base.iter().all(|v| v.is_finite()), "{path}");
         for (k, (x, y)) in base.iter().zip(res_ref).enumerate() {
@@ -174,13 +106,8 @@ fn pissa_gives_peft_s_adapters_residuals_and_logits() {
 #[test]
 fn pissa_niter_approximates_the_weight_as_well_as_peft_s_randomized_svd() {
     let refs = reference();
-    let plain = load(InitLoraWeights::Default, None);
-    let weights: HashMap<String, Vec<f32>> = plain
-        .linears()
-        .into_iter()
-        .map(|(p, l)| (p, parts(l).2))
-        .collect();
-    let full = load(InitLoraWeights::Pissa { niter: None }, None);
+    let weights = float_weights();
+    let full = load_with(InitLoraWeights::Pissa { niter: None }, None);
     let full: HashMap<String, (Vec<f32>, Vec<f32>)> = full
         .linears()
         .into_iter()
@@ -189,7 +116,7 @@ fn pissa_niter_approximates_the_weight_as_well_as_peft_s_randomized_svd() {
             (p, (a, b))
         })
         .collect();
-    let niter = load(InitLoraWeights::Pissa { niter: Some(4) }, None);
+    let niter = load_with(InitLoraWeights::Pissa { niter: Some(4) }, None);
     let (mut ours_total, mut peft_total, mut best_total) = (0.0, 0.0, 0.0);
     for (path, layer) in niter.linears() {
         let (a, b, base) = parts(layer);
@@ -233,43 +160,11 @@ fn pissa_niter_approximates_the_weight_as_well_as_peft_s_randomized_svd() {
 
 #[test]
 fn qlora_with_pissa_starts_nearer_the_float_weight_than_plain_qlora() {
-    let plain = load(InitLoraWeights::Default, None);
-    let weights: HashMap<String, Vec<f32>> = plain
-        .linears()
-        .into_iter()
-        .map(|(p, l)| (p, parts(l).2))
-        .collect();
+    let weights = float_weights();
     // The start's weight: the dequantized base plus s·B·A (B = 0 for plain QLoRA).
-    let start = |init| -> HashMap<String, Vec<f32>> {
-        load(init, Some(QuantConfig::qlora()))
-            .linears()
-            .into_iter()
-            .map(|(p, l)| match l {
-                AdaptedLinear::QLora(q) => (
-                    p,
-                    values(q.clone().merge_to_linear().weight.val().transpose()),
-                ),
-                other => panic!("{p}: not QLoRA: {other:?}"),
-            })
-            .collect()
-    };
-    let (qlora, pissa) = (
-        start(InitLoraWeights::Default),
-        start(InitLoraWeights::Pissa { niter: None }),
-    );
-    let err = |start: &HashMap<String, Vec<f32>>| -> f64 {
-        weights
-            .iter()
-            .map(|(p, w)| {
-                w.iter()
-                    .zip(&start[p])
-                    .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            .sqrt()
-    };
-    let (e_qlora, e_pissa) = (err(&qlora), err(&pissa));
+    let start = |init| qlora_starts(&load_with(init, Some(QuantConfig::qlora())));
+    let e_qlora = distance(&weights, &start(InitLoraWeights::Default));
+    let e_pissa = distance(&weights, &start(InitLoraWeights::Pissa { niter: None }));
     println!(
         "‖W − start‖_F over the 21 linears: NF4 + DQ {e_qlora:.5}, NF4 + DQ of the PiSSA \
          residual plus the adapter {e_pissa:.5} ({:.1} % less)",
@@ -290,7 +185,7 @@ fn pissa_on_a_bnb_4bit_base_is_refused_by_name() {
         &device,
     )
     .unwrap();
-    let dir = fixtures().join("golden/families/llama/model-nf4");
+    let dir = fixture("golden/families/llama/model-nf4");
     let err = match LlamaForCausalLM::load(&dir, &applier) {
         Ok(_) => panic!("PiSSA on the bnb-4bit folder's 4-bit codes loaded"),
         Err(e) => e.to_string(),
@@ -312,5 +207,5 @@ fn init_lora_weights_reads_and_writes_peft_s_pissa_strings() {
         assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(s));
     }
     assert_eq!(InitLoraWeights::parse("pissa_niter_x"), None);
-    assert_eq!(InitLoraWeights::parse("loftq"), None);
+    assert_eq!(InitLoraWeights::parse("olora"), None);
 }

@@ -30,7 +30,8 @@ impl LoraAdapter {
     /// - `Random`: both Kaiming-uniform (`B ~ U(-1/√r, 1/√r)`), so the adapter starts non-zero.
     ///
     /// # Panics
-    /// With `Pissa`, which needs the layer's weight: [`crate::LoraApplier`] makes those.
+    /// With `Pissa` or `Loftq`, which need the layer's weight: [`crate::LoraApplier`] makes
+    /// those.
     pub fn new(
         [in_features, out_features]: [usize; 2],
         r: usize,
@@ -41,8 +42,11 @@ impl LoraAdapter {
     ) -> Self {
         assert!(r > 0, "LoRA rank must be at least 1");
         assert!(
-            !matches!(init, InitLoraWeights::Pissa { .. }),
-            "a PiSSA adapter is made from its layer's weight (LoraApplier::linear), not here"
+            !matches!(
+                init,
+                InitLoraWeights::Pissa { .. } | InitLoraWeights::Loftq { .. }
+            ),
+            "PiSSA and LoftQ adapters are made from their layer's weight (LoraApplier::linear)"
         );
         let kaiming = |fan_in: usize| {
             Distribution::Uniform(-1.0 / (fan_in as f64).sqrt(), 1.0 / (fan_in as f64).sqrt())

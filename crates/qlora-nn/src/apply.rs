@@ -13,6 +13,7 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use qlora_backend::QuantConfig;
 
+use crate::loftq::loftq;
 use crate::pissa::{path_seed, pissa};
 use crate::{
     AdapterWeights, InitLoraWeights, LoraAdapter, LoraBias, LoraConfig, LoraError, LoraLinear,
@@ -338,14 +339,16 @@ impl LoraApplier {
     }
 
     /// Whether the layer at `path` must be given as a float weight ([`LoraApplier::linear`]):
-    /// its adapter's initialisation reads and changes the base weight (PiSSA), so a loader that
+    /// its adapter's initialisation reads and changes the base weight (PiSSA, LoftQ), so a loader that
     /// quantizes on the host first must not do so for it.
     pub fn needs_float_weight(&self, path: &str, kind: ModuleKind) -> bool {
         self.is_target(path, kind)
-            && self
-                .config
-                .as_ref()
-                .is_some_and(|c| matches!(c.init_lora_weights, InitLoraWeights::Pissa { .. }))
+            && self.config.as_ref().is_some_and(|c| {
+                matches!(
+                    c.init_lora_weights,
+                    InitLoraWeights::Pissa { .. } | InitLoraWeights::Loftq { .. }
+                )
+            })
     }
 
     /// Whether the layer at `path` gets an adapter.
@@ -367,18 +370,17 @@ impl LoraApplier {
         ))
     }
 
-    /// PiSSA's adapter for the float layer at `path`, and the layer with the residual as its
-    /// weight ([`crate::pissa`]).
-    fn pissa_adapter(
+    /// The PiSSA or LoftQ adapter of the float layer at `path`, and the layer with its new
+    /// base weight (PiSSA's residual, LoftQ's dequantized NF4 weight).
+    fn weight_aware_adapter(
         &self,
         path: &str,
         mut base: Linear,
-        niter: Option<usize>,
     ) -> Result<(Linear, LoraAdapter), LoraError> {
         let (config, matcher) = (
             self.config
                 .as_ref()
-                .expect("a PiSSA init comes from a config"),
+                .expect("a weight-aware init comes from a config"),
             self.matcher
                 .as_ref()
                 .expect("a targeted layer has a matcher"),
@@ -394,23 +396,31 @@ impl LoraApplier {
             .convert::<f32>()
             .try_to_vec::<f32>()
             .expect("f32 data");
-        let init = pissa(&w, [d_out, d_in], r, scaling, niter, path_seed(path)).map_err(|e| {
-            LoraError::Layer {
-                problem: format!(
-                    "{path}: init_lora_weights {:?}: {e}",
-                    config.init_lora_weights
-                ),
+        let (a, b, new_base) = match config.init_lora_weights {
+            InitLoraWeights::Pissa { niter } => {
+                pissa(&w, [d_out, d_in], r, scaling, niter, path_seed(path))
+                    .map(|p| (p.lora_a, p.lora_b, p.residual))
             }
+            InitLoraWeights::Loftq { iters } => {
+                loftq(path, &w, [d_out, d_in], r, iters).map(|l| (l.lora_a, l.lora_b, l.base))
+            }
+            other => unreachable!("{other:?} does not read the weight"),
+        }
+        .map_err(|e| LoraError::Layer {
+            problem: format!(
+                "{path}: init_lora_weights {:?}: {e}",
+                config.init_lora_weights
+            ),
         })?;
         let device = &self.device;
         let tensor = |v: Vec<f32>, shape: [usize; 2]| {
             Tensor::<2>::from_data(TensorData::new(v, shape), device)
         };
-        let residual = tensor(init.residual, [d_out, d_in]).transpose();
-        base.weight = base.weight.map(|_| residual);
+        let new_base = tensor(new_base, [d_out, d_in]).transpose();
+        base.weight = base.weight.map(|_| new_base);
         let adapter = LoraAdapter::from_weights(
-            tensor(init.lora_a, [r, d_in]),
-            tensor(init.lora_b, [d_out, r]),
+            tensor(a, [r, d_in]),
+            tensor(b, [d_out, r]),
             scaling,
             config.lora_dropout,
         );
@@ -441,14 +451,18 @@ impl LoraApplier {
         let targeted = self.is_target(path, ModuleKind::Linear);
         if let Some(c) = &self.config
             && targeted
-            && matches!(c.init_lora_weights, InitLoraWeights::Pissa { .. })
+            && matches!(
+                c.init_lora_weights,
+                InitLoraWeights::Pissa { .. } | InitLoraWeights::Loftq { .. }
+            )
         {
-            // PEFT refuses it too: the residual of rounded 4-bit values would be quantized again.
+            // PEFT refuses it too: the initialisation reads the float weight, which a 4-bit
+            // checkpoint no longer has.
             return Err(LoraError::Layer {
                 problem: format!(
                     "{path}: init_lora_weights {:?} needs the float weight, and this layer is \
                      already 4-bit (a bnb-4bit checkpoint): load the float model and let it be \
-                     quantized after PiSSA (QLoRA + PiSSA quantizes the residual)",
+                     quantized after the initialisation (QLoRA + PiSSA quantizes the residual)",
                     c.init_lora_weights
                 ),
             });
@@ -491,24 +505,16 @@ impl LoraApplier {
         }
         let targeted = self.is_target(path, kind);
         let bias_trains = self.bias_trains(targeted);
-        let pissa = match self.config.as_ref().map(|c| c.init_lora_weights) {
-            Some(InitLoraWeights::Pissa { niter }) if self.needs_float_weight(path, kind) => {
-                Some(niter)
-            }
-            _ => None,
-        };
-        let (base, adapter) = match pissa {
-            // The adapter takes the weight's principal part; the base keeps the residual,
-            // before any quantization (PEFT initialises PiSSA on the float weight).
-            Some(niter) => {
-                let (base, adapter) = self.pissa_adapter(path, base, niter)?;
-                (base, Some(adapter))
-            }
-            None if targeted => {
-                let adapter = self.new_adapter(path, base.weight.dims());
-                (base, adapter)
-            }
-            None => (base, None),
+        let (base, adapter) = if self.needs_float_weight(path, kind) {
+            // PiSSA and LoftQ set the adapter from the weight and change the base, before any
+            // quantization (PEFT initialises both on the float weight).
+            let (base, adapter) = self.weight_aware_adapter(path, base)?;
+            (base, Some(adapter))
+        } else if targeted {
+            let adapter = self.new_adapter(path, base.weight.dims());
+            (base, adapter)
+        } else {
+            (base, None)
         };
         let mut layer = match (self.quantize, adapter) {
             (None, None) => return Ok(AdaptedLinear::Frozen(base.no_grad())),

@@ -58,7 +58,7 @@ pub enum LoraBias {
 
 /// `init_lora_weights`: `true` (Kaiming-uniform A, zero B), `"gaussian"` (A ~ N(0, 1/r), zero B),
 /// `"pissa"` / `"pissa_niter_K"` (A and B from the weight's principal singular vectors, the base
-/// keeping the residual: [`crate::pissa`]) or `false` (A and B both Kaiming-uniform, so the
+/// keeping the residual: [`crate::pissa`]), `"loftq"` ([`crate::loftq`]) or `false` (A and B both Kaiming-uniform, so the
 /// adapter starts non-zero; for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitLoraWeights {
@@ -76,6 +76,13 @@ pub enum InitLoraWeights {
         /// Power iterations of the randomized SVD; `None` for the full SVD.
         niter: Option<usize>,
     },
+    /// LoftQ (PEFT's `"loftq"` with `loftq_config = {"loftq_bits": 4, "loftq_iter": iters}`):
+    /// the base and the adapter chosen together by `iters` alternations of NF4 quantization and
+    /// truncated SVD ([`crate::loftq`]). It needs a float base, as PiSSA does.
+    Loftq {
+        /// Alternations (`loftq_iter`, at least 1).
+        iters: usize,
+    },
 }
 
 impl InitLoraWeights {
@@ -87,6 +94,9 @@ impl InitLoraWeights {
             "gaussian" => Some(Self::Gaussian),
             "random" | "false" => Some(Self::Random),
             "pissa" => Some(Self::Pissa { niter: None }),
+            // One alternation, PEFT's default `loftq_iter`; the config's `loftq_config` or
+            // `--loftq-iter` sets another.
+            "loftq" => Some(Self::Loftq { iters: 1 }),
             _ => {
                 let k = s.strip_prefix("pissa_niter_")?.parse().ok()?;
                 Some(Self::Pissa { niter: Some(k) })
@@ -105,6 +115,7 @@ impl Serialize for InitLoraWeights {
             InitLoraWeights::Pissa { niter: Some(k) } => {
                 s.serialize_str(&format!("pissa_niter_{k}"))
             }
+            InitLoraWeights::Loftq { .. } => s.serialize_str("loftq"),
         }
     }
 }
@@ -279,6 +290,9 @@ impl LoraConfig {
             init_lora_weights: match field("init_lora_weights") {
                 None | Some(Value::Bool(true)) => InitLoraWeights::Default,
                 Some(Value::Bool(false)) => InitLoraWeights::Random,
+                Some(Value::String(s)) if s == "loftq" => InitLoraWeights::Loftq {
+                    iters: loftq_iters(field("loftq_config"), path)?,
+                },
                 Some(Value::String(s))
                     if matches!(
                         InitLoraWeights::parse(s),
@@ -292,8 +306,8 @@ impl LoraConfig {
                         path: path.to_string(),
                         field: "init_lora_weights".into(),
                         value: other.to_string(),
-                        why: "only true, false, \"gaussian\", \"pissa\" and \"pissa_niter_K\" \
-                              are implemented (not LoftQ, OLoRA, EVA, CorDA, MiCA)"
+                        why: "only true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\" and \
+                              \"loftq\" are implemented (not OLoRA, EVA, CorDA, MiCA)"
                             .into(),
                     });
                 }
@@ -458,6 +472,15 @@ impl LoraConfig {
             serde_json::to_value(self.init_lora_weights).expect("serialisable"),
         );
         m.insert(
+            "loftq_config",
+            match self.init_lora_weights {
+                InitLoraWeights::Loftq { iters } => {
+                    serde_json::json!({"loftq_bits": 4, "loftq_iter": iters})
+                }
+                _ => Value::Object(Map::new()),
+            },
+        );
+        m.insert(
             "modules_to_save",
             serde_json::to_value(&self.modules_to_save).expect("serialisable"),
         );
@@ -486,6 +509,42 @@ impl LoraConfig {
 }
 
 /// A present field converted to its type, the error naming the field.
+/// `loftq_config`'s alternation count for `init_lora_weights = "loftq"`: 4-bit only (PEFT's
+/// `loftq_bits` 8 is int8, not implemented), `loftq_iter` at least 1 (1 when absent, as PEFT).
+fn loftq_iters(config: Option<&Value>, path: &str) -> Result<usize, LoraError> {
+    let unsupported = |value: String, why: &str| LoraError::Unsupported {
+        path: path.to_string(),
+        field: "loftq_config".into(),
+        value,
+        why: why.into(),
+    };
+    let empty = serde_json::Map::new();
+    let obj = match config {
+        None => &empty,
+        Some(Value::Object(m)) => m,
+        Some(other) => return Err(unsupported(other.to_string(), "not an object")),
+    };
+    match obj.get("loftq_bits").and_then(Value::as_u64) {
+        None | Some(4) => {}
+        Some(b) => {
+            return Err(unsupported(
+                b.to_string(),
+                "only loftq_bits 4 (NF4) is implemented",
+            ));
+        }
+    }
+    match obj.get("loftq_iter") {
+        None => Ok(1),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(n as usize),
+            _ => Err(unsupported(
+                v.to_string(),
+                "loftq_iter must be an integer ≥ 1",
+            )),
+        },
+    }
+}
+
 fn typed<T: serde::de::DeserializeOwned>(
     v: Option<Value>,
     field: &str,

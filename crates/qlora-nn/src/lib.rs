@@ -14,6 +14,7 @@ mod count;
 mod error;
 mod layer;
 mod layer_config;
+pub mod loftq;
 mod matching;
 mod model;
 mod peft_fields;

@@ -10,7 +10,6 @@ pub(crate) const NEUTRAL_ONLY: &[(&str, &str)] = &[
         "fan_in_fan_out",
         "Conv1D (GPT-2 style, [in, out]) base layers are not supported",
     ),
-    ("loftq_config", "LoftQ initialisation is not implemented"),
     ("layer_replication", "layer replication is not implemented"),
     (
         "target_parameters",
@@ -63,6 +62,7 @@ pub(crate) const OWN: &[&str] = &[
     "use_rslora",
     "bias",
     "init_lora_weights",
+    "loftq_config",
     "modules_to_save",
     "trainable_token_indices",
     "ensure_weight_tying",
