@@ -163,6 +163,38 @@ fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_and_loftq_are_sav
             let want = serde_json::json!({"loftq_bits": 4, "loftq_iter": 1});
             assert_eq!(config["loftq_config"], want);
         }
+        if init != "default" && init != "gaussian" {
+            // Training on from the folder: the model is loaded in float, the initialisation
+            // runs again under the file's A and B, and the base is quantized after.
+            let more = work.join(format!("{init}-more"));
+            let adapter = out.join("adapter");
+            cli::ok(
+                "finetune",
+                &[
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--data",
+                    data.to_str().unwrap(),
+                    "--out",
+                    more.to_str().unwrap(),
+                    "--steps",
+                    "1",
+                    "--batch-size",
+                    "2",
+                    "--seq-len",
+                    "32",
+                    "--device",
+                    "flex",
+                    "--adapter",
+                    adapter.to_str().unwrap(),
+                    "--no-samples",
+                ],
+            );
+            assert!(
+                more.join("adapter/adapter_model.safetensors").is_file(),
+                "{init}"
+            );
+        }
         stds.push(lora_a_std(&out.join("adapter")));
     }
     // PEFT's gaussian init draws A with std 1/r = 0.25 (one step at lr 1e-6 moves it by

@@ -4,7 +4,8 @@
 use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer};
 use burn_qlora::nf4::QuantConfig;
 use burn_qlora::nn::{
-    AdapterDtype, LoraApplier, LoraConfig, LoraModel, PeftAdapter, TrainableTokenIndices,
+    AdaptedLinear, AdapterDtype, InitLoraWeights, LoraApplier, LoraConfig, LoraModel, PeftAdapter,
+    QLoraLinear, TrainableTokenIndices,
 };
 
 /// The ids of `--trainable-tokens`: each a token of the tokenizer or an id below its size.
@@ -64,14 +65,41 @@ pub fn load_with_adapter(
             .into());
         }
     }
-    let applier = LoraApplier::base_only(quant, device);
+    // A PiSSA or LoftQ adapter sits on the base its initialisation made from the float weight:
+    // the model is loaded in float, the initialisation runs again as the adapter is loaded (as
+    // PEFT does), and the base is quantized after, as QLoRA + PiSSA/LoftQ quantizes it.
+    let weight_aware = matches!(
+        peft.config.init_lora_weights,
+        InitLoraWeights::Pissa { .. } | InitLoraWeights::Loftq { .. }
+    );
+    let applier = LoraApplier::base_only(if weight_aware { None } else { quant }, device);
     let mut model = LlamaForCausalLM::load(model_path, &applier)?;
     model.load_adapter(&peft, "default")?;
+    if let (true, Some(q)) = (weight_aware, quant) {
+        for (path, layer) in model.linears_mut() {
+            let float = std::mem::replace(layer, AdaptedLinear::Frozen(placeholder(device)));
+            *layer = match float {
+                AdaptedLinear::Frozen(l) => {
+                    AdaptedLinear::QLora(QLoraLinear::quantize(&path, l, q)?)
+                }
+                AdaptedLinear::Lora(l) => AdaptedLinear::QLora(QLoraLinear {
+                    lora: l.lora,
+                    ..QLoraLinear::quantize(&path, l.base, q)?
+                }),
+                other => other,
+            };
+        }
+    }
     let lora = LoraConfig {
         inference_mode: false,
         ..peft.config.clone()
     };
     Ok((model, lora, peft.dtype))
+}
+
+/// A 1 × 1 linear, held for the moment a layer is moved out to be quantized.
+fn placeholder(device: &burn::tensor::Device) -> burn::nn::Linear {
+    burn::nn::LinearConfig::new(1, 1).init(device)
 }
 
 /// `--save-dtype`'s values.

@@ -185,6 +185,8 @@ fn loftq_config_is_read_and_written_as_peft_writes_it() {
             serde_json::json!({"loftq_bits": 4, "loftq_iter": 0}),
             "loftq_iter must be",
         ),
+        (serde_json::json!({"loftq_bits": "4"}), "loftq_bits 4"),
+        (serde_json::json!({}), "needs"),
     ] {
         let mut v = json.clone();
         v["loftq_config"] = bad;
@@ -192,5 +194,50 @@ fn loftq_config_is_read_and_written_as_peft_writes_it() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("loftq_config") && err.contains(why), "{err}");
+    }
+}
+
+#[test]
+fn a_saved_loftq_adapter_reloads_onto_the_loftq_base() {
+    // PEFT re-runs LoftQ on the original weight when it loads the folder; so does this.
+    let c = config(InitLoraWeights::Loftq { iters: 2 }, 8.0);
+    let model = load(c.clone(), None);
+    assert_same_layers(&model, &saved_and_reloaded(&model, &c, "loftq"));
+    // A 4-bit base cannot take it: the initialisation reads the float weight.
+    let device = burn::tensor::Device::flex();
+    let dir = std::env::temp_dir().join(format!("qlora-loftq-4bit-{}", std::process::id()));
+    model.adapter("default", c).save(&dir).unwrap();
+    let peft = qlora_nn::PeftAdapter::load(&dir, &device).unwrap();
+    let applier = LoraApplier::base_only(Some(QuantConfig::qlora()), &device);
+    let mut nf4 = LlamaForCausalLM::load(model_dir(), &applier).unwrap();
+    let err = nf4.load_adapter(&peft, "default").unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(err.contains("load the model in float"), "{err}");
+}
+
+#[test]
+fn loftq_on_another_4bit_base_is_refused_by_name() {
+    // LoftQ fits NF4 at blocksize 64; FP4 or another blocksize would quantize its fit again.
+    for q in [
+        QuantConfig {
+            quant_type: qlora_nf4::QuantType::Fp4,
+            ..QuantConfig::qlora()
+        },
+        QuantConfig {
+            blocksize: qlora_nf4::Blocksize::new(128, "w").unwrap(),
+            ..QuantConfig::qlora()
+        },
+    ] {
+        let applier = LoraApplier::new(
+            config(InitLoraWeights::Loftq { iters: 1 }, 8.0),
+            Some(q),
+            &burn::tensor::Device::flex(),
+        )
+        .unwrap();
+        let err = match LlamaForCausalLM::load(model_dir(), &applier) {
+            Ok(_) => panic!("LoftQ on {q:?} loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("LoftQ fits NF4 with blocksize 64"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use qlora_backend::QuantConfig;
+use qlora_nf4::QuantType;
 
 use crate::loftq::loftq;
 use crate::pissa::{path_seed, pissa};
@@ -124,6 +125,38 @@ impl AdaptedLinear {
                 l.add_adapter(name, adapter)?;
                 AdaptedLinear::QLora(l)
             }
+        })
+    }
+
+    /// The layer with its base weight as the initialisation of `applier`'s config leaves it
+    /// (PiSSA's residual, LoftQ's quantized weight), for loading an adapter made on such a base:
+    /// PEFT re-runs that initialisation on the original weight when it loads the adapter, and
+    /// the file's A and B then sit on the same base they were trained on. A 4-bit base is
+    /// refused (the initialisation reads the float weight).
+    pub(crate) fn with_initialised_base(
+        self,
+        applier: &LoraApplier,
+        path: &str,
+    ) -> Result<Self, LoraError> {
+        Ok(match self {
+            AdaptedLinear::Frozen(l) => {
+                AdaptedLinear::Frozen(applier.weight_aware_adapter(path, l)?.0)
+            }
+            AdaptedLinear::Lora(mut l) => {
+                l.base = applier.weight_aware_adapter(path, l.base)?.0;
+                AdaptedLinear::Lora(l)
+            }
+            AdaptedLinear::QLora(_) => {
+                let init = applier.config().map(|c| c.init_lora_weights);
+                return Err(LoraError::Layer {
+                    problem: format!(
+                        "init_lora_weights {init:?}: the adapter's A and B sit on the base its \
+                         initialisation made from the float weight, and this layer is 4-bit: load \
+                         the model in float to take this adapter (it can be quantized after)"
+                    ),
+                });
+            }
+            trained @ AdaptedLinear::Trained(_) => trained,
         })
     }
 
@@ -372,7 +405,7 @@ impl LoraApplier {
 
     /// The PiSSA or LoftQ adapter of the float layer at `path`, and the layer with its new
     /// base weight (PiSSA's residual, LoftQ's dequantized NF4 weight).
-    fn weight_aware_adapter(
+    pub(crate) fn weight_aware_adapter(
         &self,
         path: &str,
         mut base: Linear,
@@ -401,9 +434,20 @@ impl LoraApplier {
                 pissa(&w, [d_out, d_in], r, scaling, niter, path_seed(path))
                     .map(|p| (p.lora_a, p.lora_b, p.residual))
             }
-            InitLoraWeights::Loftq { iters } => {
-                loftq(path, &w, [d_out, d_in], r, iters).map(|l| (l.lora_a, l.lora_b, l.base))
-            }
+            InitLoraWeights::Loftq { iters } => match self.quantize {
+                // LoftQ fits bnb's NF4 at blocksize 64, as PEFT: another 4-bit base would
+                // quantize its result again, losing what it fitted (double quantization only
+                // rounds the absmax).
+                Some(q) if q.quant_type != QuantType::Nf4 || q.blocksize.get() != 64 => {
+                    Err(format!(
+                        "LoftQ fits NF4 with blocksize 64 (bitsandbytes', as PEFT does); this \
+                         base is {} with blocksize {}: use NF4 with blocksize 64",
+                        q.quant_type.as_str(),
+                        q.blocksize.get()
+                    ))
+                }
+                _ => loftq(path, &w, [d_out, d_in], r, iters).map(|l| (l.lora_a, l.lora_b, l.base)),
+            },
             other => unreachable!("{other:?} does not read the weight"),
         }
         .map_err(|e| LoraError::Layer {

@@ -413,7 +413,6 @@ impl LoraConfig {
         let mut m: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
         for (field, _) in NEUTRAL_ONLY {
             let neutral = match *field {
-                "loftq_config" => Value::Object(Map::new()),
                 "use_dora" | "fan_in_fan_out" | "use_qalora" | "lora_bias" => Value::Bool(false),
                 _ => Value::Null,
             };
@@ -509,8 +508,9 @@ impl LoraConfig {
 }
 
 /// A present field converted to its type, the error naming the field.
-/// `loftq_config`'s alternation count for `init_lora_weights = "loftq"`: 4-bit only (PEFT's
-/// `loftq_bits` 8 is int8, not implemented), `loftq_iter` at least 1 (1 when absent, as PEFT).
+/// `loftq_config`'s alternation count for `init_lora_weights = "loftq"`: the config must be
+/// there (as PEFT requires), 4-bit only (PEFT's `loftq_bits` 8 is int8, not implemented),
+/// `loftq_iter` at least 1 (1 when absent, PEFT's default).
 fn loftq_iters(config: Option<&Value>, path: &str) -> Result<usize, LoraError> {
     let unsupported = |value: String, why: &str| LoraError::Unsupported {
         path: path.to_string(),
@@ -518,17 +518,22 @@ fn loftq_iters(config: Option<&Value>, path: &str) -> Result<usize, LoraError> {
         value,
         why: why.into(),
     };
-    let empty = serde_json::Map::new();
+    // PEFT raises on "loftq" without a loftq_config.
     let obj = match config {
-        None => &empty,
-        Some(Value::Object(m)) => m,
-        Some(other) => return Err(unsupported(other.to_string(), "not an object")),
-    };
-    match obj.get("loftq_bits").and_then(Value::as_u64) {
-        None | Some(4) => {}
-        Some(b) => {
+        Some(Value::Object(m)) if !m.is_empty() => m,
+        other => {
             return Err(unsupported(
-                b.to_string(),
+                other.map_or("absent".into(), Value::to_string),
+                "init_lora_weights \"loftq\" needs {\"loftq_bits\": 4, \"loftq_iter\": N}",
+            ));
+        }
+    };
+    match obj.get("loftq_bits") {
+        None => {}
+        Some(v) if v.as_u64() == Some(4) => {}
+        Some(v) => {
+            return Err(unsupported(
+                v.to_string(),
                 "only loftq_bits 4 (NF4) is implemented",
             ));
         }

@@ -10,7 +10,7 @@
 //! division by the LoRA scaling (so that the start is nearest `W` when `lora_alpha = r`, as the
 //! LoftQ authors run it); the base keeps `Q` dequantized, as float, to be quantized again by the
 //! model's own 4-bit config (NF4 values quantize to themselves up to double quantization).
-//! The SVDs are [`crate::svd`]'s (f64, one thread, the same bits everywhere).
+//! The SVDs are [`crate::svd`]'s (f64, one thread, the same bits for every thread count).
 
 use faer::Mat;
 use qlora_nf4::{Blocksize, QuantConfig, QuantType, QuantizedTensor};

@@ -14,8 +14,8 @@ use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::{
-    AdaptedLinear, LoraConfig, LoraError, LoraMatcher, ModuleKind, PeftAdapter, TokenAdapters,
-    TrainableTokenIndices, TrainableTokens,
+    AdaptedLinear, InitLoraWeights, LoraApplier, LoraConfig, LoraError, LoraMatcher, ModuleKind,
+    PeftAdapter, TokenAdapters, TrainableTokenIndices, TrainableTokens,
 };
 
 /// The default body of [`LoraModel::put_table`], for an override to fall back on: `value` into
@@ -332,6 +332,19 @@ pub trait LoraModel: Module {
                     .into(),
             ));
         }
+        // An adapter made by PiSSA or LoftQ sits on the base its initialisation made: as PEFT
+        // does on load, the initialisation runs again on the weight, the file's A and B replace
+        // its own.
+        let reinit = match adapter.config.init_lora_weights {
+            InitLoraWeights::Pissa { .. } | InitLoraWeights::Loftq { .. } => {
+                let device = known.values().next().map(AdaptedLinear::device);
+                match device {
+                    Some(d) => Some(LoraApplier::new(adapter.config.clone(), None, &d)?),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         // Everything is built and checked first, so that an error leaves the model as it was.
         let mut updated: BTreeMap<String, AdaptedLinear> = BTreeMap::new();
         for (path, w) in &adapter.modules {
@@ -340,10 +353,14 @@ pub trait LoraModel: Module {
                 .clone()
                 .into_adapter(&adapter.config, &peft_path(path))
                 .map_err(in_module)?;
-            let layer = known[path]
-                .clone()
-                .with_adapter(name, a)
-                .map_err(in_module)?;
+            let layer = match &reinit {
+                Some(applier) => known[path]
+                    .clone()
+                    .with_initialised_base(applier, path)
+                    .map_err(in_module)?,
+                None => known[path].clone(),
+            };
+            let layer = layer.with_adapter(name, a).map_err(in_module)?;
             updated.insert(path.clone(), layer);
         }
         let table_paths: BTreeSet<String> = self.tables().into_iter().map(|(p, _)| p).collect();

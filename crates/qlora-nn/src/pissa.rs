@@ -12,8 +12,8 @@
 //! and Tropp (2011) with `K` power iterations (`torch.svd_lowrank(W, q = r, niter = K)`), for
 //! large layers, where the full SVD costs minutes.
 //!
-//! The SVDs are [`crate::svd`]'s: f64, one thread, the same bits on every machine, so that a
-//! resumed run and a reloaded adapter rebuild exactly the residual they were trained on. The
+//! The SVDs are [`crate::svd`]'s: f64, one thread, the same bits for every thread count, so that
+//! a resumed run and a reloaded adapter rebuild the residual they were trained on. The
 //! randomized start is drawn from a generator seeded by the layer's path, not torch's, so it
 //! matches PEFT's in quality, not in bits.
 
@@ -58,6 +58,12 @@ pub fn pissa(
         return Err(format!(
             "PiSSA needs a finite weight: element {i} is {}",
             weight[i]
+        ));
+    }
+    // √(σ/s): a zero or negative scaling (lora_alpha ≤ 0) would give NaN or infinite adapters.
+    if !(scaling > 0.0 && scaling.is_finite()) {
+        return Err(format!(
+            "PiSSA needs a positive scaling (lora_alpha > 0): it is {scaling}"
         ));
     }
     let w = Mat::<f64>::from_fn(out, inp, |i, j| weight[i * inp + j] as f64);

@@ -1,8 +1,9 @@
 //! The truncated SVDs of the adapter initialisations (PiSSA, LoftQ), in f64 with `faer`: pure
 //! Rust, maintained, with fast dense decompositions, and no system library to install (the
 //! README's commands must work on a fresh machine). Built without its `rayon` feature, so an
-//! SVD runs on one thread and the same matrix gives the same bits on every machine and thread
-//! count: an adapter's initialisation can be rebuilt exactly on resume or reload.
+//! SVD runs on one thread and the same matrix gives the same bits whatever the thread count:
+//! an adapter's initialisation is rebuilt exactly on resume or reload on the same machine. faer
+//! picks its matrix-product kernels by CPU, so on another CPU the last bits may differ.
 
 use faer::Mat;
 

@@ -142,3 +142,35 @@ pub fn assert_components_match(
         }
     }
 }
+
+/// `model`'s adapter `default` saved as a PEFT folder and loaded onto a fresh float model of
+/// the original weights, as a user takes a saved adapter.
+pub fn saved_and_reloaded(
+    model: &LlamaForCausalLM,
+    config: &LoraConfig,
+    name: &str,
+) -> LlamaForCausalLM {
+    let dir = std::env::temp_dir().join(format!("qlora-init-reload-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    model.adapter("default", config.clone()).save(&dir).unwrap();
+    let device = Device::flex();
+    let peft = qlora_nn::PeftAdapter::load(&dir, &device).unwrap();
+    let mut fresh =
+        LlamaForCausalLM::load(model_dir(), &LoraApplier::base_only(None, &device)).unwrap();
+    fresh.load_adapter(&peft, "default").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    fresh
+}
+
+/// Every adapted layer's A, B and base equal between two models, bit for bit.
+pub fn assert_same_layers(a: &LlamaForCausalLM, b: &LlamaForCausalLM) {
+    let (la, lb) = (a.linears(), b.linears());
+    assert_eq!(la.len(), lb.len());
+    for ((pa, x), (pb, y)) in la.iter().zip(&lb) {
+        assert_eq!(pa, pb);
+        let (x, y) = (parts(x), parts(y));
+        assert_eq!(x.0, y.0, "{pa}: lora_A");
+        assert_eq!(x.1, y.1, "{pa}: lora_B");
+        assert_eq!(x.2, y.2, "{pa}: the base");
+    }
+}
