@@ -120,34 +120,34 @@ fn lora_a_std(adapter: &Path) -> f64 {
 fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_and_loftq_are_saved_by_name() {
     let tiny = cli::TinyRun::new("init-lora");
     let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
+    // One step of the tiny run into `out`, with `extra` options.
+    let finetune = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--device",
+            "flex",
+            "--no-samples",
+        ];
+        args.extend_from_slice(extra);
+        cli::ok("finetune", &args);
+    };
     let mut stds = Vec::new();
     for init in ["default", "gaussian", "pissa", "loftq"] {
         let out = work.join(init);
-        cli::ok(
-            "finetune",
-            &[
-                "--model",
-                model.to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--steps",
-                "1",
-                "--batch-size",
-                "2",
-                "--seq-len",
-                "32",
-                "--lr",
-                "1e-6",
-                "--rank",
-                "4",
-                "--device",
-                "flex",
-                "--init-lora-weights",
-                init,
-                "--no-samples",
-            ],
+        finetune(
+            &out,
+            &["--lr", "1e-6", "--rank", "4", "--init-lora-weights", init],
         );
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap(),
@@ -168,28 +168,7 @@ fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_and_loftq_are_sav
             // runs again under the file's A and B, and the base is quantized after.
             let more = work.join(format!("{init}-more"));
             let adapter = out.join("adapter");
-            cli::ok(
-                "finetune",
-                &[
-                    "--model",
-                    model.to_str().unwrap(),
-                    "--data",
-                    data.to_str().unwrap(),
-                    "--out",
-                    more.to_str().unwrap(),
-                    "--steps",
-                    "1",
-                    "--batch-size",
-                    "2",
-                    "--seq-len",
-                    "32",
-                    "--device",
-                    "flex",
-                    "--adapter",
-                    adapter.to_str().unwrap(),
-                    "--no-samples",
-                ],
-            );
+            finetune(&more, &["--adapter", adapter.to_str().unwrap()]);
             assert!(
                 more.join("adapter/adapter_model.safetensors").is_file(),
                 "{init}"

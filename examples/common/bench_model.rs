@@ -5,6 +5,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_qlora::llama::LlamaConfig;
 use burn_qlora::nn::{LoraConfig, ModuleSelector};
+use burn_qlora::train::splitmix;
 
 /// A LLaMA shape: the decoder's sizes and its vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,14 +101,6 @@ pub fn lora_seven_linears() -> LoraConfig {
         )),
         ..LoraConfig::default()
     }
-}
-
-fn splitmix(s: &mut u64) -> u64 {
-    *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *s;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// `[batch, seq]` token ids below `vocab`, the same for the same arguments (labels = inputs).

@@ -21,7 +21,7 @@
 //! error (exit 2): the check is for a GPU.
 //!
 //! ```text
-//! cargo run --release --example gpu_check -- --dry-run --out /tmp/gpu-check
+//! cargo run --release --example gpu_check -- --dry-run --out gpu-check-out
 //! ```
 
 #[allow(dead_code)]

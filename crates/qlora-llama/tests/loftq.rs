@@ -13,6 +13,8 @@ use qlora_nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelect
 
 #[path = "support/init_refs.rs"]
 mod init_refs;
+#[path = "support/logits.rs"]
+mod logits;
 use init_refs::*;
 
 fn config(init: InitLoraWeights, alpha: f64) -> LoraConfig {

@@ -14,7 +14,10 @@ use qlora_nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelect
 
 #[path = "support/init_refs.rs"]
 mod init_refs;
+#[path = "support/logits.rs"]
+mod logits;
 use init_refs::*;
+use logits::values;
 
 const REFERENCE: &str = "pissa/llama.safetensors";
 
@@ -25,13 +28,8 @@ fn reference() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
 fn input_ids(device: &Device) -> Tensor<2, Int> {
     let bytes = std::fs::read(fixture(REFERENCE)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("input_ids").unwrap();
-    let ids: Vec<i64> = t
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    Tensor::from_data(TensorData::new(ids, [t.shape()[0], t.shape()[1]]), device)
+    let (ids, shape) = logits::st_i64s(&st, "input_ids");
+    Tensor::from_data(TensorData::new(ids, [shape[0], shape[1]]), device)
 }
 
 fn config(init: InitLoraWeights) -> LoraConfig {

@@ -17,6 +17,7 @@ mod layer_config;
 pub mod loftq;
 mod matching;
 mod model;
+mod param_ids;
 mod peft_fields;
 mod peft_io;
 pub mod pissa;

@@ -564,68 +564,12 @@ pub trait LoraModel: Module {
     /// in full) an id derived from its path, so that optimizer state saved under it is found
     /// again after the model is rebuilt (a resumed run).
     fn stabilize_trained_ids(&mut self, name: &str) {
-        fn stable<const D: usize>(p: &mut Param<Tensor<D>>, path: &str) {
-            *p = Param::initialized(stable_id(path), p.val());
-        }
-        for (path, layer) in self.linears_mut() {
-            if let Some(a) = layer.adapters_mut().and_then(|a| a.get_mut(name)) {
-                stable(&mut a.lora_a, &format!("{path}.lora_A"));
-                stable(&mut a.lora_b, &format!("{path}.lora_B"));
-            }
-            if let AdaptedLinear::Trained(l) = layer {
-                stable(&mut l.weight, &format!("{path}.weight"));
-                if let Some(b) = &mut l.bias {
-                    stable(b, &format!("{path}.bias"));
-                }
-            }
-        }
-        for (path, t) in self.tables_mut() {
-            if t.is_require_grad() {
-                stable(t, &path);
-            }
-        }
-        for (path, _, t) in self.token_tables_mut() {
-            if let Some(t) = t.get_mut(name) {
-                stable(
-                    &mut t.delta,
-                    &format!("{path}.token_adapter.trainable_tokens_delta"),
-                );
-            }
-        }
+        crate::param_ids::stabilize_trained_ids(self, name)
     }
 
     /// The ids of every trained parameter (adapter `name` and the modules trained in full),
     /// each with its tensor rank, in a fixed order.
     fn trained_param_ids(&self, name: &str) -> Vec<(ParamId, usize)> {
-        let mut ids = Vec::new();
-        for (_, l) in self.linears() {
-            if let Some(a) = l.adapter(name) {
-                ids.extend([(a.lora_a.id, 2), (a.lora_b.id, 2)]);
-            }
-            if let AdaptedLinear::Trained(l) = l {
-                ids.push((l.weight.id, 2));
-                ids.extend(l.bias.as_ref().map(|b| (b.id, 1)));
-            }
-        }
-        for (_, t) in self.tables() {
-            if t.is_require_grad() {
-                ids.push((t.id, 2));
-            }
-        }
-        for (_, _, t) in self.token_tables() {
-            if let Some(t) = t.get(name) {
-                ids.push((t.delta.id, 2));
-            }
-        }
-        ids
+        crate::param_ids::trained_param_ids(self, name)
     }
-}
-
-/// A stable id for a trained parameter, from its path (FNV-1a).
-fn stable_id(path: &str) -> ParamId {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in path.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    ParamId::from(h >> 1)
 }

@@ -97,7 +97,5 @@ pub fn pissa(
 /// A seed from a layer's path (FNV-1a), so that each layer draws its own start, the same in
 /// every run.
 pub fn path_seed(path: &str) -> u64 {
-    path.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::param_ids::fnv1a(path)
 }

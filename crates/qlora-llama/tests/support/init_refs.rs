@@ -1,14 +1,17 @@
 //! What the adapter-initialisation tests (`pissa.rs`, `loftq.rs`) share: the golden tiny LLaMA,
-//! reference tensors made by PEFT, and the parts of an adapted layer as plain vectors.
+//! reference tensors made by PEFT, and the parts of an adapted layer as plain vectors (with
+//! `support/logits.rs`, which a test declares beside it as `logits`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
 use qlora_nn::{AdaptedLinear, LoraApplier, LoraConfig, LoraModel};
+
+use crate::logits::values;
 
 /// A path under the workspace's `tests/fixtures`.
 pub fn fixture(p: &str) -> PathBuf {
@@ -44,10 +47,6 @@ pub fn f32_tensors(p: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
 pub fn load(config: LoraConfig, quant: Option<QuantConfig>) -> LlamaForCausalLM {
     let applier = LoraApplier::new(config, quant, &Device::flex()).unwrap();
     LlamaForCausalLM::load(model_dir(), &applier).unwrap()
-}
-
-pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 /// `(A [r, in], B [out, r], base [out, in])` of a float LoRA layer.
