@@ -100,7 +100,7 @@ struct Args {
     /// Continue training a PEFT adapter folder (f32, f16 or bf16) instead of a fresh one: its
     /// adapter_config.json gives rank, alpha, dropout, targets and modules_to_save, so the
     /// options that set those are refused with it.
-    #[arg(long, conflicts_with_all = ["rank", "alpha", "dropout", "targets", "exclude_modules", "modules_to_save", "rslora", "trainable_tokens", "ensure_weight_tying"])]
+    #[arg(long, conflicts_with_all = ["rank", "alpha", "dropout", "targets", "exclude_modules", "modules_to_save", "rslora", "use_dora", "trainable_tokens", "ensure_weight_tying"])]
     adapter: Option<PathBuf>,
     /// Precision of the saved adapter: f32, f16 or bf16 (default: that of --adapter, else
     /// f32). Checkpoints are always f32, so that a resume is exact.
@@ -140,6 +140,11 @@ struct Args {
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     rslora: bool,
+    /// DoRA (PEFT's use_dora): each adapted layer also trains a magnitude per output row, the
+    /// weight split into magnitude and direction (Liu et al. 2024); QDoRA on a 4-bit base.
+    /// Slower per step than LoRA: the weight norm is taken every step, as in PEFT.
+    #[arg(long)]
+    use_dora: bool,
     /// How new adapters start (PEFT's `init_lora_weights`): default (A Kaiming-uniform, B 0),
     /// gaussian (A ~ N(0, 1/r), B 0), pissa / pissa_niter_K (A, B from the weight's top-r
     /// singular vectors, full or randomized SVD; the base keeps the residual) or loftq (base
@@ -259,6 +264,7 @@ fn fresh_lora(
         exclude_modules: (!args.exclude_modules.is_empty())
             .then(|| ModuleSelector::List(args.exclude_modules.clone())),
         use_rslora: args.rslora,
+        use_dora: args.use_dora,
         modules_to_save: (!args.modules_to_save.is_empty()).then(|| args.modules_to_save.clone()),
         trainable_token_indices,
         ensure_weight_tying: args.ensure_weight_tying,

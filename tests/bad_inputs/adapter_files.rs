@@ -13,6 +13,7 @@ use crate::{Case, copy_fixture, drop_tensor, replace_tensor, tensor_bytes};
 const CONFIG: &str = "adapter_config.json";
 const WEIGHTS: &str = "adapter_model.safetensors";
 const Q_A: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+const Q_MAGNITUDE: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector";
 
 fn load(dir: &Path) -> Result<(), String> {
     PeftAdapter::load(dir, &Device::flex())
@@ -67,9 +68,28 @@ pub fn cases() -> Vec<Case> {
             set("lora_alfa", json!(16)),
         ),
         config_case(
-            "ad-dora",
-            &[CONFIG, "use_dora"],
+            "ad-dora-without-magnitudes",
+            &[WEIGHTS, "use_dora", "lora_magnitude_vector"],
             set("use_dora", json!(true)),
+        ),
+        Case::new(
+            "ad-magnitude-without-use-dora",
+            &[WEIGHTS, "use_dora false"],
+            |d| {
+                copy_fixture("../dora/adapter", d);
+                edit_config(d, set("use_dora", json!(false)));
+                load(d)
+            },
+        ),
+        Case::new(
+            "ad-magnitude-wrong-length",
+            &[WEIGHTS, "q_proj", "lora_magnitude_vector has 3 values"],
+            |d| {
+                copy_fixture("../dora/adapter", d);
+                let p = d.join(WEIGHTS);
+                replace_tensor(&p, Q_MAGNITUDE, "F32", &[3], vec![0; 12]);
+                load(d)
+            },
         ),
         config_case("ad-zero-rank", &[CONFIG, "`r`"], set("r", json!(0))),
         config_case(

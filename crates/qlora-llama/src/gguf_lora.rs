@@ -15,7 +15,7 @@
 //!   (rsLoRA, `alpha_pattern`, `rank_pattern` with one alpha), each module's scaling is folded
 //!   into its `lora_b` and `adapter.lora.alpha` is 0, which llama.cpp reads as a scale of 1.
 //!
-//! llama.cpp's adapters hold only LoRA pairs: `modules_to_save`, trainable tokens and LoRA on
+//! llama.cpp's adapters hold only LoRA pairs: DoRA, `modules_to_save`, trainable tokens and LoRA on
 //! the embedding are refused by name (the converter refuses the first too), as is a LoRA on a
 //! tied `lm_head` (the base has no `output.weight` to adapt).
 
@@ -71,6 +71,13 @@ pub fn save_gguf_lora(
              (merge it instead: `merge --format gguf-*`)",
             names.join(", ")
         )));
+    }
+    if adapter.config.use_dora {
+        return Err(refuse(
+            "it is a DoRA adapter (`use_dora`), and llama.cpp's adapters hold only LoRA pairs \
+             (merge it instead)"
+                .into(),
+        ));
     }
     if !adapter.tokens.is_empty() {
         return Err(refuse(

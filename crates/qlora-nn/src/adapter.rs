@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::InitLoraWeights;
 
@@ -17,10 +17,18 @@ pub struct LoraAdapter {
     pub lora_a: Param<Tensor<2>>,
     /// `lora_B.weight`, `[out_features, r]`.
     pub lora_b: Param<Tensor<2>>,
+    /// DoRA's `lora_magnitude_vector`, `[out_features]`: `Some` for a DoRA adapter
+    /// ([`crate::dora`]), `None` for plain LoRA.
+    pub magnitude: Option<Param<Tensor<1>>>,
     /// Dropout on the adapter input (training only).
     pub dropout: Dropout,
     /// `lora_alpha / r` (or `lora_alpha / sqrt(r)` with rsLoRA).
     pub scaling: f64,
+    /// DoRA: the weight norm `‖W + s·B·A‖` per row taken when this adapter was merged into its
+    /// base, which unmerging divides out again (PEFT caches it too: the merged weight alone no
+    /// longer tells it).
+    #[module(skip)]
+    pub(crate) merged_norm: Option<TensorData>,
 }
 
 impl LoraAdapter {
@@ -77,9 +85,31 @@ impl LoraAdapter {
         Self {
             lora_a: Param::from_tensor(lora_a),
             lora_b: Param::from_tensor(lora_b),
+            magnitude: None,
             dropout: DropoutConfig::new(dropout).init(),
             scaling,
+            merged_norm: None,
         }
+    }
+
+    /// The same adapter as a DoRA adapter with `magnitude` (`lora_magnitude_vector`,
+    /// `[out_features]`) trained beside A and B ([`crate::dora`]).
+    ///
+    /// # Panics
+    /// If `magnitude` does not have one value per output feature.
+    pub fn with_magnitude(mut self, magnitude: Tensor<1>) -> Self {
+        assert_eq!(
+            magnitude.dims(),
+            [self.out_features()],
+            "lora_magnitude_vector has one value per output feature"
+        );
+        self.magnitude = Some(Param::from_tensor(magnitude));
+        self
+    }
+
+    /// Whether this is a DoRA adapter (it has a magnitude vector).
+    pub fn is_dora(&self) -> bool {
+        self.magnitude.is_some()
     }
 
     /// The rank `r`.
@@ -102,10 +132,15 @@ impl LoraAdapter {
     /// - `x`: `[..., in_features]`
     /// - returns `[..., out_features]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_dropped(self.dropped(x))
+    }
+
+    /// `s·B·A·x` of an input the dropout was already applied to (or that takes none).
+    pub(crate) fn forward_dropped<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let (in_features, out_features) = (self.in_features(), self.out_features());
         let rows = dims[..D - 1].iter().product::<usize>();
-        let x2: Tensor<2> = self.dropped(x).reshape([rows, in_features]);
+        let x2: Tensor<2> = x.reshape([rows, in_features]);
         // The scaling is applied to the rank-r intermediate, not to the [rows, out] update:
         // the same product, a pass over r columns instead of `out` (forward and backward).
         let h = x2
@@ -131,10 +166,19 @@ impl LoraAdapter {
 
     /// `(probability, seed)` of the dropout for an input on `device`, the seed drawn now:
     /// `Some` while training (an autodiff device, the layer not frozen, a non-zero probability).
-    fn dropout_now(&self, device: &Device) -> Option<(f64, u64)> {
+    pub(crate) fn dropout_now(&self, device: &Device) -> Option<(f64, u64)> {
+        self.dropout_active(device).then(|| {
+            (
+                self.dropout.prob,
+                crate::dropout_seed_rows(device, self.in_features()),
+            )
+        })
+    }
+
+    /// Whether the dropout is on for an input on `device` (no seed drawn).
+    pub(crate) fn dropout_active(&self, device: &Device) -> bool {
         let d = &self.dropout;
-        (d.training.is_enabled() && device.is_autodiff() && d.prob > 0.0)
-            .then(|| (d.prob, crate::dropout_seed_rows(device, self.in_features())))
+        d.training.is_enabled() && device.is_autodiff() && d.prob > 0.0
     }
 
     /// `dropout(x)` while training (an autodiff device, the layer not frozen), else `x`: as
@@ -306,11 +350,5 @@ impl LoraAdapters {
                 *flag = merged;
             }
         }
-    }
-
-    /// `y + Σ Δy(x)` over the active adapters that are not merged.
-    pub fn add_updates<const D: usize>(&self, y: Tensor<D>, x: Tensor<D>) -> Tensor<D> {
-        self.unmerged_active()
-            .fold(y, |y, (_, a)| y + a.forward(x.clone()))
     }
 }

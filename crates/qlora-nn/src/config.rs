@@ -1,8 +1,8 @@
 //! [`LoraConfig`]: PEFT's `LoraConfig`, with PEFT's field names, defaults and file format.
 //!
 //! Reading is strict: every field name PEFT 0.21 writes is accepted, a name PEFT does not have is
-//! an error that names it, and a value that asks for a feature burn-qlora does not have (DoRA,
-//! LoftQ, layer replication, ...) is an error that names the field, never silently ignored.
+//! an error that names it, and a value that asks for a feature burn-qlora does not have (layer
+//! replication, QA-LoRA, ...) is an error that names the field, never silently ignored.
 
 use std::path::Path;
 
@@ -167,6 +167,9 @@ pub struct LoraConfig {
     pub alpha_pattern: Vec<(String, f64)>,
     /// rsLoRA: `scaling = lora_alpha / sqrt(r)` (Kalajdzievski 2023).
     pub use_rslora: bool,
+    /// DoRA: a trained magnitude per output row beside A and B ([`crate::dora`]; Liu et al.
+    /// 2024).
+    pub use_dora: bool,
     /// Which biases train.
     pub bias: LoraBias,
     /// How A and B start.
@@ -204,6 +207,7 @@ impl Default for LoraConfig {
             rank_pattern: Vec::new(),
             alpha_pattern: Vec::new(),
             use_rslora: false,
+            use_dora: false,
             bias: LoraBias::None,
             init_lora_weights: InitLoraWeights::Default,
             modules_to_save: None,
@@ -286,6 +290,7 @@ impl LoraConfig {
             rank_pattern: ordered_map(field("rank_pattern"), "rank_pattern", path)?,
             alpha_pattern: ordered_map(field("alpha_pattern"), "alpha_pattern", path)?,
             use_rslora: typed(get("use_rslora")?, "use_rslora", path)?.unwrap_or(false),
+            use_dora: typed(get("use_dora")?, "use_dora", path)?.unwrap_or(false),
             bias: typed(get("bias")?, "bias", path)?.unwrap_or_default(),
             init_lora_weights: match field("init_lora_weights") {
                 None | Some(Value::Bool(true)) => InitLoraWeights::Default,
@@ -413,7 +418,7 @@ impl LoraConfig {
         let mut m: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
         for (field, _) in NEUTRAL_ONLY {
             let neutral = match *field {
-                "use_dora" | "fan_in_fan_out" | "use_qalora" | "lora_bias" => Value::Bool(false),
+                "fan_in_fan_out" | "use_qalora" | "lora_bias" => Value::Bool(false),
                 _ => Value::Null,
             };
             if *field != "runtime_config" {
@@ -462,6 +467,7 @@ impl LoraConfig {
             ),
         );
         m.insert("use_rslora", self.use_rslora.into());
+        m.insert("use_dora", self.use_dora.into());
         m.insert(
             "bias",
             serde_json::to_value(self.bias).expect("serialisable"),

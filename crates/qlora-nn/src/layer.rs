@@ -1,5 +1,6 @@
 //! [`LoraLinear`] (a frozen float linear plus adapters) and [`QLoraLinear`] (a frozen NF4 linear
-//! plus adapters): `y = base(x) + Σ_active scaling · B·A·dropout(x)`.
+//! plus adapters): `y = base(x) + Σ_active scaling · B·A·dropout(x)`, or DoRA's update for a DoRA
+//! adapter ([`crate::dora`]).
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -10,6 +11,7 @@ use qlora_backend::{
 };
 use qlora_fused::nf4_lora_linear;
 
+use crate::dora::{Base, add_updates, merge_all, unmerge_all};
 use crate::{LoraAdapter, LoraAdapters, LoraError};
 
 /// Adds `adapter` under `name` if its `[in, out]` equals the layer's.
@@ -74,23 +76,28 @@ impl LoraLinear {
     /// - returns `[..., out_features]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let y = self.base.forward(x.clone());
-        self.lora.add_updates(y, x)
+        let unbiased = Linear {
+            weight: self.base.weight.clone(),
+            bias: None,
+        };
+        let base = Base {
+            product: &|x| unbiased.forward(x),
+            weight: &|| self.base.weight.val().transpose(),
+            bias: self.base.bias.as_ref().map(|b| b.val()),
+        };
+        add_updates(&self.lora, y, x, base)
     }
 
-    /// Adds the active, not yet merged adapters into the base weight (`W' = W + s·B·A`) and
+    /// Adds the active, not yet merged adapters into the base weight (`W' = W + s·B·A`; DoRA's
+    /// `W' = m/‖W + s·B·A‖ ⊙ (W + s·B·A)`, [`crate::dora`]) and
     /// keeps them, marked merged, so that [`LoraLinear::unmerge`] can take them out again
     /// (PEFT's `merge`). The output is unchanged up to f32 rounding; the forward pass is then
     /// the base layer alone.
     pub fn merge(&mut self) {
         let names: Vec<String> = self.lora.unmerged_active().map(|(n, _)| n.into()).collect();
-        let w = self
-            .lora
-            .unmerged_active()
-            .fold(self.base.weight.val(), |w, (_, a)| {
-                w + a.delta_weight().transpose()
-            });
+        let w = merge_all(&mut self.lora, &names, self.base.weight.val().transpose());
         // Detached: merging on an autodiff device must not leave a graph behind the weight.
-        self.base.weight = Param::from_tensor(w.detach()).set_require_grad(false);
+        self.base.weight = Param::from_tensor(w.transpose().detach()).set_require_grad(false);
         self.lora.set_merged(&names, true);
     }
 
@@ -98,13 +105,8 @@ impl LoraLinear {
     /// weight is back up to f32 rounding.
     pub fn unmerge(&mut self) {
         let names: Vec<String> = self.lora.merged().map(|(n, _)| n.into()).collect();
-        let w = self
-            .lora
-            .merged()
-            .fold(self.base.weight.val(), |w, (_, a)| {
-                w - a.delta_weight().transpose()
-            });
-        self.base.weight = Param::from_tensor(w.detach()).set_require_grad(false);
+        let w = unmerge_all(&mut self.lora, &names, self.base.weight.val().transpose());
+        self.base.weight = Param::from_tensor(w.transpose().detach()).set_require_grad(false);
         self.lora.set_merged(&names, false);
     }
 
@@ -192,25 +194,49 @@ impl QLoraLinear {
 
     /// The forward pass, with the base's product computed (`base`) or only its backward.
     fn forward_base<const D: usize>(&self, x: Tensor<D>, base: bool) -> Tensor<D> {
+        // The bias is read after the adapter's dropout seed is drawn, in this order everywhere:
+        // a bias Burn initialises lazily draws from the same generator at its first read.
+        let bias = || self.bias.as_ref().map(|b| b.val());
         let mut in_effect = self.lora.unmerged_active();
         if let (Some((_, adapter)), None) = (in_effect.next(), in_effect.next()) {
-            let lora = adapter.factors(&x.device());
-            let y = nf4_lora_linear(x, &self.base, lora, base);
-            // A trained bias (PEFT's `bias="all"`) gets its gradient through this sum.
-            return match &self.bias {
-                Some(b) => y + b.val().unsqueeze(),
-                None => y,
-            };
+            // DoRA without a dropout in effect is `m/‖W + s·B·A‖ ⊙ (x·Wᵀ + s·B·A·x) + b`: the
+            // fused op's output scaled (its value is then read, so the base's product is
+            // computed). With a dropout, DoRA multiplies the base's product of the dropped
+            // input, and the composed path below does.
+            if !adapter.is_dora() || !adapter.dropout_active(&x.device()) {
+                let lora = adapter.factors(&x.device());
+                let y = nf4_lora_linear(x, &self.base, lora, base || adapter.is_dora());
+                let y = match adapter.magnitude.as_ref() {
+                    Some(m) => {
+                        let norm = adapter.dora_weight_norm(nf4_dequantize(&self.base));
+                        y * (m.val() / norm).unsqueeze()
+                    }
+                    None => y,
+                };
+                // A trained bias (PEFT's `bias="all"`) gets its gradient through this sum.
+                return match bias() {
+                    Some(b) => y + b.unsqueeze(),
+                    None => y,
+                };
+            }
         }
-        let mut y = if base {
+        // DoRA reads the base's output: it is computed whenever a DoRA adapter is in effect.
+        let dora = self.lora.unmerged_active().any(|(_, a)| a.is_dora());
+        let mut y = if base || dora {
             nf4_linear(x.clone(), &self.base)
         } else {
             nf4_linear_output_unused(x.clone(), &self.base)
         };
-        if let Some(b) = &self.bias {
-            y = y + b.val().unsqueeze();
+        let bias = bias();
+        if let Some(b) = &bias {
+            y = y + b.clone().unsqueeze();
         }
-        self.lora.add_updates(y, x)
+        let base = Base {
+            product: &|x| nf4_linear(x, &self.base),
+            weight: &|| nf4_dequantize(&self.base),
+            bias,
+        };
+        add_updates(&self.lora, y, x, base)
     }
 
     /// Merges the active, not yet merged adapters into the NF4 weight in place, keeping them
@@ -223,10 +249,7 @@ impl QLoraLinear {
         if names.is_empty() {
             return Ok(());
         }
-        let w = self
-            .lora
-            .unmerged_active()
-            .fold(nf4_dequantize(&self.base), |w, (_, a)| w + a.delta_weight());
+        let w = merge_all(&mut self.lora, &names, nf4_dequantize(&self.base));
         self.base = Nf4Weight::quantize(name, w, self.base.layout().config())?;
         self.lora.set_merged(&names, true);
         Ok(())
@@ -239,10 +262,7 @@ impl QLoraLinear {
         if names.is_empty() {
             return Ok(());
         }
-        let w = self
-            .lora
-            .merged()
-            .fold(nf4_dequantize(&self.base), |w, (_, a)| w - a.delta_weight());
+        let w = unmerge_all(&mut self.lora, &names, nf4_dequantize(&self.base));
         self.base = Nf4Weight::quantize(name, w, self.base.layout().config())?;
         self.lora.set_merged(&names, false);
         Ok(())
@@ -272,9 +292,8 @@ impl QLoraLinear {
     }
 
     fn merged_dense(&self) -> Tensor<2> {
-        self.lora.unmerged_active().fold(
-            nf4_dequantize(&self.base),
-            |w, (_, a): (&str, &LoraAdapter)| w + a.delta_weight(),
-        )
+        self.lora
+            .unmerged_active()
+            .fold(nf4_dequantize(&self.base), |w, (_, a)| a.merged_weight(w))
     }
 }

@@ -11,6 +11,7 @@ mod causal_lm;
 mod checkpoint;
 mod config;
 mod count;
+pub mod dora;
 mod error;
 mod layer;
 mod layer_config;

@@ -28,6 +28,9 @@ pub(crate) fn stabilize_trained_ids<M: LoraModel>(model: &mut M, name: &str) {
         if let Some(a) = layer.adapters_mut().and_then(|a| a.get_mut(name)) {
             stable(&mut a.lora_a, &format!("{path}.lora_A"));
             stable(&mut a.lora_b, &format!("{path}.lora_B"));
+            if let Some(m) = &mut a.magnitude {
+                stable(m, &format!("{path}.lora_magnitude_vector"));
+            }
         }
         if let AdaptedLinear::Trained(l) = layer {
             stable(&mut l.weight, &format!("{path}.weight"));
@@ -57,6 +60,7 @@ pub(crate) fn trained_param_ids<M: LoraModel>(model: &M, name: &str) -> Vec<(Par
     for (_, l) in model.linears() {
         if let Some(a) = l.adapter(name) {
             ids.extend([(a.lora_a.id, 2), (a.lora_b.id, 2)]);
+            ids.extend(a.magnitude.as_ref().map(|m| (m.id, 1)));
         }
         if let AdaptedLinear::Trained(l) = l {
             ids.push((l.weight.id, 2));

@@ -5,7 +5,6 @@ use serde_json::Value;
 /// PEFT 0.21 `LoraConfig` fields that burn-qlora accepts only at their neutral value
 /// (`null`, `false`, `{}`, `[]`): the feature they switch on is not implemented.
 pub(crate) const NEUTRAL_ONLY: &[(&str, &str)] = &[
-    ("use_dora", "DoRA is not implemented"),
     (
         "fan_in_fan_out",
         "Conv1D (GPT-2 style, [in, out]) base layers are not supported",
@@ -60,6 +59,7 @@ pub(crate) const OWN: &[&str] = &[
     "rank_pattern",
     "alpha_pattern",
     "use_rslora",
+    "use_dora",
     "bias",
     "init_lora_weights",
     "loftq_config",

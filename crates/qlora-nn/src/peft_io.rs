@@ -1,6 +1,7 @@
 //! PEFT adapter folders: `adapter_config.json` + `adapter_model.safetensors`, with tensors
 //! `base_model.model.<module path>.lora_A.weight` `[r, in]` and `...lora_B.weight` `[out, r]`
-//! (PyTorch layout; the adapter name is not part of the key). Tensors may be F32, F16 or BF16
+//! (PyTorch layout; the adapter name is not part of the key), and for DoRA
+//! `...lora_magnitude_vector` `[out]`. Tensors may be F32, F16 or BF16
 //! (most published adapters are half precision): they are widened to f32 on load, as PEFT's
 //! `autocast_adapter_dtype` keeps adapters in f32 for training, and the folder's dtype is kept
 //! ([`PeftAdapter::dtype`]) so that saving writes it back in the same precision.
@@ -26,6 +27,8 @@ pub struct AdapterWeights {
     pub lora_a: Tensor<2>,
     /// `lora_B.weight`, `[out, r]`.
     pub lora_b: Tensor<2>,
+    /// DoRA's `lora_magnitude_vector`, `[out]` (`None` for plain LoRA).
+    pub magnitude: Option<Tensor<1>>,
 }
 
 impl AdapterWeights {
@@ -35,12 +38,16 @@ impl AdapterWeights {
             field: field.into(),
             problem,
         })?;
-        Ok(LoraAdapter::from_weights(
+        let adapter = LoraAdapter::from_weights(
             self.lora_a,
             self.lora_b,
             m.scaling(path),
             config.lora_dropout,
-        ))
+        );
+        Ok(match self.magnitude {
+            Some(v) => adapter.with_magnitude(v),
+            None => adapter,
+        })
     }
 }
 
@@ -180,11 +187,43 @@ impl PeftAdapter {
             .map_err(|e| bad(&file, "safetensors", e.to_string()))?;
         let matcher = LoraMatcher::new(&config).map_err(|(f, p)| bad(&file, f, p))?;
         let mut halves: BTreeMap<String, [Option<Tensor<2>>; 2]> = BTreeMap::new();
+        let mut magnitudes: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut saved = BTreeMap::new();
         let mut tokens = BTreeMap::new();
         let mut widest: Option<AdapterDtype> = None;
         for (name, view) in st.tensors() {
             let key = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name);
+            if let Some(module) = key
+                .strip_suffix(MAGNITUDE_SUFFIX)
+                .or_else(|| key.strip_suffix(".lora_magnitude_vector.weight"))
+            {
+                let (Some(dtype), 1) = (AdapterDtype::of(view.dtype()), view.shape().len()) else {
+                    return Err(bad(
+                        &file,
+                        &name,
+                        format!(
+                            "expected a 1-D F32, F16 or BF16 tensor, found {:?} {:?}",
+                            view.dtype(),
+                            view.shape()
+                        ),
+                    ));
+                };
+                if !config.use_dora {
+                    return Err(bad(
+                        &file,
+                        &name,
+                        "a DoRA magnitude, but adapter_config.json has use_dora false".into(),
+                    ));
+                }
+                widest = widen(widest, dtype);
+                let values = dtype.decode(view.data());
+                let n = values.len();
+                magnitudes.insert(
+                    module.to_string(),
+                    Tensor::<1>::from_data(TensorData::new(values, [n]), device),
+                );
+                continue;
+            }
             let (module, which) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
                 (m, 0)
             } else if let Some(m) = key.strip_suffix(".lora_B.weight") {
@@ -272,7 +311,43 @@ impl PeftAdapter {
                     "has only one of lora_A / lora_B".into(),
                 ));
             };
-            modules.insert(module, AdapterWeights { lora_a, lora_b });
+            let magnitude = magnitudes.remove(&module);
+            match &magnitude {
+                None if config.use_dora => {
+                    return Err(bad(
+                        &file,
+                        &module,
+                        "use_dora is true, but the file has no lora_magnitude_vector for it".into(),
+                    ));
+                }
+                Some(m) if m.dims()[0] != lora_b.dims()[0] => {
+                    return Err(bad(
+                        &file,
+                        &module,
+                        format!(
+                            "lora_magnitude_vector has {} values, lora_B {} output rows",
+                            m.dims()[0],
+                            lora_b.dims()[0]
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            modules.insert(
+                module,
+                AdapterWeights {
+                    lora_a,
+                    lora_b,
+                    magnitude,
+                },
+            );
+        }
+        if let Some(module) = magnitudes.keys().next() {
+            return Err(bad(
+                &file,
+                module,
+                "has a lora_magnitude_vector but no lora_A / lora_B".into(),
+            ));
         }
         Ok(Self {
             config,
@@ -297,6 +372,7 @@ impl PeftAdapter {
                     AdapterWeights {
                         lora_a: a.lora_a.val(),
                         lora_b: a.lora_b.val(),
+                        magnitude: a.magnitude.as_ref().map(|m| m.val()),
                     },
                 )
             })
@@ -340,6 +416,15 @@ impl PeftAdapter {
                     format!("{PEFT_PREFIX}{module}.{suffix}.weight"),
                     t.dims().to_vec(),
                     bytes,
+                ));
+            }
+            if let Some(m) = &w.magnitude {
+                let data = m.clone().into_data().convert::<f32>();
+                tensors.push((
+                    format!("{PEFT_PREFIX}{module}{MAGNITUDE_SUFFIX}"),
+                    m.dims().to_vec(),
+                    self.dtype
+                        .encode(data.as_slice::<f32>().expect("f32 values")),
                 ));
             }
         }
@@ -393,6 +478,9 @@ fn saved_module_param(key: &str, matcher: &LoraMatcher) -> Option<String> {
     let (module, _param) = key.rsplit_once('.')?;
     matcher.is_module_to_save(module).then_some(key)
 }
+
+/// The key suffix of a DoRA magnitude as PEFT 0.21 saves it (its `.weight` dropped).
+const MAGNITUDE_SUFFIX: &str = ".lora_magnitude_vector";
 
 /// The key suffix of a table's trainable tokens (PEFT's `TrainableTokensWrapper`).
 const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";

@@ -89,15 +89,12 @@ fn unknown_and_unsupported_fields_are_named() {
     );
     assert!(e.to_string().contains("cfg.json"));
     let e = LoraConfig::from_json_bytes(
-        base.replace("\"use_dora\": false", "\"use_dora\": true")
+        base.replace("\"use_dora\": false", "\"use_dora\": \"yes\"")
             .as_bytes(),
         "cfg.json",
     )
     .unwrap_err();
-    assert!(
-        matches!(&e, LoraError::Unsupported { field, .. } if field == "use_dora"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("use_dora"), "{e}");
     let e = LoraConfig::from_json_bytes(
         base.replace(
             "\"init_lora_weights\": false",

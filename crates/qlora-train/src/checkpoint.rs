@@ -200,6 +200,18 @@ impl<M: CausalLm> Trainer<M> {
                 burn::module::Param::initialized(a.lora_a.id, w.lora_a.clone().require_grad());
             a.lora_b =
                 burn::module::Param::initialized(a.lora_b.id, w.lora_b.clone().require_grad());
+            match (&mut a.magnitude, &w.magnitude) {
+                (Some(m), Some(v)) if m.dims() == v.dims() => {
+                    *m = burn::module::Param::initialized(m.id, v.clone().require_grad());
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(fail(format!(
+                        "`{path}`: DoRA magnitudes differ (use_dora in one of the model and \
+                         the checkpoint only)"
+                    )));
+                }
+            }
         }
         restore_saved(&mut model, &adapter, &name, &fail)?;
         self.model = model;

@@ -1,0 +1,105 @@
+//! `finetune --use-dora` (issue #26): a QDoRA run on the tiny model (4-bit base, LoRA dropout
+//! on, so DoRA's dropout path runs) saves PEFT's DoRA folder (`use_dora`, a
+//! `lora_magnitude_vector` beside every A and B), trains on from it with `--adapter`, merges into
+//! an HF folder, and is refused by name as a llama.cpp GGUF adapter (which holds LoRA pairs only).
+
+#[path = "support/byte_tokenizer.rs"]
+mod byte_tokenizer;
+#[path = "support/cli.rs"]
+mod cli;
+
+#[test]
+fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
+    let tiny = cli::TinyRun::new("dora");
+    let (model, work) = (tiny.model.to_str().unwrap(), tiny.work.clone());
+    let data = tiny.data.to_str().unwrap().to_string();
+    let run = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "--model",
+            model,
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--device",
+            "flex",
+            "--no-samples",
+        ];
+        args.extend_from_slice(extra);
+        cli::ok("finetune", &args)
+    };
+    let first = work.join("first");
+    run(&first, &["--use-dora", "--rank", "4", "--dropout", "0.1"]);
+    let adapter = first.join("adapter");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["use_dora"], serde_json::json!(true));
+    let bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names = st.names();
+    let pairs = names
+        .iter()
+        .filter(|n| n.ends_with(".lora_A.weight"))
+        .count();
+    let magnitudes: Vec<_> = names
+        .iter()
+        .filter(|n| n.ends_with(".lora_magnitude_vector"))
+        .collect();
+    assert!(pairs > 0 && magnitudes.len() == pairs, "{names:?}");
+    for n in magnitudes {
+        let t = st.tensor(n).unwrap();
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{n}");
+    }
+
+    let more = work.join("more");
+    run(&more, &["--adapter", adapter.to_str().unwrap()]);
+    assert!(more.join("adapter/adapter_model.safetensors").is_file());
+
+    let merged = work.join("merged");
+    cli::ok(
+        "merge",
+        &[
+            "--model",
+            model,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ],
+    );
+    assert!(merged.join("model.safetensors").is_file());
+
+    let gguf = work.join("adapter.gguf");
+    let out = cli::run(
+        "merge",
+        &[
+            "--model",
+            model,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--format",
+            "gguf-lora",
+            "--out",
+            gguf.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !gguf.exists());
+    assert!(
+        text.contains("DoRA") && text.contains(adapter.to_str().unwrap()),
+        "{text}"
+    );
+}
