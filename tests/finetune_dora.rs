@@ -1,7 +1,8 @@
 //! `finetune --use-dora` (issue #26): a QDoRA run on the tiny model (4-bit base, LoRA dropout
 //! on, so DoRA's dropout path runs) saves PEFT's DoRA folder (`use_dora`, a
 //! `lora_magnitude_vector` beside every A and B), trains on from it with `--adapter`, merges into
-//! an HF folder, and is refused by name as a llama.cpp GGUF adapter (which holds LoRA pairs only).
+//! an HF folder, and is refused by name as a llama.cpp GGUF adapter (which holds LoRA pairs only);
+//! a run cut and resumed is the uninterrupted run, magnitudes and all.
 
 #[path = "support/byte_tokenizer.rs"]
 mod byte_tokenizer;
@@ -21,8 +22,6 @@ fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
             &data,
             "--out",
             out.to_str().unwrap(),
-            "--steps",
-            "2",
             "--batch-size",
             "2",
             "--seq-len",
@@ -35,7 +34,8 @@ fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
         cli::ok("finetune", &args)
     };
     let first = work.join("first");
-    run(&first, &["--use-dora", "--rank", "4", "--dropout", "0.1"]);
+    let dora = ["--use-dora", "--rank", "4", "--dropout", "0.1"];
+    run(&first, &[&dora[..], &["--steps", "2"]].concat());
     let adapter = first.join("adapter");
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
@@ -65,7 +65,10 @@ fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
     }
 
     let more = work.join("more");
-    run(&more, &["--adapter", adapter.to_str().unwrap()]);
+    run(
+        &more,
+        &["--adapter", adapter.to_str().unwrap(), "--steps", "2"],
+    );
     assert!(more.join("adapter/adapter_model.safetensors").is_file());
 
     let merged = work.join("merged");
@@ -102,4 +105,23 @@ fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
         text.contains("DoRA") && text.contains(adapter.to_str().unwrap()),
         "{text}"
     );
+
+    // Resume: 2 steps, then on to 4, against 4 straight; the same losses and adapter bytes.
+    let (whole, cut) = (work.join("whole"), work.join("cut"));
+    run(&whole, &[&dora[..], &["--steps", "4"]].concat());
+    run(&cut, &[&dora[..], &["--steps", "2"]].concat());
+    let text = run(&cut, &[&dora[..], &["--steps", "4", "--resume"]].concat());
+    assert!(text.contains("resumed from"), "{text}");
+    let losses = |d: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+            .collect()
+    };
+    assert_eq!(losses(&whole).len(), 4);
+    assert_eq!(losses(&whole), losses(&cut), "resumed losses");
+    let weights =
+        |d: &std::path::Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(weights(&whole) == weights(&cut), "resumed adapter differs");
 }
