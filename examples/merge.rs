@@ -9,6 +9,8 @@
 //! `--format bnb-nf4` the merged weights are quantized to NF4 + double quantization afterwards.
 //! `--format gguf-lora --out adapter.gguf` merges nothing: it writes the adapter as llama.cpp's
 //! GGUF LoRA adapter (as `convert_lora_to_gguf.py` does), for `llama-cli -m base.gguf --lora`.
+//! `--format gguf --out merged.gguf` writes the merged model as a llama.cpp GGUF model file (as
+//! `convert_hf_to_gguf.py` writes one, with the base's tokenizer), for `llama-cli -m`.
 //! `--help` lists every option.
 
 use std::path::{Path, PathBuf};
@@ -36,9 +38,13 @@ enum Format {
     /// as its `convert_lora_to_gguf.py` writes one, to `--out` (a `.gguf` file); tensors as
     /// `--gguf-type`.
     GgufLora,
+    /// The merged model as a llama.cpp GGUF model file (as `convert_hf_to_gguf.py` writes one,
+    /// the base's tokenizer included) to `--out` (a `.gguf` file); matrices as `--gguf-type`,
+    /// vectors f32. LLaMA, Mistral, Qwen2 and Qwen3 bases.
+    Gguf,
 }
 
-/// Tensor type of a GGUF adapter (`convert_lora_to_gguf.py --outtype`).
+/// Tensor type of a GGUF file (`convert_lora_to_gguf.py` / `convert_hf_to_gguf.py --outtype`).
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum GgufType {
     F32,
@@ -64,7 +70,7 @@ struct Args {
     /// Storage of the merged model.
     #[arg(long, value_enum, default_value = "hf-f32")]
     format: Format,
-    /// Tensor type of `--format gguf-lora` (the converter's default is f32).
+    /// Tensor type of `--format gguf-lora` and `gguf` (f32 is the adapter converter's default).
     #[arg(long, value_enum, default_value = "f32")]
     gguf_type: GgufType,
 }
@@ -105,6 +111,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Format::GgufLora = args.format {
         return gguf_lora(&args, &model_path, &adapter);
     }
+    if matches!(args.format, Format::Gguf) && args.out.is_dir() {
+        return Err(format!(
+            "--out {}: a folder; --format gguf writes one .gguf file",
+            args.out.display()
+        )
+        .into());
+    }
     if !model_path.is_dir() {
         // A GGUF base's vocabulary is read before any work: a bad one stops here, not after
         // the merge.
@@ -118,6 +131,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Format::HfBf16 => SaveFormat::BF16,
         Format::BnbNf4 => SaveFormat::Bnb4(QuantConfig::qlora()),
         Format::GgufLora => unreachable!("written above"),
+        Format::Gguf => {
+            let name = model_path
+                .file_stem()
+                .map_or_else(|| "merged".into(), |n| n.to_string_lossy().to_string());
+            merged.save_gguf(&args.out, ggml_type(args.gguf_type), &model_path, &name)?;
+            println!(
+                "merged {} ({} modules) into {} -> {} (GGUF, {:?})",
+                args.adapter.display(),
+                adapter.modules.len(),
+                model_path.display(),
+                args.out.display(),
+                args.gguf_type
+            );
+            return Ok(());
+        }
     };
     merged.save_hf(&args.out, format)?;
     copy_tokenizer(&model_path, &args.out)?;
@@ -150,13 +178,7 @@ fn gguf_lora(
         )
         .into());
     }
-    let ty = match args.gguf_type {
-        GgufType::F32 => GgmlType::F32,
-        GgufType::F16 => GgmlType::F16,
-        GgufType::Bf16 => GgmlType::BF16,
-        GgufType::Q8_0 => GgmlType::Q8_0,
-    };
-    save_gguf_lora(adapter, &config, ty, &args.out)?;
+    save_gguf_lora(adapter, &config, ggml_type(args.gguf_type), &args.out)?;
     println!(
         "wrote {} ({} modules, {:?}) as a GGUF LoRA adapter for llama.cpp -> {}",
         args.adapter.display(),
@@ -165,4 +187,13 @@ fn gguf_lora(
         args.out.display()
     );
     Ok(())
+}
+
+fn ggml_type(t: GgufType) -> GgmlType {
+    match t {
+        GgufType::F32 => GgmlType::F32,
+        GgufType::F16 => GgmlType::F16,
+        GgufType::Bf16 => GgmlType::BF16,
+        GgufType::Q8_0 => GgmlType::Q8_0,
+    }
 }

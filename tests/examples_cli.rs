@@ -333,3 +333,45 @@ fn merge_writes_an_adapter_as_llama_cpps_gguf_lora_adapter() {
     }
     std::fs::remove_dir_all(work).unwrap();
 }
+
+#[test]
+fn merge_writes_the_merged_model_as_a_gguf_model_file() {
+    use burn_qlora::llama::{GgmlType, GgufFile};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let work = cli::tmp("merge-gguf");
+    let out = work.join("merged.gguf");
+    let args = |out: &Path| {
+        vec![
+            "--model".to_string(),
+            fixtures.join("score-models/llama3").display().to_string(),
+            "--adapter".into(),
+            fixtures.join("gguf-merged/adapter").display().to_string(),
+            "--format".into(),
+            "gguf".into(),
+            "--gguf-type".into(),
+            "q8_0".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let a = args(&out);
+    let text = ok("merge", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text.contains("(GGUF, Q8_0)"), "{text}");
+    // The converter's file for the same merge (the library test compares every value).
+    let want = GgufFile::open(fixtures.join("gguf-merged/merged-q8_0.gguf")).unwrap();
+    let got = GgufFile::open(&out).unwrap();
+    assert_eq!(
+        got.tensors.keys().collect::<Vec<_>>(),
+        want.tensors.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(got.tensors["blk.0.attn_q.weight"].ty, GgmlType::Q8_0);
+    // A folder as --out is refused before any work.
+    let a = args(&work);
+    let res = run("merge", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("--out") && err.contains("one .gguf file"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(work).unwrap();
+}

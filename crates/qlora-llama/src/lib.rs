@@ -20,6 +20,7 @@ mod config_refuse;
 mod error;
 mod generate;
 mod gguf;
+mod gguf_export;
 mod gguf_lora;
 mod gguf_model;
 mod gguf_tokenizer;

@@ -56,6 +56,38 @@ fn push_float(
 }
 
 impl LlamaForCausalLM {
+    /// Every norm's weight under its HF name, `[hidden]` (or `[head_dim]` for q/k norms): the
+    /// layers' in order, then the final norm.
+    pub(crate) fn norm_weights(&self) -> Vec<(String, Tensor<1>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let attn = &layer.self_attn;
+            for (n, norm) in [
+                ("input_layernorm", Some(&layer.input_layernorm)),
+                (
+                    "post_attention_layernorm",
+                    Some(&layer.post_attention_layernorm),
+                ),
+                (
+                    "pre_feedforward_layernorm",
+                    layer.pre_feedforward_layernorm.as_ref(),
+                ),
+                (
+                    "post_feedforward_layernorm",
+                    layer.post_feedforward_layernorm.as_ref(),
+                ),
+                ("self_attn.q_norm", attn.q_norm.as_ref()),
+                ("self_attn.k_norm", attn.k_norm.as_ref()),
+            ] {
+                if let Some(norm) = norm {
+                    out.push((format!("model.layers.{i}.{n}.weight"), norm.weight.val()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".into(), self.model.norm.weight.val()));
+        out
+    }
+
     /// Writes the model to `dir` (created if needed) as `format` says. Every file goes through
     /// a temporary name and a rename. Errors if a layer still holds adapters: merge them
     /// ([`LlamaForCausalLM::merge_and_unload`]) or save them apart as a PEFT adapter.
@@ -78,34 +110,10 @@ impl LlamaForCausalLM {
             self.model.embed_tokens.weight.val(),
             head_format,
         );
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let attn = &layer.self_attn;
-            for (n, norm) in [
-                ("input_layernorm", Some(&layer.input_layernorm)),
-                (
-                    "post_attention_layernorm",
-                    Some(&layer.post_attention_layernorm),
-                ),
-                (
-                    "pre_feedforward_layernorm",
-                    layer.pre_feedforward_layernorm.as_ref(),
-                ),
-                (
-                    "post_feedforward_layernorm",
-                    layer.post_feedforward_layernorm.as_ref(),
-                ),
-                ("self_attn.q_norm", attn.q_norm.as_ref()),
-                ("self_attn.k_norm", attn.k_norm.as_ref()),
-            ] {
-                if let Some(norm) = norm {
-                    let (name, t) =
-                        vector(format!("model.layers.{i}.{n}.weight"), norm.weight.val());
-                    push_float(&mut tensors, name, t, head_format);
-                }
-            }
+        for (name, t) in self.norm_weights() {
+            let (name, t) = vector(name, t);
+            push_float(&mut tensors, name, t, head_format);
         }
-        let (name, t) = vector("model.norm.weight".into(), self.model.norm.weight.val());
-        push_float(&mut tensors, name, t, head_format);
         if let Some(w) = &self.lm_head {
             push_float(&mut tensors, "lm_head.weight".into(), w.val(), head_format);
         }

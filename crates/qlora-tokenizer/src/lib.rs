@@ -16,5 +16,5 @@ mod vocab;
 
 pub use chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, RenderedChat};
 pub use error::TokenizerError;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, gguf_pre_name};
 pub use vocab::GgufVocab;

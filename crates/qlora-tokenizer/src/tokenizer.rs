@@ -57,6 +57,29 @@ fn pre_tokenizer(pre: &str) -> Option<Value> {
     })
 }
 
+/// llama.cpp's name (`tokenizer.ggml.pre`) for a `tokenizer.json` pre-tokenizer, where it is one
+/// of those a GGUF vocabulary is read with here (`gpt-2`, `smollm`, `llama-bpe`): the inverse of
+/// the mapping above, for writing a GGUF vocabulary. Fields the mapping does not set (offsets,
+/// prefix schemes) are not compared.
+pub fn gguf_pre_name(pre: &Value) -> Option<&'static str> {
+    /// Whether every field of `ours` is in `theirs` with the same value (recursively).
+    fn covers(ours: &Value, theirs: &Value) -> bool {
+        match (ours, theirs) {
+            (Value::Object(a), Value::Object(b)) => a
+                .iter()
+                .all(|(k, v)| b.get(k).is_some_and(|w| covers(v, w))),
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(v, w)| covers(v, w))
+            }
+            (a, b) => a == b,
+        }
+    }
+    ["gpt-2", "smollm", "llama-bpe"].into_iter().find(|name| {
+        let ours = pre_tokenizer(name).expect("a known name");
+        covers(&ours, pre)
+    })
+}
+
 /// A GGUF byte-level BPE vocabulary and merges as an HF `tokenizers` model.
 fn gguf_bpe(vocab: &GgufVocab, types: &[i64]) -> Result<HfTokenizer, String> {
     let pre_name = vocab.pre.as_deref().unwrap_or("default");

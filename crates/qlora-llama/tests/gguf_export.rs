@@ -1,0 +1,199 @@
+//! A merged model as a llama.cpp GGUF model file (`save_gguf`, `merge --format gguf`, issue
+//! #26) against what llama.cpp's `convert_hf_to_gguf.py` writes for PEFT's merge of the same
+//! adapter (`tests/fixtures/gguf-merged/`, made by `tests/fixtures/scripts/make_gguf_merged.py`):
+//! the same metadata (hyperparameters, tokenizer), tensor names, shapes and types, values within
+//! one rounding step of the type (PEFT and we merge in f32 in different orders); read back, the
+//! file gives the merged model's logits and the base's tokens; what it cannot write is refused
+//! by name.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use qlora_llama::{
+    GgmlType, GgufFile, GgufValue, LlamaForCausalLM, LlamaTokenizer, TokenizerFiles,
+};
+use qlora_nn::{LoraApplier, LoraModel, PeftAdapter};
+
+#[path = "support/init_refs.rs"]
+mod init_refs;
+#[path = "support/logits.rs"]
+mod logits;
+use init_refs::{f32_tensors, fixture};
+use logits::values;
+
+const BASE: &str = "score-models/llama3";
+
+/// The base with the fixture's PEFT adapter merged and unloaded.
+fn merged(device: &Device) -> LlamaForCausalLM {
+    let applier = LoraApplier::base_only(None, device);
+    let mut model = LlamaForCausalLM::load(fixture(BASE), &applier).unwrap();
+    let adapter = PeftAdapter::load(fixture("gguf-merged/adapter"), device).unwrap();
+    model.load_adapter(&adapter, "default").unwrap();
+    model.merge_and_unload()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("qlora-gguf-export-{}-{name}", std::process::id()))
+}
+
+/// Keys the converter writes that are not ours to match: the display name (from the folder's
+/// name), its size label, and `add_sep_token` (a BERT flag it writes for every BPE vocabulary).
+const NOT_COMPARED: [&str; 3] = [
+    "general.name",
+    "general.size_label",
+    "tokenizer.ggml.add_sep_token",
+];
+
+#[test]
+fn merged_gguf_is_what_llama_cpp_s_converter_writes() {
+    let model = merged(&Device::flex());
+    for (ty, suffix) in [(GgmlType::F16, "f16"), (GgmlType::Q8_0, "q8_0")] {
+        let path = tmp(suffix);
+        model.save_gguf(&path, ty, fixture(BASE), "merged").unwrap();
+        let ours = GgufFile::open(&path).unwrap();
+        let theirs = GgufFile::open(fixture(&format!("gguf-merged/merged-{suffix}.gguf"))).unwrap();
+        for (k, v) in &theirs.metadata {
+            if NOT_COMPARED.contains(&k.as_str()) {
+                continue;
+            }
+            assert_eq!(ours.get(k), Some(v), "{suffix}: metadata `{k}`");
+        }
+        for k in ours.metadata.keys() {
+            assert!(
+                theirs.metadata.contains_key(k),
+                "{suffix}: `{k}` is not a key the converter writes"
+            );
+        }
+        assert_eq!(
+            ours.tensors.keys().collect::<Vec<_>>(),
+            theirs.tensors.keys().collect::<Vec<_>>(),
+            "{suffix}: tensor names"
+        );
+        for (name, info) in &theirs.tensors {
+            let mine = &ours.tensors[name];
+            assert_eq!(
+                (&mine.dims, mine.ty),
+                (&info.dims, info.ty),
+                "{suffix}: {name}"
+            );
+            let ((_, a), (_, b)) = (ours.read_f32(name).unwrap(), theirs.read_f32(name).unwrap());
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // One step of the type: f16 keeps 11 bits; Q8_0 steps by a block's max / 127.
+            let step = match info.ty {
+                GgmlType::F32 => 1e-6 * scale,
+                GgmlType::F16 => 2f32.powi(-10) * scale,
+                _ => scale / 127.0,
+            };
+            for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (x - y).abs() <= step,
+                    "{suffix}: {name}[{k}]: {x} vs the converter's {y}"
+                );
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn merged_gguf_reads_back_with_the_merged_logits_and_the_base_s_tokens() {
+    let device = Device::flex();
+    let path = tmp("f32.gguf");
+    merged(&device)
+        .save_gguf(&path, GgmlType::F32, fixture(BASE), "merged")
+        .unwrap();
+    let back = LlamaForCausalLM::load(&path, &LoraApplier::base_only(None, &device)).unwrap();
+    let refs = f32_tensors("gguf-merged/reference.safetensors");
+    let bytes = std::fs::read(fixture("gguf-merged/reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (ids, shape) = logits::st_i64s(&st, "input_ids");
+    let ids: Tensor<2, Int> =
+        Tensor::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
+    let got = values(back.forward(ids, None));
+    let (_, want) = &refs["logits_merged"];
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0 && got.iter().all(|v| v.is_finite()));
+    for (k, (x, y)) in got.iter().zip(want).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * scale, "logits[{k}]: {x} vs {y}");
+    }
+    let (hf, gguf) = (
+        LlamaTokenizer::load(fixture(BASE)).unwrap(),
+        LlamaTokenizer::load(&path).unwrap(),
+    );
+    for text in ["Say apple twice.", "What is 2 + 2?\n\nThe answer is 4!"] {
+        assert_eq!(
+            gguf.encode(text, true).unwrap(),
+            hf.encode(text, true).unwrap(),
+            "{text:?}"
+        );
+    }
+    assert_eq!((gguf.bos_id(), gguf.eos_id()), (hf.bos_id(), hf.eos_id()));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn what_gguf_export_cannot_write_is_refused_by_name() {
+    let device = Device::flex();
+    let path = tmp("refused.gguf");
+    // Adapters not merged yet.
+    let applier = LoraApplier::base_only(None, &device);
+    let mut model = LlamaForCausalLM::load(fixture(BASE), &applier).unwrap();
+    let adapter = PeftAdapter::load(fixture("gguf-merged/adapter"), &device).unwrap();
+    model.load_adapter(&adapter, "default").unwrap();
+    let e = model
+        .save_gguf(&path, GgmlType::F16, fixture(BASE), "m")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds adapters") && e.contains("q_proj"), "{e}");
+    // A family not written yet.
+    let phi3 = LlamaForCausalLM::load(
+        fixture("golden/families/phi3/model"),
+        &LoraApplier::base_only(None, &device),
+    )
+    .unwrap();
+    let e = phi3
+        .save_gguf(&path, GgmlType::F16, fixture(BASE), "m")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("phi3") && e.contains("not written as GGUF yet"),
+        "{e}"
+    );
+    // A tensor type llama.cpp's converter does not write for a model here.
+    let e = model
+        .merge_and_unload()
+        .save_gguf(&path, GgmlType::Q4_0, fixture(BASE), "m")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Q4_0"), "{e}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_gguf_base_s_tokenizer_keys_are_carried_over_whole() {
+    let device = Device::flex();
+    let base = tmp("base-f32.gguf");
+    let model = merged(&device);
+    model
+        .save_gguf(&base, GgmlType::F32, fixture(BASE), "base")
+        .unwrap();
+    let again = tmp("again-f16.gguf");
+    model
+        .save_gguf(&again, GgmlType::F16, &base, "again")
+        .unwrap();
+    let (a, b) = (
+        GgufFile::open(&base).unwrap(),
+        GgufFile::open(&again).unwrap(),
+    );
+    let tok = |f: &GgufFile| -> Vec<(String, GgufValue)> {
+        f.metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert!(tok(&a).len() >= 5);
+    assert_eq!(tok(&a), tok(&b));
+    std::fs::remove_file(&base).unwrap();
+    std::fs::remove_file(&again).unwrap();
+}
