@@ -87,6 +87,9 @@ struct Args {
     /// Compute the logits, then the loss (instead of the fused head + loss).
     #[arg(long)]
     unfused: bool,
+    /// DoRA adapters (PEFT's `use_dora`) in the lora and qlora modes.
+    #[arg(long)]
+    use_dora: bool,
     /// none, block or offload: as `finetune --grad-checkpointing` (each decoder layer kept as
     /// its input and recomputed in the backward pass).
     #[arg(long, value_enum, default_value = "none")]
@@ -129,7 +132,10 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     eprintln!("{mode}: {compute}");
     let device = Device::flex().autodiff();
     device.seed(0);
-    let lora = common::bench_model::lora_seven_linears();
+    let lora = burn_qlora::nn::LoraConfig {
+        use_dora: args.use_dora,
+        ..common::bench_model::lora_seven_linears()
+    };
     let applier = match mode {
         "full" => LoraApplier::base_only(None, &device),
         "lora" => LoraApplier::new(lora, None, &device).expect("lora config"),
@@ -267,6 +273,7 @@ fn main() {
                     .flat_map(|l| ["--layers".to_string(), l.to_string()]),
             )
             .args(args.unfused.then_some("--unfused"))
+            .args(args.use_dora.then_some("--use-dora"))
             .args([
                 "--grad-checkpointing",
                 &format!("{:?}", args.grad_checkpointing).to_lowercase(),

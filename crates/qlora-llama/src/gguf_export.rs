@@ -5,8 +5,11 @@
 //!   "model"`, `general.name`, `general.file_type`, `general.quantization_version`;
 //! - the architecture's hyperparameters (`<arch>.block_count`, `context_length`,
 //!   `embedding_length`, `feed_forward_length`, `attention.head_count`, `head_count_kv`,
-//!   `key_length`, `value_length`, `rope.freq_base`, `rope.dimension_count`,
-//!   `attention.layer_norm_rms_epsilon`, `vocab_size`; linear RoPE scaling);
+//!   `key_length`, `value_length`, `rope.freq_base`, `attention.layer_norm_rms_epsilon`,
+//!   `vocab_size`, and for `llama` `rope.dimension_count`; linear RoPE scaling). The converter
+//!   writes `key_length` / `value_length` only where `config.json` names `head_dim`; they are
+//!   always written here (the value llama.cpp derives otherwise), which changes nothing it
+//!   reads;
 //! - the tokenizer: a GGUF base's `tokenizer.*` keys as they are, or a HF folder's byte-level
 //!   BPE `tokenizer.json` as the converter writes it (`tokenizer.ggml.model = "gpt2"`, the
 //!   pre-tokenizer's llama.cpp name, tokens by id with ids the vocabulary skips as
@@ -18,8 +21,9 @@
 //!   not a multiple of 32 long, as the converter does), `llama`'s Q and K rows permuted to
 //!   llama.cpp's interleaved RoPE order.
 //!
-//! Phi-3 and Gemma 3 models, SentencePiece tokenizers and LLaMA 3.1's RoPE scaling are refused
-//! by name (not written yet).
+//! Not written yet, and refused by name: Phi-3 and Gemma 3 models, tokenizers other than
+//! byte-level BPE in a HF folder (SentencePiece ones: Llama 2, Mistral, Phi-3, Gemma; a GGUF
+//! base's own vocabulary of any kind is carried over), RoPE scaling other than linear.
 
 use std::path::Path;
 
@@ -138,11 +142,15 @@ impl LlamaForCausalLM {
                 GgufValue::U32(c.head_dim as u32),
             )
             .meta("general.file_type", GgufValue::U32(file_type(ty)))
-            .meta(&key("vocab_size"), GgufValue::U32(c.vocab_size as u32))
-            .meta(
+            .meta(&key("vocab_size"), GgufValue::U32(c.vocab_size as u32));
+        // The converter writes the rotated width for `llama` only (the others rotate whole
+        // heads, which llama.cpp assumes without it).
+        if arch == "llama" {
+            w.meta(
                 &key("rope.dimension_count"),
                 GgufValue::U32(c.rotary_dim as u32),
             );
+        }
         match c.rope.scaling {
             RopeScaling::Default => {}
             RopeScaling::Linear { factor } => {
