@@ -111,12 +111,26 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Format::GgufLora = args.format {
         return gguf_lora(&args, &model_path, &adapter);
     }
-    if matches!(args.format, Format::Gguf) && args.out.is_dir() {
-        return Err(format!(
-            "--out {}: a folder; --format gguf writes one .gguf file",
-            args.out.display()
-        )
-        .into());
+    if matches!(args.format, Format::Gguf) {
+        if args.out.is_dir() {
+            return Err(format!(
+                "--out {}: a folder; --format gguf writes one .gguf file",
+                args.out.display()
+            )
+            .into());
+        }
+        // What the GGUF writer refuses (family, type, tokenizer) is said before the merge.
+        let config = if model_path.is_dir() {
+            LlamaConfig::load(model_path.join("config.json"))?
+        } else {
+            GgufModel::open(&model_path)?.config().clone()
+        };
+        LlamaForCausalLM::check_gguf_export(
+            &config,
+            &args.out,
+            ggml_type(args.gguf_type),
+            &model_path,
+        )?;
     }
     if !model_path.is_dir() {
         // A GGUF base's vocabulary is read before any work: a bad one stops here, not after

@@ -34,7 +34,8 @@ use serde_json::Value;
 use crate::gguf::{GgmlType, GgufFile, GgufValue};
 use crate::gguf_model::{Convert, gguf_name, permute_rows};
 use crate::{
-    GgufWriter, LlamaError, LlamaForCausalLM, LlamaTokenizer as Tokenizer, ModelType, RopeScaling,
+    GgufWriter, LlamaConfig, LlamaError, LlamaForCausalLM, LlamaTokenizer as Tokenizer, ModelType,
+    RopeScaling,
 };
 
 /// GGUF's `general.file_type` of a model whose matrices are `ty` (llama.cpp's `LLAMA_FTYPE_*`).
@@ -73,100 +74,9 @@ impl LlamaForCausalLM {
         name: &str,
     ) -> Result<(), LlamaError> {
         let path = path.as_ref();
-        let refuse = |problem: String| LlamaError::format(path, problem);
         let c = &self.config;
-        let arch = match c.model_type {
-            ModelType::Llama | ModelType::Mistral => "llama",
-            ModelType::Qwen2 => "qwen2",
-            ModelType::Qwen3 => "qwen3",
-            other => {
-                return Err(refuse(format!(
-                    "`{}` models are not written as GGUF yet (llama, mistral, qwen2, qwen3 are)",
-                    other.as_str()
-                )));
-            }
-        };
-        if !matches!(
-            ty,
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
-        ) {
-            return Err(refuse(format!(
-                "{ty:?} tensors (F32, F16, BF16 or Q8_0 are written)"
-            )));
-        }
-        let family = if arch == "llama" {
-            ModelType::Llama
-        } else {
-            c.model_type
-        };
-        let key = |k: &str| format!("{arch}.{k}");
-        let mut w = GgufWriter::new();
-        w.meta("general.architecture", GgufValue::Str(arch.into()))
-            .meta("general.type", GgufValue::Str("model".into()))
-            .meta("general.name", GgufValue::Str(name.into()))
-            .meta(
-                &key("block_count"),
-                GgufValue::U32(c.num_hidden_layers as u32),
-            )
-            .meta(
-                &key("context_length"),
-                GgufValue::U32(c.max_position_embeddings as u32),
-            )
-            .meta(
-                &key("embedding_length"),
-                GgufValue::U32(c.hidden_size as u32),
-            )
-            .meta(
-                &key("feed_forward_length"),
-                GgufValue::U32(c.intermediate_size as u32),
-            )
-            .meta(
-                &key("attention.head_count"),
-                GgufValue::U32(c.num_attention_heads as u32),
-            )
-            .meta(
-                &key("attention.head_count_kv"),
-                GgufValue::U32(c.num_key_value_heads as u32),
-            )
-            .meta(&key("rope.freq_base"), GgufValue::F32(c.rope.theta as f32))
-            .meta(
-                &key("attention.layer_norm_rms_epsilon"),
-                GgufValue::F32(c.rms_norm_eps as f32),
-            )
-            .meta(
-                &key("attention.key_length"),
-                GgufValue::U32(c.head_dim as u32),
-            )
-            .meta(
-                &key("attention.value_length"),
-                GgufValue::U32(c.head_dim as u32),
-            )
-            .meta("general.file_type", GgufValue::U32(file_type(ty)))
-            .meta(&key("vocab_size"), GgufValue::U32(c.vocab_size as u32));
-        // The converter writes the rotated width for `llama` only (the others rotate whole
-        // heads, which llama.cpp assumes without it).
-        if arch == "llama" {
-            w.meta(
-                &key("rope.dimension_count"),
-                GgufValue::U32(c.rotary_dim as u32),
-            );
-        }
-        match c.rope.scaling {
-            RopeScaling::Default => {}
-            RopeScaling::Linear { factor } => {
-                w.meta(&key("rope.scaling.type"), GgufValue::Str("linear".into()))
-                    .meta(&key("rope.scaling.factor"), GgufValue::F32(factor as f32));
-            }
-            ref other => {
-                return Err(refuse(format!(
-                    "RoPE scaling {other:?} is not written as GGUF yet (none and linear are)"
-                )));
-            }
-        }
-        w.meta("general.quantization_version", GgufValue::U32(2));
-        for (k, v) in tokenizer_meta(tokenizer.as_ref(), c.vocab_size)? {
-            w.meta(&k, v);
-        }
+        let (mut w, family) = gguf_header(c, path, ty, tokenizer.as_ref(), name)?;
+        let refuse = |problem: String| LlamaError::format(path, problem);
         for (hf, shape, data) in self.dense_tensors(path)? {
             let (gname, convert) = gguf_name(&hf, family)
                 .ok_or_else(|| refuse(format!("`{hf}` has no llama.cpp tensor name")))?;
@@ -181,7 +91,7 @@ impl LlamaForCausalLM {
                     let cols = shape.get(1).copied().unwrap_or(1);
                     permute_rows(&data, shape[0], cols, heads)
                 }
-                Convert::UnitOffset => unreachable!("Gemma is refused above"),
+                Convert::UnitOffset => unreachable!("Gemma is refused by gguf_header"),
             };
             let t = match ty {
                 _ if shape.len() == 1 => GgmlType::F32,
@@ -191,6 +101,17 @@ impl LlamaForCausalLM {
             w.tensor(&gname, &shape, t, &data);
         }
         w.write(path)
+    }
+
+    /// The checks [`LlamaForCausalLM::save_gguf`] makes before any tensor (family, tensor type,
+    /// RoPE scaling, tokenizer), for a model of `config`: callers run them before a long merge.
+    pub fn check_gguf_export(
+        config: &LlamaConfig,
+        path: impl AsRef<Path>,
+        ty: GgmlType,
+        tokenizer: impl AsRef<Path>,
+    ) -> Result<(), LlamaError> {
+        gguf_header(config, path.as_ref(), ty, tokenizer.as_ref(), "check").map(|_| ())
     }
 
     /// Every tensor as HF names it, with its PyTorch shape and values (f32; an NF4 layer
@@ -242,8 +163,114 @@ impl LlamaForCausalLM {
     }
 }
 
+/// The GGUF file's metadata for a model of `c` (every check but the tensors'), and the family
+/// whose tensor names it uses.
+fn gguf_header(
+    c: &LlamaConfig,
+    path: &Path,
+    ty: GgmlType,
+    tokenizer: &Path,
+    name: &str,
+) -> Result<(GgufWriter, ModelType), LlamaError> {
+    let refuse = |problem: String| LlamaError::format(path, problem);
+    let arch = match c.model_type {
+        ModelType::Llama | ModelType::Mistral => "llama",
+        ModelType::Qwen2 => "qwen2",
+        ModelType::Qwen3 => "qwen3",
+        other => {
+            return Err(refuse(format!(
+                "`{}` models are not written as GGUF yet (llama, mistral, qwen2, qwen3 are)",
+                other.as_str()
+            )));
+        }
+    };
+    if !matches!(
+        ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    ) {
+        return Err(refuse(format!(
+            "{ty:?} tensors (F32, F16, BF16 or Q8_0 are written)"
+        )));
+    }
+    let family = if arch == "llama" {
+        ModelType::Llama
+    } else {
+        c.model_type
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", GgufValue::Str(arch.into()))
+        .meta("general.type", GgufValue::Str("model".into()))
+        .meta("general.name", GgufValue::Str(name.into()))
+        .meta(
+            &key("block_count"),
+            GgufValue::U32(c.num_hidden_layers as u32),
+        )
+        .meta(
+            &key("context_length"),
+            GgufValue::U32(c.max_position_embeddings as u32),
+        )
+        .meta(
+            &key("embedding_length"),
+            GgufValue::U32(c.hidden_size as u32),
+        )
+        .meta(
+            &key("feed_forward_length"),
+            GgufValue::U32(c.intermediate_size as u32),
+        )
+        .meta(
+            &key("attention.head_count"),
+            GgufValue::U32(c.num_attention_heads as u32),
+        )
+        .meta(
+            &key("attention.head_count_kv"),
+            GgufValue::U32(c.num_key_value_heads as u32),
+        )
+        .meta(&key("rope.freq_base"), GgufValue::F32(c.rope.theta as f32))
+        .meta(
+            &key("attention.layer_norm_rms_epsilon"),
+            GgufValue::F32(c.rms_norm_eps as f32),
+        )
+        .meta(
+            &key("attention.key_length"),
+            GgufValue::U32(c.head_dim as u32),
+        )
+        .meta(
+            &key("attention.value_length"),
+            GgufValue::U32(c.head_dim as u32),
+        )
+        .meta("general.file_type", GgufValue::U32(file_type(ty)))
+        .meta(&key("vocab_size"), GgufValue::U32(c.vocab_size as u32));
+    // The converter writes the rotated width for `llama` only (the others rotate whole
+    // heads, which llama.cpp assumes without it).
+    if arch == "llama" {
+        w.meta(
+            &key("rope.dimension_count"),
+            GgufValue::U32(c.rotary_dim as u32),
+        );
+    }
+    match c.rope.scaling {
+        RopeScaling::Default => {}
+        RopeScaling::Linear { factor } => {
+            w.meta(&key("rope.scaling.type"), GgufValue::Str("linear".into()))
+                .meta(&key("rope.scaling.factor"), GgufValue::F32(factor as f32));
+        }
+        ref other => {
+            return Err(refuse(format!(
+                "RoPE scaling {other:?} is not written as GGUF yet (none and linear are)"
+            )));
+        }
+    }
+    w.meta("general.quantization_version", GgufValue::U32(2));
+    for (k, v) in tokenizer_meta(tokenizer, c.vocab_size)? {
+        w.meta(&k, v);
+    }
+    Ok((w, family))
+}
+
 /// The `tokenizer.*` metadata for the base at `source` (a `.gguf` file: its own keys; a HF
-/// folder: its `tokenizer.json`), padded to `vocab_size` tokens as the converter pads.
+/// folder: its `tokenizer.json`), padded to `vocab_size` tokens as the converter pads (an id
+/// past it is an error, as there).
 fn tokenizer_meta(
     source: &Path,
     vocab_size: usize,
@@ -269,7 +296,10 @@ fn tokenizer_meta(
         ));
     }
     let pre = qlora_tokenizer::gguf_pre_name(&json["pre_tokenizer"]).ok_or_else(|| {
-        bad("its pre-tokenizer is none that llama.cpp names here (gpt-2, smollm, llama-bpe)".into())
+        bad(
+            "its pre-tokenizer is none that llama.cpp names here (gpt-2, smollm, llama-bpe, qwen2)"
+                .into(),
+        )
     })?;
     let vocab = model["vocab"]
         .as_object()
@@ -278,7 +308,10 @@ fn tokenizer_meta(
     let mut put = |t: &str, id: Option<u64>, ty: i32| -> Result<(), LlamaError> {
         let id = id.ok_or_else(|| bad(format!("token `{t}` has no integer id")))? as usize;
         if id >= tokens.len() {
-            tokens.resize(id + 1, None);
+            // The converter refuses it too: llama.cpp will not load more tokens than rows.
+            return Err(bad(format!(
+                "token `{t}` has id {id}, past the model's vocab_size {vocab_size}"
+            )));
         }
         tokens[id] = Some((t.to_string(), ty));
         Ok(())
@@ -363,4 +396,58 @@ fn tokenizer_meta(
         ));
     }
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::tokenizer_meta;
+    use crate::{GgufFile, GgufValue, GgufWriter, LlamaTokenizer, TokenizerFiles};
+
+    fn tokenizer_dir(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tokenizers")
+            .join(name)
+    }
+
+    /// A HF tokenizer written as GGUF metadata and read back tokenizes as the HF one does, under
+    /// the pre-tokenizer name llama.cpp gives it.
+    #[test]
+    fn hf_bpe_tokenizers_round_trip_through_gguf_metadata() {
+        for (name, pre) in [
+            ("qwen2_5", "qwen2"),
+            ("qwen3", "qwen2"),
+            ("llama3", "llama-bpe"),
+        ] {
+            let dir = tokenizer_dir(name);
+            let hf = LlamaTokenizer::from_dir(&dir).unwrap();
+            let mut w = GgufWriter::new();
+            for (k, v) in tokenizer_meta(&dir, hf.vocab_size()).unwrap() {
+                w.meta(&k, v);
+            }
+            let path =
+                std::env::temp_dir().join(format!("qlora-tok-{name}-{}.gguf", std::process::id()));
+            w.write(&path).unwrap();
+            let f = GgufFile::open(&path).unwrap();
+            assert_eq!(
+                f.get("tokenizer.ggml.pre"),
+                Some(&GgufValue::Str(pre.into())),
+                "{name}"
+            );
+            let gguf = LlamaTokenizer::from_gguf(&f).unwrap();
+            for text in [
+                "Hello world, 12345 apples!",
+                "  two  spaces\n\nand lines 2024-12-07",
+                "Ünïcödé — 数字 42",
+            ] {
+                assert_eq!(
+                    gguf.encode(text, false).unwrap(),
+                    hf.encode(text, false).unwrap(),
+                    "{name}: {text:?}"
+                );
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
 }

@@ -72,7 +72,7 @@ pub fn save_gguf_lora(
             names.join(", ")
         )));
     }
-    if adapter.config.use_dora {
+    if adapter.config.use_dora || adapter.modules.values().any(|w| w.magnitude.is_some()) {
         return Err(refuse(
             "it is a DoRA adapter (`use_dora`), and llama.cpp's adapters hold only LoRA pairs \
              (merge it instead)"

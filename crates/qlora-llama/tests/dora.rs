@@ -308,3 +308,60 @@ fn fused_and_composed_dora_paths_agree_on_a_4_bit_base() {
         "fused vs composed gradients differ by {worst:e}"
     );
 }
+
+#[test]
+fn dora_merges_in_two_calls_unmerge_last_merged_first() {
+    // DoRA merges do not commute: merging "b", then "a", must unmerge "a" first.
+    let device = Device::flex();
+    let ids = input_ids(&device);
+    let mut model = with_peft_adapter(BASES[0].1, None, &device);
+    let adapter = PeftAdapter::load(fixture("dora/adapter"), &device).unwrap();
+    model.load_adapter(&adapter, "second").unwrap();
+    let weights = |m: &LlamaForCausalLM| -> Vec<Vec<f32>> {
+        m.linears()
+            .into_iter()
+            .map(|(_, l)| values(l.base_weight().unwrap()))
+            .collect()
+    };
+    let original = weights(&model);
+    let both = values(model.forward(ids.clone(), None));
+    model.set_active_adapters(&["second"]);
+    model.merge_adapters().unwrap();
+    model.set_active_adapters(&["default", "second"]);
+    model.merge_adapters().unwrap();
+    model.unmerge_adapters().unwrap();
+    for (k, (w, o)) in weights(&model).iter().zip(&original).enumerate() {
+        assert_close(
+            &format!("layer {k} after two merges and unmerge"),
+            w,
+            o,
+            1e-5,
+        );
+    }
+    assert_close(
+        "logits after two merges and unmerge",
+        &values(model.forward(ids, None)),
+        &both,
+        1e-5,
+    );
+}
+
+#[test]
+fn a_dora_adapter_is_refused_as_a_gguf_lora_adapter_whatever_its_config_says() {
+    let device = Device::flex();
+    let mut adapter = PeftAdapter::load(fixture("dora/adapter"), &device).unwrap();
+    adapter.config.use_dora = false;
+    let config = qlora_llama::LlamaConfig::load(fixture(BASES[0].1).join("config.json")).unwrap();
+    let path = std::env::temp_dir().join(format!("qlora-dora-{}.gguf", std::process::id()));
+    let e = qlora_llama::save_gguf_lora(&adapter, &config, qlora_llama::GgmlType::F32, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DoRA") && !path.exists(), "{e}");
+    // And saved through the model, such an adapter says use_dora whatever config it is given.
+    let model = with_peft_adapter(BASES[0].1, None, &device);
+    let plain = LoraConfig {
+        use_dora: false,
+        ..dora_config()
+    };
+    assert!(model.adapter("default", plain).config.use_dora);
+}

@@ -127,7 +127,8 @@ impl LoraAdapter {
         self.lora_b.dims()[0]
     }
 
-    /// The update `Δy`.
+    /// The update `Δy = s·B·A·dropout(x)` (plain LoRA's; a DoRA adapter's update also reads
+    /// the base layer: the layers compute it, [`crate::dora`]).
     ///
     /// - `x`: `[..., in_features]`
     /// - returns `[..., out_features]`
@@ -192,7 +193,8 @@ impl LoraAdapter {
         }
     }
 
-    /// `scaling · B · A`, `[out, in]`: what merging adds to the base weight.
+    /// `scaling · B · A`, `[out, in]`: what merging plain LoRA adds to the base weight (a DoRA
+    /// adapter also rescales the rows, [`crate::dora`]).
     pub fn delta_weight(&self) -> Tensor<2> {
         self.lora_b
             .val()
@@ -215,6 +217,10 @@ pub struct LoraAdapters {
     /// Whether each adapter is merged into the base weight (it then adds nothing in forward).
     #[module(skip)]
     merged: Vec<bool>,
+    /// The merged adapters' names in the order they were merged (unmerging takes the last
+    /// first, as PEFT's `merged_adapters`: DoRA merges do not commute).
+    #[module(skip)]
+    merge_order: Vec<String>,
 }
 
 impl LoraAdapters {
@@ -226,6 +232,7 @@ impl LoraAdapters {
             active: Vec::new(),
             disabled: false,
             merged: Vec::new(),
+            merge_order: Vec::new(),
         }
     }
 
@@ -325,6 +332,11 @@ impl LoraAdapters {
         self.active().filter(|(n, _)| !self.is_merged(n))
     }
 
+    /// The names of the adapters merged into the base weight, in the order they were merged.
+    pub fn merge_order(&self) -> &[String] {
+        &self.merge_order
+    }
+
     /// The adapters merged into the base weight.
     pub fn merged(&self) -> impl Iterator<Item = (&str, &LoraAdapter)> {
         self.names
@@ -349,6 +361,10 @@ impl LoraAdapters {
             if names.contains(n) {
                 *flag = merged;
             }
+        }
+        self.merge_order.retain(|n| !names.contains(n));
+        if merged {
+            self.merge_order.extend(names.iter().cloned());
         }
     }
 }

@@ -104,7 +104,7 @@ impl LoraLinear {
     /// Subtracts the merged adapters from the base weight again (PEFT's `unmerge`): the base
     /// weight is back up to f32 rounding.
     pub fn unmerge(&mut self) {
-        let names: Vec<String> = self.lora.merged().map(|(n, _)| n.into()).collect();
+        let names = self.lora.merge_order().to_vec();
         let w = unmerge_all(&mut self.lora, &names, self.base.weight.val().transpose());
         self.base.weight = Param::from_tensor(w.transpose().detach()).set_require_grad(false);
         self.lora.set_merged(&names, false);
@@ -194,8 +194,9 @@ impl QLoraLinear {
 
     /// The forward pass, with the base's product computed (`base`) or only its backward.
     fn forward_base<const D: usize>(&self, x: Tensor<D>, base: bool) -> Tensor<D> {
-        // The bias is read after the adapter's dropout seed is drawn, in this order everywhere:
-        // a bias Burn initialises lazily draws from the same generator at its first read.
+        // One adapter: the bias is read after its dropout seed is drawn (a bias Burn initialises
+        // lazily draws from the same generator at its first read); several: before the
+        // adapters' seeds. The order of every earlier release, so seeded runs repeat.
         let bias = || self.bias.as_ref().map(|b| b.val());
         let mut in_effect = self.lora.unmerged_active();
         if let (Some((_, adapter)), None) = (in_effect.next(), in_effect.next()) {
@@ -258,7 +259,7 @@ impl QLoraLinear {
     /// Takes the merged adapters out of the NF4 weight again (`dequant(W') - s·B·A`, quantized
     /// again: lossy, see [`QLoraLinear::merge`]).
     pub fn unmerge(&mut self, name: &str) -> Result<(), Nf4Error> {
-        let names: Vec<String> = self.lora.merged().map(|(n, _)| n.into()).collect();
+        let names = self.lora.merge_order().to_vec();
         if names.is_empty() {
             return Ok(());
         }

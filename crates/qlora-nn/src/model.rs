@@ -474,6 +474,11 @@ pub trait LoraModel: Module {
                 .iter()
                 .filter_map(|(p, l)| l.adapter(name).map(|a| (p.as_str(), a))),
         );
+        // DoRA adapters are saved as such whatever the config given says (PEFT's loader needs
+        // `use_dora` to read the magnitudes).
+        if adapter.modules.values().any(|w| w.magnitude.is_some()) {
+            adapter.config.use_dora = true;
+        }
         for (path, l) in &linears {
             adapter.saved.extend(l.saved_params(path));
         }

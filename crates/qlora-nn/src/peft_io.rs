@@ -38,6 +38,7 @@ impl AdapterWeights {
             field: field.into(),
             problem,
         })?;
+        let out = self.lora_b.dims()[0];
         let adapter = LoraAdapter::from_weights(
             self.lora_a,
             self.lora_b,
@@ -45,6 +46,12 @@ impl AdapterWeights {
             config.lora_dropout,
         );
         Ok(match self.magnitude {
+            Some(v) if v.dims() != [out] => {
+                return Err(LoraError::Config {
+                    field: "lora_magnitude_vector".into(),
+                    problem: format!("`{path}`: {} values for {out} output rows", v.dims()[0]),
+                });
+            }
             Some(v) => adapter.with_magnitude(v),
             None => adapter,
         })

@@ -46,6 +46,14 @@ fn pre_tokenizer(pre: &str) -> Option<Value> {
             "type": "Sequence",
             "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]
         }),
+        // Llama 3's split with single digits (Qwen 2, 2.5 and 3).
+        "qwen2" => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"}, "behavior": "Isolated", "invert": false},
+                byte_level(false)
+            ]
+        }),
         "llama-bpe" | "llama3" | "smaug-bpe" => json!({
             "type": "Sequence",
             "pretokenizers": [
@@ -58,7 +66,7 @@ fn pre_tokenizer(pre: &str) -> Option<Value> {
 }
 
 /// llama.cpp's name (`tokenizer.ggml.pre`) for a `tokenizer.json` pre-tokenizer, where it is one
-/// of those a GGUF vocabulary is read with here (`gpt-2`, `smollm`, `llama-bpe`): the inverse of
+/// of those a GGUF vocabulary is read with here (`gpt-2`, `smollm`, `llama-bpe`, `qwen2`): the inverse of
 /// the mapping above, for writing a GGUF vocabulary. Fields the mapping does not set (offsets,
 /// prefix schemes) are not compared.
 pub fn gguf_pre_name(pre: &Value) -> Option<&'static str> {
@@ -74,10 +82,12 @@ pub fn gguf_pre_name(pre: &Value) -> Option<&'static str> {
             (a, b) => a == b,
         }
     }
-    ["gpt-2", "smollm", "llama-bpe"].into_iter().find(|name| {
-        let ours = pre_tokenizer(name).expect("a known name");
-        covers(&ours, pre)
-    })
+    ["gpt-2", "smollm", "llama-bpe", "qwen2"]
+        .into_iter()
+        .find(|name| {
+            let ours = pre_tokenizer(name).expect("a known name");
+            covers(&ours, pre)
+        })
 }
 
 /// A GGUF byte-level BPE vocabulary and merges as an HF `tokenizers` model.
