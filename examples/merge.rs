@@ -120,11 +120,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
         // What the GGUF writer refuses (family, type, tokenizer) is said before the merge.
-        let config = if model_path.is_dir() {
-            LlamaConfig::load(model_path.join("config.json"))?
-        } else {
-            GgufModel::open(&model_path)?.config().clone()
-        };
+        let config = base_config(&model_path)?;
         LlamaForCausalLM::check_gguf_export(
             &config,
             &args.out,
@@ -180,11 +176,7 @@ fn gguf_lora(
     model_path: &Path,
     adapter: &PeftAdapter,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let config = if model_path.is_dir() {
-        LlamaConfig::load(model_path.join("config.json"))?
-    } else {
-        GgufModel::open(model_path)?.config().clone()
-    };
+    let config = base_config(model_path)?;
     if args.out.is_dir() {
         return Err(format!(
             "--out {}: a folder; --format gguf-lora writes one .gguf file",
@@ -210,4 +202,13 @@ fn ggml_type(t: GgufType) -> GgmlType {
         GgufType::Bf16 => GgmlType::BF16,
         GgufType::Q8_0 => GgmlType::Q8_0,
     }
+}
+
+/// The base's config: a HF folder's `config.json` or a GGUF file's metadata.
+fn base_config(model_path: &Path) -> Result<LlamaConfig, Box<dyn std::error::Error>> {
+    Ok(if model_path.is_dir() {
+        LlamaConfig::load(model_path.join("config.json"))?
+    } else {
+        GgufModel::open(model_path)?.config().clone()
+    })
 }

@@ -71,6 +71,14 @@ fn with_peft_adapter(
     model
 }
 
+/// Every linear's base weight, `[out, in]` each.
+fn weights(m: &LlamaForCausalLM) -> Vec<Vec<f32>> {
+    m.linears()
+        .into_iter()
+        .map(|(_, l)| values(l.base_weight().unwrap()))
+        .collect()
+}
+
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     assert!(got.iter().all(|v| v.is_finite()), "{what}: not finite");
@@ -195,12 +203,6 @@ fn merged_dora_model_gives_peft_s_merged_logits_and_unmerges() {
     let ids = input_ids(&device);
     let mut model = with_peft_adapter(BASES[0].1, None, &device);
     let unmerged = values(model.forward(ids.clone(), None));
-    let weights = |m: &LlamaForCausalLM| -> Vec<Vec<f32>> {
-        m.linears()
-            .into_iter()
-            .map(|(_, l)| values(l.base_weight().unwrap()))
-            .collect()
-    };
     let original = weights(&model);
 
     model.merge_adapters().unwrap();
@@ -317,12 +319,6 @@ fn dora_merges_in_two_calls_unmerge_last_merged_first() {
     let mut model = with_peft_adapter(BASES[0].1, None, &device);
     let adapter = PeftAdapter::load(fixture("dora/adapter"), &device).unwrap();
     model.load_adapter(&adapter, "second").unwrap();
-    let weights = |m: &LlamaForCausalLM| -> Vec<Vec<f32>> {
-        m.linears()
-            .into_iter()
-            .map(|(_, l)| values(l.base_weight().unwrap()))
-            .collect()
-    };
     let original = weights(&model);
     let both = values(model.forward(ids.clone(), None));
     model.set_active_adapters(&["second"]);
