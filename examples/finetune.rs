@@ -8,12 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::Device;
-use burn_qlora::llama::{
-    ChatMessage, GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Sampling,
-    TokenizerFiles,
-};
+use burn_qlora::llama::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer, TokenizerFiles};
 use burn_qlora::nn::{
     AdapterDtype, LoraApplier, LoraConfig, LoraModel, ModuleSelector, ParameterCount,
     TrainableTokenIndices,
@@ -212,34 +208,6 @@ struct Args {
     no_samples: bool,
 }
 
-/// The model's greedy answer to `question` (in its chat template when it has one). Errors if
-/// the prompt's ids are not all in the model's vocabulary.
-fn sample_answer(
-    model: &LlamaForCausalLM,
-    tok: &LlamaTokenizer,
-    question: &str,
-) -> Result<String, Box<dyn std::error::Error>> {
-    let valid = model.valid();
-    // A chat prompt as transformers' `apply_chat_template(tokenize=True)` makes it (the template
-    // writes its own bos); a model without a template gets the plain question with the
-    // tokenizer's special tokens.
-    let ids = match tok.apply_chat_template(&[ChatMessage::new("user", question)], true) {
-        Ok(prompt) => tok.encode(&prompt, false)?,
-        Err(_) => tok.encode(question, true)?,
-    };
-    if ids.is_empty() {
-        return Ok(String::new());
-    }
-    valid.check_token_ids(&ids, "the sample prompt")?;
-    let cfg = GenerationConfig {
-        max_new_tokens: 40,
-        sampling: Sampling::Greedy,
-        stop_tokens: tok.eos_id().into_iter().collect(),
-    };
-    let out = valid.generate(&ids, &cfg, |_| true);
-    Ok(tok.decode(&out, true)?)
-}
-
 /// The LoRA config of a fresh adapter, from the command line.
 fn fresh_lora(
     args: &Args,
@@ -434,7 +402,7 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
     if !args.no_samples && job.rank() == 0 {
         println!(
             "before: {question} -> {:?}",
-            sample_answer(&model, &tok, question)?
+            common::sample::sample_answer(&model, &tok, question)?
         );
     }
 
@@ -590,7 +558,7 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
     if !args.no_samples {
         println!(
             "after: {question} -> {:?}",
-            sample_answer(&trainer.model, &tok, question)?
+            common::sample::sample_answer(&trainer.model, &tok, question)?
         );
     }
     println!(

@@ -9,6 +9,7 @@ pub mod data;
 pub mod mpi;
 pub mod oom;
 pub mod quant;
+pub mod sample;
 
 use std::path::{Path, PathBuf};
 

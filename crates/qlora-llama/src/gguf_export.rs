@@ -33,6 +33,7 @@ use serde_json::Value;
 
 use crate::gguf::{GgmlType, GgufFile, GgufValue};
 use crate::gguf_model::{Convert, gguf_name, permute_rows};
+use crate::save::host;
 use crate::{
     GgufWriter, LlamaConfig, LlamaError, LlamaForCausalLM, LlamaTokenizer as Tokenizer, ModelType,
     RopeScaling,
@@ -52,13 +53,6 @@ fn file_type(ty: GgmlType) -> u32 {
 
 /// A tensor under its HF name: PyTorch shape and f32 values.
 type NamedTensor = (String, Vec<usize>, Vec<f32>);
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32 data")
-}
 
 impl LlamaForCausalLM {
     /// Writes the model as a GGUF model file at `path` (see the module docs), its matrices as
@@ -120,7 +114,7 @@ impl LlamaForCausalLM {
         let mut out = Vec::new();
         let mut matrix = |name: String, t: Tensor<2>| {
             let shape = t.dims().to_vec();
-            out.push((name, shape, values(t)));
+            out.push((name, shape, host(t)));
         };
         matrix(
             "model.embed_tokens.weight".into(),
@@ -157,7 +151,7 @@ impl LlamaForCausalLM {
         }
         for (name, t) in vectors {
             let shape = t.dims().to_vec();
-            out.push((name, shape, values(t)));
+            out.push((name, shape, host(t)));
         }
         Ok(out)
     }

@@ -23,7 +23,8 @@ pub enum SaveFormat {
     Bnb4(QuantConfig),
 }
 
-fn host(t: Tensor<2>) -> Vec<f32> {
+/// A tensor's values on the host, as f32.
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()

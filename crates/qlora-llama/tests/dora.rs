@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
 use qlora_nn::{LoraAdapter, LoraApplier, LoraConfig, LoraModel, ModuleSelector, PeftAdapter};
@@ -18,7 +18,7 @@ use qlora_nn::{LoraAdapter, LoraApplier, LoraConfig, LoraModel, ModuleSelector, 
 mod init_refs;
 #[path = "support/logits.rs"]
 mod logits;
-use init_refs::{f32_tensors, fixture};
+use init_refs::{f32_tensors, fixture, input_ids};
 use logits::{rel_err, values};
 
 const REFERENCE: &str = "dora/dora.safetensors";
@@ -39,11 +39,11 @@ fn reference() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     f32_tensors(REFERENCE)
 }
 
-fn input_ids(device: &Device) -> Tensor<2, Int> {
-    let bytes = std::fs::read(fixture(REFERENCE)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (ids, shape) = logits::st_i64s(&st, "input_ids");
-    Tensor::from_data(TensorData::new(ids, [shape[0], shape[1]]), device)
+/// The magnitude of the model's first adapted linear.
+fn first_magnitude(model: &LlamaForCausalLM) -> Vec<f32> {
+    let layer = &model.linears()[0].1;
+    let m = layer.adapter("default").unwrap().magnitude.as_ref();
+    values(m.expect("a DoRA adapter").val())
 }
 
 fn dora_config() -> LoraConfig {
@@ -119,7 +119,7 @@ fn peft_s_dora_adapter_gives_peft_s_logits() {
     let device = Device::flex();
     for (base, folder, quant) in BASES {
         let model = with_peft_adapter(folder, quant.map(|q| q()), &device);
-        let got = values(model.forward(input_ids(&device), None));
+        let got = values(model.forward(input_ids(REFERENCE, &device), None));
         let (_, want) = &refs[&format!("{base}.logits")];
         assert_close(&format!("{base} logits"), &got, want, 1e-4);
     }
@@ -131,7 +131,7 @@ fn one_dora_step_gives_peft_s_loss_and_gradients() {
     let device = Device::flex().autodiff();
     for (base, folder, quant) in BASES {
         let mut model = with_peft_adapter(folder, quant.map(|q| q()), &device);
-        let ids = input_ids(&device);
+        let ids = input_ids(REFERENCE, &device);
         let loss = model.loss(ids.clone(), ids.clone());
         let got = values(loss.clone())[0];
         let want = refs[&format!("{base}.loss")].1[0];
@@ -164,32 +164,14 @@ fn one_dora_step_gives_peft_s_loss_and_gradients() {
         );
 
         // And the magnitude trains: AdamW steps move it and lower the loss.
-        let before = values(
-            model.linears()[0]
-                .1
-                .adapter("default")
-                .unwrap()
-                .magnitude
-                .as_ref()
-                .unwrap()
-                .val(),
-        );
+        let before = first_magnitude(&model);
         let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(0.0).init();
         for _ in 0..5 {
             let loss = model.loss(ids.clone(), ids.clone());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(1e-2, model, grads);
         }
-        let after = values(
-            model.linears()[0]
-                .1
-                .adapter("default")
-                .unwrap()
-                .magnitude
-                .as_ref()
-                .unwrap()
-                .val(),
-        );
+        let after = first_magnitude(&model);
         assert!(before != after, "{base}: the magnitude did not train");
         let last = values(model.loss(ids.clone(), ids))[0];
         assert!(last < got, "{base}: loss {got} -> {last} after 5 steps");
@@ -200,7 +182,7 @@ fn one_dora_step_gives_peft_s_loss_and_gradients() {
 fn merged_dora_model_gives_peft_s_merged_logits_and_unmerges() {
     let refs = reference();
     let device = Device::flex();
-    let ids = input_ids(&device);
+    let ids = input_ids(REFERENCE, &device);
     let mut model = with_peft_adapter(BASES[0].1, None, &device);
     let unmerged = values(model.forward(ids.clone(), None));
     let original = weights(&model);
@@ -254,7 +236,7 @@ fn saved_dora_adapter_has_peft_s_keys_and_loads_back() {
             .unwrap();
     assert_eq!(config["use_dora"], serde_json::Value::Bool(true));
 
-    let ids = input_ids(&device);
+    let ids = input_ids(REFERENCE, &device);
     let again = {
         let applier = LoraApplier::base_only(None, &device);
         let mut m = LlamaForCausalLM::load(fixture(BASES[0].1), &applier).unwrap();
@@ -271,7 +253,7 @@ fn fused_and_composed_dora_paths_agree_on_a_4_bit_base() {
     // One DoRA adapter runs through the fused NF4 + LoRA op, scaled; with a second adapter that
     // adds nothing (B = 0) the layer takes the composed path. Same outputs and gradients.
     let device = Device::flex().autodiff();
-    let ids = input_ids(&device);
+    let ids = input_ids(REFERENCE, &device);
     let one = with_peft_adapter(BASES[1].1, Some(QuantConfig::qlora()), &device);
     let mut two = one.clone();
     for (_, layer) in two.linears_mut() {
@@ -315,7 +297,7 @@ fn fused_and_composed_dora_paths_agree_on_a_4_bit_base() {
 fn dora_merges_in_two_calls_unmerge_last_merged_first() {
     // DoRA merges do not commute: merging "b", then "a", must unmerge "a" first.
     let device = Device::flex();
-    let ids = input_ids(&device);
+    let ids = input_ids(REFERENCE, &device);
     let mut model = with_peft_adapter(BASES[0].1, None, &device);
     let adapter = PeftAdapter::load(fixture("dora/adapter"), &device).unwrap();
     model.load_adapter(&adapter, "second").unwrap();

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
 use qlora_nn::{InitLoraWeights, LoraApplier, LoraConfig, LoraModel, ModuleSelector};
@@ -23,13 +23,6 @@ const REFERENCE: &str = "pissa/llama.safetensors";
 
 fn reference() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     f32_tensors(REFERENCE)
-}
-
-fn input_ids(device: &Device) -> Tensor<2, Int> {
-    let bytes = std::fs::read(fixture(REFERENCE)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (ids, shape) = logits::st_i64s(&st, "input_ids");
-    Tensor::from_data(TensorData::new(ids, [shape[0], shape[1]]), device)
 }
 
 fn config(init: InitLoraWeights) -> LoraConfig {
@@ -83,7 +76,7 @@ fn pissa_gives_peft_s_adapters_residuals_and_logits() {
         }
     }
     let device = Device::flex();
-    let logits = values(model.forward(input_ids(&device), None));
+    let logits = values(model.forward(input_ids(REFERENCE, &device), None));
     let (_, want) = &refs["logits_pissa"];
     let (_, base) = &refs["logits_base"];
     let scale = max_abs(want);

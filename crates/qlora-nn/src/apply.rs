@@ -160,28 +160,6 @@ impl AdaptedLinear {
         })
     }
 
-    /// The base weight as the adapters read it, `[out, in]` (an NF4 base dequantized); `None`
-    /// for a layer that takes no adapter.
-    pub fn base_weight(&self) -> Option<Tensor<2>> {
-        match self {
-            AdaptedLinear::Lora(l) => Some(l.base.weight.val().transpose()),
-            AdaptedLinear::QLora(l) => Some(qlora_backend::nf4_dequantize(&l.base)),
-            AdaptedLinear::Frozen(_) | AdaptedLinear::Trained(_) => None,
-        }
-    }
-
-    /// Makes the adapter `name` a DoRA adapter, its magnitude the row norms of the base weight
-    /// plus its update, as PEFT's `dora_init` (after any PiSSA / LoftQ initialisation and the
-    /// quantization: QDoRA's norm is the dequantized weight's). No-op without that adapter.
-    pub(crate) fn init_dora(&mut self, name: &str) {
-        let Some(w) = self.base_weight() else {
-            return;
-        };
-        if let Some(a) = self.adapters_mut().and_then(|a| a.get_mut(name)) {
-            a.init_magnitude(w);
-        }
-    }
-
     /// The device of the layer's weight.
     pub fn device(&self) -> Device {
         match self {
@@ -607,13 +585,5 @@ impl LoraApplier {
             }
         }
         Ok(self.with_dora(layer))
-    }
-
-    /// `layer` with its new adapter made a DoRA adapter when the config says `use_dora`.
-    fn with_dora(&self, mut layer: AdaptedLinear) -> AdaptedLinear {
-        if self.config.as_ref().is_some_and(|c| c.use_dora) {
-            layer.init_dora(&self.adapter_name);
-        }
-        layer
     }
 }

@@ -10,6 +10,7 @@ mod apply;
 mod causal_lm;
 mod checkpoint;
 mod config;
+mod config_json;
 mod count;
 pub mod dora;
 mod error;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use qlora_llama::LlamaForCausalLM;
 use qlora_nf4::QuantConfig;
 use qlora_nn::{AdaptedLinear, LoraApplier, LoraConfig, LoraModel};
@@ -23,6 +23,14 @@ pub fn fixture(p: &str) -> PathBuf {
 /// The golden tiny LLaMA (fp32 HF folder: 3 layers, hidden 64, ffn 192).
 pub fn model_dir() -> PathBuf {
     fixture("golden/families/llama/model")
+}
+
+/// The `input_ids` (i64, `[batch, seq]`) of a safetensors fixture, as a tensor on `device`.
+pub fn input_ids(p: &str, device: &Device) -> Tensor<2, Int> {
+    let bytes = std::fs::read(fixture(p)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (ids, shape) = crate::logits::st_i64s(&st, "input_ids");
+    Tensor::from_data(TensorData::new(ids, [shape[0], shape[1]]), device)
 }
 
 /// The f32 tensors of a safetensors fixture by name, with their shapes.
