@@ -151,6 +151,12 @@ struct Args {
     /// LoftQ's alternations of NF4 quantization and SVD (PEFT's `loftq_iter`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     loftq_iter: u32,
+    /// Also write `<out>/adapter-lora`: the PiSSA adapter converted to plain LoRA on the
+    /// original weights (PEFT's `path_initial_model_for_weight_conversion`), rank doubled, for
+    /// the unmodified base beside other adapters. Needs --init-lora-weights pissa or
+    /// pissa_niter_K; exact on a float base, near on a 4-bit one (as PEFT warns).
+    #[arg(long, conflicts_with = "adapter")]
+    save_as_lora: bool,
     /// adamw, paged-adamw or adamw8bit.
     #[arg(long, default_value = "paged-adamw")]
     optimizer: OptimizerKind,
@@ -275,6 +281,19 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
         )
         .into());
     }
+    if args.save_as_lora
+        && !matches!(
+            args.init_lora_weights,
+            burn_qlora::nn::InitLoraWeights::Pissa { .. }
+        )
+    {
+        return Err(format!(
+            "--save-as-lora converts a PiSSA adapter (--init-lora-weights pissa or \
+             pissa_niter_K); this run's adapters start as {:?}",
+            args.init_lora_weights
+        )
+        .into());
+    }
     if args.resume && find_checkpoint(&args.out).is_none() {
         return Err(format!("--resume: no checkpoint in {}", args.out.display()).into());
     }
@@ -358,6 +377,11 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
             (LlamaForCausalLM::load(&model_path, &applier)?, lora, None)
         }
     };
+    // PiSSA's start, for --save-as-lora: the initialisation is the same bits on every run, so a
+    // resumed run takes it here too, before the checkpoint's weights replace it.
+    let initial = args
+        .save_as_lora
+        .then(|| model.adapter("default", lora.clone()));
     let model = model.with_gradient_checkpointing(args.grad_checkpointing.into());
     let save_dtype = args
         .save_dtype
@@ -529,6 +553,24 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
         .adapter("default", trainer.lora.clone())
         .with_dtype(save_dtype)
         .save(&adapter_dir)?;
+    if let Some(initial) = &initial {
+        let dir = args.out.join("adapter-lora");
+        let lora = trainer
+            .model
+            .adapter("default", trainer.lora.clone())
+            .converted_to_lora(initial)?;
+        let rank = lora.config.r;
+        lora.with_dtype(save_dtype).save(&dir)?;
+        println!(
+            "adapter as plain LoRA on the original weights (rank {rank}): {}{}",
+            dir.display(),
+            if quant.is_some() {
+                " (near, not exact: the 4-bit base rounds the residual, not the original weight)"
+            } else {
+                ""
+            }
+        );
+    }
     plot_losses(
         &args.out.join("loss.png"),
         &trainer.state.history,

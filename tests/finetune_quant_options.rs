@@ -187,3 +187,92 @@ fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_and_loftq_are_sav
         stds[2]
     );
 }
+
+/// The mean loss `score` prints for the tiny model (float base), with `adapter` if given.
+fn scored_loss(model: &Path, data: &Path, adapter: Option<&Path>) -> f64 {
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--quantize",
+        "none",
+        "--device",
+        "flex",
+    ];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", a.to_str().unwrap()]);
+    }
+    let out = cli::ok("score", &args);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("mean_loss "))
+        .unwrap_or_else(|| panic!("no score line in:\n{out}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn save_as_lora_writes_a_pissa_run_as_plain_lora_on_the_original_base() {
+    let tiny = cli::TinyRun::new("save-as-lora");
+    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
+    let out = work.join("pissa");
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--lr",
+        "1e-2",
+        "--rank",
+        "4",
+        "--quant-type",
+        "none",
+        "--init-lora-weights",
+        "pissa",
+        "--device",
+        "flex",
+        "--no-samples",
+    ];
+    let log = cli::ok("finetune", &[args.as_slice(), &["--save-as-lora"]].concat());
+    assert!(
+        log.contains("adapter as plain LoRA on the original weights (rank 8)"),
+        "{log}"
+    );
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter-lora/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["r"], 8);
+    assert_eq!(config["init_lora_weights"], serde_json::json!(true));
+    // The PiSSA adapter (its loader runs PiSSA again and puts it on the residual) and the
+    // converted one on the untouched base score the same; the base alone does not.
+    let pissa = scored_loss(&model, &data, Some(&out.join("adapter")));
+    let lora = scored_loss(&model, &data, Some(&out.join("adapter-lora")));
+    let base = scored_loss(&model, &data, None);
+    assert!(
+        pissa.is_finite() && (pissa - lora).abs() <= 1e-5 * pissa.abs(),
+        "PiSSA {pissa} vs converted {lora}"
+    );
+    assert!(
+        (pissa - base).abs() > 1e-3,
+        "training moved nothing: {pissa} vs {base}"
+    );
+
+    // Only a PiSSA run converts, said before any work.
+    let init = args.iter().position(|a| *a == "pissa").unwrap();
+    args[init] = "default";
+    let err = cli::run("finetune", &[args.as_slice(), &["--save-as-lora"]].concat());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        !err.status.success() && stderr.contains("--save-as-lora converts a PiSSA adapter"),
+        "{stderr}"
+    );
+}

@@ -25,6 +25,7 @@ mod peft_io;
 pub mod pissa;
 mod seed;
 mod svd;
+mod to_lora;
 mod tokens;
 
 pub use adapter::{LoraAdapter, LoraAdapters};
