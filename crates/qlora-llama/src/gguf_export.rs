@@ -1,43 +1,45 @@
 //! A model (merged, or without adapters) as a llama.cpp GGUF model file, in the layout
 //! llama.cpp's `convert_hf_to_gguf.py` writes (`merge --format gguf`):
 //!
-//! - `general.architecture` (`llama` for LLaMA and Mistral, `qwen2`, `qwen3`), `general.type =
-//!   "model"`, `general.name`, `general.file_type`, `general.quantization_version`;
-//! - the architecture's hyperparameters (`<arch>.block_count`, `context_length`,
-//!   `embedding_length`, `feed_forward_length`, `attention.head_count`, `head_count_kv`,
-//!   `key_length`, `value_length`, `rope.freq_base`, `attention.layer_norm_rms_epsilon`,
-//!   `vocab_size`, and for `llama` `rope.dimension_count`; linear RoPE scaling). The converter
-//!   writes `key_length` / `value_length` only where `config.json` names `head_dim`; they are
-//!   always written here (the value llama.cpp derives otherwise), which changes nothing it
-//!   reads;
+//! - `general.architecture` (`llama` for LLaMA and Mistral, `qwen2`, `qwen3`, `phi3`),
+//!   `general.type = "model"`, `general.name`, `general.file_type`,
+//!   `general.quantization_version`;
+//! - the architecture's hyperparameters as the converter's model class writes them
+//!   ([`llama_keys`]: `<arch>.block_count`, `context_length`, `embedding_length`,
+//!   `feed_forward_length`, `attention.head_count`, `head_count_kv`, `key_length`,
+//!   `value_length`, `rope.freq_base`, `attention.layer_norm_rms_epsilon`, `vocab_size`, and for
+//!   `llama` `rope.dimension_count`; [`phi3_keys`] for Phi-3's class). The converter writes
+//!   `key_length` / `value_length` only where `config.json` names `head_dim`; they are always
+//!   written here (the value llama.cpp derives otherwise), which changes nothing it reads;
+//! - RoPE scaling: linear as `rope.scaling.type` / `factor`; Llama 3.1's as the converter's
+//!   `rope_freqs.weight` divisors; Phi-3's LongRoPE as `rope_factors_long` / `_short` and
+//!   `rope.scaling.attn_factor`;
 //! - the tokenizer: a GGUF base's `tokenizer.*` keys as they are, or a HF folder's byte-level
 //!   BPE `tokenizer.json` as the converter writes it (`tokenizer.ggml.model = "gpt2"`, the
 //!   pre-tokenizer's llama.cpp name, tokens by id with ids the vocabulary skips as
 //!   `[PAD<id>]`, types: special added tokens control (3), other added tokens user-defined (4),
 //!   the rest normal (1); merges as `"a b"`; bos/eos/pad ids; whether bos/eos are added; the
 //!   chat template);
-//! - tensors under llama.cpp's names (`token_embd`, `blk.N.attn_q`, ...), vectors F32 and
-//!   matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 where a row is
-//!   not a multiple of 32 long, as the converter does), `llama`'s Q and K rows permuted to
-//!   llama.cpp's interleaved RoPE order.
+//! - tensors under llama.cpp's names (`token_embd`, `blk.N.attn_q`, Phi-3's fused `attn_qkv` and
+//!   `ffn_up`, ...), vectors F32 and matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0
+//!   falls back to F16 where a row is not a multiple of 32 long, as the converter does),
+//!   `llama`'s Q and K rows permuted to llama.cpp's interleaved RoPE order.
 //!
-//! Not written yet, and refused by name: Phi-3 and Gemma 3 models, tokenizers other than
-//! byte-level BPE in a HF folder (SentencePiece ones: Llama 2, Mistral, Phi-3, Gemma; a GGUF
-//! base's own vocabulary of any kind is carried over), RoPE scaling other than linear.
+//! Not written yet, and refused by name: Gemma 3 models, tokenizers other than byte-level BPE
+//! in a HF folder (SentencePiece ones, which the converter reads from `tokenizer.model`: Llama 2,
+//! Mistral, Phi-3-mini, Gemma; a GGUF base's own vocabulary of any kind is carried over), and
+//! RoPE scalings other than those above.
 
 use std::path::Path;
 
 use burn::tensor::Tensor;
 use qlora_nn::{AdaptedLinear, LoraModel};
-use serde_json::Value;
 
-use crate::gguf::{GgmlType, GgufFile, GgufValue};
+use crate::gguf::{GgmlType, GgufValue};
+use crate::gguf_export_tokenizer::tokenizer_meta;
 use crate::gguf_model::{Convert, gguf_name, permute_rows};
 use crate::save::host;
-use crate::{
-    GgufWriter, LlamaConfig, LlamaError, LlamaForCausalLM, LlamaTokenizer as Tokenizer, ModelType,
-    RopeScaling,
-};
+use crate::{GgufWriter, LlamaConfig, LlamaError, LlamaForCausalLM, ModelType, RopeScaling};
 
 /// GGUF's `general.file_type` of a model whose matrices are `ty` (llama.cpp's `LLAMA_FTYPE_*`).
 fn file_type(ty: GgmlType) -> u32 {
@@ -157,8 +159,8 @@ impl LlamaForCausalLM {
     }
 }
 
-/// The GGUF file's metadata for a model of `c` (every check but the tensors'), and the family
-/// whose tensor names it uses.
+/// The GGUF file's metadata for a model of `c` (every check but the tensors'), with the RoPE
+/// divisor tensors where the scaling has them, and the family whose tensor names it uses.
 fn gguf_header(
     c: &LlamaConfig,
     path: &Path,
@@ -171,9 +173,11 @@ fn gguf_header(
         ModelType::Llama | ModelType::Mistral => "llama",
         ModelType::Qwen2 => "qwen2",
         ModelType::Qwen3 => "qwen3",
+        ModelType::Phi3 => "phi3",
         other => {
             return Err(refuse(format!(
-                "`{}` models are not written as GGUF yet (llama, mistral, qwen2, qwen3 are)",
+                "`{}` models are not written as GGUF yet (llama, mistral, qwen2, qwen3, phi3 \
+                 are)",
                 other.as_str()
             )));
         }
@@ -191,67 +195,64 @@ fn gguf_header(
     } else {
         c.model_type
     };
-    let key = |k: &str| format!("{arch}.{k}");
     let mut w = GgufWriter::new();
     w.meta("general.architecture", GgufValue::Str(arch.into()))
         .meta("general.type", GgufValue::Str("model".into()))
         .meta("general.name", GgufValue::Str(name.into()))
-        .meta(
-            &key("block_count"),
-            GgufValue::U32(c.num_hidden_layers as u32),
-        )
-        .meta(
-            &key("context_length"),
-            GgufValue::U32(c.max_position_embeddings as u32),
-        )
-        .meta(
-            &key("embedding_length"),
-            GgufValue::U32(c.hidden_size as u32),
-        )
-        .meta(
-            &key("feed_forward_length"),
-            GgufValue::U32(c.intermediate_size as u32),
-        )
-        .meta(
-            &key("attention.head_count"),
-            GgufValue::U32(c.num_attention_heads as u32),
-        )
-        .meta(
-            &key("attention.head_count_kv"),
-            GgufValue::U32(c.num_key_value_heads as u32),
-        )
-        .meta(&key("rope.freq_base"), GgufValue::F32(c.rope.theta as f32))
-        .meta(
-            &key("attention.layer_norm_rms_epsilon"),
-            GgufValue::F32(c.rms_norm_eps as f32),
-        )
-        .meta(
-            &key("attention.key_length"),
-            GgufValue::U32(c.head_dim as u32),
-        )
-        .meta(
-            &key("attention.value_length"),
-            GgufValue::U32(c.head_dim as u32),
-        )
-        .meta("general.file_type", GgufValue::U32(file_type(ty)))
-        .meta(&key("vocab_size"), GgufValue::U32(c.vocab_size as u32));
-    // The converter writes the rotated width for `llama` only (the others rotate whole
-    // heads, which llama.cpp assumes without it).
-    if arch == "llama" {
-        w.meta(
-            &key("rope.dimension_count"),
-            GgufValue::U32(c.rotary_dim as u32),
-        );
+        .meta("general.file_type", GgufValue::U32(file_type(ty)));
+    let keys = if arch == "phi3" {
+        phi3_keys(c)
+    } else {
+        llama_keys(c, arch == "llama")
+    };
+    for (k, v) in keys {
+        w.meta(&format!("{arch}.{k}"), v);
     }
-    match c.rope.scaling {
+    let key = |k: &str| format!("{arch}.{k}");
+    let divisors = |w: &mut GgufWriter, name: &str, f: &[f64]| {
+        let f: Vec<f32> = f.iter().map(|&v| v as f32).collect();
+        w.tensor(name, &[f.len()], GgmlType::F32, &f);
+    };
+    match &c.rope.scaling {
         RopeScaling::Default => {}
-        RopeScaling::Linear { factor } => {
+        RopeScaling::Linear { factor } if arch != "phi3" => {
             w.meta(&key("rope.scaling.type"), GgufValue::Str("linear".into()))
-                .meta(&key("rope.scaling.factor"), GgufValue::F32(factor as f32));
+                .meta(&key("rope.scaling.factor"), GgufValue::F32(*factor as f32));
         }
-        ref other => {
+        RopeScaling::Llama3 { .. } if arch == "llama" => {
+            let f = llama3_rope_factors(c);
+            w.tensor("rope_freqs.weight", &[f.len()], GgmlType::F32, &f);
+        }
+        // A `llama` file's own per-frequency divisors, read back (`gguf_model`): as they were.
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            attention_factor,
+            ..
+        } if arch == "llama" && short_factor == long_factor && *attention_factor == 1.0 => {
+            divisors(&mut w, "rope_freqs.weight", short_factor)
+        }
+        // Phi-3's LongRoPE as the converter's `Phi3MiniModel` writes it (the original context
+        // is among `phi3_keys`). The converter derives the attention factor from the context
+        // ratio whatever the config says; this writes the one the model runs with, which is
+        // that unless `config.json` gives another.
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            attention_factor,
+            ..
+        } if arch == "phi3" => {
+            w.meta(
+                &key("rope.scaling.attn_factor"),
+                GgufValue::F32(*attention_factor as f32),
+            );
+            divisors(&mut w, "rope_factors_long.weight", long_factor);
+            divisors(&mut w, "rope_factors_short.weight", short_factor);
+        }
+        other => {
             return Err(refuse(format!(
-                "RoPE scaling {other:?} is not written as GGUF yet (none and linear are)"
+                "RoPE scaling {other:?} is not written as GGUF for `{arch}` yet (none, linear \
+                 and llama3 for llama/qwen; none and longrope for phi3)"
             )));
         }
     }
@@ -262,186 +263,99 @@ fn gguf_header(
     Ok((w, family))
 }
 
-/// The `tokenizer.*` metadata for the base at `source` (a `.gguf` file: its own keys; a HF
-/// folder: its `tokenizer.json`), padded to `vocab_size` tokens as the converter pads (an id
-/// past it is an error, as there).
-fn tokenizer_meta(
-    source: &Path,
-    vocab_size: usize,
-) -> Result<Vec<(String, GgufValue)>, LlamaError> {
-    if source.is_file() {
-        let f = GgufFile::open(source)?;
-        return Ok(f
-            .metadata
-            .iter()
-            .filter(|(k, _)| k.starts_with("tokenizer."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect());
-    }
-    let file = source.join("tokenizer.json");
-    let bad = |problem: String| LlamaError::format(&file, problem);
-    let text = std::fs::read_to_string(&file).map_err(|e| LlamaError::io(&file, e))?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let model = &json["model"];
-    if model["type"] != "BPE" || json["decoder"]["type"] != "ByteLevel" {
-        return Err(bad(
-            "only byte-level BPE tokenizers are written as GGUF yet (SentencePiece ones are not)"
-                .into(),
-        ));
-    }
-    let pre = qlora_tokenizer::gguf_pre_name(&json["pre_tokenizer"]).ok_or_else(|| {
-        bad(
-            "its pre-tokenizer is none that llama.cpp names here (gpt-2, smollm, llama-bpe, qwen2)"
-                .into(),
-        )
-    })?;
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| bad("model.vocab is not an object".into()))?;
-    let mut tokens: Vec<Option<(String, i32)>> = vec![None; vocab_size];
-    let mut put = |t: &str, id: Option<u64>, ty: i32| -> Result<(), LlamaError> {
-        let id = id.ok_or_else(|| bad(format!("token `{t}` has no integer id")))? as usize;
-        if id >= tokens.len() {
-            // The converter refuses it too: llama.cpp will not load more tokens than rows.
-            return Err(bad(format!(
-                "token `{t}` has id {id}, past the model's vocab_size {vocab_size}"
-            )));
-        }
-        tokens[id] = Some((t.to_string(), ty));
-        Ok(())
-    };
-    for (t, id) in vocab {
-        put(t, id.as_u64(), 1)?;
-    }
-    for a in json["added_tokens"].as_array().into_iter().flatten() {
-        let t = a["content"].as_str().unwrap_or_default();
-        put(
-            t,
-            a["id"].as_u64(),
-            if a["special"] == true { 3 } else { 4 },
-        )?;
-    }
-    let (tokens, types): (Vec<GgufValue>, Vec<GgufValue>) = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| match t {
-            Some((t, ty)) => (GgufValue::Str(t), GgufValue::I32(ty)),
-            None => (GgufValue::Str(format!("[PAD{i}]")), GgufValue::I32(5)),
-        })
-        .unzip();
-    let merges = model["merges"]
-        .as_array()
-        .ok_or_else(|| bad("model.merges is missing".into()))?
-        .iter()
-        .map(|m| match m {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(p) => match (
-                p.first().and_then(Value::as_str),
-                p.get(1).and_then(Value::as_str),
-            ) {
-                (Some(a), Some(b)) if p.len() == 2 => Some(format!("{a} {b}")),
-                _ => None,
-            },
-            _ => None,
-        })
-        .map(|m| {
-            m.map(GgufValue::Str)
-                .ok_or_else(|| bad("a merge is neither \"a b\" nor a pair".into()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let tok = Tokenizer::from_dir(source)?;
-    let mut meta = vec![
+/// The hyperparameters the converter's `LlamaModel` / `Qwen2Model` / `Qwen3Model` write, under
+/// the architecture's prefix.
+fn llama_keys(c: &LlamaConfig, llama: bool) -> Vec<(&'static str, GgufValue)> {
+    let u = |v: usize| GgufValue::U32(v as u32);
+    let mut keys = vec![
+        ("block_count", u(c.num_hidden_layers)),
+        ("context_length", u(c.max_position_embeddings)),
+        ("embedding_length", u(c.hidden_size)),
+        ("feed_forward_length", u(c.intermediate_size)),
+        ("attention.head_count", u(c.num_attention_heads)),
+        ("attention.head_count_kv", u(c.num_key_value_heads)),
+        ("rope.freq_base", GgufValue::F32(c.rope.theta as f32)),
         (
-            "tokenizer.ggml.model".to_string(),
-            GgufValue::Str("gpt2".into()),
+            "attention.layer_norm_rms_epsilon",
+            GgufValue::F32(c.rms_norm_eps as f32),
         ),
-        ("tokenizer.ggml.pre".into(), GgufValue::Str(pre.into())),
-        ("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens)),
-        ("tokenizer.ggml.token_type".into(), GgufValue::Array(types)),
-        ("tokenizer.ggml.merges".into(), GgufValue::Array(merges)),
+        ("attention.key_length", u(c.head_dim)),
+        ("attention.value_length", u(c.head_dim)),
+        ("vocab_size", u(c.vocab_size)),
     ];
-    let id_of = |t: &Option<String>| t.as_deref().and_then(|t| tok.token_id(t));
-    for (k, id) in [
-        ("bos_token_id", id_of(&tok.bos_token)),
-        ("eos_token_id", id_of(&tok.eos_token)),
-        ("padding_token_id", id_of(&tok.pad_token)),
-    ] {
-        if let Some(id) = id {
-            meta.push((format!("tokenizer.ggml.{k}"), GgufValue::U32(id)));
-        }
+    // The converter writes the rotated width for `llama` only (the others rotate whole heads,
+    // which llama.cpp assumes without it).
+    if llama {
+        keys.push(("rope.dimension_count", u(c.rotary_dim)));
     }
-    // Whether encoding adds bos / eos, as the tokenizer does it (its post-processor or flags).
-    let probe = tok.encode("a", true)?;
-    let plain = tok.encode("a", false)?;
-    let adds_bos = probe.len() > plain.len() && probe.first() == tok.bos_id().as_ref();
-    let adds_eos = probe.len() > plain.len() && probe.last() == tok.eos_id().as_ref();
-    meta.push((
-        "tokenizer.ggml.add_bos_token".into(),
-        GgufValue::Bool(adds_bos),
-    ));
-    meta.push((
-        "tokenizer.ggml.add_eos_token".into(),
-        GgufValue::Bool(adds_eos),
-    ));
-    if tok.chat_template.is_usable() {
-        meta.push((
-            "tokenizer.chat_template".into(),
-            GgufValue::Str(tok.chat_template.source().to_string()),
-        ));
-    }
-    Ok(meta)
+    keys
 }
 
-#[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
+/// The hyperparameters the converter's `Phi3MiniModel` writes (no vocabulary size or head
+/// widths; the window 0 where there is none). Its `rope.scaling.original_context_length` is
+/// LongRoPE's original context, else `config.json`'s top-level one, which a model without
+/// LongRoPE never reads and the config here does not keep: the longest context stands in
+/// (equal in Phi-3-mini-4k's config).
+fn phi3_keys(c: &LlamaConfig) -> Vec<(&'static str, GgufValue)> {
+    let u = |v: usize| GgufValue::U32(v as u32);
+    let original = match c.rope.scaling {
+        RopeScaling::LongRope {
+            original_max_position_embeddings,
+            ..
+        } => original_max_position_embeddings,
+        _ => c.max_position_embeddings,
+    };
+    vec![
+        ("context_length", u(c.max_position_embeddings)),
+        ("rope.scaling.original_context_length", u(original)),
+        ("embedding_length", u(c.hidden_size)),
+        ("feed_forward_length", u(c.intermediate_size)),
+        ("block_count", u(c.num_hidden_layers)),
+        ("attention.head_count", u(c.num_attention_heads)),
+        ("attention.head_count_kv", u(c.num_key_value_heads)),
+        (
+            "attention.layer_norm_rms_epsilon",
+            GgufValue::F32(c.rms_norm_eps as f32),
+        ),
+        ("rope.dimension_count", u(c.rotary_dim)),
+        ("rope.freq_base", GgufValue::F32(c.rope.theta as f32)),
+        ("attention.sliding_window", u(c.sliding_window.unwrap_or(0))),
+    ]
+}
 
-    use super::tokenizer_meta;
-    use crate::{GgufFile, GgufValue, GgufWriter, LlamaTokenizer, TokenizerFiles};
-
-    fn tokenizer_dir(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/tokenizers")
-            .join(name)
-    }
-
-    /// A HF tokenizer written as GGUF metadata and read back tokenizes as the HF one does, under
-    /// the pre-tokenizer name llama.cpp gives it.
-    #[test]
-    fn hf_bpe_tokenizers_round_trip_through_gguf_metadata() {
-        for (name, pre) in [
-            ("qwen2_5", "qwen2"),
-            ("qwen3", "qwen2"),
-            ("llama3", "llama-bpe"),
-        ] {
-            let dir = tokenizer_dir(name);
-            let hf = LlamaTokenizer::from_dir(&dir).unwrap();
-            let mut w = GgufWriter::new();
-            for (k, v) in tokenizer_meta(&dir, hf.vocab_size()).unwrap() {
-                w.meta(&k, v);
+/// Llama 3.1's RoPE scaling as llama.cpp keeps it: one divisor per rotated pair
+/// (`rope_freqs.weight`), computed as the converter computes it, in f32: 1 in the
+/// high-frequency band, `factor` in the low one, `1 / ((1 − smooth)/factor + smooth)` between.
+fn llama3_rope_factors(c: &LlamaConfig) -> Vec<f32> {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings: old,
+    } = c.rope.scaling
+    else {
+        unreachable!("called for llama3 scaling")
+    };
+    let (factor, low, high, old) = (
+        factor as f32,
+        low_freq_factor as f32,
+        high_freq_factor as f32,
+        old as f32,
+    );
+    let dim = c.head_dim;
+    (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0 / (c.rope.theta as f32).powf(i as f32 / dim as f32);
+            let wavelen = std::f32::consts::TAU / freq;
+            if wavelen < old / high {
+                1.0
+            } else if wavelen > old / low {
+                factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
             }
-            let path =
-                std::env::temp_dir().join(format!("qlora-tok-{name}-{}.gguf", std::process::id()));
-            w.write(&path).unwrap();
-            let f = GgufFile::open(&path).unwrap();
-            assert_eq!(
-                f.get("tokenizer.ggml.pre"),
-                Some(&GgufValue::Str(pre.into())),
-                "{name}"
-            );
-            let gguf = LlamaTokenizer::from_gguf(&f).unwrap();
-            for text in [
-                "Hello world, 12345 apples!",
-                "  two  spaces\n\nand lines 2024-12-07",
-                "Ünïcödé — 数字 42",
-            ] {
-                assert_eq!(
-                    gguf.encode(text, false).unwrap(),
-                    hf.encode(text, false).unwrap(),
-                    "{name}: {text:?}"
-                );
-            }
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+        })
+        .collect()
 }

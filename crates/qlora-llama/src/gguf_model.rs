@@ -198,10 +198,10 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
             }
         },
     };
-    if f.tensors.contains_key("rope_freqs.weight") {
+    if model_type != ModelType::Llama && f.tensors.contains_key("rope_freqs.weight") {
         return Err(err(
             "rope_freqs.weight",
-            "per-frequency RoPE factors (llama 3.1 scaling in GGUF) are not supported",
+            &format!("per-frequency RoPE divisors are read for `llama` files only, not `{arch}`"),
         ));
     }
     if model_type != ModelType::Phi3 && f.tensors.contains_key("rope_factors_long.weight") {
@@ -267,7 +267,7 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         ModelType::Llama => json!({
             "attention_bias": f.tensors.contains_key("blk.0.attn_q.bias"),
             "mlp_bias": f.tensors.contains_key("blk.0.ffn_up.bias"),
-            "rope_parameters": rope,
+            "rope_parameters": rope_freqs(f, theta, head_dim)?.unwrap_or(rope),
         }),
         ModelType::Qwen2 | ModelType::Qwen3 => json!({ "rope_parameters": rope }),
         ModelType::Phi3 => {
@@ -374,6 +374,38 @@ fn gemma3_fields(
             "sliding_attention": { "rope_type": "default", "rope_theta": swa_theta },
         },
     }))
+}
+
+/// A `llama` file's `rope_freqs.weight` (how the converter writes Llama 3.1's RoPE scaling):
+/// each inverse frequency divided by its entry, at every position, as llama.cpp applies it.
+/// That is LongRoPE with equal short and long divisors and no attention factor, which the
+/// model runs exactly; `None` for a file without it.
+fn rope_freqs(f: &GgufFile, theta: f64, head_dim: usize) -> Result<Option<Value>, LlamaError> {
+    let name = "rope_freqs.weight";
+    if !f.tensors.contains_key(name) {
+        return Ok(None);
+    }
+    let divisors = f.read_f32(name)?.1;
+    if divisors.len() != head_dim / 2 || divisors.iter().any(|d| !(*d > 0.0 && d.is_finite())) {
+        return Err(LlamaError::Config {
+            path: f.path().display().to_string(),
+            field: name.into(),
+            problem: format!(
+                "expected {} positive divisors (one per rotated pair), found {} values",
+                head_dim / 2,
+                divisors.len()
+            ),
+        });
+    }
+    Ok(Some(json!({
+        "rope_type": "longrope",
+        "rope_theta": theta,
+        "short_factor": divisors,
+        "long_factor": divisors,
+        // Past any position, so the short divisors always apply (they equal the long ones).
+        "original_max_position_embeddings": u32::MAX,
+        "attention_factor": 1.0,
+    })))
 }
 
 /// Phi-3's LongRoPE as llama.cpp's `Phi3MiniModel` writes it: the `rope_factors_long` and

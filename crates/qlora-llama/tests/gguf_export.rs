@@ -1,14 +1,15 @@
 //! A merged model as a llama.cpp GGUF model file (`save_gguf`, `merge --format gguf`, issue
 //! #26) against what llama.cpp's `convert_hf_to_gguf.py` writes for PEFT's merge of the same
-//! adapter (`tests/fixtures/gguf-merged/`, made by `tests/fixtures/scripts/make_gguf_merged.py`):
-//! the same metadata (hyperparameters, tokenizer), tensor names, shapes and types, values within
-//! one rounding step of the type (PEFT and we merge in f32 in different orders); read back, the
-//! file gives the merged model's logits and the base's tokens; what it cannot write is refused
-//! by name.
+//! adapter (`tests/fixtures/gguf-merged/`, made by `tests/fixtures/scripts/make_gguf_merged.py`
+//! and `make_gguf_phi3.py`): the same metadata (hyperparameters, tokenizer), tensor names,
+//! shapes and types, values within one rounding step of the type (PEFT and we merge in f32 in
+//! different orders); Llama 3.1's RoPE scaling as `rope_freqs`, and Phi-3 with LongRoPE; read
+//! back, each file gives transformers' logits and the base's tokens; what it cannot write is
+//! refused by name.
 
 use std::path::PathBuf;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use qlora_llama::{
     GgmlType, GgufFile, GgufValue, LlamaForCausalLM, LlamaTokenizer, TokenizerFiles,
 };
@@ -44,55 +45,114 @@ const NOT_COMPARED: [&str; 3] = [
     "tokenizer.ggml.add_sep_token",
 ];
 
+/// Asserts that our GGUF file at `ours` has the converter's metadata (but [`NOT_COMPARED`]),
+/// tensor names, shapes and types, and values within one rounding step of the type.
+fn assert_like_converter(ours: &std::path::Path, theirs: &std::path::Path, label: &str) {
+    let ours = GgufFile::open(ours).unwrap();
+    let theirs = GgufFile::open(theirs).unwrap();
+    for (k, v) in &theirs.metadata {
+        if NOT_COMPARED.contains(&k.as_str()) {
+            continue;
+        }
+        assert_eq!(ours.get(k), Some(v), "{label}: metadata `{k}`");
+    }
+    for k in ours.metadata.keys() {
+        assert!(
+            theirs.metadata.contains_key(k),
+            "{label}: `{k}` is not a key the converter writes"
+        );
+    }
+    assert_eq!(
+        ours.tensors.keys().collect::<Vec<_>>(),
+        theirs.tensors.keys().collect::<Vec<_>>(),
+        "{label}: tensor names"
+    );
+    for (name, info) in &theirs.tensors {
+        let mine = &ours.tensors[name];
+        assert_eq!(
+            (&mine.dims, mine.ty),
+            (&info.dims, info.ty),
+            "{label}: {name}"
+        );
+        let ((_, a), (_, b)) = (ours.read_f32(name).unwrap(), theirs.read_f32(name).unwrap());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // One step of the type: f16 keeps 11 bits; Q8_0 steps by a block's max / 127.
+        let step = match info.ty {
+            GgmlType::F32 => 1e-6 * scale,
+            GgmlType::F16 => 2f32.powi(-10) * scale,
+            _ => scale / 127.0,
+        };
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= step,
+                "{label}: {name}[{k}]: {x} vs the converter's {y}"
+            );
+        }
+    }
+}
+
 #[test]
 fn merged_gguf_is_what_llama_cpp_s_converter_writes() {
     let model = merged(&Device::flex());
     for (ty, suffix) in [(GgmlType::F16, "f16"), (GgmlType::Q8_0, "q8_0")] {
         let path = tmp(suffix);
         model.save_gguf(&path, ty, fixture(BASE), "merged").unwrap();
-        let ours = GgufFile::open(&path).unwrap();
-        let theirs = GgufFile::open(fixture(&format!("gguf-merged/merged-{suffix}.gguf"))).unwrap();
-        for (k, v) in &theirs.metadata {
-            if NOT_COMPARED.contains(&k.as_str()) {
-                continue;
-            }
-            assert_eq!(ours.get(k), Some(v), "{suffix}: metadata `{k}`");
-        }
-        for k in ours.metadata.keys() {
-            assert!(
-                theirs.metadata.contains_key(k),
-                "{suffix}: `{k}` is not a key the converter writes"
-            );
-        }
-        assert_eq!(
-            ours.tensors.keys().collect::<Vec<_>>(),
-            theirs.tensors.keys().collect::<Vec<_>>(),
-            "{suffix}: tensor names"
-        );
-        for (name, info) in &theirs.tensors {
-            let mine = &ours.tensors[name];
-            assert_eq!(
-                (&mine.dims, mine.ty),
-                (&info.dims, info.ty),
-                "{suffix}: {name}"
-            );
-            let ((_, a), (_, b)) = (ours.read_f32(name).unwrap(), theirs.read_f32(name).unwrap());
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            // One step of the type: f16 keeps 11 bits; Q8_0 steps by a block's max / 127.
-            let step = match info.ty {
-                GgmlType::F32 => 1e-6 * scale,
-                GgmlType::F16 => 2f32.powi(-10) * scale,
-                _ => scale / 127.0,
-            };
-            for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-                assert!(
-                    (x - y).abs() <= step,
-                    "{suffix}: {name}[{k}]: {x} vs the converter's {y}"
-                );
-            }
-        }
+        let theirs = fixture(&format!("gguf-merged/merged-{suffix}.gguf"));
+        assert_like_converter(&path, &theirs, suffix);
         std::fs::remove_file(&path).unwrap();
     }
+}
+
+/// The logits of `model` at the ids of the safetensors fixture `reference`, against its
+/// tensor `key`, within 1e-4 of their scale.
+fn assert_reference_logits(model: &LlamaForCausalLM, reference: &str, key: &str) {
+    let device = Device::flex();
+    let refs = f32_tensors(reference);
+    let got = values(model.forward(init_refs::input_ids(reference, &device), None));
+    let (_, want) = &refs[key];
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0 && got.iter().all(|v| v.is_finite()));
+    assert_eq!(got.len(), want.len());
+    for (k, (x, y)) in got.iter().zip(want).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * scale, "logits[{k}]: {x} vs {y}");
+    }
+}
+
+#[test]
+fn llama3_rope_scaling_is_written_and_read_as_llama_cpp_s_rope_freqs() {
+    let device = Device::flex();
+    let folder = fixture("gguf-merged/llama3-rope");
+    let reference = "gguf-merged/llama3-rope/reference.safetensors";
+    let theirs = fixture("gguf-merged/llama3-rope-f32.gguf");
+    let model = LlamaForCausalLM::load(&folder, &LoraApplier::base_only(None, &device)).unwrap();
+    // Our reading of the HF folder is transformers' model.
+    assert_reference_logits(&model, reference, "logits");
+    let path = tmp("llama3-rope.gguf");
+    model
+        .save_gguf(&path, GgmlType::F32, &folder, "llama3-rope")
+        .unwrap();
+    // The divisors within f32 rounding of the converter's (1, smoothed, 8, 8 here).
+    assert_like_converter(&path, &theirs, "llama3 rope");
+    // Read back, ours and the converter's file give transformers' logits.
+    for file in [&path, &theirs] {
+        let back = LlamaForCausalLM::load(file, &LoraApplier::base_only(None, &device)).unwrap();
+        assert_reference_logits(&back, reference, "logits");
+    }
+    // And what was read from GGUF is written back with the same divisors.
+    let back = LlamaForCausalLM::load(&path, &LoraApplier::base_only(None, &device)).unwrap();
+    let again = tmp("llama3-rope-again.gguf");
+    back.save_gguf(&again, GgmlType::F32, &path, "again")
+        .unwrap();
+    let divisors = |p: &std::path::Path| {
+        GgufFile::open(p)
+            .unwrap()
+            .read_f32("rope_freqs.weight")
+            .unwrap()
+            .1
+    };
+    assert_eq!(divisors(&again), divisors(&path));
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&again).unwrap();
 }
 
 #[test]
@@ -103,19 +163,7 @@ fn merged_gguf_reads_back_with_the_merged_logits_and_the_base_s_tokens() {
         .save_gguf(&path, GgmlType::F32, fixture(BASE), "merged")
         .unwrap();
     let back = LlamaForCausalLM::load(&path, &LoraApplier::base_only(None, &device)).unwrap();
-    let refs = f32_tensors("gguf-merged/reference.safetensors");
-    let bytes = std::fs::read(fixture("gguf-merged/reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (ids, shape) = logits::st_i64s(&st, "input_ids");
-    let ids: Tensor<2, Int> =
-        Tensor::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
-    let got = values(back.forward(ids, None));
-    let (_, want) = &refs["logits_merged"];
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0 && got.iter().all(|v| v.is_finite()));
-    for (k, (x, y)) in got.iter().zip(want).enumerate() {
-        assert!((x - y).abs() <= 1e-4 * scale, "logits[{k}]: {x} vs {y}");
-    }
+    assert_reference_logits(&back, "gguf-merged/reference.safetensors", "logits_merged");
     let (hf, gguf) = (
         LlamaTokenizer::load(fixture(BASE)).unwrap(),
         LlamaTokenizer::load(&path).unwrap(),
@@ -128,6 +176,29 @@ fn merged_gguf_reads_back_with_the_merged_logits_and_the_base_s_tokens() {
         );
     }
     assert_eq!((gguf.bos_id(), gguf.eos_id()), (hf.bos_id(), hf.eos_id()));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn phi3_with_longrope_is_what_llama_cpp_s_converter_writes() {
+    let device = Device::flex();
+    let folder = fixture("gguf-merged/phi3-longrope");
+    let reference = "gguf-merged/phi3-longrope/reference.safetensors";
+    let theirs = fixture("gguf-merged/phi3-longrope-f32.gguf");
+    let model = LlamaForCausalLM::load(&folder, &LoraApplier::base_only(None, &device)).unwrap();
+    assert_reference_logits(&model, reference, "logits");
+    let path = tmp("phi3-longrope.gguf");
+    model
+        .save_gguf(&path, GgmlType::F32, &folder, "phi3-longrope")
+        .unwrap();
+    // Fused attn_qkv / ffn_up, the LongRoPE factor tensors, Phi-3's keys.
+    assert_like_converter(&path, &theirs, "phi3 longrope");
+    // Read back (24 positions, past the original context of 8: the long factors), ours and
+    // the converter's file give transformers' logits.
+    for file in [&path, &theirs] {
+        let back = LlamaForCausalLM::load(file, &LoraApplier::base_only(None, &device)).unwrap();
+        assert_reference_logits(&back, reference, "logits");
+    }
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -146,17 +217,17 @@ fn what_gguf_export_cannot_write_is_refused_by_name() {
         .to_string();
     assert!(e.contains("holds adapters") && e.contains("q_proj"), "{e}");
     // A family not written yet.
-    let phi3 = LlamaForCausalLM::load(
-        fixture("golden/families/phi3/model"),
+    let gemma = LlamaForCausalLM::load(
+        fixture("golden/families/gemma3/model"),
         &LoraApplier::base_only(None, &device),
     )
     .unwrap();
-    let e = phi3
+    let e = gemma
         .save_gguf(&path, GgmlType::F16, fixture(BASE), "m")
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("phi3") && e.contains("not written as GGUF yet"),
+        e.contains("gemma3") && e.contains("not written as GGUF yet"),
         "{e}"
     );
     // A tensor type llama.cpp's converter does not write for a model here.
