@@ -1,33 +1,34 @@
 //! A model (merged, or without adapters) as a llama.cpp GGUF model file, in the layout
 //! llama.cpp's `convert_hf_to_gguf.py` writes (`merge --format gguf`):
 //!
-//! - `general.architecture` (`llama` for LLaMA and Mistral, `qwen2`, `qwen3`, `phi3`),
+//! - `general.architecture` (`llama` for LLaMA and Mistral, `qwen2`, `qwen3`, `phi3`, `gemma3`),
 //!   `general.type = "model"`, `general.name`, `general.file_type`,
 //!   `general.quantization_version`;
 //! - the architecture's hyperparameters as the converter's model class writes them
 //!   ([`llama_keys`]: `<arch>.block_count`, `context_length`, `embedding_length`,
 //!   `feed_forward_length`, `attention.head_count`, `head_count_kv`, `key_length`,
 //!   `value_length`, `rope.freq_base`, `attention.layer_norm_rms_epsilon`, `vocab_size`, and for
-//!   `llama` `rope.dimension_count`; [`phi3_keys`] for Phi-3's class). The converter writes
+//!   `llama` `rope.dimension_count`; [`phi3_keys`] and [`gemma3_keys`] for those classes; a
+//!   Gemma 3 that llama.cpp would run differently is refused, see there). The converter writes
 //!   `key_length` / `value_length` only where `config.json` names `head_dim`; they are always
 //!   written here (the value llama.cpp derives otherwise), which changes nothing it reads;
 //! - RoPE scaling: linear as `rope.scaling.type` / `factor`; Llama 3.1's as the converter's
 //!   `rope_freqs.weight` divisors; Phi-3's LongRoPE as `rope_factors_long` / `_short` and
 //!   `rope.scaling.attn_factor`;
-//! - the tokenizer: a GGUF base's `tokenizer.*` keys as they are, or a HF folder's byte-level
-//!   BPE `tokenizer.json` as the converter writes it (`tokenizer.ggml.model = "gpt2"`, the
+//! - the tokenizer: a GGUF base's `tokenizer.*` keys as they are; a HF folder's SentencePiece
+//!   `tokenizer.model` where it has one (`gguf_export_spm`); or its byte-level BPE
+//!   `tokenizer.json` as the converter writes it (`tokenizer.ggml.model = "gpt2"`, the
 //!   pre-tokenizer's llama.cpp name, tokens by id with ids the vocabulary skips as
 //!   `[PAD<id>]`, types: special added tokens control (3), other added tokens user-defined (4),
 //!   the rest normal (1); merges as `"a b"`; bos/eos/pad ids; whether bos/eos are added; the
 //!   chat template);
 //! - tensors under llama.cpp's names (`token_embd`, `blk.N.attn_q`, Phi-3's fused `attn_qkv` and
-//!   `ffn_up`, ...), vectors F32 and matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0
+//!   `ffn_up`, Gemma's norms as `1 + w`, ...), vectors F32 and matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0
 //!   falls back to F16 where a row is not a multiple of 32 long, as the converter does),
 //!   `llama`'s Q and K rows permuted to llama.cpp's interleaved RoPE order.
 //!
-//! Not written yet, and refused by name: Gemma 3 models, tokenizers other than byte-level BPE
-//! in a HF folder (SentencePiece ones, which the converter reads from `tokenizer.model`: Llama 2,
-//! Mistral, Phi-3-mini, Gemma; a GGUF base's own vocabulary of any kind is carried over), and
+//! Not written, and refused by name: tokenizers that are neither (a HF `tokenizer.json` of
+//! another kind without `tokenizer.model`), a Gemma 3 folder without `tokenizer.model`, and
 //! RoPE scalings other than those above.
 
 use std::path::Path;
@@ -39,7 +40,9 @@ use crate::gguf::{GgmlType, GgufValue};
 use crate::gguf_export_tokenizer::tokenizer_meta;
 use crate::gguf_model::{Convert, gguf_name, permute_rows};
 use crate::save::host;
-use crate::{GgufWriter, LlamaConfig, LlamaError, LlamaForCausalLM, ModelType, RopeScaling};
+use crate::{
+    GgufWriter, LayerType, LlamaConfig, LlamaError, LlamaForCausalLM, ModelType, RopeScaling,
+};
 
 /// GGUF's `general.file_type` of a model whose matrices are `ty` (llama.cpp's `LLAMA_FTYPE_*`).
 fn file_type(ty: GgmlType) -> u32 {
@@ -87,7 +90,8 @@ impl LlamaForCausalLM {
                     let cols = shape.get(1).copied().unwrap_or(1);
                     permute_rows(&data, shape[0], cols, heads)
                 }
-                Convert::UnitOffset => unreachable!("Gemma is refused by gguf_header"),
+                // Gemma's norms as llama.cpp keeps them, `1 + w` (the converter's norm_shift).
+                Convert::UnitOffset => data.iter().map(|v| v + 1.0).collect(),
             };
             let t = match ty {
                 _ if shape.len() == 1 => GgmlType::F32,
@@ -174,13 +178,7 @@ fn gguf_header(
         ModelType::Qwen2 => "qwen2",
         ModelType::Qwen3 => "qwen3",
         ModelType::Phi3 => "phi3",
-        other => {
-            return Err(refuse(format!(
-                "`{}` models are not written as GGUF yet (llama, mistral, qwen2, qwen3, phi3 \
-                 are)",
-                other.as_str()
-            )));
-        }
+        ModelType::Gemma3 => "gemma3",
     };
     if !matches!(
         ty,
@@ -200,10 +198,10 @@ fn gguf_header(
         .meta("general.type", GgufValue::Str("model".into()))
         .meta("general.name", GgufValue::Str(name.into()))
         .meta("general.file_type", GgufValue::U32(file_type(ty)));
-    let keys = if arch == "phi3" {
-        phi3_keys(c)
-    } else {
-        llama_keys(c, arch == "llama")
+    let keys = match arch {
+        "phi3" => phi3_keys(c),
+        "gemma3" => gemma3_keys(c).map_err(refuse)?,
+        _ => llama_keys(c, arch == "llama"),
     };
     for (k, v) in keys {
         w.meta(&format!("{arch}.{k}"), v);
@@ -257,7 +255,7 @@ fn gguf_header(
         }
     }
     w.meta("general.quantization_version", GgufValue::U32(2));
-    for (k, v) in tokenizer_meta(tokenizer, c.vocab_size)? {
+    for (k, v) in tokenizer_meta(tokenizer, c.vocab_size, c.model_type)? {
         w.meta(&k, v);
     }
     Ok((w, family))
@@ -289,6 +287,72 @@ fn llama_keys(c: &LlamaConfig, llama: bool) -> Vec<(&'static str, GgufValue)> {
         keys.push(("rope.dimension_count", u(c.rotary_dim)));
     }
     keys
+}
+
+/// The hyperparameters the converter's `Gemma3Model` writes (its base class's and its own:
+/// both RoPE bases, head widths, the window). llama.cpp reads no layer pattern or attention
+/// scale from the file: it runs five sliding-window layers then a full one, repeated, and
+/// scales by `head_dim^-½` (`(hidden/heads)^-½` for the 62-layer 27B), so a config that differs
+/// (the window pattern, `query_pre_attn_scalar`, scaled local RoPE) is refused by name.
+fn gemma3_keys(c: &LlamaConfig) -> Result<Vec<(&'static str, GgufValue)>, String> {
+    let layers = c.num_hidden_layers;
+    let llama_cpp_type = |i: usize| {
+        if i % 6 < 5 {
+            LayerType::Sliding
+        } else {
+            LayerType::Full
+        }
+    };
+    if let Some(i) = (0..layers).find(|&i| c.layer_type(i) != llama_cpp_type(i)) {
+        return Err(format!(
+            "layer {i} is {} attention; llama.cpp runs Gemma 3 as five sliding-window layers then \
+             a full one, repeated, and reads no pattern from the file",
+            c.layer_type(i).as_str()
+        ));
+    }
+    let scalar = if layers == 62 {
+        c.hidden_size / c.num_attention_heads
+    } else {
+        c.head_dim
+    };
+    if c.query_pre_attn_scalar != Some(scalar as f64) {
+        return Err(format!(
+            "query_pre_attn_scalar {:?}: llama.cpp scales attention by {scalar}^-1/2 for a \
+             {layers}-layer Gemma 3 and reads no scale from the file",
+            c.query_pre_attn_scalar
+        ));
+    }
+    let local = match &c.rope_sliding {
+        Some(r) if r.scaling == RopeScaling::Default => r.theta,
+        Some(r) => {
+            return Err(format!(
+                "the sliding layers' RoPE scaling {:?} (llama.cpp scales only the global one)",
+                r.scaling
+            ));
+        }
+        None => return Err("no RoPE for the sliding layers".into()),
+    };
+    let u = |v: usize| GgufValue::U32(v as u32);
+    let mut keys = vec![
+        ("block_count", u(layers)),
+        ("context_length", u(c.max_position_embeddings)),
+        ("embedding_length", u(c.hidden_size)),
+        ("feed_forward_length", u(c.intermediate_size)),
+        ("attention.head_count", u(c.num_attention_heads)),
+        ("attention.head_count_kv", u(c.num_key_value_heads)),
+        ("rope.freq_base", GgufValue::F32(c.rope.theta as f32)),
+        ("rope.freq_base_swa", GgufValue::F32(local as f32)),
+        (
+            "attention.layer_norm_rms_epsilon",
+            GgufValue::F32(c.rms_norm_eps as f32),
+        ),
+        ("attention.key_length", u(c.head_dim)),
+        ("attention.value_length", u(c.head_dim)),
+    ];
+    if let Some(w) = c.sliding_window {
+        keys.push(("attention.sliding_window", u(w)));
+    }
+    Ok(keys)
 }
 
 /// The hyperparameters the converter's `Phi3MiniModel` writes (no vocabulary size or head
@@ -342,7 +406,9 @@ fn llama3_rope_factors(c: &LlamaConfig) -> Vec<f32> {
         high_freq_factor as f32,
         old as f32,
     );
-    let dim = c.head_dim;
+    // The rotated width, as the model rotates (the converter takes head_dim: the same for
+    // every llama model it reads, which rotates whole heads).
+    let dim = c.rotary_dim;
     (0..dim)
         .step_by(2)
         .map(|i| {

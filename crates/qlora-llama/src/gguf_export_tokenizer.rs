@@ -7,14 +7,32 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::gguf::{GgufFile, GgufValue};
-use crate::{LlamaError, LlamaTokenizer as Tokenizer};
+use crate::gguf_export_spm::spm_tokenizer_meta;
+use crate::{LlamaError, LlamaTokenizer as Tokenizer, ModelType};
+
+/// Whether the folder's `tokenizer_config.json` declares a `GPT2Tokenizer` (Phi-4-mini's:
+/// the converter's Phi-3 class then reads the vocabulary as BPE).
+fn gpt2_class(dir: &Path) -> Result<bool, LlamaError> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| LlamaError::io(&path, e))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| LlamaError::format(&path, format!("not valid JSON: {e}")))?;
+    Ok(v["tokenizer_class"] == "GPT2Tokenizer")
+}
 
 /// The `tokenizer.*` metadata for the base at `source` (a `.gguf` file: its own keys; a HF
-/// folder: its `tokenizer.json`), padded to `vocab_size` tokens as the converter pads (an id
-/// past it is an error, as there).
+/// folder: its SentencePiece `tokenizer.model` where it has one, as the converter prefers it,
+/// else its byte-level BPE `tokenizer.json`), one token per row of a model of `vocab_size`
+/// rows as the converter pads (a BPE id past it is an error, as there). `family` picks the
+/// converter class's reading (Phi-3's of added tokens; a Phi-3 folder whose tokenizer is a
+/// `GPT2Tokenizer` is read as BPE).
 pub(crate) fn tokenizer_meta(
     source: &Path,
     vocab_size: usize,
+    family: ModelType,
 ) -> Result<Vec<(String, GgufValue)>, LlamaError> {
     if source.is_file() {
         let f = GgufFile::open(source)?;
@@ -25,14 +43,37 @@ pub(crate) fn tokenizer_meta(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect());
     }
+    let phi3 = family == ModelType::Phi3;
+    if source.join("tokenizer.model").is_file() && !(phi3 && gpt2_class(source)?) {
+        let mut meta = spm_tokenizer_meta(source, vocab_size, phi3)?;
+        if family == ModelType::Gemma3 {
+            // Gemma's tokenizer adds no leading space (the converter's Gemma3Model says so).
+            meta.push((
+                "tokenizer.ggml.add_space_prefix".into(),
+                GgufValue::Bool(false),
+            ));
+        }
+        return Ok(meta);
+    }
     let file = source.join("tokenizer.json");
+    if family == ModelType::Gemma3 {
+        // The converter's Gemma 3 class cuts the embedding to such a vocabulary's length while
+        // listing every row's token: a file llama.cpp would not load.
+        return Err(LlamaError::format(
+            source.join("tokenizer.model"),
+            "a Gemma 3 model's tokenizer is written from its SentencePiece tokenizer.model, \
+             which this folder lacks (or give a GGUF base as the tokenizer source)"
+                .to_string(),
+        ));
+    }
     let bad = |problem: String| LlamaError::format(&file, problem);
     let text = std::fs::read_to_string(&file).map_err(|e| LlamaError::io(&file, e))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let model = &json["model"];
     if model["type"] != "BPE" || json["decoder"]["type"] != "ByteLevel" {
         return Err(bad(
-            "only byte-level BPE tokenizers are written as GGUF yet (SentencePiece ones are not)"
+            "neither a byte-level BPE tokenizer nor, beside it, a SentencePiece tokenizer.model \
+             (which the converter reads SentencePiece vocabularies from)"
                 .into(),
         ));
     }
@@ -164,7 +205,7 @@ mod tests {
             let dir = tokenizer_dir(name);
             let hf = LlamaTokenizer::from_dir(&dir).unwrap();
             let mut w = GgufWriter::new();
-            for (k, v) in tokenizer_meta(&dir, hf.vocab_size()).unwrap() {
+            for (k, v) in tokenizer_meta(&dir, hf.vocab_size(), crate::ModelType::Llama).unwrap() {
                 w.meta(&k, v);
             }
             let path =

@@ -267,7 +267,17 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LlamaError> {
         ModelType::Llama => json!({
             "attention_bias": f.tensors.contains_key("blk.0.attn_q.bias"),
             "mlp_bias": f.tensors.contains_key("blk.0.ffn_up.bias"),
-            "rope_parameters": rope_freqs(f, theta, head_dim)?.unwrap_or(rope),
+            "rope_parameters": match rope_freqs(f, theta, head_dim)? {
+                Some(_) if rope["rope_type"] != "default" => {
+                    return Err(err(
+                        "rope_freqs.weight",
+                        "beside another RoPE scaling (rope.scaling.type): llama.cpp applies \
+                         both, which no HF config says",
+                    ));
+                }
+                Some(divisors) => divisors,
+                None => rope,
+            },
         }),
         ModelType::Qwen2 | ModelType::Qwen3 => json!({ "rope_parameters": rope }),
         ModelType::Phi3 => {
@@ -379,7 +389,9 @@ fn gemma3_fields(
 /// A `llama` file's `rope_freqs.weight` (how the converter writes Llama 3.1's RoPE scaling):
 /// each inverse frequency divided by its entry, at every position, as llama.cpp applies it.
 /// That is LongRoPE with equal short and long divisors and no attention factor, which the
-/// model runs exactly; `None` for a file without it.
+/// model runs exactly; `None` for a file without it. Saved as a HF folder, such a model's
+/// config says so (`longrope`, equal factors), which transformers runs the same; llama.cpp's
+/// converter would not read the divisors back from it (`merge --format gguf` writes them).
 fn rope_freqs(f: &GgufFile, theta: f64, head_dim: usize) -> Result<Option<Value>, LlamaError> {
     let name = "rope_freqs.weight";
     if !f.tensors.contains_key(name) {

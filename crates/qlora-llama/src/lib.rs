@@ -21,6 +21,7 @@ mod error;
 mod generate;
 mod gguf;
 mod gguf_export;
+mod gguf_export_spm;
 mod gguf_export_tokenizer;
 mod gguf_lora;
 mod gguf_model;

@@ -203,6 +203,61 @@ fn phi3_with_longrope_is_what_llama_cpp_s_converter_writes() {
 }
 
 #[test]
+fn gemma3_is_what_llama_cpp_s_converter_writes() {
+    let device = Device::flex();
+    let folder = fixture("gguf-merged/gemma3");
+    let reference = "gguf-merged/gemma3/reference.safetensors";
+    let theirs = fixture("gguf-merged/gemma3-f32.gguf");
+    let model = LlamaForCausalLM::load(&folder, &LoraApplier::base_only(None, &device)).unwrap();
+    assert_reference_logits(&model, reference, "logits");
+    let path = tmp("gemma3.gguf");
+    model
+        .save_gguf(&path, GgmlType::F32, &folder, "gemma3")
+        .unwrap();
+    // Norms as 1 + w, both RoPE bases, linear scaling of the global one, the window, tied
+    // embeddings, the SentencePiece vocabulary without a space prefix.
+    assert_like_converter(&path, &theirs, "gemma3");
+    for file in [&path, &theirs] {
+        let back = LlamaForCausalLM::load(file, &LoraApplier::base_only(None, &device)).unwrap();
+        assert_reference_logits(&back, reference, "logits");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_sentencepiece_folder_is_written_as_the_converter_writes_it() {
+    let device = Device::flex();
+    let folder = fixture("gguf-merged/spm");
+    let theirs = fixture("gguf-merged/spm-f32.gguf");
+    let model = LlamaForCausalLM::load(&folder, &LoraApplier::base_only(None, &device)).unwrap();
+    let path = tmp("spm.gguf");
+    model
+        .save_gguf(&path, GgmlType::F32, &folder, "spm")
+        .unwrap();
+    // Pieces, scores and types from tokenizer.model, the added tokens (control and user
+    // defined), the five rows past the tokenizer as [PAD<id>], bos / eos / unk, the flags and
+    // the chat template: every key as the converter's.
+    assert_like_converter(&path, &theirs, "spm");
+    // Read back, the file's SentencePiece tokenizer encodes as transformers does.
+    let gguf = LlamaTokenizer::load(&path).unwrap();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("gguf-merged/spm/encodings.json")).unwrap())
+            .unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(gguf.encode(text, true).unwrap(), want, "{text:?}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn what_gguf_export_cannot_write_is_refused_by_name() {
     let device = Device::flex();
     let path = tmp("refused.gguf");
@@ -216,9 +271,24 @@ fn what_gguf_export_cannot_write_is_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("holds adapters") && e.contains("q_proj"), "{e}");
-    // A family not written yet.
+    // A Gemma 3 that llama.cpp would run differently: the golden model's layers are
+    // sliding, full, sliding, not llama.cpp's fixed five-then-one pattern.
     let gemma = LlamaForCausalLM::load(
         fixture("golden/families/gemma3/model"),
+        &LoraApplier::base_only(None, &device),
+    )
+    .unwrap();
+    let e = gemma
+        .save_gguf(&path, GgmlType::F16, fixture("gguf-merged/gemma3"), "m")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 1 is full_attention") && e.contains("llama.cpp runs Gemma 3"),
+        "{e}"
+    );
+    // A Gemma 3 folder with a byte-level BPE tokenizer only.
+    let gemma = LlamaForCausalLM::load(
+        fixture("gguf-merged/gemma3"),
         &LoraApplier::base_only(None, &device),
     )
     .unwrap();
@@ -227,7 +297,7 @@ fn what_gguf_export_cannot_write_is_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("gemma3") && e.contains("not written as GGUF yet"),
+        e.contains("tokenizer.model") && e.contains("Gemma 3"),
         "{e}"
     );
     // A tensor type llama.cpp's converter does not write for a model here.

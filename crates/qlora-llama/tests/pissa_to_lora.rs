@@ -133,6 +133,22 @@ fn conversions_that_cannot_hold_are_refused_by_name() {
         "{e}"
     );
 
+    let mut plain = trained.clone();
+    plain.config.init_lora_weights = InitLoraWeights::Default;
+    let e = err(plain.converted_to_lora(&initial));
+    assert!(
+        e.contains("init_lora_weights") && e.contains("only a PiSSA"),
+        "{e}"
+    );
+
+    let mut alpha = initial.clone();
+    alpha.config.lora_alpha *= 2.0;
+    let e = err(trained.converted_to_lora(&alpha));
+    assert!(
+        e.contains("lora_alpha") && e.contains("not this adapter's start"),
+        "{e}"
+    );
+
     let mut rs = trained.clone();
     rs.config.use_rslora = true;
     rs.config.rank_pattern = vec![("q_proj".into(), 8)];
@@ -161,8 +177,9 @@ fn conversions_that_cannot_hold_are_refused_by_name() {
 #[test]
 fn rslora_keeps_its_scaling_when_the_rank_doubles() {
     let device = Device::flex();
-    let (mut trained, initial) = (adapter("pissa", &device), adapter("initial", &device));
+    let (mut trained, mut initial) = (adapter("pissa", &device), adapter("initial", &device));
     trained.config.use_rslora = true;
+    initial.config.use_rslora = true;
     let converted = trained.converted_to_lora(&initial).unwrap();
     let scaling = |c: &qlora_nn::LoraConfig| c.lora_alpha / (c.r as f64).sqrt();
     assert!((scaling(&converted.config) - scaling(&trained.config)).abs() < 1e-12);

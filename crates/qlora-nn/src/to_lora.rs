@@ -27,9 +27,10 @@ impl PeftAdapter {
     /// initialisation left it (`initial`, for example saved before training, or taken from the
     /// model right after it was built). See the module docs.
     ///
-    /// Errors, naming the module or field, when the adapter was made by LoftQ, when rsLoRA
-    /// meets a rank or alpha pattern, or when `initial` is not the same adapter's start (a
-    /// module missing on either side, or shapes that differ).
+    /// Errors, naming the module or field, when the adapter was not made by PiSSA (LoftQ's base
+    /// is not `W − s·B₀·A₀`; other starts left the base alone), when rsLoRA meets a rank or
+    /// alpha pattern, or when `initial` is not the same adapter's start (a module missing on
+    /// either side, shapes that differ, or another rank, alpha, rsLoRA or pattern).
     pub fn converted_to_lora(&self, initial: &PeftAdapter) -> Result<PeftAdapter, LoraError> {
         let refuse = |field: &str, problem: String| LoraError::Adapter {
             source_name: self.origin(),
@@ -37,13 +38,26 @@ impl PeftAdapter {
             problem,
         };
         let mut config = self.config.clone();
-        if let InitLoraWeights::Loftq { .. } = config.init_lora_weights {
-            return Err(refuse(
-                "init_lora_weights",
-                "a LoftQ adapter cannot be converted to LoRA on the original weight: its base \
-                 is the quantized fit, not the original weight minus the start"
-                    .into(),
-            ));
+        match config.init_lora_weights {
+            InitLoraWeights::Pissa { .. } => {}
+            InitLoraWeights::Loftq { .. } => {
+                return Err(refuse(
+                    "init_lora_weights",
+                    "a LoftQ adapter cannot be converted to LoRA on the original weight: its \
+                     base is the quantized fit, not the original weight minus the start"
+                        .into(),
+                ));
+            }
+            other => {
+                return Err(refuse(
+                    "init_lora_weights",
+                    format!(
+                        "{other:?}: only a PiSSA adapter is converted (its base is the original \
+                         weight minus the start; other starts leave the base as it was, so \
+                         the adapter already applies to it)"
+                    ),
+                ));
+            }
         }
         if config.use_rslora && !(config.rank_pattern.is_empty() && config.alpha_pattern.is_empty())
         {
@@ -53,6 +67,26 @@ impl PeftAdapter {
                  too: doubling the rank changes each pattern's scaling differently)"
                     .into(),
             ));
+        }
+        // The start must have been removed with this adapter's scaling (PEFT's recipe saves it
+        // with init_lora_weights = true, so that field is not compared).
+        let (a, b) = (&self.config, &initial.config);
+        for (field, same) in [
+            ("r", a.r == b.r),
+            ("lora_alpha", a.lora_alpha == b.lora_alpha),
+            ("use_rslora", a.use_rslora == b.use_rslora),
+            ("rank_pattern", a.rank_pattern == b.rank_pattern),
+            ("alpha_pattern", a.alpha_pattern == b.alpha_pattern),
+        ] {
+            if !same {
+                return Err(refuse(
+                    field,
+                    format!(
+                        "differs in the initial adapter {}: not this adapter's start",
+                        initial.origin()
+                    ),
+                ));
+            }
         }
         if let Some(extra) = initial
             .modules
