@@ -75,6 +75,11 @@ struct Args {
     /// auto, flex, cpu, wgpu or cuda.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Compute type, as finetune's --compute-dtype: f32; bf16 (bf16 operands, f32
+    /// accumulation, on the CPU's AMX or AVX512-BF16; an error on a CPU with neither or on a
+    /// GPU); auto (bf16 where the CPU has AMX, else f32). The line printed says which ran.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: common::compute::ComputeDtype,
 }
 
 fn main() {
@@ -96,6 +101,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--system needs --chat (a raw --prompt has no system message)".into());
     }
     let device = common::device(&args.device)?;
+    // On stderr: stdout is the generated text or ids.
+    eprintln!(
+        "{}",
+        common::compute::apply_compute_dtype(args.dtype, &device)
+            .map_err(|e| e.replace("--compute-dtype", "--dtype"))?
+    );
     let model_path = common::model_path(&args.model)?;
     let quant = (!args.float_base).then(QuantConfig::qlora);
     let mut model = LlamaForCausalLM::load(&model_path, &LoraApplier::base_only(quant, &device))?;

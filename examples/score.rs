@@ -35,13 +35,6 @@ enum Quantize {
     None,
 }
 
-/// The compute type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ComputeDtype {
-    F32,
-    Bf16,
-}
-
 #[derive(Parser, Debug)]
 #[command(about = "Mean loss and perplexity of a model (and adapter) on data or token ids")]
 struct Args {
@@ -55,9 +48,11 @@ struct Args {
     /// keeps its own codes under its own type; another type is refused.
     #[arg(long, value_enum, default_value = "none")]
     quantize: Quantize,
-    /// Compute type: f32 (bf16 is not implemented yet: refused).
+    /// Compute type, as finetune's --compute-dtype: f32; bf16 (bf16 operands, f32
+    /// accumulation, on the CPU's AMX or AVX512-BF16; an error on a CPU with neither or on a
+    /// GPU); auto (bf16 where the CPU has AMX, else f32). The line printed says which ran.
     #[arg(long, value_enum, default_value = "f32")]
-    dtype: ComputeDtype,
+    dtype: common::compute::ComputeDtype,
     /// A data file (.jsonl, .json or .txt, each also .gz), as `finetune` reads it (default,
     /// without --ids: the bundled chitchat conversations).
     #[arg(long, conflicts_with = "ids")]
@@ -89,10 +84,13 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if args.dtype == ComputeDtype::Bf16 {
-        return Err("--dtype bf16: bf16 compute is not implemented yet (only f32)".into());
-    }
     let device = common::device(&args.device)?;
+    // On stderr: stdout is the score line (or nothing but it).
+    eprintln!(
+        "{}",
+        common::compute::apply_compute_dtype(args.dtype, &device)
+            .map_err(|e| e.replace("--compute-dtype", "--dtype"))?
+    );
     let model_path = common::model_path(&args.model)?;
     let quant = match args.quantize {
         Quantize::Nf4 => Some(QuantConfig::qlora()),

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
-use burn_qlora::llama::{GgmlType, GgufFile, GgufValue, GgufWriter};
+use burn::tensor::Device;
+use burn_qlora::llama::{GgmlType, GgufFile, GgufValue, GgufWriter, LlamaForCausalLM};
+use burn_qlora::nn::LoraApplier;
 
-use crate::{Case, load_model};
+use crate::{Case, copy_fixture, load_model};
 
 /// A small well-formed GGUF: llama architecture, two hyper-parameters, two tensors.
 pub fn good_gguf(arch: &str) -> Vec<u8> {
@@ -120,6 +122,20 @@ pub fn cases() -> Vec<Case> {
                 let p = d.join("model.gguf");
                 std::fs::write(&p, good_gguf("llama")).unwrap();
                 load_model(&p)
+            },
+        ),
+        // `merge --format gguf` of a folder whose tokenizer.model is not SentencePiece's.
+        Case::new(
+            "gguf-export-bad-tokenizer-model",
+            &["tokenizer.model", "not a SentencePiece model"],
+            |d| {
+                copy_fixture("../gguf-merged/spm", d);
+                std::fs::write(d.join("tokenizer.model"), b"{\"not\": \"protobuf\"}").unwrap();
+                let applier = LoraApplier::base_only(None, &Device::flex());
+                let model = LlamaForCausalLM::load(d, &applier).map_err(|e| e.to_string())?;
+                model
+                    .save_gguf(d.join("out.gguf"), GgmlType::F16, d, "corpus")
+                    .map_err(|e| e.to_string())
             },
         ),
     ]

@@ -292,8 +292,9 @@ fn llama_keys(c: &LlamaConfig, llama: bool) -> Vec<(&'static str, GgufValue)> {
 /// The hyperparameters the converter's `Gemma3Model` writes (its base class's and its own:
 /// both RoPE bases, head widths, the window). llama.cpp reads no layer pattern or attention
 /// scale from the file: it runs five sliding-window layers then a full one, repeated, and
-/// scales by `head_dim^-½` (`(hidden/heads)^-½` for the 62-layer 27B), so a config that differs
-/// (the window pattern, `query_pre_attn_scalar`, scaled local RoPE) is refused by name.
+/// scales by `head_dim^-½` (`(hidden/heads)^-½` for the 62-layer 27B) and runs the local RoPE
+/// at theta 10000 unscaled, so a config that differs (the window pattern,
+/// `query_pre_attn_scalar`, the local RoPE) is refused by name.
 fn gemma3_keys(c: &LlamaConfig) -> Result<Vec<(&'static str, GgufValue)>, String> {
     let layers = c.num_hidden_layers;
     let llama_cpp_type = |i: usize| {
@@ -323,11 +324,13 @@ fn gemma3_keys(c: &LlamaConfig) -> Result<Vec<(&'static str, GgufValue)>, String
         ));
     }
     let local = match &c.rope_sliding {
-        Some(r) if r.scaling == RopeScaling::Default => r.theta,
+        // llama.cpp sets the local base to 10000 whatever the file says.
+        Some(r) if r.scaling == RopeScaling::Default && r.theta == 10000.0 => r.theta,
         Some(r) => {
             return Err(format!(
-                "the sliding layers' RoPE scaling {:?} (llama.cpp scales only the global one)",
-                r.scaling
+                "the sliding layers' RoPE (theta {}, scaling {:?}): llama.cpp runs them with \
+                 theta 10000 and no scaling, whatever the file says",
+                r.theta, r.scaling
             ));
         }
         None => return Err("no RoPE for the sliding layers".into()),

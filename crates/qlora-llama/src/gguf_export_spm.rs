@@ -257,8 +257,13 @@ pub(crate) fn spm_tokenizer_meta(
     Ok(meta)
 }
 
-/// gguf-py's `SpecialVocab` for the types llama.cpp models use: special token ids, whether bos
-/// and eos are added, the chat template.
+/// gguf-py's `SpecialVocab` (`load_merges=False`), step by step: the special tokens'
+/// `tokenizer_config.json` entries as it reads them (raw: an `AddedToken` object is not its
+/// content there), adjusted by `tokenizer.json`'s post-processor (a template's leading special
+/// token becomes bos where none is named, a trailing one other than eos becomes eos and the
+/// old eos `eot`), ids by content among `tokenizer.json`'s added tokens, then `config.json`'s
+/// `*_token_id`; whether bos / eos are added; the chat template. The separator flag of a
+/// template's pair form (a BERT matter) and the CodeLlama FIM ids are not written.
 fn special_vocab(
     dir: &Path,
     config: Option<&Value>,
@@ -266,21 +271,24 @@ fn special_vocab(
     added_tokens: &[Value],
     n_vocab: usize,
 ) -> Result<Vec<(String, GgufValue)>, LlamaError> {
-    // (type, GGUF key): llama.cpp spells the separator's key "seperator".
-    const TYPES: [(&str, &str); 7] = [
-        ("bos", "bos_token_id"),
-        ("eos", "eos_token_id"),
-        ("unk", "unknown_token_id"),
-        ("sep", "seperator_token_id"),
-        ("pad", "padding_token_id"),
-        ("cls", "cls_token_id"),
-        ("mask", "mask_token_id"),
-    ];
-    let content = |typ: &str| -> Option<String> {
-        let e = config?.get(format!("{typ}_token"))?;
-        e.as_str()
-            .or_else(|| e.get("content").and_then(Value::as_str))
-            .map(str::to_string)
+    let key = |typ: &str| match typ {
+        "unk" => "unknown_token_id".to_string(),
+        // llama.cpp spells the separator's key so.
+        "sep" => "seperator_token_id".to_string(),
+        "pad" => "padding_token_id".to_string(),
+        t => format!("{t}_token_id"),
+    };
+    let mut types: Vec<&str> = vec!["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
+    // The converter's working copy of tokenizer_config.json (None: there is none).
+    let mut tc: Option<serde_json::Map<String, Value>> =
+        config.and_then(|c| c.as_object().cloned());
+    let truthy =
+        |v: &Value| !matches!(v, Value::Null | Value::Bool(false)) && v.as_str() != Some("");
+    let raw = |tc: &Option<serde_json::Map<String, Value>>, typ: &str| {
+        tc.as_ref()
+            .and_then(|m| m.get(&format!("{typ}_token")))
+            .filter(|v| truthy(v))
+            .cloned()
     };
     let mut add: Vec<(&str, bool)> = Vec::new();
     let set_add = |add: &mut Vec<(&str, bool)>, typ: &'static str, v: bool, force: bool| match add
@@ -291,65 +299,145 @@ fn special_vocab(
         Some(_) => {}
         None => add.push((typ, v)),
     };
-    let (bos, eos) = (
-        content("bos").or_else(|| content("cls")),
-        content("eos").or_else(|| content("sep")),
-    );
-    if let Some(pp) = tokenizer_json.and_then(|t| t.get("post_processor")) {
-        let list = pp["processors"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| vec![pp.clone()]);
+    if let Some(tj) = tokenizer_json {
+        let (mut bos, mut cls) = (raw(&tc, "bos"), raw(&tc, "cls"));
+        let mut eos = raw(&tc, "eos");
+        let sep = raw(&tc, "sep");
+        if let Some(m) = tc.as_mut() {
+            if bos.is_none() && cls.is_some() {
+                bos = cls.clone();
+                m.insert("bos_token".into(), bos.clone().unwrap_or_default());
+            }
+            if eos.is_none() && sep.is_some() {
+                eos = sep.clone();
+                m.insert("eos_token".into(), eos.clone().unwrap_or_default());
+            }
+        }
+        let pp = tj.get("post_processor").filter(|v| !v.is_null());
+        let list = pp.map_or_else(Vec::new, |pp| {
+            pp["processors"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![pp.clone()])
+        });
         for p in list {
             match p["type"].as_str() {
                 Some("ByteLevel") => {
                     set_add(&mut add, "bos", false, false);
                     set_add(&mut add, "eos", false, false);
                 }
+                Some("RobertaProcessing") => {
+                    for t in ["bos", "eos", "sep"] {
+                        set_add(&mut add, t, true, true);
+                    }
+                }
                 Some("TemplateProcessing") => {
                     let single = p["single"].as_array().cloned().unwrap_or_default();
-                    if single.len() > 1 {
-                        let id = |v: &Value| v["SpecialToken"]["id"].as_str().map(str::to_string);
-                        if let Some(first) = id(&single[0]) {
-                            let is_bos =
-                                Some(&first) == bos.as_ref() || content("cls") == Some(first);
-                            set_add(&mut add, "bos", is_bos, true);
+                    if single.len() < 2 {
+                        continue;
+                    }
+                    let special = |v: &Value| {
+                        v["SpecialToken"]["id"]
+                            .as_str()
+                            .filter(|s| !s.is_empty())
+                            .map(|s| Value::String(s.into()))
+                    };
+                    if let Some(first) = special(&single[0]) {
+                        match tc.as_mut() {
+                            None => bos = Some(first.clone()),
+                            Some(m)
+                                if Some(&first) != bos.as_ref() && Some(&first) != cls.as_ref() =>
+                            {
+                                if bos.is_none() {
+                                    bos = Some(first.clone());
+                                    m.insert("bos_token".into(), first.clone());
+                                }
+                                if cls.is_none() {
+                                    cls = Some(first.clone());
+                                    m.insert("cls_token".into(), first.clone());
+                                }
+                            }
+                            Some(_) => {}
                         }
-                        if let Some(last) = id(&single[single.len() - 1]) {
-                            set_add(&mut add, "eos", Some(last) == eos, true);
+                        let is_bos = Some(&first) == bos.as_ref() || Some(&first) == cls.as_ref();
+                        set_add(&mut add, "bos", is_bos, true);
+                    }
+                    if let Some(last) = special(&single[single.len() - 1]) {
+                        match tc.as_mut() {
+                            None => eos = Some(last.clone()),
+                            Some(m) if Some(&last) != eos.as_ref() => {
+                                let old = eos.clone().unwrap_or_default();
+                                for extra in ["eot", "eom"] {
+                                    if !types.contains(&extra) {
+                                        types.push(extra);
+                                        m.insert(format!("{extra}_token"), old);
+                                        break;
+                                    }
+                                }
+                                eos = Some(last.clone());
+                                m.insert("eos_token".into(), last.clone());
+                            }
+                            Some(_) => {}
                         }
+                        set_add(&mut add, "eos", Some(&last) == eos.as_ref(), true);
                     }
                 }
                 _ => {}
             }
         }
     }
-    let mut meta = Vec::new();
     let mut ids: Vec<(&str, u32)> = Vec::new();
-    for (typ, _) in TYPES {
-        if let Some(v) = config
-            .and_then(|c| c.get(format!("add_{typ}_token")))
-            .and_then(Value::as_bool)
-        {
-            set_add(&mut add, typ, v, false);
-        }
-        let by_content = match typ {
-            "bos" => bos.clone(),
-            "eos" => eos.clone(),
-            other => content(other),
-        }
-        .and_then(|c| {
-            added_tokens
-                .iter()
-                .find(|a| a["content"].as_str() == Some(c.as_str()))
-                .and_then(|a| a["id"].as_u64())
-        });
-        if let Some(id) = by_content.filter(|&id| (id as usize) < n_vocab) {
-            ids.push((typ, id as u32));
+    let mut template = None;
+    if let Some(tc) = &tc {
+        template = match tc.get("chat_template") {
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(Value::Null) | None => {
+                let jinja = dir.join("chat_template.jinja");
+                if jinja.is_file() {
+                    Some(std::fs::read_to_string(&jinja).map_err(|e| LlamaError::io(&jinja, e))?)
+                } else {
+                    json_file(dir, "chat_template.json")?
+                        .and_then(|v| v["chat_template"].as_str().map(str::to_string))
+                }
+            }
+            Some(_) => {
+                return Err(LlamaError::format(
+                    dir.join("tokenizer_config.json"),
+                    "chat_template is a list of named templates, which this writer does not \
+                     write yet"
+                        .to_string(),
+                ));
+            }
+        };
+        for &typ in &types {
+            if let Some(v) = tc.get(&format!("add_{typ}_token")).and_then(Value::as_bool) {
+                // Only bos / eos matter to llama.cpp; the converter's sep flag is a BERT one.
+                if typ == "bos" || typ == "eos" {
+                    set_add(&mut add, if typ == "bos" { "bos" } else { "eos" }, v, false);
+                }
+            }
+            let content = match tc.get(&format!("{typ}_token")) {
+                Some(Value::String(c)) => Some(c.clone()),
+                Some(Value::Object(o)) => {
+                    o.get("content").and_then(Value::as_str).map(String::from)
+                }
+                _ => None,
+            };
+            let id = content.and_then(|c| {
+                added_tokens
+                    .iter()
+                    .find(|a| a["content"].as_str() == Some(c.as_str()))
+                    .and_then(|a| a["id"].as_u64())
+            });
+            if let Some(id) = id.filter(|&id| (id as usize) < n_vocab)
+                && !ids.iter().any(|(t, _)| *t == typ)
+            {
+                ids.push((typ, id as u32));
+            }
         }
     }
     if let Some(model_config) = json_file(dir, "config.json")? {
-        for (typ, _) in TYPES {
+        for &typ in &types {
             let id = model_config[format!("{typ}_token_id")].as_u64();
             if let Some(id) = id.filter(|&id| (id as usize) < n_vocab)
                 && !ids.iter().any(|(t, _)| *t == typ)
@@ -358,13 +446,11 @@ fn special_vocab(
             }
         }
     }
-    for (typ, key) in TYPES {
-        if let Some((_, id)) = ids.iter().find(|(t, _)| *t == typ) {
-            meta.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(*id)));
-        }
-    }
+    let mut meta: Vec<(String, GgufValue)> = ids
+        .iter()
+        .map(|(typ, id)| (format!("tokenizer.ggml.{}", key(typ)), GgufValue::U32(*id)))
+        .collect();
     for (typ, v) in add {
-        // llama.cpp reads add_bos / add_eos; the converter's sep flag is a BERT one.
         if typ == "bos" || typ == "eos" {
             meta.push((
                 format!("tokenizer.ggml.add_{typ}_token"),
@@ -372,25 +458,6 @@ fn special_vocab(
             ));
         }
     }
-    let template = match config.and_then(|c| c.get("chat_template")) {
-        Some(Value::String(t)) => Some(t.clone()),
-        Some(Value::Null) | None => {
-            let jinja = dir.join("chat_template.jinja");
-            if jinja.is_file() {
-                Some(std::fs::read_to_string(&jinja).map_err(|e| LlamaError::io(&jinja, e))?)
-            } else {
-                json_file(dir, "chat_template.json")?
-                    .and_then(|v| v["chat_template"].as_str().map(str::to_string))
-            }
-        }
-        Some(_) => {
-            return Err(LlamaError::format(
-                dir.join("tokenizer_config.json"),
-                "chat_template is a list of named templates, which this writer does not write yet"
-                    .to_string(),
-            ));
-        }
-    };
     if let Some(t) = template {
         meta.push(("tokenizer.chat_template".into(), GgufValue::Str(t)));
     }
@@ -416,6 +483,122 @@ mod tests {
         std::fs::write(&path, b"{\"not\": \"protobuf\"}").unwrap();
         assert!(read_pieces(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A case: name, the special ids, the add flags and whether a chat template is written.
+    type SpecialCase = (
+        &'static str,
+        &'static [(&'static str, u32)],
+        &'static [(&'static str, bool)],
+        bool,
+    );
+
+    /// gguf-py's `SpecialVocab` on the `gguf-merged/spm` fixture and on copies of it with the
+    /// tokenizer_config.json changed (what it returned, run on each: ids, add flags, whether a
+    /// chat template is there).
+    #[test]
+    fn special_tokens_are_found_as_gguf_py_finds_them() {
+        let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/gguf-merged/spm");
+        let cases: [SpecialCase; 4] = [
+            (
+                "as is",
+                &[("bos", 1), ("eos", 2), ("unknown", 0)],
+                &[("bos", true), ("eos", false)],
+                true,
+            ),
+            // No bos named: the template's leading <s> becomes bos and cls.
+            (
+                "bos null",
+                &[("bos", 1), ("eos", 2), ("unknown", 0), ("cls", 1)],
+                &[("bos", true), ("eos", false)],
+                true,
+            ),
+            // An AddedToken object is not its content to the template check (Llama 2's form).
+            (
+                "bos object",
+                &[("bos", 1), ("eos", 2), ("unknown", 0), ("cls", 1)],
+                &[("bos", true), ("eos", false)],
+                true,
+            ),
+            // No tokenizer_config.json: ids from config.json, the flag from the template.
+            (
+                "no config",
+                &[("bos", 1), ("eos", 2)],
+                &[("bos", true)],
+                false,
+            ),
+        ];
+        for (name, want_ids, want_add, template) in cases {
+            let dir = std::env::temp_dir().join(format!(
+                "qlora-special-{}-{}",
+                name.replace(' ', "-"),
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["tokenizer.json", "tokenizer.model", "config.json"] {
+                std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+            }
+            let mut tc: Value = serde_json::from_str(
+                &std::fs::read_to_string(fixture.join("tokenizer_config.json")).unwrap(),
+            )
+            .unwrap();
+            match name {
+                "bos null" => tc["bos_token"] = Value::Null,
+                "bos object" => {
+                    tc["bos_token"] = serde_json::json!({"content": "<s>", "lstrip": false,
+                        "normalized": false, "rstrip": false, "single_word": false,
+                        "__type": "AddedToken"})
+                }
+                _ => {}
+            }
+            if name != "no config" {
+                std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+            }
+            let meta = spm_tokenizer_meta(&dir, 407, false).unwrap();
+            let get = |k: &str| {
+                meta.iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            };
+            for kind in [
+                "bos",
+                "eos",
+                "unknown",
+                "seperator",
+                "padding",
+                "cls",
+                "mask",
+                "eot",
+            ] {
+                let want = want_ids
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .map(|(_, id)| GgufValue::U32(*id));
+                assert_eq!(
+                    get(&format!("tokenizer.ggml.{kind}_token_id")),
+                    want,
+                    "{name}: {kind}"
+                );
+            }
+            for kind in ["bos", "eos"] {
+                let want = want_add
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .map(|(_, v)| GgufValue::Bool(*v));
+                assert_eq!(
+                    get(&format!("tokenizer.ggml.add_{kind}_token")),
+                    want,
+                    "{name}: add {kind}"
+                );
+            }
+            assert_eq!(
+                get("tokenizer.chat_template").is_some(),
+                template,
+                "{name}: template"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

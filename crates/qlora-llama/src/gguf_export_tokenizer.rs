@@ -10,17 +10,22 @@ use crate::gguf::{GgufFile, GgufValue};
 use crate::gguf_export_spm::spm_tokenizer_meta;
 use crate::{LlamaError, LlamaTokenizer as Tokenizer, ModelType};
 
+/// The folder's `tokenizer_config.json`, `None` where it has none.
+fn tokenizer_config(dir: &Path) -> Result<Option<Value>, LlamaError> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| LlamaError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| LlamaError::format(&path, format!("not valid JSON: {e}")))
+}
+
 /// Whether the folder's `tokenizer_config.json` declares a `GPT2Tokenizer` (Phi-4-mini's:
 /// the converter's Phi-3 class then reads the vocabulary as BPE).
 fn gpt2_class(dir: &Path) -> Result<bool, LlamaError> {
-    let path = dir.join("tokenizer_config.json");
-    if !path.is_file() {
-        return Ok(false);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| LlamaError::io(&path, e))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| LlamaError::format(&path, format!("not valid JSON: {e}")))?;
-    Ok(v["tokenizer_class"] == "GPT2Tokenizer")
+    Ok(tokenizer_config(dir)?.is_some_and(|v| v["tokenizer_class"] == "GPT2Tokenizer"))
 }
 
 /// The `tokenizer.*` metadata for the base at `source` (a `.gguf` file: its own keys; a HF
@@ -43,6 +48,23 @@ pub(crate) fn tokenizer_meta(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect());
     }
+    let mut meta = hf_tokenizer_meta(source, vocab_size, family)?;
+    // The converter's LlamaModel (LLaMA, Mistral) carries tokenizer_config.json's
+    // add_prefix_space over, whichever vocabulary it writes.
+    if matches!(family, ModelType::Llama | ModelType::Mistral)
+        && let Some(v) = tokenizer_config(source)?.and_then(|c| c["add_prefix_space"].as_bool())
+    {
+        meta.push(("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(v)));
+    }
+    Ok(meta)
+}
+
+/// A HF folder's vocabulary as GGUF metadata (see [`tokenizer_meta`]).
+fn hf_tokenizer_meta(
+    source: &Path,
+    vocab_size: usize,
+    family: ModelType,
+) -> Result<Vec<(String, GgufValue)>, LlamaError> {
     let phi3 = family == ModelType::Phi3;
     if source.join("tokenizer.model").is_file() && !(phi3 && gpt2_class(source)?) {
         let mut meta = spm_tokenizer_meta(source, vocab_size, phi3)?;
@@ -185,12 +207,48 @@ mod tests {
     use std::path::PathBuf;
 
     use super::tokenizer_meta;
-    use crate::{GgufFile, GgufValue, GgufWriter, LlamaTokenizer, TokenizerFiles};
+    use crate::{GgufFile, GgufValue, GgufWriter, LlamaTokenizer, ModelType, TokenizerFiles};
 
     fn tokenizer_dir(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures/tokenizers")
             .join(name)
+    }
+
+    /// The converter's LlamaModel writes tokenizer_config.json's `add_prefix_space` as
+    /// `add_space_prefix` (for LLaMA and Mistral folders; Phi-3's class does not).
+    #[test]
+    fn add_prefix_space_is_carried_over_for_llama_and_mistral() {
+        let fixture =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf-merged/spm");
+        let dir = std::env::temp_dir().join(format!("qlora-prefix-space-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["tokenizer.json", "tokenizer.model", "config.json"] {
+            std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+        }
+        let mut tc: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture.join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        tc["add_prefix_space"] = serde_json::Value::Bool(false);
+        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+        let key = "tokenizer.ggml.add_space_prefix";
+        for (family, want) in [
+            (ModelType::Llama, Some(GgufValue::Bool(false))),
+            (ModelType::Mistral, Some(GgufValue::Bool(false))),
+            (ModelType::Phi3, None),
+            (ModelType::Gemma3, Some(GgufValue::Bool(false))),
+        ] {
+            let meta = tokenizer_meta(&dir, 407, family).unwrap();
+            let found: Vec<_> = meta
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .collect();
+            assert_eq!(found.first().cloned(), want, "{family:?}");
+            assert!(found.len() <= 1, "{family:?}: the key twice");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A HF tokenizer written as GGUF metadata and read back tokenizes as the HF one does, under
