@@ -127,8 +127,12 @@ fn run_mode(args: &Args, mode: &str) -> serde_json::Value {
     let config = shape.config(args.seq);
     // As `finetune` does: freed buffers stay in the process for the next step.
     burn_qlora::backend::keep_freed_host_memory();
-    let compute = common::compute::apply_compute_dtype(args.compute_dtype, &Device::flex())
-        .expect("--compute-dtype");
+    let compute = common::compute::apply_compute_dtype(
+        args.compute_dtype,
+        &Device::flex(),
+        "--compute-dtype",
+    )
+    .expect("--compute-dtype");
     eprintln!("{mode}: {compute}");
     let device = Device::flex().autodiff();
     device.seed(0);

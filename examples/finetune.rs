@@ -281,18 +281,8 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
         )
         .into());
     }
-    if args.save_as_lora
-        && !matches!(
-            args.init_lora_weights,
-            burn_qlora::nn::InitLoraWeights::Pissa { .. }
-        )
-    {
-        return Err(format!(
-            "--save-as-lora converts a PiSSA adapter (--init-lora-weights pissa or \
-             pissa_niter_K); this run's adapters start as {:?}",
-            args.init_lora_weights
-        )
-        .into());
+    if args.save_as_lora {
+        common::adapter::check_save_as_lora(args.init_lora_weights)?;
     }
     if args.resume && find_checkpoint(&args.out).is_none() {
         return Err(format!("--resume: no checkpoint in {}", args.out.display()).into());
@@ -311,7 +301,8 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
         Some(d) => d.clone(),
         None => common::device(&job.device_name(&args.device))?,
     };
-    let compute = common::compute::apply_compute_dtype(args.compute_dtype, &base)?;
+    let compute =
+        common::compute::apply_compute_dtype(args.compute_dtype, &base, "--compute-dtype")?;
     let quant = args.quant.config(&model_path)?;
     let ad = base.clone().autodiff();
     let on_host = devices.iter().chain([&base]).all(|d| *d == Device::flex());
@@ -554,22 +545,9 @@ fn run(args: Args, job: &common::mpi::Job) -> Result<(), Box<dyn std::error::Err
         .with_dtype(save_dtype)
         .save(&adapter_dir)?;
     if let Some(initial) = &initial {
-        let dir = args.out.join("adapter-lora");
-        let lora = trainer
-            .model
-            .adapter("default", trainer.lora.clone())
-            .converted_to_lora(initial)?;
-        let rank = lora.config.r;
-        lora.with_dtype(save_dtype).save(&dir)?;
-        println!(
-            "adapter as plain LoRA on the original weights (rank {rank}): {}{}",
-            dir.display(),
-            if quant.is_some() {
-                " (near, not exact: the 4-bit base rounds the residual, not the original weight)"
-            } else {
-                ""
-            }
-        );
+        let trained = trainer.model.adapter("default", trainer.lora.clone());
+        let line = common::adapter::save_as_lora(&trained, initial, &args.out, save_dtype, quant)?;
+        println!("{line}");
     }
     plot_losses(
         &args.out.join("loss.png"),

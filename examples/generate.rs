@@ -104,8 +104,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // On stderr: stdout is the generated text or ids.
     eprintln!(
         "{}",
-        common::compute::apply_compute_dtype(args.dtype, &device)
-            .map_err(|e| e.replace("--compute-dtype", "--dtype"))?
+        common::compute::apply_compute_dtype(args.dtype, &device, "--dtype")?
     );
     let model_path = common::model_path(&args.model)?;
     let quant = (!args.float_base).then(QuantConfig::qlora);

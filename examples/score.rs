@@ -88,8 +88,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // On stderr: stdout is the score line (or nothing but it).
     eprintln!(
         "{}",
-        common::compute::apply_compute_dtype(args.dtype, &device)
-            .map_err(|e| e.replace("--compute-dtype", "--dtype"))?
+        common::compute::apply_compute_dtype(args.dtype, &device, "--dtype")?
     );
     let model_path = common::model_path(&args.model)?;
     let quant = match args.quantize {

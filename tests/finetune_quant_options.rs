@@ -1,7 +1,8 @@
 //! `finetune --quant-type nf4|fp4|none --double-quant --blocksize` (bitsandbytes'
 //! `BitsAndBytesConfig` for the base) and `--compute-dtype`: each setting reaches the model
 //! (the log says how the base is held, and the loss before training differs between them, as
-//! the base's weights do), and each trains.
+//! the base's weights do), and each trains; `--init-lora-weights` and `--save-as-lora` (a PiSSA
+//! run also written as plain LoRA on the original base, scoring the same).
 
 use std::path::Path;
 
@@ -203,12 +204,7 @@ fn scored_loss(model: &Path, data: &Path, adapter: Option<&Path>) -> f64 {
     if let Some(a) = adapter {
         args.extend(["--adapter", a.to_str().unwrap()]);
     }
-    let out = cli::ok("score", &args);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("mean_loss "))
-        .unwrap_or_else(|| panic!("no score line in:\n{out}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    cli::scores(&cli::ok("score", &args)).0
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! `finetune`'s adapter options: the ids `--trainable-tokens` names, and training on from a
-//! PEFT adapter folder (`--adapter`).
+//! `finetune`'s adapter options: the ids `--trainable-tokens` names, training on from a PEFT
+//! adapter folder (`--adapter`), and `--save-as-lora`.
 
 use burn_qlora::llama::{LlamaForCausalLM, LlamaTokenizer};
 use burn_qlora::nf4::QuantConfig;
@@ -118,4 +118,40 @@ impl From<SaveDtype> for AdapterDtype {
             SaveDtype::Bf16 => AdapterDtype::BF16,
         }
     }
+}
+
+/// `--save-as-lora` needs a PiSSA start: an error naming the option otherwise (before any work).
+pub fn check_save_as_lora(init: InitLoraWeights) -> Result<(), String> {
+    if matches!(init, InitLoraWeights::Pissa { .. }) {
+        return Ok(());
+    }
+    Err(format!(
+        "--save-as-lora converts a PiSSA adapter (--init-lora-weights pissa or pissa_niter_K); \
+         this run's adapters start as {init:?}"
+    ))
+}
+
+/// `--save-as-lora`: the trained PiSSA adapter converted to plain LoRA on the original weights
+/// ([`PeftAdapter::converted_to_lora`] against its start `initial`), written to
+/// `<out>/adapter-lora`; returns the line to print.
+pub fn save_as_lora(
+    trained: &PeftAdapter,
+    initial: &PeftAdapter,
+    out: &std::path::Path,
+    dtype: AdapterDtype,
+    quant: Option<QuantConfig>,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let dir = out.join("adapter-lora");
+    let lora = trained.converted_to_lora(initial)?;
+    let rank = lora.config.r;
+    lora.with_dtype(dtype).save(&dir)?;
+    Ok(format!(
+        "adapter as plain LoRA on the original weights (rank {rank}): {}{}",
+        dir.display(),
+        if quant.is_some() {
+            " (near, not exact: the 4-bit base rounds the residual, not the original weight)"
+        } else {
+            ""
+        }
+    ))
 }

@@ -1,4 +1,5 @@
-//! `--compute-dtype`: how the CPU's kernels multiply (issue #38).
+//! `finetune --compute-dtype` (and `score` / `generate --dtype`): how the CPU's kernels multiply
+//! (issues #38, #22).
 //!
 //! On Flex, `bf16` rounds the operands of the NF4 linears' products to bf16 and accumulates in
 //! f32 on the CPU's bf16 hardware (AMX, else AVX512-BF16), as `bnb_4bit_compute_dtype=bfloat16`
@@ -11,7 +12,7 @@
 use burn::tensor::{Device, DeviceType};
 use burn_qlora::cpu_gemm::{Tier, set_matmul_tier};
 
-/// `--compute-dtype`'s values.
+/// The option's values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ComputeDtype {
     /// bf16 on Flex where the CPU has AMX (measured faster than f32), else f32.
@@ -22,19 +23,23 @@ pub enum ComputeDtype {
     Bf16,
 }
 
-/// Sets the process-wide tier for `choice` on `device` and returns the line to print.
+/// Sets the process-wide tier for `choice` on `device` and returns the line to print; `flag` is
+/// the option's name in errors.
 ///
 /// `QLORA_CPU_GEMM_TIER=amx|avx512bf16` picks the tier of an explicit `bf16` (to compare
 /// tiers on one machine).
-pub fn apply_compute_dtype(choice: ComputeDtype, device: &Device) -> Result<String, String> {
+pub fn apply_compute_dtype(
+    choice: ComputeDtype,
+    device: &Device,
+    flag: &str,
+) -> Result<String, String> {
     let flex = Device::enumerate(DeviceType::Flex).contains(device);
     if !flex {
         return match choice {
-            ComputeDtype::Bf16 => Err(
-                "--compute-dtype bf16: only the CPU (flex) kernels compute in bf16 so far; \
-                 the GPU path is f32 (issue #22)"
-                    .into(),
-            ),
+            ComputeDtype::Bf16 => Err(format!(
+                "{flag} bf16: only the CPU (flex) kernels compute in bf16 so far; the GPU path \
+                 is f32 (issue #22)"
+            )),
             _ => Ok("compute: f32 (the GPU path has no bf16 compute yet)".into()),
         };
     }
@@ -58,9 +63,9 @@ pub fn apply_compute_dtype(choice: ComputeDtype, device: &Device) -> Result<Stri
             Err(_) => match Tier::detect() {
                 Tier::F32 => {
                     return Err(format!(
-                        "--compute-dtype bf16: this CPU has neither AMX nor AVX512-BF16 \
+                        "{flag} bf16: this CPU has neither AMX nor AVX512-BF16 \
                          (flags: {flags}); bf16 would be emulated and slower than f32: \
-                         use --compute-dtype f32"
+                         use {flag} f32"
                     ));
                 }
                 t => t,

@@ -104,3 +104,22 @@ pub fn chat_data(dir: &Path) -> PathBuf {
     std::fs::write(&p, lines.join("\n")).unwrap();
     p
 }
+
+/// `mean_loss L perplexity P tokens N` → (L, P, N).
+pub fn scores(out: &str) -> (f64, f64, usize) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("mean_loss "))
+        .unwrap_or_else(|| panic!("no score line in:\n{out}"));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (w[0], w[2], w[4]),
+        ("mean_loss", "perplexity", "tokens"),
+        "{line}"
+    );
+    (
+        w[1].parse().unwrap(),
+        w[3].parse().unwrap(),
+        w[5].parse().unwrap(),
+    )
+}

@@ -5,27 +5,20 @@
 //!   `general.type = "model"`, `general.name`, `general.file_type`,
 //!   `general.quantization_version`;
 //! - the architecture's hyperparameters as the converter's model class writes them
-//!   ([`llama_keys`]: `<arch>.block_count`, `context_length`, `embedding_length`,
-//!   `feed_forward_length`, `attention.head_count`, `head_count_kv`, `key_length`,
-//!   `value_length`, `rope.freq_base`, `attention.layer_norm_rms_epsilon`, `vocab_size`, and for
-//!   `llama` `rope.dimension_count`; [`phi3_keys`] and [`gemma3_keys`] for those classes; a
-//!   Gemma 3 that llama.cpp would run differently is refused, see there). The converter writes
+//!   ([`llama_keys`], [`phi3_keys`], [`gemma3_keys`]; a Gemma 3 that llama.cpp would run
+//!   differently is refused, see there). For llama and Qwen the converter writes
 //!   `key_length` / `value_length` only where `config.json` names `head_dim`; they are always
 //!   written here (the value llama.cpp derives otherwise), which changes nothing it reads;
 //! - RoPE scaling: linear as `rope.scaling.type` / `factor`; Llama 3.1's as the converter's
 //!   `rope_freqs.weight` divisors; Phi-3's LongRoPE as `rope_factors_long` / `_short` and
 //!   `rope.scaling.attn_factor`;
-//! - the tokenizer: a GGUF base's `tokenizer.*` keys as they are; a HF folder's SentencePiece
-//!   `tokenizer.model` where it has one (`gguf_export_spm`); or its byte-level BPE
-//!   `tokenizer.json` as the converter writes it (`tokenizer.ggml.model = "gpt2"`, the
-//!   pre-tokenizer's llama.cpp name, tokens by id with ids the vocabulary skips as
-//!   `[PAD<id>]`, types: special added tokens control (3), other added tokens user-defined (4),
-//!   the rest normal (1); merges as `"a b"`; bos/eos/pad ids; whether bos/eos are added; the
-//!   chat template);
-//! - tensors under llama.cpp's names (`token_embd`, `blk.N.attn_q`, Phi-3's fused `attn_qkv` and
-//!   `ffn_up`, Gemma's norms as `1 + w`, ...), vectors F32 and matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0
-//!   falls back to F16 where a row is not a multiple of 32 long, as the converter does),
-//!   `llama`'s Q and K rows permuted to llama.cpp's interleaved RoPE order.
+//! - the tokenizer (`gguf_export_tokenizer`): a GGUF base's `tokenizer.*` keys as they are, or
+//!   a HF folder's SentencePiece `tokenizer.model` or byte-level BPE `tokenizer.json`;
+//! - tensors under llama.cpp's names (`token_embd`, `blk.N.attn_q`, Phi-3's fused `attn_qkv`
+//!   and `ffn_up`, Gemma's norms as `1 + w`, ...), vectors F32 and matrices in the chosen type
+//!   (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 where a row is not a multiple of 32 long,
+//!   as the converter does), `llama`'s Q and K rows permuted to llama.cpp's interleaved RoPE
+//!   order.
 //!
 //! Not written, and refused by name: tokenizers that are neither (a HF `tokenizer.json` of
 //! another kind without `tokenizer.model`), a Gemma 3 folder without `tokenizer.model`, and
@@ -335,25 +328,14 @@ fn gemma3_keys(c: &LlamaConfig) -> Result<Vec<(&'static str, GgufValue)>, String
         }
         None => return Err("no RoPE for the sliding layers".into()),
     };
-    let u = |v: usize| GgufValue::U32(v as u32);
-    let mut keys = vec![
-        ("block_count", u(layers)),
-        ("context_length", u(c.max_position_embeddings)),
-        ("embedding_length", u(c.hidden_size)),
-        ("feed_forward_length", u(c.intermediate_size)),
-        ("attention.head_count", u(c.num_attention_heads)),
-        ("attention.head_count_kv", u(c.num_key_value_heads)),
-        ("rope.freq_base", GgufValue::F32(c.rope.theta as f32)),
-        ("rope.freq_base_swa", GgufValue::F32(local as f32)),
-        (
-            "attention.layer_norm_rms_epsilon",
-            GgufValue::F32(c.rms_norm_eps as f32),
-        ),
-        ("attention.key_length", u(c.head_dim)),
-        ("attention.value_length", u(c.head_dim)),
-    ];
+    // The base class's keys (llama's, without the vocabulary size) and the local RoPE base.
+    let mut keys: Vec<_> = llama_keys(c, false)
+        .into_iter()
+        .filter(|(k, _)| *k != "vocab_size")
+        .collect();
+    keys.push(("rope.freq_base_swa", GgufValue::F32(local as f32)));
     if let Some(w) = c.sliding_window {
-        keys.push(("attention.sliding_window", u(w)));
+        keys.push(("attention.sliding_window", GgufValue::U32(w as u32)));
     }
     Ok(keys)
 }

@@ -17,8 +17,7 @@
 //!   post-processor (a `TemplateProcessing` that starts with bos / ends with eos), else
 //!   `tokenizer_config.json`'s `add_bos_token` / `add_eos_token`; the chat template.
 //!
-//! The protobuf of `tokenizer.model` is read here (its `pieces` field: piece, score, type),
-//! rather than through a protobuf crate: three fields of one message.
+//! `tokenizer.model` itself is read by [`crate::spm_model`].
 
 use std::path::Path;
 
@@ -26,118 +25,10 @@ use serde_json::Value;
 
 use crate::LlamaError;
 use crate::gguf::GgufValue;
-
-/// SentencePiece's piece types (`ModelProto.SentencePiece.Type`).
-const NORMAL: i32 = 1;
-const UNKNOWN: i32 = 2;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
-const BYTE: i32 = 6;
-
-/// The pieces of a `tokenizer.model`: text, score and type, by id.
-fn read_pieces(path: &Path) -> Result<Vec<(String, f32, i32)>, LlamaError> {
-    let bytes = std::fs::read(path).map_err(|e| LlamaError::io(path, e))?;
-    let bad = |problem: &str| {
-        LlamaError::format(
-            path,
-            format!("not a SentencePiece model (tokenizer.model): {problem}"),
-        )
-    };
-    let mut pieces = Vec::new();
-    let mut r = Reader { b: &bytes, at: 0 };
-    while !r.done() {
-        let (field, wire) = r.key().ok_or_else(|| bad("truncated field key"))?;
-        if field == 1 && wire == 2 {
-            let msg = r.bytes().ok_or_else(|| bad("truncated piece"))?;
-            let (mut text, mut score, mut ty) = (None, 0f32, NORMAL);
-            let mut p = Reader { b: msg, at: 0 };
-            while !p.done() {
-                let (f, w) = p.key().ok_or_else(|| bad("truncated piece field"))?;
-                match (f, w) {
-                    (1, 2) => {
-                        let s = p.bytes().ok_or_else(|| bad("truncated piece text"))?;
-                        text = Some(
-                            String::from_utf8(s.to_vec())
-                                .map_err(|_| bad("a piece is not UTF-8"))?,
-                        );
-                    }
-                    (2, 5) => {
-                        let s = p.fixed32().ok_or_else(|| bad("truncated score"))?;
-                        score = f32::from_le_bytes(s);
-                    }
-                    (3, 0) => ty = p.varint().ok_or_else(|| bad("truncated type"))? as i32,
-                    (_, w) => p.skip(w).ok_or_else(|| bad("truncated piece field"))?,
-                }
-            }
-            pieces.push((text.ok_or_else(|| bad("a piece without text"))?, score, ty));
-        } else {
-            r.skip(wire).ok_or_else(|| bad("truncated field"))?;
-        }
-    }
-    if pieces.is_empty() {
-        return Err(bad("no pieces"));
-    }
-    Ok(pieces)
-}
-
-/// A protobuf wire-format reader over one message's bytes.
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn done(&self) -> bool {
-        self.at >= self.b.len()
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.at)?;
-            self.at += 1;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn key(&mut self) -> Option<(u64, u64)> {
-        let k = self.varint()?;
-        Some((k >> 3, k & 7))
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(s)
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.varint()?).ok()?;
-        self.take(n)
-    }
-
-    fn fixed32(&mut self) -> Option<[u8; 4]> {
-        self.take(4)?.try_into().ok()
-    }
-
-    fn skip(&mut self, wire: u64) -> Option<()> {
-        match wire {
-            0 => self.varint().map(|_| ()),
-            1 => self.take(8).map(|_| ()),
-            2 => self.bytes().map(|_| ()),
-            5 => self.take(4).map(|_| ()),
-            _ => None,
-        }
-    }
-}
+use crate::spm_model::{BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, read_pieces};
 
 /// A JSON file of the folder, `None` where it is absent.
-fn json_file(dir: &Path, name: &str) -> Result<Option<Value>, LlamaError> {
+pub(crate) fn json_file(dir: &Path, name: &str) -> Result<Option<Value>, LlamaError> {
     let path = dir.join(name);
     if !path.is_file() {
         return Ok(None);
@@ -413,7 +304,7 @@ fn special_vocab(
             if let Some(v) = tc.get(&format!("add_{typ}_token")).and_then(Value::as_bool) {
                 // Only bos / eos matter to llama.cpp; the converter's sep flag is a BERT one.
                 if typ == "bos" || typ == "eos" {
-                    set_add(&mut add, if typ == "bos" { "bos" } else { "eos" }, v, false);
+                    set_add(&mut add, typ, v, false);
                 }
             }
             let content = match tc.get(&format!("{typ}_token")) {
@@ -464,26 +355,35 @@ fn special_vocab(
     Ok(meta)
 }
 
+/// A copy of the `gguf-merged/spm` fixture in a temporary folder named by `tag`, its
+/// `tokenizer_config.json` changed by `edit` (set to null: left out).
+#[cfg(test)]
+pub(crate) fn spm_fixture_copy(tag: &str, edit: impl FnOnce(&mut Value)) -> std::path::PathBuf {
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/gguf-merged/spm");
+    let dir = std::env::temp_dir().join(format!(
+        "qlora-spm-{}-{}",
+        tag.replace(' ', "-"),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer.model", "config.json"] {
+        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+    }
+    let mut tc: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    edit(&mut tc);
+    if !tc.is_null() {
+        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    }
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_truncated_or_foreign_file_is_a_named_error() {
-        let dir = std::env::temp_dir().join(format!("qlora-spm-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("tokenizer.model");
-        // A piece field whose length runs past the end.
-        std::fs::write(&path, [0x0a, 0x40, 0x0a]).unwrap();
-        let e = read_pieces(&path).unwrap_err().to_string();
-        assert!(
-            e.contains("tokenizer.model") && e.contains("truncated"),
-            "{e}"
-        );
-        std::fs::write(&path, b"{\"not\": \"protobuf\"}").unwrap();
-        assert!(read_pieces(&path).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     /// A case: name, the special ids, the add flags and whether a chat template is written.
     type SpecialCase = (
@@ -498,8 +398,6 @@ mod tests {
     /// chat template is there).
     #[test]
     fn special_tokens_are_found_as_gguf_py_finds_them() {
-        let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/gguf-merged/spm");
         let cases: [SpecialCase; 4] = [
             (
                 "as is",
@@ -530,31 +428,16 @@ mod tests {
             ),
         ];
         for (name, want_ids, want_add, template) in cases {
-            let dir = std::env::temp_dir().join(format!(
-                "qlora-special-{}-{}",
-                name.replace(' ', "-"),
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            for f in ["tokenizer.json", "tokenizer.model", "config.json"] {
-                std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
-            }
-            let mut tc: Value = serde_json::from_str(
-                &std::fs::read_to_string(fixture.join("tokenizer_config.json")).unwrap(),
-            )
-            .unwrap();
-            match name {
+            let dir = spm_fixture_copy(name, |tc| match name {
                 "bos null" => tc["bos_token"] = Value::Null,
                 "bos object" => {
                     tc["bos_token"] = serde_json::json!({"content": "<s>", "lstrip": false,
                         "normalized": false, "rstrip": false, "single_word": false,
                         "__type": "AddedToken"})
                 }
+                "no config" => *tc = Value::Null,
                 _ => {}
-            }
-            if name != "no config" {
-                std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
-            }
+            });
             let meta = spm_tokenizer_meta(&dir, 407, false).unwrap();
             let get = |k: &str| {
                 meta.iter()

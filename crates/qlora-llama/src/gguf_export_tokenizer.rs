@@ -1,31 +1,26 @@
 //! The `tokenizer.*` metadata of a GGUF model file ([`crate::LlamaForCausalLM::save_gguf`]), as
-//! llama.cpp's `convert_hf_to_gguf.py` writes it: a GGUF base's own keys whole, or a HF
-//! folder's vocabulary.
+//! llama.cpp's `convert_hf_to_gguf.py` writes it: a GGUF base's own keys whole; a HF folder's
+//! SentencePiece `tokenizer.model` where it has one (`gguf_export_spm`, as the converter
+//! prefers it); or its byte-level BPE `tokenizer.json` (`tokenizer.ggml.model = "gpt2"`, the
+//! pre-tokenizer's llama.cpp name, tokens by id with ids the vocabulary skips as `[PAD<id>]`,
+//! types: special added tokens control, other added tokens user-defined, the rest normal;
+//! merges as `"a b"`; bos/eos/pad ids; whether bos/eos are added; the chat template). LLaMA and
+//! Mistral folders also carry `add_prefix_space` over as `add_space_prefix`.
 
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::gguf::{GgufFile, GgufValue};
-use crate::gguf_export_spm::spm_tokenizer_meta;
+use crate::gguf_export_spm::{json_file, spm_tokenizer_meta};
+use crate::spm_model::{CONTROL, NORMAL, UNUSED, USER_DEFINED};
 use crate::{LlamaError, LlamaTokenizer as Tokenizer, ModelType};
-
-/// The folder's `tokenizer_config.json`, `None` where it has none.
-fn tokenizer_config(dir: &Path) -> Result<Option<Value>, LlamaError> {
-    let path = dir.join("tokenizer_config.json");
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| LlamaError::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| LlamaError::format(&path, format!("not valid JSON: {e}")))
-}
 
 /// Whether the folder's `tokenizer_config.json` declares a `GPT2Tokenizer` (Phi-4-mini's:
 /// the converter's Phi-3 class then reads the vocabulary as BPE).
 fn gpt2_class(dir: &Path) -> Result<bool, LlamaError> {
-    Ok(tokenizer_config(dir)?.is_some_and(|v| v["tokenizer_class"] == "GPT2Tokenizer"))
+    Ok(json_file(dir, "tokenizer_config.json")?
+        .is_some_and(|v| v["tokenizer_class"] == "GPT2Tokenizer"))
 }
 
 /// The `tokenizer.*` metadata for the base at `source` (a `.gguf` file: its own keys; a HF
@@ -52,7 +47,8 @@ pub(crate) fn tokenizer_meta(
     // The converter's LlamaModel (LLaMA, Mistral) carries tokenizer_config.json's
     // add_prefix_space over, whichever vocabulary it writes.
     if matches!(family, ModelType::Llama | ModelType::Mistral)
-        && let Some(v) = tokenizer_config(source)?.and_then(|c| c["add_prefix_space"].as_bool())
+        && let Some(v) = json_file(source, "tokenizer_config.json")?
+            .and_then(|c| c["add_prefix_space"].as_bool())
     {
         meta.push(("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(v)));
     }
@@ -121,14 +117,18 @@ fn hf_tokenizer_meta(
         Ok(())
     };
     for (t, id) in vocab {
-        put(t, id.as_u64(), 1)?;
+        put(t, id.as_u64(), NORMAL)?;
     }
     for a in json["added_tokens"].as_array().into_iter().flatten() {
         let t = a["content"].as_str().unwrap_or_default();
         put(
             t,
             a["id"].as_u64(),
-            if a["special"] == true { 3 } else { 4 },
+            if a["special"] == true {
+                CONTROL
+            } else {
+                USER_DEFINED
+            },
         )?;
     }
     let (tokens, types): (Vec<GgufValue>, Vec<GgufValue>) = tokens
@@ -136,7 +136,7 @@ fn hf_tokenizer_meta(
         .enumerate()
         .map(|(i, t)| match t {
             Some((t, ty)) => (GgufValue::Str(t), GgufValue::I32(ty)),
-            None => (GgufValue::Str(format!("[PAD{i}]")), GgufValue::I32(5)),
+            None => (GgufValue::Str(format!("[PAD{i}]")), GgufValue::I32(UNUSED)),
         })
         .unzip();
     let merges = model["merges"]
@@ -219,19 +219,9 @@ mod tests {
     /// `add_space_prefix` (for LLaMA and Mistral folders; Phi-3's class does not).
     #[test]
     fn add_prefix_space_is_carried_over_for_llama_and_mistral() {
-        let fixture =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf-merged/spm");
-        let dir = std::env::temp_dir().join(format!("qlora-prefix-space-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["tokenizer.json", "tokenizer.model", "config.json"] {
-            std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
-        }
-        let mut tc: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture.join("tokenizer_config.json")).unwrap(),
-        )
-        .unwrap();
-        tc["add_prefix_space"] = serde_json::Value::Bool(false);
-        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+        let dir = crate::gguf_export_spm::spm_fixture_copy("prefix space", |tc| {
+            tc["add_prefix_space"] = serde_json::Value::Bool(false)
+        });
         let key = "tokenizer.ggml.add_space_prefix";
         for (family, want) in [
             (ModelType::Llama, Some(GgufValue::Bool(false))),

@@ -40,6 +40,7 @@ mod rope;
 mod rope_config;
 mod safetensors_file;
 mod save;
+mod spm_model;
 
 pub use attention::LlamaAttention;
 pub use block::LlamaDecoderLayer;

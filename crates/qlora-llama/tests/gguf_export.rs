@@ -106,42 +106,44 @@ fn merged_gguf_is_what_llama_cpp_s_converter_writes() {
 /// The logits of `model` at the ids of the safetensors fixture `reference`, against its
 /// tensor `key`, within 1e-4 of their scale.
 fn assert_reference_logits(model: &LlamaForCausalLM, reference: &str, key: &str) {
-    let device = Device::flex();
-    let refs = f32_tensors(reference);
-    let got = values(model.forward(init_refs::input_ids(reference, &device), None));
-    let (_, want) = &refs[key];
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0 && got.iter().all(|v| v.is_finite()));
-    assert_eq!(got.len(), want.len());
-    for (k, (x, y)) in got.iter().zip(want).enumerate() {
-        assert!((x - y).abs() <= 1e-4 * scale, "logits[{k}]: {x} vs {y}");
+    let got = values(model.forward(init_refs::input_ids(reference, &Device::flex()), None));
+    logits::check(reference, got, &f32_tensors(reference)[key].1, 1e-4);
+}
+
+/// A float model read from a folder or file (no adapters).
+fn load(path: &std::path::Path) -> LlamaForCausalLM {
+    LlamaForCausalLM::load(path, &LoraApplier::base_only(None, &Device::flex())).unwrap()
+}
+
+/// The fixture folder `gguf-merged/<name>`: read, it gives transformers' logits
+/// (`<name>/reference.safetensors`); written as F32 GGUF (returned), it is what the converter
+/// wrote (`<name>-f32.gguf`, [`assert_like_converter`]); read back, ours and the converter's
+/// file give transformers' logits.
+fn converter_round_trip(name: &str) -> PathBuf {
+    let folder = fixture(&format!("gguf-merged/{name}"));
+    let reference = format!("gguf-merged/{name}/reference.safetensors");
+    let theirs = fixture(&format!("gguf-merged/{name}-f32.gguf"));
+    let model = load(&folder);
+    assert_reference_logits(&model, &reference, "logits");
+    let path = tmp(&format!("{name}.gguf"));
+    model
+        .save_gguf(&path, GgmlType::F32, &folder, name)
+        .unwrap();
+    assert_like_converter(&path, &theirs, name);
+    for file in [&path, &theirs] {
+        assert_reference_logits(&load(file), &reference, "logits");
     }
+    path
 }
 
 #[test]
 fn llama3_rope_scaling_is_written_and_read_as_llama_cpp_s_rope_freqs() {
-    let device = Device::flex();
-    let folder = fixture("gguf-merged/llama3-rope");
-    let reference = "gguf-merged/llama3-rope/reference.safetensors";
-    let theirs = fixture("gguf-merged/llama3-rope-f32.gguf");
-    let model = LlamaForCausalLM::load(&folder, &LoraApplier::base_only(None, &device)).unwrap();
-    // Our reading of the HF folder is transformers' model.
-    assert_reference_logits(&model, reference, "logits");
-    let path = tmp("llama3-rope.gguf");
-    model
-        .save_gguf(&path, GgmlType::F32, &folder, "llama3-rope")
-        .unwrap();
     // The divisors within f32 rounding of the converter's (1, smoothed, 8, 8 here).
-    assert_like_converter(&path, &theirs, "llama3 rope");
-    // Read back, ours and the converter's file give transformers' logits.
-    for file in [&path, &theirs] {
-        let back = LlamaForCausalLM::load(file, &LoraApplier::base_only(None, &device)).unwrap();
-        assert_reference_logits(&back, reference, "logits");
-    }
+    let path = converter_round_trip("llama3-rope");
     // And what was read from GGUF is written back with the same divisors.
-    let back = LlamaForCausalLM::load(&path, &LoraApplier::base_only(None, &device)).unwrap();
     let again = tmp("llama3-rope-again.gguf");
-    back.save_gguf(&again, GgmlType::F32, &path, "again")
+    load(&path)
+        .save_gguf(&again, GgmlType::F32, &path, "again")
         .unwrap();
     let divisors = |p: &std::path::Path| {
         GgufFile::open(p)
@@ -181,47 +183,16 @@ fn merged_gguf_reads_back_with_the_merged_logits_and_the_base_s_tokens() {
 
 #[test]
 fn phi3_with_longrope_is_what_llama_cpp_s_converter_writes() {
-    let device = Device::flex();
-    let folder = fixture("gguf-merged/phi3-longrope");
-    let reference = "gguf-merged/phi3-longrope/reference.safetensors";
-    let theirs = fixture("gguf-merged/phi3-longrope-f32.gguf");
-    let model = LlamaForCausalLM::load(&folder, &LoraApplier::base_only(None, &device)).unwrap();
-    assert_reference_logits(&model, reference, "logits");
-    let path = tmp("phi3-longrope.gguf");
-    model
-        .save_gguf(&path, GgmlType::F32, &folder, "phi3-longrope")
-        .unwrap();
-    // Fused attn_qkv / ffn_up, the LongRoPE factor tensors, Phi-3's keys.
-    assert_like_converter(&path, &theirs, "phi3 longrope");
-    // Read back (24 positions, past the original context of 8: the long factors), ours and
-    // the converter's file give transformers' logits.
-    for file in [&path, &theirs] {
-        let back = LlamaForCausalLM::load(file, &LoraApplier::base_only(None, &device)).unwrap();
-        assert_reference_logits(&back, reference, "logits");
-    }
-    std::fs::remove_file(&path).unwrap();
+    // Fused attn_qkv / ffn_up, the LongRoPE factor tensors, Phi-3's keys; read back at 24
+    // positions, past the original context of 8: the long factors.
+    std::fs::remove_file(converter_round_trip("phi3-longrope")).unwrap();
 }
 
 #[test]
 fn gemma3_is_what_llama_cpp_s_converter_writes() {
-    let device = Device::flex();
-    let folder = fixture("gguf-merged/gemma3");
-    let reference = "gguf-merged/gemma3/reference.safetensors";
-    let theirs = fixture("gguf-merged/gemma3-f32.gguf");
-    let model = LlamaForCausalLM::load(&folder, &LoraApplier::base_only(None, &device)).unwrap();
-    assert_reference_logits(&model, reference, "logits");
-    let path = tmp("gemma3.gguf");
-    model
-        .save_gguf(&path, GgmlType::F32, &folder, "gemma3")
-        .unwrap();
     // Norms as 1 + w, both RoPE bases, linear scaling of the global one, the window, tied
     // embeddings, the SentencePiece vocabulary without a space prefix.
-    assert_like_converter(&path, &theirs, "gemma3");
-    for file in [&path, &theirs] {
-        let back = LlamaForCausalLM::load(file, &LoraApplier::base_only(None, &device)).unwrap();
-        assert_reference_logits(&back, reference, "logits");
-    }
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(converter_round_trip("gemma3")).unwrap();
 }
 
 #[test]

@@ -13,8 +13,8 @@ use qlora_nn::{InitLoraWeights, LoraApplier, LoraModel, PeftAdapter};
 mod init_refs;
 #[path = "support/logits.rs"]
 mod logits;
-use init_refs::{fixture, input_ids, model_dir};
-use logits::{check, st_f32s, values};
+use init_refs::{f32_tensors, fixture, input_ids, model_dir};
+use logits::{check, values};
 
 const LOGITS: &str = "pissa_to_lora/logits.safetensors";
 
@@ -23,9 +23,7 @@ fn adapter(which: &str, device: &Device) -> PeftAdapter {
 }
 
 fn reference_logits(key: &str) -> Vec<f32> {
-    let bytes = std::fs::read(fixture(LOGITS)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st_f32s(&st, key)
+    f32_tensors(LOGITS)[key].1.clone()
 }
 
 /// The original (fp32) tiny LLaMA with `adapter` loaded as `default`: its logits.

@@ -10,7 +10,9 @@
 //! doubled so the scaling stays `s`. The converted adapter loads on the unmodified base, beside
 //! other adapters, without re-running the SVD.
 //!
-//! As PEFT, it refuses rsLoRA together with rank or alpha patterns. Unlike PEFT, which keeps
+//! Only PiSSA is converted (other starts leave the base alone, so their adapter already applies
+//! to it), and only against its own start (same rank, alpha, rsLoRA and patterns). As PEFT, it
+//! refuses rsLoRA together with rank or alpha patterns. Unlike PEFT, which keeps
 //! only `lora_A` / `lora_B`, the adapter's DoRA magnitudes, `modules_to_save` and trainable
 //! tokens are carried over: a magnitude normalises `W_res + s·B·A`, the same matrix, and the
 //! others replace base parameters PiSSA never touched. LoftQ is refused: its base is the
