@@ -98,6 +98,35 @@ fn quant_type_double_quant_and_blocksize_reach_the_base() {
     }
 }
 
+/// `finetune` of the tiny run into `out` for `steps` steps (batch 2 × 32 tokens, Flex, no sample
+/// answers), then `extra`.
+fn tiny_args<'a>(
+    tiny: &'a cli::TinyRun,
+    out: &'a Path,
+    steps: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "--model",
+        tiny.model.to_str().unwrap(),
+        "--data",
+        tiny.data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--device",
+        "flex",
+        "--no-samples",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The std of the `lora_A` tensors of an adapter folder.
 fn lora_a_std(adapter: &Path) -> f64 {
     let bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
@@ -120,28 +149,10 @@ fn lora_a_std(adapter: &Path) -> f64 {
 #[test]
 fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_and_loftq_are_saved_by_name() {
     let tiny = cli::TinyRun::new("init-lora");
-    let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
+    let work = tiny.work.clone();
     // One step of the tiny run into `out`, with `extra` options.
     let finetune = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-            "--device",
-            "flex",
-            "--no-samples",
-        ];
-        args.extend_from_slice(extra);
-        cli::ok("finetune", &args);
+        cli::ok("finetune", &tiny_args(&tiny, out, "1", extra));
     };
     let mut stds = Vec::new();
     for init in ["default", "gaussian", "pissa", "loftq"] {
@@ -212,32 +223,21 @@ fn save_as_lora_writes_a_pissa_run_as_plain_lora_on_the_original_base() {
     let tiny = cli::TinyRun::new("save-as-lora");
     let (model, work, data) = (tiny.model.clone(), tiny.work.clone(), tiny.data.clone());
     let out = work.join("pissa");
-    let mut args = vec![
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--steps",
-        "3",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "32",
-        "--lr",
-        "1e-2",
-        "--rank",
-        "4",
-        "--quant-type",
-        "none",
-        "--init-lora-weights",
-        "pissa",
-        "--device",
-        "flex",
-        "--no-samples",
-    ];
-    let log = cli::ok("finetune", &[args.as_slice(), &["--save-as-lora"]].concat());
+    let args = |init| {
+        let options = [
+            "--lr",
+            "1e-2",
+            "--rank",
+            "4",
+            "--quant-type",
+            "none",
+            "--init-lora-weights",
+            init,
+            "--save-as-lora",
+        ];
+        tiny_args(&tiny, &out, "3", &options)
+    };
+    let log = cli::ok("finetune", &args("pissa"));
     assert!(
         log.contains("adapter as plain LoRA on the original weights (rank 8)"),
         "{log}"
@@ -263,9 +263,7 @@ fn save_as_lora_writes_a_pissa_run_as_plain_lora_on_the_original_base() {
     );
 
     // Only a PiSSA run converts, said before any work.
-    let init = args.iter().position(|a| *a == "pissa").unwrap();
-    args[init] = "default";
-    let err = cli::run("finetune", &[args.as_slice(), &["--save-as-lora"]].concat());
+    let err = cli::run("finetune", &args("default"));
     let stderr = String::from_utf8_lossy(&err.stderr);
     assert!(
         !err.status.success() && stderr.contains("--save-as-lora converts a PiSSA adapter"),
