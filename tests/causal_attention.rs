@@ -1,6 +1,6 @@
 //! The causal attention op (`burn_qlora::fused::causal_attention`) against Burn's own
 //! `attention` with the kv heads repeated (`repeat_kv`), on Flex (the fused host kernels) and
-//! on wgpu where an adapter exists (the default bodies on CubeCL): outputs and the gradients in
+//! on wgpu where an adapter exists (the tiled CubeCL kernels): outputs and the gradients in
 //! q, k and v under a non-uniform upstream gradient, for grouped-query heads, sequences that
 //! cross the kernel's row blocks, and a decoding step against a longer cache; and the sliding
 //! window (`causal_attention_windowed`) against the same with an explicit mask.
@@ -130,6 +130,9 @@ fn check(device: &Device) {
         [1, 4, 4, 64, 64, 8],
         [2, 4, 2, 1, 37, 8],
         [1, 3, 1, 3, 40, 8],
+        // Head width 64: the Cube kernels' shared tiles hold 31 key rows of it, so 70 rows
+        // cross tiles of keys and of queries (32 rows a cube).
+        [1, 2, 1, 70, 70, 64],
     ] {
         check_case(device, case, None);
     }

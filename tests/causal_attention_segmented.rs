@@ -2,7 +2,9 @@
 //! concatenated in a row, each attending only inside itself, equal to each sample computed
 //! alone with `causal_attention` (or `causal_attention_windowed`), outputs and gradients in q,
 //! k and v, on Flex (the host kernels, which skip the keys before a block's samples) and on
-//! wgpu where an adapter exists (the default bodies with an explicit mask).
+//! wgpu where an adapter exists (the tiled CubeCL kernels, which read the starts per row; the
+//! reference there is the same kernels without starts, held to Burn's `attention` by
+//! `tests/causal_attention.rs`).
 
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
 use burn_qlora::fused::{causal_attention, causal_attention_segmented, causal_attention_windowed};

@@ -11,7 +11,8 @@
 //! `[b, h, tq, tk]` scores and probabilities of every layer for the backward pass. Here the
 //! backward pass keeps only `Q`, `K`, `V` and recomputes the probabilities block by block
 //! (Dao et al. 2022, *FlashAttention*). Flex runs a fused host kernel for both passes; other
-//! backends use the default bodies, composed of their own ops (Burn's `attention` forward).
+//! CubeCL runtimes run tiled kernels of the same scheme (`backends/cube/attention_kernels.rs`);
+//! the default bodies, composed of a backend's own ops, hold the scores and define the op.
 
 use burn::backend::{
     Backend, Dispatch, Shape, TensorMetadata, backend_extension, get_or_init_device_settings,
@@ -28,7 +29,7 @@ pub trait CausalAttentionOps: Backend {
     /// `[b, h, tq, dv]`: attention of queries `q` `[b, h, tq, d]` over keys `k` `[b, kvh, tk, d]`
     /// and values `v` `[b, kvh, tk, dv]`, scores scaled by `scale`, each query seeing the last
     /// `window` keys up to its position where a window is given.
-    #[fusion(default)]
+    #[fusion(dtype = q, shape = out_shape(q, v))]
     fn causal_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -61,7 +62,7 @@ pub trait CausalAttentionOps: Backend {
 
     /// The gradients `(dq, dk, dv)` of `Σ dout ∘ causal_attention(q, k, v, scale, window)`, in
     /// the shapes of `q`, `k` and `v`.
-    #[fusion(default)]
+    #[fusion(meta = |q, k, v, _dout, _scale, _window| (q.clone(), k.clone(), v.clone()))]
     fn causal_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -76,7 +77,7 @@ pub trait CausalAttentionOps: Backend {
     /// [`CausalAttentionOps::causal_attention`] over a padding-free batch: query `i` of batch
     /// row `b` sees no key before `starts[b, i]` (`[b, tq]` ints, the first position of its
     /// sample in the row), so the samples concatenated in a row do not see each other.
-    #[fusion(default)]
+    #[fusion(dtype = q, shape = out_shape(q, v))]
     fn causal_attention_segmented(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -93,7 +94,7 @@ pub trait CausalAttentionOps: Backend {
     }
 
     /// The gradients `(dq, dk, dv)` of [`CausalAttentionOps::causal_attention_segmented`].
-    #[fusion(default)]
+    #[fusion(meta = |q, k, v, _starts, _dout, _scale, _window| (q.clone(), k.clone(), v.clone()))]
     fn causal_attention_segmented_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -105,6 +106,12 @@ pub trait CausalAttentionOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed_backward::<Self>(q, k, v, dout, scale, window, Some(starts))
     }
+}
+
+/// The output's shape `[b, h, tq, dv]` for queries `q` and values `v` (Fusion's metadata).
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+fn out_shape(q: &Shape, v: &Shape) -> Shape {
+    Shape::new([q[0], q[1], q[2], v[3]])
 }
 
 fn dims4(t: &impl TensorMetadata, what: &str) -> [usize; 4] {

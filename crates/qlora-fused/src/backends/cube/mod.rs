@@ -1,16 +1,17 @@
 //! The fused ops on `CubeBackend` (every CubeCL runtime) and, through the macro's `Fusion`
-//! routing, on `Fusion<CubeBackend>`: the composite default bodies of the op traits, written
-//! with the backend's own kernels (matmul, softmax, scatter), which Fusion merges where it can.
+//! routing, on `Fusion<CubeBackend>`. Causal attention has its own tiled kernels
+//! ([`attention`]); the other ops use the composite default bodies of their traits, written with
+//! the backend's own kernels (matmul, softmax, scatter), which Fusion merges where it can.
+
+mod attention;
+mod attention_kernels;
 
 use burn_cubecl::CubeBackend;
 
-use crate::ops::{BlockOps, CausalAttentionOps, DropoutOps, LinearCrossEntropyOps, LoraLinearOps};
+use crate::ops::{BlockOps, DropoutOps, LinearCrossEntropyOps, LoraLinearOps};
 
 /// The backend's own matmul, max/sum reductions and scatter: all logits are held.
 impl LinearCrossEntropyOps for CubeBackend {}
-
-/// Burn's `attention` forward, and the backward of the definition (all scores held).
-impl CausalAttentionOps for CubeBackend {}
 
 /// Element-wise ops that Fusion merges into few kernels.
 impl BlockOps for CubeBackend {}
