@@ -1,6 +1,6 @@
 //! The fused block ops (`rms_norm`, `swiglu`, `geglu_tanh`, `rope` of `burn_qlora::fused`) against the same
 //! functions composed of Burn tensor ops, on Flex (the fused host kernels) and on wgpu where an
-//! adapter exists (the default bodies on CubeCL): outputs and input gradients under a
+//! adapter exists (one CubeCL kernel a pass): outputs and input gradients under a
 //! non-uniform upstream gradient, and the norm's weight gradient.
 
 use burn::tensor::activation::silu;

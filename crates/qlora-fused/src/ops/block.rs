@@ -3,8 +3,9 @@
 //!
 //! Composed of Burn ops, each of these is five to ten element-wise ops, and under Autodiff as
 //! many backward nodes, each op a pass over memory and a fresh buffer. Flex runs one fused host
-//! kernel per pass (`host::block`); other backends use the default bodies, composed of
-//! their own ops (on CubeCL, Fusion merges them into few kernels anyway).
+//! kernel per pass (`host::block`), CubeCL runtimes one CubeCL kernel per pass
+//! (`backends/cube/block_kernels.rs`); the default bodies, composed of a backend's own ops,
+//! define the ops.
 
 use burn::backend::{
     Backend, Dispatch, Shape, Slice, TensorMetadata, backend_extension, tensor::FloatTensor,
@@ -16,7 +17,7 @@ use burn::tensor::Tensor;
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"), Fusion: cfg(feature = "cube"))]
 pub trait BlockOps: Backend {
     /// `w ∘ x / √(mean(x²) + ε)` over the last dimension of `x` `[.., n]`, `w` `[n]`.
-    #[fusion(default)]
+    #[fusion(dtype = x, shape = x)]
     fn rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
         let (shape, n) = last_dim(&x);
         let r = inv_rms::<Self>(x.clone(), eps);
@@ -29,7 +30,7 @@ pub trait BlockOps: Backend {
     }
 
     /// `(dx, dw)` of [`BlockOps::rms_norm`] under the gradient `dy`.
-    #[fusion(default)]
+    #[fusion(meta = |x, w, _dy, _eps| (x.clone(), w.clone()))]
     fn rms_norm_backward(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -64,14 +65,14 @@ pub trait BlockOps: Backend {
     }
 
     /// `silu(gate) ∘ up`, same shapes.
-    #[fusion(default)]
+    #[fusion(dtype = gate, shape = gate)]
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let s = Self::sigmoid(gate.clone());
         Self::float_mul(Self::float_mul(gate, s), up)
     }
 
     /// `(dgate, dup)` of [`BlockOps::swiglu`] under the gradient `dy`.
-    #[fusion(default)]
+    #[fusion(meta = |gate, up, _dy| (gate.clone(), up.clone()))]
     fn swiglu_backward(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
@@ -90,14 +91,14 @@ pub trait BlockOps: Backend {
     /// `gelu_tanh(gate) ∘ up`, same shapes: GeGLU (Shazeer 2020) with GELU's tanh
     /// approximation (Gemma's `gelu_pytorch_tanh`), `gelu_tanh(g) = ½ g (1 + tanh(β (g + κ g³)))`,
     /// `β = √(2/π)`, `κ = 0.044715`.
-    #[fusion(default)]
+    #[fusion(dtype = gate, shape = gate)]
     fn geglu_tanh(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let (gelu, _) = gelu_tanh_parts::<Self>(gate);
         Self::float_mul(gelu, up)
     }
 
     /// `(dgate, dup)` of [`BlockOps::geglu_tanh`] under the gradient `dy`.
-    #[fusion(default)]
+    #[fusion(meta = |gate, up, _dy| (gate.clone(), up.clone()))]
     fn geglu_tanh_backward(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
@@ -135,7 +136,7 @@ pub trait BlockOps: Backend {
     /// `[b, h, t, d]` and tables `[t, w]`, on the leading `w ≤ d` of each head (the rest passed
     /// through). With `transpose`, the adjoint `dy ∘ cos + [(dy ∘ sin)₂, −(dy ∘ sin)₁]` (the
     /// input gradient of the rotation).
-    #[fusion(default)]
+    #[fusion(dtype = x, shape = x)]
     fn rope(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,

@@ -1,20 +1,21 @@
 //! The fused ops on `CubeBackend` (every CubeCL runtime) and, through the macro's `Fusion`
-//! routing, on `Fusion<CubeBackend>`. Causal attention has its own tiled kernels
-//! ([`attention`]); the other ops use the composite default bodies of their traits, written with
-//! the backend's own kernels (matmul, softmax, scatter), which Fusion merges where it can.
+//! routing, on `Fusion<CubeBackend>`. Causal attention has its own tiled kernels ([`attention`]),
+//! the block ops one kernel a pass ([`block`]); the others use the composite default bodies of
+//! their traits, written with the backend's own kernels (matmul, softmax, scatter; the loss chunk
+//! by chunk), which Fusion merges where it can.
 
 mod attention;
 mod attention_kernels;
+mod block;
+mod block_kernels;
 
 use burn_cubecl::CubeBackend;
 
-use crate::ops::{BlockOps, DropoutOps, LinearCrossEntropyOps, LoraLinearOps};
+use crate::ops::{DropoutOps, LinearCrossEntropyOps, LoraLinearOps};
 
-/// The backend's own matmul, max/sum reductions and scatter: all logits are held.
+/// The backend's own matmul, max/sum reductions and scatter, over chunks of rows: at most
+/// `CHUNK_LOGITS` logits held at a time.
 impl LinearCrossEntropyOps for CubeBackend {}
-
-/// Element-wise ops that Fusion merges into few kernels.
-impl BlockOps for CubeBackend {}
 
 /// The backend's generator, reseeded with each call's seed, and its element-wise multiply.
 impl DropoutOps for CubeBackend {}

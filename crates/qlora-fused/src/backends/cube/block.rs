@@ -1,0 +1,264 @@
+//! [`BlockOps`] on `CubeBackend` (and, through the ops' Fusion metadata, on
+//! `Fusion<CubeBackend>`): one kernel per pass of each op (`block_kernels`) instead of the five
+//! to ten element-wise ops and reductions of the composed default bodies.
+
+use burn::backend::{
+    Shape, TensorMetadata, cubecl::dtype_to_storage_type, ops::FloatTensorOps, tensor::FloatTensor,
+};
+use burn_cubecl::{
+    CubeBackend, cubecl::prelude::*, kernel::into_contiguous,
+    ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor,
+};
+
+use super::block_kernels::{
+    UNITS, glu_backward_kernel, glu_kernel, rms_norm_backward_kernel, rms_norm_kernel,
+    rms_norm_weight_grad_kernel, rope_kernel,
+};
+use crate::ops::{BlockOps, GELU_BETA, GELU_KAPPA};
+
+/// A grid of `cubes` cubes folded into two dimensions (65,535 at most in one).
+fn grid(cubes: usize) -> CubeCount {
+    let x = cubes.clamp(1, 65_535);
+    CubeCount::Static(x as u32, cubes.div_ceil(x).max(1) as u32, 1)
+}
+
+/// A new contiguous tensor shaped and typed as `like`.
+fn empty_like(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, like.dtype)
+}
+
+/// `t`'s buffer.
+///
+/// # Safety
+/// `t` is contiguous (its buffer holds its shape's count of elements).
+unsafe fn buffer(t: &CubeTensor) -> BufferArg {
+    // SAFETY: as the caller promises.
+    unsafe { BufferArg::from_raw_parts(t.handle.clone(), t.shape().num_elements()) }
+}
+
+/// `t` contiguous and in `dtype`.
+fn contiguous_as(t: CubeTensor, like: &CubeTensor) -> CubeTensor {
+    into_contiguous(cast_to(t, like.dtype))
+}
+
+/// `t` in `dtype` (the float type the op's caller gave that input).
+fn cast_to(t: CubeTensor, dtype: burn::backend::DType) -> CubeTensor {
+    if t.dtype == dtype {
+        t
+    } else {
+        CubeBackend::float_cast(t, dtype.into())
+    }
+}
+
+/// `(rows, n)` of a tensor whose last dimension is `n`.
+fn rows_n(x: &CubeTensor) -> (usize, usize) {
+    let s = x.shape();
+    let n = *s
+        .as_slice()
+        .last()
+        .expect("a tensor of at least one dimension");
+    (s.num_elements() / n.max(1), n)
+}
+
+fn glu(gate: CubeTensor, up: CubeTensor, gelu: bool) -> CubeTensor {
+    let gate = into_contiguous(gate);
+    let up = contiguous_as(up, &gate);
+    let y = empty_like(&gate, gate.shape());
+    let len = gate.shape().num_elements();
+    if len > 0 {
+        // SAFETY: contiguous tensors of `len` elements.
+        unsafe {
+            glu_kernel::launch(
+                &gate.client,
+                grid(len.div_ceil(UNITS)),
+                CubeDim::new_1d(UNITS as u32),
+                buffer(&gate),
+                buffer(&up),
+                buffer(&y),
+                len,
+                GELU_BETA,
+                GELU_KAPPA,
+                gelu,
+                dtype_to_storage_type(gate.dtype),
+            );
+        }
+    }
+    y
+}
+
+fn glu_backward(
+    gate: CubeTensor,
+    up: CubeTensor,
+    dy: CubeTensor,
+    gelu: bool,
+) -> (CubeTensor, CubeTensor) {
+    let up_dtype = up.dtype;
+    let gate = into_contiguous(gate);
+    let up = contiguous_as(up, &gate);
+    let dy = contiguous_as(dy, &gate);
+    let (dg, du) = (
+        empty_like(&gate, gate.shape()),
+        empty_like(&gate, gate.shape()),
+    );
+    let len = gate.shape().num_elements();
+    if len > 0 {
+        // SAFETY: contiguous tensors of `len` elements.
+        unsafe {
+            glu_backward_kernel::launch(
+                &gate.client,
+                grid(len.div_ceil(UNITS)),
+                CubeDim::new_1d(UNITS as u32),
+                buffer(&gate),
+                buffer(&up),
+                buffer(&dy),
+                buffer(&dg),
+                buffer(&du),
+                len,
+                GELU_BETA,
+                GELU_KAPPA,
+                gelu,
+                dtype_to_storage_type(gate.dtype),
+            );
+        }
+    }
+    (dg, cast_to(du, up_dtype))
+}
+
+/// One kernel a pass (see the module docs).
+impl BlockOps for CubeBackend {
+    fn rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        let x = into_contiguous(x);
+        let w = contiguous_as(w, &x);
+        let y = empty_like(&x, x.shape());
+        let (rows, n) = rows_n(&x);
+        if rows * n > 0 {
+            // SAFETY: contiguous tensors of their shapes' counts.
+            unsafe {
+                rms_norm_kernel::launch(
+                    &x.client,
+                    grid(rows),
+                    CubeDim::new_1d(UNITS as u32),
+                    buffer(&x),
+                    buffer(&w),
+                    buffer(&y),
+                    rows,
+                    n,
+                    eps,
+                    dtype_to_storage_type(x.dtype),
+                );
+            }
+        }
+        y
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let w_dtype = w.dtype;
+        let x = into_contiguous(x);
+        let w = contiguous_as(w, &x);
+        let dy = contiguous_as(dy, &x);
+        let (rows, n) = rows_n(&x);
+        let dx = empty_like(&x, x.shape());
+        if rows * n == 0 {
+            let dw = CubeBackend::float_zeros(Shape::new([n]), &x.device, w_dtype.into());
+            return (dx, dw);
+        }
+        let dw = empty_like(&x, Shape::new([n]));
+        let inv = x.client.empty(rows * 4);
+        let dtype = dtype_to_storage_type(x.dtype);
+        // SAFETY: contiguous tensors of their shapes' counts; `inv` holds `rows` f32.
+        unsafe {
+            rms_norm_backward_kernel::launch(
+                &x.client,
+                grid(rows),
+                CubeDim::new_1d(UNITS as u32),
+                buffer(&x),
+                buffer(&w),
+                buffer(&dy),
+                buffer(&dx),
+                BufferArg::from_raw_parts(inv.clone(), rows),
+                rows,
+                n,
+                eps,
+                dtype,
+            );
+            rms_norm_weight_grad_kernel::launch(
+                &x.client,
+                grid(n.div_ceil(UNITS)),
+                CubeDim::new_1d(UNITS as u32),
+                buffer(&x),
+                buffer(&dy),
+                BufferArg::from_raw_parts(inv, rows),
+                buffer(&dw),
+                rows,
+                n,
+                dtype,
+            );
+        }
+        (dx, cast_to(dw, w_dtype))
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        glu(gate, up, false)
+    }
+
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        glu_backward(gate, up, dy, false)
+    }
+
+    fn geglu_tanh(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        glu(gate, up, true)
+    }
+
+    fn geglu_tanh_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        glu_backward(gate, up, dy, true)
+    }
+
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        transpose: bool,
+    ) -> FloatTensor<Self> {
+        let x = into_contiguous(x);
+        let (cos, sin) = (contiguous_as(cos, &x), contiguous_as(sin, &x));
+        let dims = x.shape().as_slice().to_vec();
+        let (t, d) = (dims[2], dims[3]);
+        let w = cos.shape().as_slice()[1];
+        let y = empty_like(&x, x.shape());
+        let len = x.shape().num_elements();
+        if len > 0 {
+            // SAFETY: contiguous tensors of their shapes' counts.
+            unsafe {
+                rope_kernel::launch(
+                    &x.client,
+                    grid(len.div_ceil(UNITS)),
+                    CubeDim::new_1d(UNITS as u32),
+                    buffer(&x),
+                    buffer(&cos),
+                    buffer(&sin),
+                    buffer(&y),
+                    len,
+                    t,
+                    d,
+                    w,
+                    transpose,
+                    dtype_to_storage_type(x.dtype),
+                );
+            }
+        }
+        y
+    }
+}
