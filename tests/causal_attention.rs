@@ -168,3 +168,67 @@ fn heads_that_do_not_group_are_refused() {
     let kv = Tensor::<4>::zeros([1, 2, 4, 8], &d);
     let _ = causal_attention(q, kv.clone(), kv, 0.5);
 }
+
+/// Output and gradients of one call on `device`, inputs from fixed seeds.
+fn run_on(
+    device: &Device,
+    [b, h, kvh, tq, tk, d]: [usize; 6],
+    window: Option<usize>,
+) -> Vec<Vec<f32>> {
+    let ad = device.clone().autodiff();
+    let t = |n: [usize; 4], seed| {
+        Tensor::<4>::from_data(
+            TensorData::new(values(n.iter().product(), seed, 1.5), n),
+            &ad,
+        )
+        .require_grad()
+    };
+    let (q, k, v) = (
+        t([b, h, tq, d], 1),
+        t([b, kvh, tk, d], 2),
+        t([b, kvh, tk, d], 3),
+    );
+    let g = Tensor::<4>::from_data(
+        TensorData::new(values(b * h * tq * d, 4, 1.0), [b, h, tq, d]),
+        &ad,
+    );
+    let scale = 1.0 / (d as f32).sqrt();
+    let out = match window {
+        Some(w) => causal_attention_windowed(q.clone(), k.clone(), v.clone(), scale, w),
+        None => causal_attention(q.clone(), k.clone(), v.clone(), scale),
+    };
+    let grads = (out.clone() * g).sum().backward();
+    let mut all = vec![vals(out)];
+    all.extend([&q, &k, &v].map(|x| vals(x.grad(&grads).unwrap())));
+    all
+}
+
+#[test]
+#[cfg_attr(qlora_no_vulkan, ignore = "cannot run here: no Vulkan driver")]
+fn wgpu_agrees_with_flex_where_burn_has_no_reference() {
+    let wgpu = wgpu::device(DeviceKind::default());
+    // More queries than keys: the first rows see no key and give 0 (the op's definition, which
+    // Flex's kernel is tested against); a window longer than any index (no window at all).
+    for (case, window) in [
+        ([1, 2, 1, 5, 3, 8], None),
+        ([2, 4, 2, 40, 40, 8], Some(usize::MAX)),
+        ([2, 4, 2, 40, 40, 8], Some(40)),
+    ] {
+        let (ours, want) = (
+            run_on(&wgpu, case, window),
+            run_on(&Device::flex(), case, window),
+        );
+        for (name, (o, w)) in ["out", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&want)) {
+            let tol = if *name == "out" { 1e-5 } else { 1e-4 };
+            assert_close(o, w, tol, &format!("{case:?} window {window:?}: {name}"));
+        }
+        if case[3] > case[4] {
+            let [_, h, _, tq, tk, d] = case;
+            let blind = tq - tk; // rows 0 .. tq − tk of each head see no key
+            for head in 0..h {
+                let rows = &ours[0][(head * tq) * d..(head * tq + blind) * d];
+                assert!(rows.iter().all(|&x| x == 0.0), "rows with no key: {rows:?}");
+            }
+        }
+    }
+}

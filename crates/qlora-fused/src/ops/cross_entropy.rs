@@ -11,11 +11,12 @@
 //! upstream one, row by row, which is exact.
 //!
 //! The default bodies (what CubeCL runtimes run) are composed of the backend's ops over chunks
-//! of rows, at most [`CHUNK_LOGITS`] logits at a time, so they never hold the whole
-//! `[tokens, vocab]` logits either; Flex has its own fused host kernel.
+//! of rows, [`CHUNK_LOGITS`] logits a chunk (a few buffers of that size live at once: the
+//! logits, their exponentials, the gradient), so they never hold the whole `[tokens, vocab]`
+//! logits either; Flex has its own fused host kernel.
 
 use burn::backend::{
-    Backend, Dispatch, Shape, TensorMetadata, backend_extension,
+    Backend, DType, Dispatch, FloatDType, Shape, TensorMetadata, backend_extension,
     tensor::{FloatTensor, IndexingUpdateOp, IntTensor},
 };
 use burn::tensor::{Int, Tensor};
@@ -133,7 +134,13 @@ pub(crate) fn chunked<B: Backend>(
                 dxs.push(B::float_matmul(dlogits, w.clone()));
             }
             Want::WeightGrad => {
+                // Summed in f32 whatever the float type, rounded to it once at the end.
                 let part = B::float_matmul(B::float_transpose(dlogits), xc);
+                let part = if part.dtype() == DType::F32 {
+                    part
+                } else {
+                    B::float_cast(part, FloatDType::F32)
+                };
                 dw = Some(match dw {
                     None => part,
                     Some(acc) => B::float_add(acc, part),
@@ -144,7 +151,13 @@ pub(crate) fn chunked<B: Backend>(
     let grad = match want {
         Want::Loss => None,
         Want::InputGrad => Some(B::float_cat(dxs, 0)),
-        Want::WeightGrad => dw,
+        Want::WeightGrad => dw.map(|g| {
+            if g.dtype() == w.dtype() {
+                g
+            } else {
+                B::float_cast(g, w.dtype().into())
+            }
+        }),
     };
     let loss = if losses.is_empty() {
         B::float_zeros(Shape::new([0]), &x.device(), x.dtype().into())

@@ -5,7 +5,7 @@
 //! key-side kernels.
 
 use burn::backend::{
-    FloatDType, IntDType, Shape, TensorMetadata,
+    DType, FloatDType, IntDType, Shape, TensorMetadata,
     cubecl::dtype_to_storage_type,
     ops::{FloatTensorOps, IntTensorOps},
     tensor::{FloatTensor, IntTensor},
@@ -25,8 +25,9 @@ use super::attention_kernels::{
 use crate::host::attention::AttnShape;
 use crate::ops::{CausalAttentionOps, attention_dims};
 
-/// What every kernel of one call reads: the inputs made contiguous, the segment starts as i32
-/// (one unused 0 without segments) and the shapes.
+/// What every kernel of one call reads: the inputs made contiguous and of `q`'s float type,
+/// the segment starts as i32 (one unused 0 without segments) and the shapes (a window that
+/// reaches past the keys dropped: it hides nothing).
 struct Bindings {
     q: CubeTensor,
     k: CubeTensor,
@@ -34,6 +35,22 @@ struct Bindings {
     starts: Handle,
     segmented: bool,
     s: AttnShape,
+    /// The float types of `k` and `v` as the caller gave them (their gradients' types).
+    kv_dtypes: (DType, DType),
+}
+
+/// `t` contiguous and in `dtype`.
+fn contiguous_as(t: CubeTensor, dtype: DType) -> CubeTensor {
+    into_contiguous(cast_to(t, dtype))
+}
+
+/// `t` in `dtype`.
+fn cast_to(t: CubeTensor, dtype: DType) -> CubeTensor {
+    if t.dtype == dtype {
+        t
+    } else {
+        CubeBackend::float_cast(t, dtype.into())
+    }
 }
 
 impl Bindings {
@@ -45,8 +62,22 @@ impl Bindings {
         scale: f32,
         window: Option<usize>,
     ) -> Self {
-        let s = attention_dims(&q, &k, &v, scale, window);
-        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+        let mut s = attention_dims(&q, &k, &v, scale, window);
+        s.window = s.window.filter(|&w| w < s.tk);
+        assert!(
+            s.d > 0,
+            "causal_attention on CubeCL: query/key heads of width 0"
+        );
+        assert!(
+            s.d + s.dv <= 4093,
+            "causal_attention on CubeCL: heads of width {} and {} are wider than its kernels' \
+             shared tiles take (at most 4093 together)",
+            s.d,
+            s.dv
+        );
+        let kv_dtypes = (k.dtype, v.dtype);
+        let q = into_contiguous(q);
+        let (k, v) = (contiguous_as(k, q.dtype), contiguous_as(v, q.dtype));
         let segmented = starts.is_some();
         let starts = match starts {
             Some(t) => into_contiguous(CubeBackend::int_cast(t, IntDType::I32))
@@ -61,6 +92,7 @@ impl Bindings {
             starts,
             segmented,
             s,
+            kv_dtypes,
         }
     }
 
@@ -90,10 +122,10 @@ impl Bindings {
         dtype_to_storage_type(self.q.dtype)
     }
 
-    /// No row to compute (an empty batch, head or sequence).
+    /// Nothing to compute: an empty batch, head count, sequence or value width.
     fn empty_problem(&self) -> bool {
         let s = &self.s;
-        s.b * s.h * s.tq * s.tk * s.d.max(1) * s.dv == 0
+        s.b * s.h * s.tq * s.tk * s.d * s.dv == 0
     }
 
     /// `t`'s buffer (contiguous: made so by [`Bindings::new`] or created here).
@@ -155,12 +187,12 @@ impl Bindings {
         if self.empty_problem() {
             return (
                 self.zeros(q_shape),
-                self.zeros(k_shape),
-                self.zeros(v_shape),
+                cast_to(self.zeros(k_shape), self.kv_dtypes.0),
+                cast_to(self.zeros(v_shape), self.kv_dtypes.1),
             );
         }
         let (out, lse) = self.forward(true);
-        let dout = into_contiguous(dout);
+        let dout = contiguous_as(dout, self.q.dtype);
         let rows = s.b * s.h * s.tq;
         let dq = self.empty(q_shape);
         let dsum = self.client().empty(rows * 4);
@@ -224,7 +256,11 @@ impl Bindings {
                 self.dtype(),
             );
         }
-        (dq, dk, dv)
+        (
+            dq,
+            cast_to(dk, self.kv_dtypes.0),
+            cast_to(dv, self.kv_dtypes.1),
+        )
     }
 
     fn output(&self) -> CubeTensor {

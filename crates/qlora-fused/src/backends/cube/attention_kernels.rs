@@ -10,8 +10,10 @@
 //! so the backward pass's recomputed probabilities are the forward pass's bits.
 //!
 //! Visibility is the op's: query `i` sits at key position `p = i + tk − tq` and sees keys
-//! `first_key(p) ..= p`, where the first key is `max(0, p + 1 − window, starts[b, i])` with a
-//! sliding window and segment starts where the call has them.
+//! `first_key ..= p`, where the first key is `max(0, p + 1 − window, starts[b, i])` with a
+//! sliding window and segment starts where the call has them (a row with `p < 0`, where there
+//! are more queries than keys, sees none). Indices are unsigned (32-bit on some runtimes), so
+//! `j ≤ p` is computed as `j + tq ≤ i + tk`.
 
 use cubecl::prelude::*;
 
@@ -30,17 +32,29 @@ pub(crate) fn tile_rows(d: usize, dv: usize) -> usize {
     (4096 / (d + dv + 3)).clamp(1, 64)
 }
 
-/// The first key a query at key position `p` sees (`window` 0: none; `start`: its segment's).
+/// The first key query `i` sees (`window` 0: none; `start`: its segment's): the larger of
+/// `start` and `p + 1 − window` for `p = i + tk − tq`.
 #[cube]
-fn first_key(p: usize, window: usize, start: usize) -> usize {
+fn first_key(i: usize, tq: usize, tk: usize, window: usize, start: usize) -> usize {
     let mut lo = start;
-    if window > 0 && p + 1 > window {
-        let w = p + 1 - window;
+    let p1 = i + tk + 1; // p + 1 + tq
+    if window > 0 && p1 > tq + window {
+        let w = p1 - tq - window;
         if w > lo {
             lo = w;
         }
     }
     lo
+}
+
+/// One past the last key any of the queries `..last` sees: `last + tk − tq`, or 0.
+#[cube]
+fn keys_end(last: usize, tq: usize, tk: usize) -> usize {
+    let mut end = 0usize;
+    if last + tk > tq {
+        end = last + tk - tq;
+    }
+    end
 }
 
 /// The segment start of query `i` of batch row `b` (0 unless `segmented`).
@@ -120,7 +134,6 @@ pub(crate) fn attention_forward_kernel<F: Float>(
     let i0 = CUBE_POS_X as usize * ROWS;
     let i = i0 + UNIT_POS_X as usize;
     let kv_base = (b * kvh + head / (h / kvh)) * tk;
-    let off = tk - tq;
     let active = i < tq;
 
     let mut qr = Array::<f32>::new(d);
@@ -136,9 +149,14 @@ pub(crate) fn attention_forward_kernel<F: Float>(
         for c in 0..d {
             qr[c] = f32::cast_from(q[(bh * tq + i) * d + c]) * scale;
         }
-        lo = first_key(i + off, window, segment_start(starts, b, i, tq, segmented));
+        lo = first_key(
+            i,
+            tq,
+            tk,
+            window,
+            segment_start(starts, b, i, tq, segmented),
+        );
     }
-    let hi = i + off;
 
     let mut ks = Shared::<[f32]>::new_slice(tile * d);
     let mut vs = Shared::<[f32]>::new_slice(tile * dv);
@@ -146,11 +164,15 @@ pub(crate) fn attention_forward_kernel<F: Float>(
     if last > tq {
         last = tq;
     }
-    let span_lo = first_key(i0 + off, window, 0usize);
-    let span_hi = last - 1 + off;
+    let span_lo = first_key(i0, tq, tk, window, 0usize);
+    let span_end = keys_end(last, tq, tk);
+    let mut keys = 0usize;
+    if span_end > span_lo {
+        keys = span_end - span_lo;
+    }
     let mut m = f32::new(FLOOR);
     let mut l = 0.0f32;
-    for t in 0..(span_hi + 1 - span_lo).div_ceil(tile) {
+    for t in 0..keys.div_ceil(tile) {
         let j0 = span_lo + t * tile;
         load_tile::<F>(k, &mut ks, kv_base, j0, tk, 1.0f32, d, tile);
         load_tile::<F>(v, &mut vs, kv_base, j0, tk, 1.0f32, dv, tile);
@@ -158,7 +180,7 @@ pub(crate) fn attention_forward_kernel<F: Float>(
         if active {
             for jj in 0..tile {
                 let j = j0 + jj;
-                if j >= lo && j <= hi {
+                if j >= lo && j + tq <= i + tk {
                     let mut s = 0.0f32;
                     for c in 0..d {
                         s += qr[c] * ks[jj * d + c];
@@ -232,7 +254,6 @@ pub(crate) fn attention_backward_query_kernel<F: Float>(
     let i0 = CUBE_POS_X as usize * ROWS;
     let i = i0 + UNIT_POS_X as usize;
     let kv_base = (b * kvh + head / (h / kvh)) * tk;
-    let off = tk - tq;
     let active = i < tq;
     let row = bh * tq + i;
 
@@ -258,11 +279,16 @@ pub(crate) fn attention_backward_query_kernel<F: Float>(
             dor[c] = g;
             dd += g * f32::cast_from(out[row * dv + c]);
         }
-        lo = first_key(i + off, window, segment_start(starts, b, i, tq, segmented));
+        lo = first_key(
+            i,
+            tq,
+            tk,
+            window,
+            segment_start(starts, b, i, tq, segmented),
+        );
         row_lse = lse[row];
         dsum[row] = dd;
     }
-    let hi = i + off;
 
     let mut ks = Shared::<[f32]>::new_slice(tile * d);
     let mut vs = Shared::<[f32]>::new_slice(tile * dv);
@@ -270,9 +296,13 @@ pub(crate) fn attention_backward_query_kernel<F: Float>(
     if last > tq {
         last = tq;
     }
-    let span_lo = first_key(i0 + off, window, 0usize);
-    let span_hi = last - 1 + off;
-    for t in 0..(span_hi + 1 - span_lo).div_ceil(tile) {
+    let span_lo = first_key(i0, tq, tk, window, 0usize);
+    let span_end = keys_end(last, tq, tk);
+    let mut keys = 0usize;
+    if span_end > span_lo {
+        keys = span_end - span_lo;
+    }
+    for t in 0..keys.div_ceil(tile) {
         let j0 = span_lo + t * tile;
         load_tile::<F>(k, &mut ks, kv_base, j0, tk, 1.0f32, d, tile);
         load_tile::<F>(v, &mut vs, kv_base, j0, tk, 1.0f32, dv, tile);
@@ -280,7 +310,7 @@ pub(crate) fn attention_backward_query_kernel<F: Float>(
         if active {
             for jj in 0..tile {
                 let j = j0 + jj;
-                if j >= lo && j <= hi {
+                if j >= lo && j + tq <= i + tk {
                     let mut s = 0.0f32;
                     for c in 0..d {
                         s += qr[c] * ks[jj * d + c];
@@ -341,7 +371,6 @@ pub(crate) fn attention_backward_key_kernel<F: Float>(
     let j0 = CUBE_POS_X as usize * ROWS;
     let j = j0 + UNIT_POS_X as usize;
     let group = h / kvh;
-    let off = tk - tq;
     let active = j < tk;
     let krow = bg * tk + j;
 
@@ -366,11 +395,11 @@ pub(crate) fn attention_backward_key_kernel<F: Float>(
         }
     }
 
-    // The queries that can see a key of this tile: `p = i + off ≥ j0`, and with a window
-    // `p < j_last + window`.
+    // The queries that can see a key of this tile: `p = i + tk − tq ≥ j0`, and with a window
+    // `p < j_last + window`, i.e. `i + tk < j_last + window + tq`.
     let mut span_lo = 0usize;
-    if j0 > off {
-        span_lo = j0 - off;
+    if j0 + tq > tk {
+        span_lo = j0 + tq - tk;
     }
     let mut span_end = tq;
     let mut j_last = j0 + ROWS - 1;
@@ -378,11 +407,11 @@ pub(crate) fn attention_backward_key_kernel<F: Float>(
         j_last = tk - 1;
     }
     if window > 0 {
-        let reach = j_last + window;
-        if reach <= off {
+        let reach = j_last + window + tq;
+        if reach <= tk {
             span_end = 0usize;
-        } else if reach - off < span_end {
-            span_end = reach - off;
+        } else if reach - tk < span_end {
+            span_end = reach - tk;
         }
     }
     let mut queries = 0usize;
@@ -412,7 +441,13 @@ pub(crate) fn attention_backward_key_kernel<F: Float>(
                     if i < tq {
                         x = lse[q_base + i];
                         y = dsum[q_base + i];
-                        f = first_key(i + off, window, segment_start(starts, b, i, tq, segmented));
+                        f = first_key(
+                            i,
+                            tq,
+                            tk,
+                            window,
+                            segment_start(starts, b, i, tq, segmented),
+                        );
                     }
                     stats[e * 2] = x;
                     stats[e * 2 + 1] = y;
@@ -423,7 +458,7 @@ pub(crate) fn attention_backward_key_kernel<F: Float>(
             if active {
                 for ii in 0..tile {
                     let i = i0 + ii;
-                    if i < tq && j >= firsts[ii] as usize && j <= i + off {
+                    if i < tq && j >= firsts[ii] as usize && j + tq <= i + tk {
                         let mut s = 0.0f32;
                         for c in 0..d {
                             s += qs[ii * d + c] * kr[c];

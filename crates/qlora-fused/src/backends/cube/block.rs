@@ -3,7 +3,8 @@
 //! to ten element-wise ops and reductions of the composed default bodies.
 
 use burn::backend::{
-    Shape, TensorMetadata, cubecl::dtype_to_storage_type, ops::FloatTensorOps, tensor::FloatTensor,
+    DType, Shape, TensorMetadata, cubecl::dtype_to_storage_type, ops::FloatTensorOps,
+    tensor::FloatTensor,
 };
 use burn_cubecl::{
     CubeBackend, cubecl::prelude::*, kernel::into_contiguous,
@@ -15,6 +16,10 @@ use super::block_kernels::{
     rms_norm_weight_grad_kernel, rope_kernel,
 };
 use crate::ops::{BlockOps, GELU_BETA, GELU_KAPPA};
+
+/// Rows per part of RMSNorm's weight gradient (at least; more where the rows would need over
+/// 65,535 parts).
+const RMS_DW_CHUNK: usize = 64;
 
 /// A grid of `cubes` cubes folded into two dimensions (65,535 at most in one).
 fn grid(cubes: usize) -> CubeCount {
@@ -42,7 +47,7 @@ fn contiguous_as(t: CubeTensor, like: &CubeTensor) -> CubeTensor {
 }
 
 /// `t` in `dtype` (the float type the op's caller gave that input).
-fn cast_to(t: CubeTensor, dtype: burn::backend::DType) -> CubeTensor {
+fn cast_to(t: CubeTensor, dtype: DType) -> CubeTensor {
     if t.dtype == dtype {
         t
     } else {
@@ -167,9 +172,17 @@ impl BlockOps for CubeBackend {
             let dw = CubeBackend::float_zeros(Shape::new([n]), &x.device, w_dtype.into());
             return (dx, dw);
         }
-        let dw = empty_like(&x, Shape::new([n]));
         let inv = x.client.empty(rows * 4);
         let dtype = dtype_to_storage_type(x.dtype);
+        // The weight's gradient in chunks of rows, enough of them to fill the device.
+        let chunk = RMS_DW_CHUNK.max(rows.div_ceil(65_535));
+        let chunks = rows.div_ceil(chunk);
+        let partial = empty_device_contiguous_dtype(
+            x.client.clone(),
+            x.device.clone(),
+            Shape::new([chunks, n]),
+            DType::F32,
+        );
         // SAFETY: contiguous tensors of their shapes' counts; `inv` holds `rows` f32.
         unsafe {
             rms_norm_backward_kernel::launch(
@@ -188,17 +201,20 @@ impl BlockOps for CubeBackend {
             );
             rms_norm_weight_grad_kernel::launch(
                 &x.client,
-                grid(n.div_ceil(UNITS)),
+                CubeCount::Static(n.div_ceil(UNITS) as u32, chunks as u32, 1),
                 CubeDim::new_1d(UNITS as u32),
                 buffer(&x),
                 buffer(&dy),
                 BufferArg::from_raw_parts(inv, rows),
-                buffer(&dw),
+                buffer(&partial),
                 rows,
                 n,
+                chunk,
                 dtype,
             );
         }
+        let dw =
+            CubeBackend::float_reshape(CubeBackend::float_sum_dim(partial, 0), Shape::new([n]));
         (dx, cast_to(dw, w_dtype))
     }
 

@@ -1,5 +1,5 @@
 //! CubeCL kernels of the block ops: RMSNorm (a cube per row, its sums reduced in shared memory;
-//! the weight's gradient a unit per column over the rows), SwiGLU and GeGLU (a unit per
+//! the weight's gradient a unit per column over chunks of rows, the chunks then summed), SwiGLU and GeGLU (a unit per
 //! element), and the rotary embedding (a unit per element, reading its partner half).
 //! Everything is computed in f32 and stored in the tensors' float type.
 
@@ -122,24 +122,34 @@ pub(crate) fn rms_norm_backward_kernel<F: Float>(
     }
 }
 
-/// RMSNorm's weight gradient `dw[c] = Σ_rows dy ∘ x · r`, a unit per column.
+/// RMSNorm's weight gradient in parts: `partial[k, c] = Σ_rows dy ∘ x · r` over the `k`-th
+/// chunk of `chunk` rows, a unit per column; the host sums the parts (Burn's `sum_dim`).
+/// Cubes: `(column blocks of UNITS, chunks)`.
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rms_norm_weight_grad_kernel<F: Float>(
     x: &[F],
     dy: &[F],
     inv: &[f32],
-    dw: &mut [F],
+    partial: &mut [f32],
     rows: usize,
     n: usize,
+    chunk: usize,
     #[define(F)] _dtype: ElemType,
 ) {
-    let c = cube_index() * UNITS + UNIT_POS_X as usize;
+    let c = CUBE_POS_X as usize * UNITS + UNIT_POS_X as usize;
+    let k = CUBE_POS_Y as usize;
     if c < n {
+        let first = k * chunk;
+        let mut end = first + chunk;
+        if end > rows {
+            end = rows;
+        }
         let mut acc = 0.0f32;
-        for row in 0..rows {
+        for row in first..end {
             acc += f32::cast_from(dy[row * n + c]) * f32::cast_from(x[row * n + c]) * inv[row];
         }
-        dw[c] = F::cast_from(acc);
+        partial[k * n + c] = acc;
     }
 }
 
