@@ -9,7 +9,9 @@ cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/burn-qlora/target}"
 kit=benches/gpu/kit
 # --features wgpu as .ci/run builds the examples, so that neither rebuilds the other's.
-cargo build --release --features wgpu --example gpu_check
+# GPU_CHECK_FEATURES=vulkan builds it with CubeCL's SPIR-V compiler instead (cooperative
+# matrices on NVIDIA; untried: lavapipe crashes on its pipelines, see the README).
+cargo build --release --features "${GPU_CHECK_FEATURES:-wgpu}" --example gpu_check
 rm -rf "$kit"
 mkdir -p "$kit/lib"
 strip -o "$kit/gpu_check" "$CARGO_TARGET_DIR/release/examples/gpu_check"
