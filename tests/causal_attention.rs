@@ -77,11 +77,9 @@ fn check_case(device: &Device, [b, h, kvh, tq, tk, d]: [usize; 6], window: Optio
         )
     };
 
-    let (q, k, v, g) = make(&ad);
-    let ours = ours_of(q.clone(), k.clone(), v.clone(), scale);
-    let ours_out = vals(ours.clone());
-    let grads = (ours * g).sum().backward();
-    let ours_grads = [&q, &k, &v].map(|t| vals(t.grad(&grads).unwrap()));
+    let mut ours = run_on(device, [b, h, kvh, tq, tk, d], window).into_iter();
+    let ours_out = ours.next().expect("the output");
+    let ours_grads: Vec<Vec<f32>> = ours.collect();
 
     let (q, k, v, g) = make(&ad);
     let options = AttentionModuleOptions {
@@ -169,7 +167,8 @@ fn heads_that_do_not_group_are_refused() {
     let _ = causal_attention(q, kv.clone(), kv, 0.5);
 }
 
-/// Output and gradients of one call on `device`, inputs from fixed seeds.
+/// Output and gradients in q, k and v of one call on `device` (autodiff made from it), inputs
+/// and upstream gradient from the seeds `check_case`'s reference uses.
 fn run_on(
     device: &Device,
     [b, h, kvh, tq, tk, d]: [usize; 6],

@@ -62,7 +62,11 @@ pub fn describe(device: &Device, client: &Client) -> Found {
         yes(bf16_ok),
         if cmma.is_empty() {
             // cubecl-wgpu lists them from its SPIR-V (Vulkan) backend only.
-            "none listed (this build compiles WGSL, which has none)".to_string()
+            if cfg!(feature = "vulkan") {
+                "none listed (SPIR-V build: the driver offers none)".to_string()
+            } else {
+                "none listed (this build compiles WGSL, which has none)".to_string()
+            }
         } else {
             format!("{} configurations", cmma.len())
         }

@@ -18,8 +18,8 @@
 //!   `qlora_nn::checkpoint`).
 //!
 //! Laid out as burn-vision is: [`ops`] holds the `#[backend_extension]` traits, whose default
-//! bodies are composed of the backend's own ops (what CubeCL runs, fused by Fusion, except
-//! attention's tiled kernels); `host`
+//! bodies are composed of the backend's own ops (what CubeCL runs, fused by Fusion, for the
+//! loss, dropout and the LoRA linear; attention and the block ops have CubeCL kernels); `host`
 //! holds the slice kernels of the Flex implementations (no Burn types); `backends` implements
 //! the traits for Flex, for Autodiff over any backend (one backward node per op, multi-output
 //! backward ops returning tuples), and for CubeCL (feature `cube` and a runtime).

@@ -10,8 +10,8 @@
 //! Burn 0.22.1's Autodiff differentiates `attention` through its composed fallback, keeping the
 //! `[b, h, tq, tk]` scores and probabilities of every layer for the backward pass. Here the
 //! backward pass keeps only `Q`, `K`, `V` and recomputes the probabilities block by block
-//! (Dao et al. 2022, *FlashAttention*). Flex runs a fused host kernel for both passes; other
-//! CubeCL runtimes run tiled kernels of the same scheme (`backends/cube/attention_kernels.rs`);
+//! (Dao et al. 2022, *FlashAttention*). Flex runs a fused host kernel for both passes, and the
+//! CubeCL runtimes tiled kernels of the same scheme (`backends/cube/attention_kernels.rs`);
 //! the default bodies, composed of a backend's own ops, hold the scores and define the op.
 
 use burn::backend::{

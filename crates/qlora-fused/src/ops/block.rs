@@ -202,7 +202,7 @@ fn gelu_tanh_parts<B: Backend>(g: FloatTensor<B>) -> (FloatTensor<B>, FloatTenso
 }
 
 /// The shape and the width of the last dimension.
-fn last_dim(x: &impl TensorMetadata) -> (Shape, usize) {
+pub(crate) fn last_dim(x: &impl TensorMetadata) -> (Shape, usize) {
     let shape = x.shape();
     let n = *shape
         .as_slice()

@@ -12,7 +12,7 @@ pub use attention::{
     CausalAttentionOps, causal_attention, causal_attention_segmented, causal_attention_windowed,
 };
 pub use block::{BlockOps, geglu_tanh, rms_norm, rope, swiglu};
-pub(crate) use block::{GELU_BETA, GELU_KAPPA};
+pub(crate) use block::{GELU_BETA, GELU_KAPPA, last_dim};
 pub use cross_entropy::{LinearCrossEntropyOps, linear_cross_entropy};
 pub use dropout::{DropoutOps, seeded_dropout};
 pub use lora_linear::{LoraFactors, LoraLinearOps, nf4_lora_linear};

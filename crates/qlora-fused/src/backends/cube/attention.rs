@@ -5,7 +5,7 @@
 //! key-side kernels.
 
 use burn::backend::{
-    DType, FloatDType, IntDType, Shape, TensorMetadata,
+    DType, FloatDType, IntDType, Shape,
     cubecl::dtype_to_storage_type,
     ops::{FloatTensorOps, IntTensorOps},
     tensor::{FloatTensor, IntTensor},
@@ -14,7 +14,6 @@ use burn_cubecl::{
     CubeBackend,
     cubecl::{prelude::*, server::Handle},
     kernel::into_contiguous,
-    ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
 
@@ -22,6 +21,7 @@ use super::attention_kernels::{
     ROWS, attention_backward_key_kernel, attention_backward_query_kernel, attention_forward_kernel,
     tile_rows,
 };
+use super::tensors::{buffer, cast_to, contiguous_as, empty_like};
 use crate::host::attention::AttnShape;
 use crate::ops::{CausalAttentionOps, attention_dims};
 
@@ -37,20 +37,6 @@ struct Bindings {
     s: AttnShape,
     /// The float types of `k` and `v` as the caller gave them (their gradients' types).
     kv_dtypes: (DType, DType),
-}
-
-/// `t` contiguous and in `dtype`.
-fn contiguous_as(t: CubeTensor, dtype: DType) -> CubeTensor {
-    into_contiguous(cast_to(t, dtype))
-}
-
-/// `t` in `dtype`.
-fn cast_to(t: CubeTensor, dtype: DType) -> CubeTensor {
-    if t.dtype == dtype {
-        t
-    } else {
-        CubeBackend::float_cast(t, dtype.into())
-    }
 }
 
 impl Bindings {
@@ -102,12 +88,7 @@ impl Bindings {
 
     /// A new contiguous tensor of the inputs' dtype.
     fn empty(&self, shape: [usize; 4]) -> CubeTensor {
-        empty_device_contiguous_dtype(
-            self.q.client.clone(),
-            self.q.device.clone(),
-            Shape::new(shape),
-            self.q.dtype,
-        )
+        empty_like(&self.q, Shape::new(shape))
     }
 
     fn zeros(&self, shape: [usize; 4]) -> CubeTensor {
@@ -130,8 +111,8 @@ impl Bindings {
 
     /// `t`'s buffer (contiguous: made so by [`Bindings::new`] or created here).
     fn buffer(&self, t: &CubeTensor) -> BufferArg {
-        // SAFETY: a contiguous tensor's buffer holds its shape's count of elements.
-        unsafe { BufferArg::from_raw_parts(t.handle.clone(), t.shape().num_elements()) }
+        // SAFETY: every tensor a kernel here reads or writes is contiguous.
+        unsafe { buffer(t) }
     }
 
     fn starts_arg(&self) -> BufferArg {

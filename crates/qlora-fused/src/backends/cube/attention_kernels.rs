@@ -47,14 +47,19 @@ fn first_key(i: usize, tq: usize, tk: usize, window: usize, start: usize) -> usi
     lo
 }
 
-/// One past the last key any of the queries `..last` sees: `last + tk − tq`, or 0.
+/// How many keys from `first` on the query rows `i0 .. i0 + ROWS` (those below `tq`) can see:
+/// the last of them sees up to key `last + tk − tq` (none where that is below 0).
 #[cube]
-fn keys_end(last: usize, tq: usize, tk: usize) -> usize {
-    let mut end = 0usize;
-    if last + tk > tq {
-        end = last + tk - tq;
+fn keys_seen(first: usize, i0: usize, tq: usize, tk: usize) -> usize {
+    let mut last = i0 + ROWS;
+    if last > tq {
+        last = tq;
     }
-    end
+    let mut count = 0usize;
+    if last + tk > tq + first {
+        count = last + tk - tq - first;
+    }
+    count
 }
 
 /// The segment start of query `i` of batch row `b` (0 unless `segmented`).
@@ -160,16 +165,8 @@ pub(crate) fn attention_forward_kernel<F: Float>(
 
     let mut ks = Shared::<[f32]>::new_slice(tile * d);
     let mut vs = Shared::<[f32]>::new_slice(tile * dv);
-    let mut last = i0 + ROWS;
-    if last > tq {
-        last = tq;
-    }
     let span_lo = first_key(i0, tq, tk, window, 0usize);
-    let span_end = keys_end(last, tq, tk);
-    let mut keys = 0usize;
-    if span_end > span_lo {
-        keys = span_end - span_lo;
-    }
+    let keys = keys_seen(span_lo, i0, tq, tk);
     let mut m = f32::new(FLOOR);
     let mut l = 0.0f32;
     for t in 0..keys.div_ceil(tile) {
@@ -292,16 +289,8 @@ pub(crate) fn attention_backward_query_kernel<F: Float>(
 
     let mut ks = Shared::<[f32]>::new_slice(tile * d);
     let mut vs = Shared::<[f32]>::new_slice(tile * dv);
-    let mut last = i0 + ROWS;
-    if last > tq {
-        last = tq;
-    }
     let span_lo = first_key(i0, tq, tk, window, 0usize);
-    let span_end = keys_end(last, tq, tk);
-    let mut keys = 0usize;
-    if span_end > span_lo {
-        keys = span_end - span_lo;
-    }
+    let keys = keys_seen(span_lo, i0, tq, tk);
     for t in 0..keys.div_ceil(tile) {
         let j0 = span_lo + t * tile;
         load_tile::<F>(k, &mut ks, kv_base, j0, tk, 1.0f32, d, tile);

@@ -15,7 +15,8 @@ use super::block_kernels::{
     UNITS, glu_backward_kernel, glu_kernel, rms_norm_backward_kernel, rms_norm_kernel,
     rms_norm_weight_grad_kernel, rope_kernel,
 };
-use crate::ops::{BlockOps, GELU_BETA, GELU_KAPPA};
+use super::tensors::{buffer, cast_to, contiguous_as, empty_like};
+use crate::ops::{BlockOps, GELU_BETA, GELU_KAPPA, last_dim};
 
 /// Rows per part of RMSNorm's weight gradient (at least; more where the rows would need over
 /// 65,535 parts).
@@ -27,47 +28,15 @@ fn grid(cubes: usize) -> CubeCount {
     CubeCount::Static(x as u32, cubes.div_ceil(x).max(1) as u32, 1)
 }
 
-/// A new contiguous tensor shaped and typed as `like`.
-fn empty_like(like: &CubeTensor, shape: Shape) -> CubeTensor {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, like.dtype)
-}
-
-/// `t`'s buffer.
-///
-/// # Safety
-/// `t` is contiguous (its buffer holds its shape's count of elements).
-unsafe fn buffer(t: &CubeTensor) -> BufferArg {
-    // SAFETY: as the caller promises.
-    unsafe { BufferArg::from_raw_parts(t.handle.clone(), t.shape().num_elements()) }
-}
-
-/// `t` contiguous and in `dtype`.
-fn contiguous_as(t: CubeTensor, like: &CubeTensor) -> CubeTensor {
-    into_contiguous(cast_to(t, like.dtype))
-}
-
-/// `t` in `dtype` (the float type the op's caller gave that input).
-fn cast_to(t: CubeTensor, dtype: DType) -> CubeTensor {
-    if t.dtype == dtype {
-        t
-    } else {
-        CubeBackend::float_cast(t, dtype.into())
-    }
-}
-
 /// `(rows, n)` of a tensor whose last dimension is `n`.
 fn rows_n(x: &CubeTensor) -> (usize, usize) {
-    let s = x.shape();
-    let n = *s
-        .as_slice()
-        .last()
-        .expect("a tensor of at least one dimension");
-    (s.num_elements() / n.max(1), n)
+    let (shape, n) = last_dim(x);
+    (shape.num_elements() / n.max(1), n)
 }
 
 fn glu(gate: CubeTensor, up: CubeTensor, gelu: bool) -> CubeTensor {
     let gate = into_contiguous(gate);
-    let up = contiguous_as(up, &gate);
+    let up = contiguous_as(up, gate.dtype);
     let y = empty_like(&gate, gate.shape());
     let len = gate.shape().num_elements();
     if len > 0 {
@@ -99,8 +68,8 @@ fn glu_backward(
 ) -> (CubeTensor, CubeTensor) {
     let up_dtype = up.dtype;
     let gate = into_contiguous(gate);
-    let up = contiguous_as(up, &gate);
-    let dy = contiguous_as(dy, &gate);
+    let up = contiguous_as(up, gate.dtype);
+    let dy = contiguous_as(dy, gate.dtype);
     let (dg, du) = (
         empty_like(&gate, gate.shape()),
         empty_like(&gate, gate.shape()),
@@ -133,7 +102,7 @@ fn glu_backward(
 impl BlockOps for CubeBackend {
     fn rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
         let x = into_contiguous(x);
-        let w = contiguous_as(w, &x);
+        let w = contiguous_as(w, x.dtype);
         let y = empty_like(&x, x.shape());
         let (rows, n) = rows_n(&x);
         if rows * n > 0 {
@@ -164,8 +133,8 @@ impl BlockOps for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let w_dtype = w.dtype;
         let x = into_contiguous(x);
-        let w = contiguous_as(w, &x);
-        let dy = contiguous_as(dy, &x);
+        let w = contiguous_as(w, x.dtype);
+        let dy = contiguous_as(dy, x.dtype);
         let (rows, n) = rows_n(&x);
         let dx = empty_like(&x, x.shape());
         if rows * n == 0 {
@@ -249,7 +218,7 @@ impl BlockOps for CubeBackend {
         transpose: bool,
     ) -> FloatTensor<Self> {
         let x = into_contiguous(x);
-        let (cos, sin) = (contiguous_as(cos, &x), contiguous_as(sin, &x));
+        let (cos, sin) = (contiguous_as(cos, x.dtype), contiguous_as(sin, x.dtype));
         let dims = x.shape().as_slice().to_vec();
         let (t, d) = (dims[2], dims[3]);
         let w = cos.shape().as_slice()[1];

@@ -8,6 +8,7 @@ mod attention;
 mod attention_kernels;
 mod block;
 mod block_kernels;
+mod tensors;
 
 use burn_cubecl::CubeBackend;
 
