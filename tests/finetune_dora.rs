@@ -13,29 +13,12 @@ mod cli;
 fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
     let tiny = cli::TinyRun::new("dora");
     let (model, work) = (tiny.model.to_str().unwrap(), tiny.work.clone());
-    let data = tiny.data.to_str().unwrap().to_string();
-    let run = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "--model",
-            model,
-            "--data",
-            &data,
-            "--out",
-            out.to_str().unwrap(),
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-            "--device",
-            "flex",
-            "--no-samples",
-        ];
-        args.extend_from_slice(extra);
-        cli::ok("finetune", &args)
+    let run = |out: &std::path::Path, steps: &str, extra: &[&str]| {
+        cli::ok("finetune", &tiny.finetune_args(out, steps, extra))
     };
     let first = work.join("first");
     let dora = ["--use-dora", "--rank", "4", "--dropout", "0.1"];
-    run(&first, &[&dora[..], &["--steps", "2"]].concat());
+    run(&first, "2", &dora);
     let adapter = first.join("adapter");
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
@@ -65,10 +48,7 @@ fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
     }
 
     let more = work.join("more");
-    run(
-        &more,
-        &["--adapter", adapter.to_str().unwrap(), "--steps", "2"],
-    );
+    run(&more, "2", &["--adapter", adapter.to_str().unwrap()]);
     assert!(more.join("adapter/adapter_model.safetensors").is_file());
 
     let merged = work.join("merged");
@@ -108,9 +88,9 @@ fn finetune_use_dora_saves_peft_s_dora_folder_trains_on_and_merges() {
 
     // Resume: 2 steps, then on to 4, against 4 straight; the same losses and adapter bytes.
     let (whole, cut) = (work.join("whole"), work.join("cut"));
-    run(&whole, &[&dora[..], &["--steps", "4"]].concat());
-    run(&cut, &[&dora[..], &["--steps", "2"]].concat());
-    let text = run(&cut, &[&dora[..], &["--steps", "4", "--resume"]].concat());
+    run(&whole, "4", &dora);
+    run(&cut, "2", &dora);
+    let text = run(&cut, "4", &[&dora[..], &["--resume"]].concat());
     assert!(text.contains("resumed from"), "{text}");
     let losses = |d: &std::path::Path| -> Vec<f64> {
         std::fs::read_to_string(d.join("metrics.jsonl"))

@@ -98,35 +98,6 @@ fn quant_type_double_quant_and_blocksize_reach_the_base() {
     }
 }
 
-/// `finetune` of the tiny run into `out` for `steps` steps (batch 2 × 32 tokens, Flex, no sample
-/// answers), then `extra`.
-fn tiny_args<'a>(
-    tiny: &'a cli::TinyRun,
-    out: &'a Path,
-    steps: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut args = vec![
-        "--model",
-        tiny.model.to_str().unwrap(),
-        "--data",
-        tiny.data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--steps",
-        steps,
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "32",
-        "--device",
-        "flex",
-        "--no-samples",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 /// The std of the `lora_A` tensors of an adapter folder.
 fn lora_a_std(adapter: &Path) -> f64 {
     let bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
@@ -152,7 +123,7 @@ fn init_lora_weights_gaussian_starts_a_at_one_over_r_and_pissa_and_loftq_are_sav
     let work = tiny.work.clone();
     // One step of the tiny run into `out`, with `extra` options.
     let finetune = |out: &std::path::Path, extra: &[&str]| {
-        cli::ok("finetune", &tiny_args(&tiny, out, "1", extra));
+        cli::ok("finetune", &tiny.finetune_args(out, "1", extra));
     };
     let mut stds = Vec::new();
     for init in ["default", "gaussian", "pissa", "loftq"] {
@@ -235,7 +206,7 @@ fn save_as_lora_writes_a_pissa_run_as_plain_lora_on_the_original_base() {
             init,
             "--save-as-lora",
         ];
-        tiny_args(&tiny, &out, "3", &options)
+        tiny.finetune_args(&out, "3", &options)
     };
     let log = cli::ok("finetune", &args("pissa"));
     assert!(

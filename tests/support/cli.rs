@@ -76,6 +76,35 @@ impl TinyRun {
         let data = chat_data(&work);
         Self { model, work, data }
     }
+
+    /// `finetune`'s arguments for the tiny run into `out` for `steps` steps (batch 2 × 32 tokens,
+    /// Flex, no sample answers), then `extra`.
+    pub fn finetune_args<'a>(
+        &'a self,
+        out: &'a Path,
+        steps: &'a str,
+        extra: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut args = vec![
+            "--model",
+            self.model.to_str().unwrap(),
+            "--data",
+            self.data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--device",
+            "flex",
+            "--no-samples",
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
 }
 
 impl Drop for TinyRun {
